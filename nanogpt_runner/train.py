@@ -1,0 +1,197 @@
+"""The training loop: accumulation, evaluation, logging.
+
+``train(cfg, run_dir, data)`` is the whole run for one process: build the model, step the optimizer
+``train.max_iters`` times, evaluate every ``eval_interval`` steps (and at 0 and the end), and record
+everything through the run directory's writer. Step ``s`` (1-based: the number of optimizer updates
+done after it) trains on global batch ``s`` of the sampler, so a run's data depends only on the seed.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from nanogpt_runner import hardware
+from nanogpt_runner.config import OptimizerConfig
+from nanogpt_runner.console import RunConsole
+from nanogpt_runner.data import Batches, PreparedData, cache_dir
+from nanogpt_runner.model import GPT
+from nanogpt_runner.runs import RunWriter
+
+
+def lr_at(step: int, opt: OptimizerConfig, max_iters: int) -> float:
+    """Learning rate for optimizer update ``step`` (0-based): linear warm-up, cosine decay to min_lr."""
+    decay_iters = opt.decay_iters or max_iters
+    if step < opt.warmup_iters:
+        return opt.lr * (step + 1) / (opt.warmup_iters + 1)
+    if step >= decay_iters:
+        return opt.min_lr
+    progress = (step - opt.warmup_iters) / max(decay_iters - opt.warmup_iters, 1)
+    return opt.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (opt.lr - opt.min_lr)
+
+
+def build_optimizer(model: torch.nn.Module, opt: OptimizerConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with nanoGPT's groups: matrices (embeddings, linear weights) decayed; biases and norms not."""
+    params = [p for p in {id(p): p for p in model.parameters()}.values() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": opt.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    kwargs = {"lr": opt.lr, "betas": tuple(opt.betas)}
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except (RuntimeError, TypeError):  # fused AdamW is not available for this device or dtype
+        return torch.optim.AdamW(groups, **kwargs)
+
+
+@torch.no_grad()
+def evaluate(model: GPT, splits: dict[str, Batches], eval_iters: int, batch_size: int, autocast) -> dict[str, float]:
+    """Mean loss over the same ``eval_iters`` batches of each split every time (less noise between evals)."""
+    model.eval()
+    losses = {}
+    for split, batches in splits.items():
+        total = 0.0
+        for i in range(eval_iters):
+            x, y = batches.get(step=i, start=0, count=batch_size)
+            with autocast:
+                _, loss = model(x, y)
+            total += loss.item()
+        losses[f"{split}_loss"] = total / eval_iters
+    model.train()
+    return losses
+
+
+@dataclass
+class Summary:
+    status: str
+    steps: int
+    tokens: int
+    best_val_loss: float
+    final_train_loss: float
+    tok_per_s: float
+    mfu: float
+    peak_mem_gb: float
+    elapsed_s: float
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def run_record(cfg, device: torch.device, precision: str, model: GPT, data: PreparedData) -> dict:
+    """The fields of run.json that describe what this run is (as opposed to how it is going)."""
+    return {
+        "host": socket.gethostname(),
+        "device": device.type,
+        "device_name": hardware.describe(device),
+        "precision": precision,
+        "world_size": 1,
+        "layout": "single",
+        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+        "n_params": model.num_params(),
+        "flops_per_token": model.flops_per_token(),
+        "dataset": data.as_record(),
+    }
+
+
+def train(cfg, run_dir: Path, data: PreparedData, writer: RunWriter) -> Summary:
+    t = cfg.train
+    caps = hardware.device_caps(t.device)
+    device = torch.device("cuda" if caps.kind == "cuda" else "cpu")
+    cache = cache_dir(cfg.data)
+    precision = hardware.resolve_precision(t.precision, device, caps, cache)
+    torch.manual_seed(t.seed)
+    model = GPT(cfg.model, data.vocab_size).to(device)
+    model.recompute = t.recompute
+    forward = torch.compile(model) if t.compile else model
+    optimizer = build_optimizer(model, cfg.optimizer, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    autocast = hardware.autocast(device.type, precision)
+    peak = hardware.peak_flops(device, precision, cache)
+    flops_per_token = model.flops_per_token()
+
+    train_batches = Batches(data, "train", cfg.model.block_size, t.seed, device)
+    eval_splits = {s: Batches(data, s, cfg.model.block_size, t.seed, device) for s in ("train", "val")}
+    global_batch = t.batch_size * t.grad_accum
+    tokens_per_step = global_batch * cfg.model.block_size
+
+    writer.update(status="running", **run_record(cfg, device, precision, model, data))
+    start = time.perf_counter()
+    best_val, last_loss, train_time, steps_timed = math.inf, math.nan, 0.0, 0
+    window_steps, eval_seconds, loss_sum = 0, 0.0, torch.zeros((), device=device)
+
+    with RunConsole(run_dir / "train.log", t.max_iters, live=cfg.run.progress) as console:
+        console.line(
+            f"{cfg.model.name}: {model.num_params() / 1e6:.2f}M parameters, {precision} on "
+            f"{hardware.describe(device)}, data {data.name} ({data.vocab_size} symbols), run dir {run_dir}"
+        )
+
+        def run_eval(step: int) -> None:
+            nonlocal best_val, eval_seconds
+            eval_start = time.perf_counter()
+            losses = evaluate(model, eval_splits, t.eval_iters, t.batch_size, autocast)
+            best_val = min(best_val, losses["val_loss"])
+            writer.log("eval", step=step, tokens=step * tokens_per_step, **losses,
+                       elapsed_s=time.perf_counter() - start)
+            console.line(f"eval step {step}: train loss {losses['train_loss']:.4f}, val loss {losses['val_loss']:.4f}")
+            eval_seconds += time.perf_counter() - eval_start
+
+        run_eval(0)
+        window_start, eval_seconds = time.perf_counter(), 0.0
+        for step in range(1, t.max_iters + 1):
+            lr = lr_at(step - 1, cfg.optimizer, t.max_iters)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            for micro in range(t.grad_accum):
+                x, y = train_batches.get(step, start=micro * t.batch_size, count=t.batch_size)
+                with autocast:
+                    _, loss = forward(x, y)
+                loss = loss / t.grad_accum
+                loss_sum += loss.detach()
+                scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or math.inf)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            window_steps += 1
+
+            if step % t.log_interval == 0 or step == t.max_iters:
+                last_loss = loss_sum.item() / window_steps
+                elapsed = time.perf_counter() - window_start - eval_seconds
+                train_time += elapsed
+                steps_timed += window_steps
+                tok_per_s = window_steps * tokens_per_step / elapsed
+                mem, peak_mem = hardware.memory_gb(device)
+                mfu = flops_per_token * tok_per_s / peak
+                writer.log("train", step=step, tokens=step * tokens_per_step, loss=last_loss, lr=lr,
+                           grad_norm=grad_norm.item(), tok_per_s=tok_per_s, step_ms=1000 * elapsed / window_steps,
+                           mfu=mfu, mem_gb=mem, peak_mem_gb=peak_mem, elapsed_s=time.perf_counter() - start)
+                writer.update(step=step)
+                console.progress(step, step, f"loss {last_loss:.4f} | {tok_per_s:,.0f} tok/s | mfu {mfu:.1%}")
+                window_start, eval_seconds, window_steps = time.perf_counter(), 0.0, 0
+                loss_sum = torch.zeros((), device=device)
+            if step % t.eval_interval == 0 or step == t.max_iters:
+                run_eval(step)
+
+        tok_per_s = steps_timed * tokens_per_step / train_time if train_time else 0.0
+        summary = Summary(
+            status="completed", steps=t.max_iters, tokens=t.max_iters * tokens_per_step, best_val_loss=best_val,
+            final_train_loss=last_loss, tok_per_s=tok_per_s, mfu=flops_per_token * tok_per_s / peak,
+            peak_mem_gb=hardware.memory_gb(device)[1], elapsed_s=time.perf_counter() - start,
+        )
+        console.summary(f"{cfg.run.name}: completed", {
+            "best val loss": f"{summary.best_val_loss:.4f}",
+            "final train loss": f"{summary.final_train_loss:.4f}",
+            "time": f"{summary.elapsed_s:.1f} s",
+            "tokens/s": f"{summary.tok_per_s:,.0f}",
+            "MFU": f"{summary.mfu:.2%} of {peak / 1e9:,.0f} GFLOP/s ({precision})",
+            "peak memory": f"{summary.peak_mem_gb:.2f} GB",
+            "run dir": str(run_dir),
+        })
+    return summary
