@@ -183,7 +183,9 @@ class RunMetrics:
                 step = record.get("step", 0)
                 self.train = [r for r in self.train if r.get("step", 0) <= step]
                 self.eval = [r for r in self.eval if r.get("step", 0) <= step]
-            if kind in ("train", "eval", "event"):
+            if kind == "event":
+                self.events.append(record)
+            elif kind in ("train", "eval"):
                 getattr(self, kind).append(record)
 
 

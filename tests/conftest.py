@@ -1,0 +1,54 @@
+"""Shared test fixtures: a small corpus, tiny configs, the real CLI. Nothing here touches the network."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from nanogpt_runner.config import register_schema
+from nanogpt_runner.launch import CONF_DIR
+
+SHARED_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
+
+
+@pytest.fixture(scope="session")
+def corpus_path(tmp_path_factory) -> Path:
+    """tiny-shakespeare when ../shared has it, otherwise a generated text of similar character statistics."""
+    if SHARED_TEXT.exists():
+        return SHARED_TEXT
+    rng = random.Random(0)
+    words = "the of and to in that is was he for it with as his on be at by I thou thee art king lord".split()
+    lines = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))).capitalize() + "." for _ in range(20000)]
+    path = tmp_path_factory.mktemp("corpus") / "input.txt"
+    path.write_text("\n".join(lines))
+    return path
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path, corpus_path) -> list[str]:
+    """Overrides for a run that trains in about a second, writing only under tmp_path."""
+    return [
+        "model=tiny", "train.max_iters=20", "train.eval_interval=10", "train.eval_iters=2", "train.log_interval=5",
+        "train.batch_size=4", "train.precision=fp32", "optimizer.warmup_iters=5", "run.progress=false",
+        f"data.path={corpus_path}", f"data.cache_dir={tmp_path / 'cache'}", f"run.root={tmp_path / 'outputs'}",
+    ]
+
+
+def compose_config(overrides: list[str]):
+    """The config ``nanogpt-run`` would build from these overrides."""
+    register_schema()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``nanogpt-run ARGS`` as a user starts it: the installed console script beside this Python."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([str(Path(sys.executable).parent / "nanogpt-run"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=env)

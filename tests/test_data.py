@@ -1,0 +1,124 @@
+"""Data: corpora prepared once into a cache, the offline fallback, and batches that are a pure function
+of (seed, step) so that accumulation, data-parallel ranks and resumed runs see the same sequences."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from nanogpt_runner.config import DataConfig
+from nanogpt_runner.data import Batches, DataError, prepare, sequence_offsets
+
+CPU = torch.device("cpu")
+UNREACHABLE = "http://127.0.0.1:9/input.txt"  # the discard port: refused at once, never the network
+
+
+def test_local_copy_of_tiny_shakespeare_is_prepared_once(tmp_path, corpus_path):
+    cfg = DataConfig(path=str(corpus_path), cache_dir=str(tmp_path))
+    data = prepare(cfg)
+    sizes = data.split_sizes()
+    text = corpus_path.read_text()
+    assert data.name == "shakespeare_char" and data.vocab == tuple(sorted(set(text)))
+    assert sizes["train"] + sizes["val"] == len(text)
+    assert sizes["val"] == pytest.approx(0.1 * len(text), abs=1)
+    assert data.decode(np.fromfile(data.directory / "train.bin", dtype=np.uint16)[:50]) == text[:50]
+    # Prepared data wins over everything else, so a second run needs neither the file nor the network.
+    again = prepare(DataConfig(url=UNREACHABLE, cache_dir=str(tmp_path)))
+    assert again.directory == data.directory and again.source == str(corpus_path)
+
+
+def test_download_is_used_when_there_is_no_local_copy(tmp_path, corpus_path):
+    data = prepare(DataConfig(url=corpus_path.as_uri(), cache_dir=str(tmp_path)))
+    assert data.name == "shakespeare_char" and data.source == corpus_path.as_uri()
+
+
+def test_offline_fallback_is_announced_and_recorded(tmp_path):
+    messages = []
+    data = prepare(DataConfig(url=UNREACHABLE, download_timeout_s=2, cache_dir=str(tmp_path)), announce=messages.append)
+    assert data.name == "pystdlib_char" and "standard library" in data.source
+    assert len(messages) == 1 and "offline fallback" in messages[0] and "data.path=" in messages[0]
+    assert data.as_record()["name"] == "pystdlib_char"
+    assert min(data.split_sizes().values()) > 100_000
+
+
+def test_text_file_accepts_a_folder_of_txt_files(tmp_path):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "a.txt").write_text("hello world\n" * 50)
+    (folder / "b.txt").write_text("goodbye moon\n" * 50)
+    (folder / "skip.md").write_text("ignored: not .txt")
+    data = prepare(DataConfig(name="text_file", path=str(folder), cache_dir=str(tmp_path / "cache")))
+    assert set(data.vocab) == set("hello world goodbye moon\n")
+    assert sum(data.split_sizes().values()) == 12 * 50 + 13 * 50 + 1
+
+
+def test_a_changed_text_file_is_prepared_again(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("abc" * 100)
+    cfg = DataConfig(name="text_file", path=str(path), cache_dir=str(tmp_path / "cache"))
+    first = prepare(cfg)
+    path.write_text("xyz" * 200)
+    second = prepare(cfg)
+    assert first.directory != second.directory and set(second.vocab) == set("xyz")
+
+
+def test_non_utf8_text_gets_a_clear_error(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("café".encode("latin-1") * 10)
+    with pytest.raises(DataError, match="not UTF-8.*convert it"):
+        prepare(DataConfig(name="text_file", path=str(path), cache_dir=str(tmp_path / "cache")))
+
+
+def test_unreadable_prepared_data_names_the_fix(tmp_path, corpus_path):
+    data = prepare(DataConfig(path=str(corpus_path), cache_dir=str(tmp_path)))
+    (data.directory / "meta.json").write_text("{torn")
+    with pytest.raises(DataError, match="delete that folder"):
+        prepare(DataConfig(path=str(corpus_path), cache_dir=str(tmp_path)))
+
+
+def test_unknown_characters_are_named_when_encoding(tmp_path, corpus_path):
+    data = prepare(DataConfig(path=str(corpus_path), cache_dir=str(tmp_path)))
+    assert data.decode(data.encode("ROMEO:")) == "ROMEO:"
+    with pytest.raises(DataError, match="'€'"):
+        data.encode("ROMEO€")
+
+
+@pytest.fixture
+def batches(tmp_path, corpus_path):
+    data = prepare(DataConfig(path=str(corpus_path), cache_dir=str(tmp_path)))
+    return lambda seed=1337, split="train": Batches(data, split, block_size=16, seed=seed, device=CPU)
+
+
+def test_a_step_batch_is_a_pure_function_of_seed_and_step(batches):
+    x1, y1 = batches().get(step=5, start=0, count=8)
+    x2, y2 = batches().get(step=5, start=0, count=8)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert torch.equal(x1[:, 1:], y1[:, :-1])  # targets are the inputs shifted by one
+    assert not torch.equal(x1, batches().get(step=6, start=0, count=8)[0])
+    assert not torch.equal(x1, batches(seed=1).get(step=5, start=0, count=8)[0])
+    assert not torch.equal(x1, batches(split="val").get(step=5, start=0, count=8)[0])
+
+
+def test_slices_of_a_step_compose_into_the_whole_batch(batches):
+    """Batch 8 = batch 4 x accumulation 2 = 2 ranks x batch 4: the same eight sequences."""
+    whole, _ = batches().get(step=3, start=0, count=8)
+    halves = [batches().get(step=3, start=start, count=4)[0] for start in (0, 4)]
+    assert torch.equal(whole, torch.cat(halves))
+
+
+def test_offsets_cover_the_split_roughly_uniformly():
+    n = 1_000_000
+    offsets = np.concatenate([sequence_offsets(1337, "train", s, np.arange(64), n, 16) for s in range(50)])
+    assert len(set(offsets.tolist())) > 3150  # 3,200 draws, nearly all distinct
+    assert offsets.min() >= 0 and offsets.max() < n - 16
+    deciles = np.histogram(offsets, bins=10, range=(0, n))[0]
+    assert deciles.min() > 250  # ~320 each when uniform
+
+
+def test_meta_records_the_source(tmp_path, corpus_path):
+    data = prepare(DataConfig(path=str(corpus_path), cache_dir=str(tmp_path)))
+    meta = json.loads((data.directory / "meta.json").read_text())
+    assert meta["source"] == str(corpus_path) and meta["name"] == "shakespeare_char"
