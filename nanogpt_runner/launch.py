@@ -60,7 +60,7 @@ def run_job(cfg: DictConfig) -> int:
         message = "invalid config:\n" + "\n".join(f"  - {p}" for p in problems)
         error(message)
         if not sweep:
-            shutil.rmtree(run_dir, ignore_errors=True)
+            _remove_run_dir(run_dir, Path(cfg.run.root))
             sys.exit(EXIT_INVALID_CONFIG)
         RunWriter(run_dir, _identity(cfg, run_dir, hydra_cfg)).update(
             status="failed", error=message, end_time=time.time())
@@ -78,6 +78,19 @@ def run_job(cfg: DictConfig) -> int:
             sys.exit(code)
         return 0
     return subprocess.run([sys.executable, "-m", "nanogpt_runner.worker", str(run_dir)]).returncode
+
+
+def _remove_run_dir(run_dir: Path, root: Path) -> None:
+    """Remove a refused run's directory and the date folders Hydra made for it, if now empty."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    root = root.resolve()
+    parent = run_dir.resolve().parent
+    while parent != root and root in parent.parents:
+        try:
+            parent.rmdir()
+        except OSError:
+            return
+        parent = parent.parent
 
 
 def _identity(cfg: DictConfig, run_dir: Path, hydra_cfg) -> dict:

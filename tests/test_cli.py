@@ -1,0 +1,51 @@
+"""``nanogpt-run`` as a user runs it: a tiny end-to-end run and the files it leaves, and bad input that
+gets one clear message, a non-zero exit, no traceback and no run directory claiming anything."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import run_cli
+
+from nanogpt_runner.runs import find_runs, read_run
+
+
+def test_a_tiny_run_end_to_end(tmp_path, tiny_overrides):
+    result = run_cli(tiny_overrides + ["run.name=smoke"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    [run_dir] = find_runs(tmp_path / "outputs")
+    assert run_dir.name.endswith("_smoke")
+    assert {p.name for p in run_dir.iterdir()} >= {"run.json", "metrics.jsonl", "config.yaml", "train.log", ".hydra"}
+    run = read_run(run_dir)
+    assert run["status"] == "completed" and run["name"] == "smoke"
+    assert run["dataset"]["name"] == "shakespeare_char" and run["n_params"] > 0
+    assert run["precision"] == "fp32" and run["device"] == "cpu" and run["world_size"] == 1
+    assert "model=tiny" in run["overrides"] and run["config"]["model"]["n_embd"] == 32
+    assert run["end_time"] >= run["start_time"] and run["summary"]["best_val_loss"] < 4.2
+    kinds = [json.loads(line)["kind"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert kinds.count("train") == 4 and kinds.count("eval") == 3
+    assert "data:" not in (run_dir / "config.yaml").read_text().split("model:")[0]  # resolved yaml, model first
+    assert "eval step 20" in (run_dir / "train.log").read_text()
+    assert "best val loss" in result.stdout and "tokens/s" in result.stdout
+
+
+def test_an_invalid_config_is_refused_before_anything_runs(tmp_path, tiny_overrides):
+    result = run_cli(tiny_overrides + ["model.n_embd=33", "optimizer.lr=0"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "model.n_embd=33" in result.stderr and "optimizer.lr=0" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not any((tmp_path / "outputs").rglob("*"))  # not even an empty date folder
+
+
+def test_an_unknown_key_is_refused_by_hydra(tmp_path, tiny_overrides):
+    result = run_cli(tiny_overrides + ["train.max_iter=5"], cwd=tmp_path)
+    assert result.returncode != 0 and "max_iter" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_text_file_that_is_not_utf8_is_refused_with_the_fix(tmp_path, tiny_overrides):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xff\xfe not utf8 " * 100)
+    result = run_cli(tiny_overrides + ["data=text_file", f"data.path={bad}"], cwd=tmp_path)
+    assert result.returncode == 2 and "not UTF-8" in result.stderr and "Traceback" not in result.stderr
+    assert list(find_runs(tmp_path / "outputs")) == []

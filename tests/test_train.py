@@ -1,0 +1,83 @@
+"""The training loop: the schedule, nanoGPT's decay groups, gradient accumulation that trains exactly
+like the larger batch, and the metrics lines a run leaves."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import compose_config
+
+from nanogpt_runner.config import OptimizerConfig
+from nanogpt_runner.data import prepare
+from nanogpt_runner.model import GPT
+from nanogpt_runner.runs import RunReader, RunWriter
+from nanogpt_runner.train import build_optimizer, lr_at, train
+
+
+def train_in_process(tiny_overrides, run_dir, *extra):
+    cfg = compose_config(tiny_overrides + list(extra))
+    writer = RunWriter(run_dir)
+    summary = train(cfg, run_dir, prepare(cfg.data), writer)
+    writer.close()
+    reader = RunReader(run_dir)
+    reader.refresh()
+    return summary, reader.metrics
+
+
+def test_schedule_warms_up_linearly_then_decays_by_cosine_to_min_lr():
+    opt = OptimizerConfig(lr=1e-3, min_lr=1e-4, warmup_iters=10)
+    lrs = [lr_at(step, opt, max_iters=100) for step in range(120)]
+    assert lrs[0] == pytest.approx(1e-3 / 11) and lrs[9] == pytest.approx(1e-3 * 10 / 11)
+    assert lrs[10] == pytest.approx(1e-3)
+    assert lrs[55] == pytest.approx(1e-4 + 0.5 * 0.9e-3)  # halfway through the decay
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[100:] == [1e-4] * 20
+
+
+def test_decay_iters_ends_the_decay_early():
+    opt = OptimizerConfig(lr=1e-3, min_lr=1e-4, warmup_iters=0, decay_iters=50)
+    assert lr_at(50, opt, max_iters=100) == 1e-4 and lr_at(25, opt, max_iters=100) > 1e-4
+
+
+def test_matrices_are_decayed_and_biases_and_norms_are_not():
+    cfg = compose_config(["model=tiny", "model.bias=true"]).model
+    model = GPT(cfg, 65)
+    decayed, plain = build_optimizer(model, OptimizerConfig(weight_decay=0.1), torch.device("cpu")).param_groups
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decayed["params"]) and all(p.dim() == 1 for p in plain["params"])
+    assert sum(p.numel() for p in decayed["params"] + plain["params"]) == model.num_params(False)
+
+
+def test_accumulation_trains_exactly_like_the_larger_batch(tmp_path, tiny_overrides):
+    """Batch 8 in one pass and batch 4 x 2 micro-steps see the same sequences and take the same steps."""
+    common = ["train.log_interval=1", "train.max_iters=8"]
+    _, whole = train_in_process(tiny_overrides, tmp_path / "a", *common, "train.batch_size=8", "train.grad_accum=1")
+    _, accumulated = train_in_process(tiny_overrides, tmp_path / "b", *common, "train.batch_size=4",
+                                      "train.grad_accum=2")
+    for a, b in zip(whole.train, accumulated.train, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    assert whole.train[-1]["tokens"] == accumulated.train[-1]["tokens"] == 8 * 8 * 32
+
+
+def test_a_run_logs_train_and_eval_lines(tmp_path, tiny_overrides):
+    summary, metrics = train_in_process(tiny_overrides, tmp_path)
+    assert [r["step"] for r in metrics.train] == [5, 10, 15, 20]
+    assert [r["step"] for r in metrics.eval] == [0, 10, 20]
+    line = metrics.train[-1]
+    for key in ("tokens", "loss", "lr", "grad_norm", "tok_per_s", "step_ms", "mfu", "mem_gb", "peak_mem_gb",
+                "elapsed_s", "time"):
+        assert math.isfinite(line[key]), key
+    assert metrics.eval[-1]["val_loss"] < metrics.eval[0]["val_loss"]  # it learns
+    assert summary.best_val_loss == min(r["val_loss"] for r in metrics.eval)
+    assert summary.steps == 20 and summary.tokens == 20 * 4 * 32
+
+
+def test_same_seed_same_run(tmp_path, tiny_overrides):
+    _, first = train_in_process(tiny_overrides, tmp_path / "a")
+    _, second = train_in_process(tiny_overrides, tmp_path / "b")
+    assert [r["loss"] for r in first.train] == [r["loss"] for r in second.train]
+    _, other = train_in_process(tiny_overrides, tmp_path / "c", "train.seed=7")
+    assert [r["loss"] for r in other.train] != [r["loss"] for r in first.train]
