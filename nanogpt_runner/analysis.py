@@ -1,0 +1,397 @@
+"""Per-run and cross-run summaries, in numbers and in plain words.
+
+The questions this tool exists for are "did this run work?" and "what did accumulation, recomputation,
+precision or a parallel layout cost in time and memory, and what did it do to the loss?". The viewer
+and ``nanogpt-report`` ask them through this module so both give the same answers. It depends on
+runs.py alone and imports no torch.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from nanogpt_runner.runs import RunMetrics, RunReader, effective_status, find_runs
+
+# Keys that say where or how a run was stored, not what it trained: never a "difference" between runs.
+IGNORED_KEY_PREFIXES = ("run.", "data.cache_dir", "data.url", "data.download_timeout_s")
+# Settings whose cost in time and memory is the point of comparing runs; listed first when they differ.
+LEVERS = {"train.recompute": "recompute", "train.grad_accum": "grad_accum", "train.precision": "precision",
+          "train.compile": "compile", "parallel.name": "layout", "parallel.nproc_per_node": "processes"}
+LEVER_ORDER = list(LEVERS)
+# A pair of runs that differ in more keys than this is not a fair comparison of any one of them.
+MAX_PAIR_DIFFERENCES = 3
+
+
+@dataclass
+class RunRecord:
+    """One run as the analysis sees it: its run.json, and its metrics when they have been read.
+
+    ``metrics`` is None until someone needed the curves (the viewer lists 10,000 runs from run.json
+    and the last metrics line alone); ``last_train`` is that newest train line.
+    """
+
+    id: str
+    path: Path
+    info: dict
+    metrics: RunMetrics | None = None
+    last_train: dict | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.info.get("name") or Path(self.id).name)
+
+    @property
+    def status(self) -> str:
+        return effective_status(self.info)
+
+    @property
+    def sweep(self) -> str:
+        """The sweep folder (relative to the runs root) for a sweep job, "" for a single run."""
+        return str(Path(self.id).parent) if self.info.get("sweep") else ""
+
+    @property
+    def label(self) -> str:
+        """A short name that tells runs apart in legends: the run folder, or sweep time/job and name."""
+        if self.sweep:
+            return f"{Path(self.id).parent.name}/{Path(self.id).name} {self.name}"
+        return Path(self.id).name
+
+    @property
+    def config(self) -> dict:
+        config = self.info.get("config")
+        return flatten(config) if isinstance(config, dict) else {}
+
+
+def load_runs(root: Path) -> list[RunRecord]:
+    """Every run under ``root`` with its metrics read, oldest first (for reports; the viewer reads lazily)."""
+    root = Path(root)
+    records = []
+    for path in find_runs(root):
+        reader = RunReader(path)
+        reader.refresh()
+        if reader.info:
+            train = reader.metrics.train
+            records.append(RunRecord(str(path.relative_to(root)), path, reader.info, reader.metrics,
+                                     train[-1] if train else None))
+    return sorted(records, key=lambda r: (_number(r.info.get("start_time")) or 0.0, r.id))
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"train": {"lr": 1}} -> {"train.lr": 1}; lists stay values."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def meaningful(key: str) -> bool:
+    return not key.startswith(IGNORED_KEY_PREFIXES)
+
+
+def differing_keys(records: list[RunRecord]) -> list[str]:
+    """Config keys whose values are not all equal across ``records``: levers first, then alphabetical."""
+    configs = [r.config for r in records]
+    keys = {k for c in configs for k in c if meaningful(k)}
+    differ = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
+    return sorted(differ, key=lambda k: (k not in LEVERS, LEVER_ORDER.index(k) if k in LEVERS else 0, k))
+
+
+# ---------------------------------------------------------------------------------------------------
+# One run in numbers
+
+
+def summarize(record: RunRecord, target: float | None = None) -> dict:
+    """The numbers the runs table and the CSV show for one run.
+
+    From the metrics when they are loaded, else from the newest train line; a finished run's own
+    summary in run.json wins where it has a value, since the trainer measured it best.
+    """
+    info, metrics, last = record.info, record.metrics, record.last_train
+    out = {
+        "name": record.name, "sweep": record.sweep, "status": record.status,
+        "steps": _number(last.get("step")) if last else None,
+        "tokens": _number(last.get("tokens")) if last else None,
+        "best_val_loss": None,
+        "last_train_loss": _number(last.get("loss")) if last else None,
+        "tok_per_s": _number(last.get("tok_per_s")) if last else None,
+        "elapsed_s": _number(last.get("elapsed_s")) if last else None,
+        "peak_mem_gb": _number(last.get("peak_mem_gb")) if last else None,
+        "mfu": _number(last.get("mfu")) if last else None,
+        "time_to_target_s": None,
+        "diverged_at": None,
+    }
+    if metrics is not None:
+        out.update(_from_metrics(metrics, target))
+    summary = info.get("summary")
+    if isinstance(summary, dict):
+        out["last_train_loss"] = _first(summary.get("final_train_loss"), out["last_train_loss"])
+        for key in ("steps", "tokens", "best_val_loss", "tok_per_s", "elapsed_s", "peak_mem_gb", "mfu"):
+            out[key] = _first(summary.get(key), out[key])
+    if out["steps"] is None:
+        out["steps"] = _number(info.get("step"))
+    out["start_time"] = _number(info.get("start_time"))
+    return out
+
+
+def _from_metrics(metrics: RunMetrics, target: float | None) -> dict:
+    out: dict = {}
+    train, evals = metrics.train, metrics.eval
+    if train:
+        last = train[-1]
+        throughput = [v for v in (_number(r.get("tok_per_s")) for r in train[1:] or train) if finite(v)]
+        peaks = [v for v in (_number(r.get("peak_mem_gb")) for r in train) if finite(v)]
+        mfus = [v for v in (_number(r.get("mfu")) for r in train[1:] or train) if finite(v)]
+        out.update(steps=_number(last.get("step")), tokens=_number(last.get("tokens")),
+                   last_train_loss=_number(last.get("loss")),
+                   tok_per_s=statistics.median(throughput) if throughput else None,
+                   peak_mem_gb=max(peaks) if peaks else None,
+                   mfu=statistics.median(mfus) if mfus else None)
+    vals = [v for v in (_number(r.get("val_loss")) for r in evals) if finite(v)]
+    out["best_val_loss"] = min(vals) if vals else None
+    elapsed = [v for v in (_number(r.get("elapsed_s")) for r in (train[-1:] + evals[-1:])) if finite(v)]
+    if elapsed:
+        out["elapsed_s"] = max(elapsed)
+    out["time_to_target_s"] = time_to_target(metrics, target)
+    out["diverged_at"] = diverged_at(metrics)
+    return out
+
+
+def time_to_target(metrics: RunMetrics, target: float | None) -> float | None:
+    """Seconds from the start to the first evaluation whose val loss is at or below ``target``."""
+    if target is None:
+        return None
+    for record in metrics.eval:
+        loss = _number(record.get("val_loss"))
+        if finite(loss) and loss <= target:
+            return _number(record.get("elapsed_s"))
+    return None
+
+
+def diverged_at(metrics: RunMetrics) -> int | None:
+    """The first step with a non-finite loss (or a "nan" event), None when the run never diverged."""
+    steps = [r.get("step") for r in metrics.events if r.get("event") == "nan"]
+    steps += [r.get("step") for r in metrics.train if not finite(_number(r.get("loss")))]
+    steps += [r.get("step") for r in metrics.eval if not finite(_number(r.get("val_loss")))]
+    steps = [s for s in steps if isinstance(s, (int, float))]
+    return int(min(steps)) if steps else None
+
+
+# ---------------------------------------------------------------------------------------------------
+# One run in words
+
+
+def run_notes(record: RunRecord) -> list[str]:
+    """What one run did, one sentence each: trend, generalization, throughput, and what it cost."""
+    metrics = record.metrics
+    notes = []
+    if metrics is not None:
+        notes += _trend_notes(metrics)
+        notes += _overfit_notes(metrics)
+        notes += _throughput_notes(metrics)
+    notes.append(_cost_note(record))
+    return notes
+
+
+def _trend_notes(metrics: RunMetrics) -> list[str]:
+    step = diverged_at(metrics)
+    if step is not None:
+        return [f"diverged: the loss became non-finite (NaN/inf) at step {step}."]
+    points = [(r.get("step"), _number(r.get("loss"))) for r in metrics.train]
+    points = [(s, v) for s, v in points if finite(v)]
+    if len(points) < 4:
+        return [f"too early to judge the trend: {len(points)} train loss points so far."]
+    window = max(2, len(points) // 5)
+    before = statistics.fmean(v for _, v in points[-2 * window:-window])
+    recent = statistics.fmean(v for _, v in points[-window:])
+    span = points[-1][0] - points[-window][0]
+    change = (before - recent) / abs(before) if before else 0.0
+    if change > 0.01:
+        return [f"converging: train loss fell {change:.1%} over the last {span} steps ({before:.3f} → {recent:.3f})."]
+    if change < -0.05:
+        return [f"getting worse: train loss rose {-change:.1%} over the last {span} steps ({before:.3f} → "
+                f"{recent:.3f}); a lower learning rate or more warm-up usually helps."]
+    return [f"plateaued: train loss moved {abs(change):.1%} over the last {span} steps (≈{recent:.3f}); more "
+            f"steps at this learning rate will not buy much."]
+
+
+def _overfit_notes(metrics: RunMetrics) -> list[str]:
+    evals = [r for r in metrics.eval if finite(_number(r.get("val_loss"))) and finite(_number(r.get("train_loss")))]
+    if len(evals) < 2:
+        return []
+    last = evals[-1]
+    best = min(evals, key=lambda r: r["val_loss"])
+    gap = last["val_loss"] - last["train_loss"]
+    if best is not last and last["val_loss"] > best["val_loss"] * 1.02:
+        return [f"overfitting: val loss rose from {best['val_loss']:.3f} at step {best['step']} to "
+                f"{last['val_loss']:.3f} at step {last['step']} while train loss is {last['train_loss']:.3f}; "
+                f"the step-{best['step']} checkpoint is the one to keep (or add dropout)."]
+    if gap > 0.1 * abs(last["train_loss"]):
+        return [f"val–train gap {gap:.3f} ({gap / abs(last['train_loss']):.0%} of train loss): it fits the "
+                f"training text noticeably better than held-out text."]
+    return [f"generalizing: val loss {last['val_loss']:.3f} tracks train loss {last['train_loss']:.3f} "
+            f"(gap {gap:+.3f})."]
+
+
+def _throughput_notes(metrics: RunMetrics) -> list[str]:
+    # The first logged window holds start-up (allocation, compilation): judge stability without it.
+    rates = [v for v in (_number(r.get("tok_per_s")) for r in metrics.train[1:]) if finite(v) and v > 0]
+    if len(rates) < 3:
+        return []
+    mean = statistics.fmean(rates)
+    spread = statistics.pstdev(rates) / mean
+    if spread < 0.1:
+        return [f"throughput stable: {mean:,.0f} tokens/s (±{spread:.0%})."]
+    return [f"throughput unstable: {min(rates):,.0f}–{max(rates):,.0f} tokens/s (±{spread:.0%}); another "
+            f"job sharing the machine, evaluation or checkpoint pauses are the usual causes."]
+
+
+def _cost_note(record: RunRecord) -> str:
+    s = summarize(record)
+    cfg = record.config
+    if isinstance(record.info.get("precision"), str):  # what "auto" resolved to
+        cfg["train.precision"] = record.info["precision"]
+    settings = ", ".join(f"{word} {cfg[key]}" for key, word in LEVERS.items() if key in cfg)
+    settings = settings or "settings unknown (no config in run.json)"
+    parts = [f"took {format_duration(s['elapsed_s'])}"]
+    if finite(s["tok_per_s"]):
+        parts.append(f"{s['tok_per_s']:,.0f} tokens/s")
+    if finite(s["peak_mem_gb"]):
+        parts.append(f"peak memory {s['peak_mem_gb']:.2f} GB")
+    if finite(s["mfu"]):
+        parts.append(f"MFU {s['mfu']:.1%}")
+    return f"cost: {', '.join(parts)} with {settings}."
+
+
+# ---------------------------------------------------------------------------------------------------
+# Across runs
+
+
+def compare_notes(records: list[RunRecord], target: float | None = None) -> list[str]:
+    """Which run did best, which got to the target first, and what each differing setting changed."""
+    if len(records) < 2:
+        return []
+    rows = {r.id: summarize(r, target) for r in records}
+    notes = []
+    finished = [r for r in records if finite(rows[r.id]["best_val_loss"])]
+    if finished:
+        best = min(finished, key=lambda r: rows[r.id]["best_val_loss"])
+        runner_up = sorted(rows[r.id]["best_val_loss"] for r in finished)[1:2]
+        lead = runner_up[0] - rows[best.id]["best_val_loss"] if runner_up else None
+        margin = "" if lead is None else ", tied with the next" if lead < 5e-5 else f", {lead:.4f} ahead of the next"
+        notes.append(f"best val loss: {best.label} with {rows[best.id]['best_val_loss']:.4f}{margin}.")
+    if target is not None:
+        reached = [r for r in records if finite(rows[r.id]["time_to_target_s"])]
+        if reached:
+            first = min(reached, key=lambda r: rows[r.id]["time_to_target_s"])
+            notes.append(f"fastest to val loss ≤ {target:g}: {first.label} in "
+                         f"{format_duration(rows[first.id]['time_to_target_s'])} "
+                         f"({len(reached)} of {len(records)} runs got there).")
+        else:
+            notes.append(f"no selected run has reached val loss ≤ {target:g} yet.")
+    fast = [r for r in records if finite(rows[r.id]["tok_per_s"])]
+    if len(fast) > 1:
+        top = max(fast, key=lambda r: rows[r.id]["tok_per_s"])
+        notes.append(f"highest throughput: {top.label} at {rows[top.id]['tok_per_s']:,.0f} tokens/s.")
+    for base, other, keys in closest_pairs(records):
+        notes.append(_effect_note(base, other, keys, rows[base.id], rows[other.id]))
+    return notes
+
+
+def closest_pairs(records: list[RunRecord]) -> list[tuple[RunRecord, RunRecord, list[str]]]:
+    """For each run, its closest other run (fewest differing config keys), as (baseline, run, keys).
+
+    The baseline of a pair is the run with the plainer setting (no recomputation, less accumulation,
+    one process, fp32), so effects read as "turning X on changed Y". Pairs that differ in more than
+    MAX_PAIR_DIFFERENCES keys are left out: too many causes to name one.
+    """
+    configs = {r.id: r.config for r in records}
+    pairs: dict[tuple[str, str], tuple[RunRecord, RunRecord, list[str]]] = {}
+    for record in records:
+        best: tuple[int, RunRecord, list[str]] | None = None
+        for other in records:
+            if other is record:
+                continue
+            keys = _diff(configs[record.id], configs[other.id])
+            if keys and (best is None or len(keys) < best[0]):
+                best = (len(keys), other, keys)
+        if best is None or best[0] > MAX_PAIR_DIFFERENCES:
+            continue
+        _, other, keys = best
+        base, run = sorted((record, other), key=lambda r: [_plainness(configs[r.id].get(k)) for k in keys])
+        pairs.setdefault(tuple(sorted((base.id, run.id))), (base, run, keys))
+    return sorted(pairs.values(), key=lambda p: (not any(k in LEVERS for k in p[2]), p[0].id, p[1].id))
+
+
+def _diff(a: dict, b: dict) -> list[str]:
+    keys = {k for k in a.keys() | b.keys() if meaningful(k) and repr(a.get(k)) != repr(b.get(k))}
+    return sorted(keys, key=lambda k: (k not in LEVERS, k))
+
+
+def _plainness(value) -> tuple:
+    """Sort key: False, 1, "single", "fp32" (the settings a baseline has) come first, then by value."""
+    if isinstance(value, bool) or value is None:
+        return (bool(value), 0, 0.0, "")
+    plain = value in (0, 1, "single", "fp32")
+    if isinstance(value, (int, float)):
+        return (not plain, 0, float(value), "")
+    return (not plain, 1, 0.0, str(value))
+
+
+def _effect_note(base: RunRecord, run: RunRecord, keys: list[str], b: dict, r: dict) -> str:
+    change = ", ".join(f"{k} {base.config.get(k)} → {run.config.get(k)}" for k in keys)
+    effects = [
+        _relative("peak memory", b["peak_mem_gb"], r["peak_mem_gb"], "{:.2f} GB"),
+        _relative("tokens/s", b["tok_per_s"], r["tok_per_s"], "{:,.0f}"),
+        _relative("total time", b["elapsed_s"], r["elapsed_s"], "{:.1f} s"),
+    ]
+    if finite(b["best_val_loss"]) and finite(r["best_val_loss"]):
+        effects.append(f"best val loss {b['best_val_loss']:.4f} → {r['best_val_loss']:.4f} "
+                       f"({r['best_val_loss'] - b['best_val_loss']:+.4f})")
+    effects = [e for e in effects if e] or ["no comparable numbers yet"]
+    return f"{change} ({run.label} vs {base.label}): {'; '.join(effects)}."
+
+
+def _relative(what: str, before, after, fmt: str) -> str:
+    if not (finite(before) and finite(after)) or before == 0:
+        return ""
+    return f"{what} {fmt.format(before)} → {fmt.format(after)} ({(after - before) / before:+.0%})"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def format_duration(seconds) -> str:
+    if not finite(seconds):
+        return "?"
+    seconds = float(seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    return f"{minutes // 60}h {minutes % 60:02d}m"
+
+
+def _number(value):
+    """A JSON value as a float when it is a number (bools are not), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value
+
+
+def finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _first(*values):
+    for value in values:
+        if _number(value) is not None:
+            return value
+    return None

@@ -1,0 +1,115 @@
+"""``nanogpt-report RUNS_DIR``: the comparison of every run as files: summary.csv and comparison.png.
+
+The same numbers and sentences as the viewer's Compare tab (both come from nanogpt_runner.analysis),
+for a notebook, a paper or a machine without a browser. matplotlib draws real log axes, which the
+browser's plots do not have. No torch is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+from nanogpt_runner.analysis import RunRecord, compare_notes, differing_keys, finite, load_runs, run_notes, summarize
+
+CSV_NAME = "summary.csv"
+PNG_NAME = "comparison.png"
+CSV_FIELDS = ["run", "name", "sweep", "status", "steps", "tokens", "best_val_loss", "last_train_loss", "tok_per_s",
+              "elapsed_s", "peak_mem_gb", "mfu", "time_to_target_s", "diverged_at"]
+
+
+def write_csv(runs: list[RunRecord], path: Path, target: float | None = None) -> Path:
+    """One row per run: the summary numbers, then the config keys that differ between the runs."""
+    keys = differing_keys(runs)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_FIELDS + keys)
+        for run in runs:
+            summary = summarize(run, target)
+            config = run.config
+            writer.writerow([run.id] + [summary.get(k) for k in CSV_FIELDS[1:]] + [config.get(k) for k in keys])
+    return path
+
+
+def write_png(runs: list[RunRecord], path: Path, target: float | None = None) -> Path:
+    """Train and val loss against tokens (log y), then tokens/s and peak memory per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
+    (train_ax, val_ax), (speed_ax, memory_ax) = axes
+    for run in runs:
+        metrics = run.metrics
+        if metrics is None:
+            continue
+        for ax, lines, field in ((train_ax, metrics.train, "loss"), (val_ax, metrics.eval, "val_loss")):
+            points = [r for r in lines if finite(r.get("tokens")) and finite(r.get(field))]
+            if points:
+                ax.plot([r["tokens"] for r in points], [r[field] for r in points], label=run.label,
+                        marker="." if field == "val_loss" else None)
+    for ax, title in ((train_ax, "train loss"), (val_ax, "val loss")):
+        ax.set(title=title, xlabel="tokens", yscale="log")
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    if target is not None:
+        val_ax.axhline(target, color="grey", linestyle="--", linewidth=1)
+    summaries = [summarize(run, target) for run in runs]
+    labels = [run.label for run in runs]
+    for ax, field, title in ((speed_ax, "tok_per_s", "tokens/s"), (memory_ax, "peak_mem_gb", "peak memory (GB)")):
+        ax.barh(labels, [s[field] if finite(s[field]) else 0.0 for s in summaries])
+        ax.set(title=title)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(runs: list[RunRecord], out_dir: Path, target: float | None = None) -> list[Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [write_csv(runs, out_dir / CSV_NAME, target), write_png(runs, out_dir / PNG_NAME, target)]
+
+
+def notes_text(runs: list[RunRecord], target: float | None = None) -> str:
+    lines = []
+    for run in runs:
+        lines.append(f"{run.label} ({run.status})")
+        lines += [f"  - {note}" for note in run_notes(run)]
+    across = compare_notes(runs, target)
+    if across:
+        lines.append("across runs")
+        lines += [f"  - {note}" for note in across]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="nanogpt-report", description=__doc__.splitlines()[0])
+    parser.add_argument("runs_dir", type=Path, help="folder holding runs (searched recursively for run.json)")
+    parser.add_argument("--out", type=Path, default=None, help="where to write the files (default RUNS_DIR/report)")
+    parser.add_argument("--target-loss", type=float, default=None, help="val loss for the time-to-target column")
+    args = parser.parse_args(argv)
+    if not args.runs_dir.is_dir():
+        parser.error(f"runs folder {args.runs_dir} does not exist or is not a folder: pass the folder that holds "
+                     f"your runs, e.g. nanogpt-report outputs/")
+    runs = load_runs(args.runs_dir)
+    if not runs:
+        parser.error(f"no runs (folders with a run.json) under {args.runs_dir}: start one with nanogpt-run, "
+                     f"or point at the folder that holds them")
+    out_dir = args.out or args.runs_dir / "report"
+    try:
+        paths = write_report(runs, out_dir, args.target_loss)
+    except OSError as err:
+        parser.error(f"cannot write the report to {out_dir} ({err.strerror}): pass --out DIR with a writable folder")
+    print(notes_text(runs, args.target_loss))
+    print(f"\n{len(runs)} runs: wrote " + " and ".join(str(p) for p in paths))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""``nanogpt-view [RUNS_DIR]``: check the command line, then serve the dashboard.
+
+Every bad input (a runs folder that is not there, a malformed --auth, a public --host without --auth,
+a port range with nothing free) ends in one message that names the problem and the fix, and exit
+code 2: no traceback. Gradio is imported only after the arguments are good, so mistakes fail fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import socket
+from pathlib import Path
+
+DEFAULT_PORT = 7860
+PORT_TRIES = 100
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="nanogpt-view", description="Live dashboard of nanogpt-runner runs.")
+    parser.add_argument("runs_dir", nargs="?", default="outputs", type=Path,
+                        help="folder searched recursively for runs (run.json); default outputs/")
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help=f"port; the next free one is used when it is taken (default {DEFAULT_PORT})")
+    parser.add_argument("--refresh", type=float, default=2.0, help="seconds between live updates (default 2)")
+    parser.add_argument("--auth", default=None, metavar="USER:PASSWORD",
+                        help="require this login; mandatory when --host is not a loopback address")
+    args = parser.parse_args(argv)
+    problem = argument_problem(args)
+    if problem:
+        parser.error(problem)
+    return args
+
+
+def argument_problem(args: argparse.Namespace) -> str | None:
+    """The first thing wrong with the command line, as a sentence with the fix; None when all is well."""
+    if not args.runs_dir.exists():
+        return (f"runs folder {args.runs_dir} does not exist: pass the folder that holds your runs "
+                f"(nanogpt-view outputs/), or start a run first with nanogpt-run")
+    if not args.runs_dir.is_dir():
+        return f"{args.runs_dir} is a file, not a folder: pass the folder that holds your runs"
+    if args.auth is not None and parse_auth(args.auth) is None:
+        return "--auth must be USER:PASSWORD with both parts non-empty, e.g. --auth alice:s3cret"
+    if not is_loopback(args.host) and args.auth is None:
+        return (f"--host {args.host} makes the dashboard (which can start training runs) reachable from other "
+                f"machines: add --auth USER:PASSWORD, or keep the default --host 127.0.0.1")
+    if not 0 < args.port < 65536:
+        return f"--port {args.port} is not a TCP port: use 1-65535"
+    if not args.refresh > 0:
+        return f"--refresh {args.refresh} must be a positive number of seconds, e.g. --refresh 2"
+    return None
+
+
+def parse_auth(text: str) -> tuple[str, str] | None:
+    user, sep, password = text.partition(":")
+    return (user, password) if sep and user and password else None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def free_port(host: str, start: int) -> int | None:
+    """The first port from ``start`` on that nothing listens on."""
+    for port in range(start, min(start + PORT_TRIES, 65536)):
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            return port
+    return None
+
+
+def serve(runs_dir: Path, host: str = "127.0.0.1", port: int = DEFAULT_PORT, refresh_s: float = 2.0,
+          auth: tuple[str, str] | None = None, block: bool = True):
+    """Build and launch the app; returns (demo, url). With block=False it runs in the background (tests)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio as gr
+
+    from nanogpt_runner.viewer.dashboard import Dashboard
+    from nanogpt_runner.viewer.launcher import Launcher
+    from nanogpt_runner.viewer.sampler import Sampler, sampling_available
+    from nanogpt_runner.viewer.store import RunStore
+    from nanogpt_runner.viewer.ui import CSS, build_app
+
+    store = RunStore(runs_dir)
+    store.poll()
+    demo = build_app(Dashboard(store), Launcher(store.root), refresh_s, Sampler() if sampling_available() else None)
+    demo.queue(default_concurrency_limit=1)
+    _, url, _ = demo.launch(server_name=host, server_port=port, auth=auth, prevent_thread_lock=not block,
+                            quiet=True, theme=gr.themes.Soft(), css=CSS, footer_links=[])
+    return demo, url
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    port = free_port(args.host, args.port)
+    if port is None:
+        raise SystemExit(f"nanogpt-view: error: no free port in {args.port}-{args.port + PORT_TRIES - 1} on "
+                         f"{args.host}: pass --port with another starting port")
+    root = args.runs_dir.resolve()
+    print(f"nanogpt-view: {root} at http://{args.host}:{port} (refresh every {args.refresh:g} s; Ctrl+C to stop)",
+          flush=True)
+    try:
+        serve(root, args.host, port, args.refresh, parse_auth(args.auth) if args.auth else None, block=True)
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,226 @@
+"""What the page shows, computed from the run store: the runs table and the comparison of selected runs.
+
+Plain Python in, pandas and strings out, so every view is testable without a browser. ``tick`` is the
+timer's cheap "what changed" check: it returns None for a part whose inputs did not move, and the
+page then leaves that part alone (no re-render, no flicker, no bytes sent).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from nanogpt_runner.analysis import (
+    RunRecord,
+    compare_notes,
+    differing_keys,
+    finite,
+    format_duration,
+    run_notes,
+    summarize,
+)
+from nanogpt_runner.viewer.curves import METRICS, curve_frame
+from nanogpt_runner.viewer.store import RunStore
+
+STATUSES = ["running", "queued", "completed", "failed", "interrupted", "stalled"]
+MAX_TABLE_ROWS = 500  # more rows make the page slow to update; the filter narrows them
+MAX_CONFIG_COLUMNS = 8
+DEFAULT_SELECTED = 5
+BARS = {  # bar plot -> (summary field, axis title)
+    "time": ("elapsed_s", "total time (s)"),
+    "memory": ("peak_mem_gb", "peak memory (GB)"),
+    "throughput": ("tok_per_s", "tokens/s"),
+    "to_target": ("time_to_target_s", "time to target val loss (s)"),
+}
+STAT_COLUMNS = {  # table column -> (summary field, decimals)
+    "steps": ("steps", 0), "best val loss": ("best_val_loss", 4), "last train loss": ("last_train_loss", 4),
+    "tokens/s": ("tok_per_s", 0), "time (s)": ("elapsed_s", 1), "peak mem (GB)": ("peak_mem_gb", 3),
+}
+
+
+@dataclass
+class CompareView:
+    curves: dict[str, pd.DataFrame]
+    bars: dict[str, pd.DataFrame]
+    diff: pd.DataFrame
+    analysis: str
+
+
+class Dashboard:
+    """The views of one runs root, shared by every browser session."""
+
+    def __init__(self, store: RunStore, min_poll_s: float = 0.5):
+        self.store = store
+        self.min_poll_s = min_poll_s
+        self._last_poll = 0.0
+        self._rows: dict[str, tuple[int, dict, dict]] = {}  # id -> (version, summary, flat config)
+
+    def refresh(self) -> None:
+        """Poll the store, at most every ``min_poll_s`` however many sessions are ticking."""
+        if time.monotonic() - self._last_poll >= self.min_poll_s:
+            self._last_poll = time.monotonic()
+            self.store.poll()
+
+    # -- the runs table ------------------------------------------------------------------------------
+
+    def listed(self, text: str = "", statuses: list[str] | None = None) -> list[RunRecord]:
+        """Runs matching the filter text (name, folder, sweep, overrides) and statuses, newest first."""
+        needle = (text or "").strip().lower()
+        wanted = set(statuses or [])
+        out = []
+        for record in self.store.records():
+            summary, _ = self._row(record)
+            if wanted and summary["status"].split(" ")[0] not in wanted:
+                continue
+            if needle and needle not in _haystack(record):
+                continue
+            out.append(record)
+        return out
+
+    def table(self, text: str = "", statuses: list[str] | None = None) -> tuple[pd.DataFrame, str]:
+        """(the runs table, a one-line note on what is shown)."""
+        records = self.listed(text, statuses)
+        shown = records[:MAX_TABLE_ROWS]
+        keys = differing_keys(shown)[:MAX_CONFIG_COLUMNS]
+        rows = []
+        for record in shown:
+            summary, config = self._row(record)
+            row = {"name": summary["name"], "sweep": summary["sweep"], "status": summary["status"]}
+            row.update({key: _cell(config.get(key)) for key in keys})
+            for column, (field, decimals) in STAT_COLUMNS.items():
+                row[column] = _rounded(summary[field], decimals)
+            row["MFU %"] = _rounded(summary["mfu"] * 100, 2) if finite(summary["mfu"]) else None
+            entry = self.store.get(record.id)
+            row["note"] = "; ".join(entry.notes if entry else [])
+            row["folder"] = record.id
+            rows.append(row)
+        columns = ["name", "sweep", "status", *keys, *STAT_COLUMNS, "MFU %", "note", "folder"]
+        total = len(self.store.entries)
+        note = f"{len(records)} of {total} runs match"
+        if len(records) > len(shown):
+            note += f"; showing the newest {len(shown)} (type in the filter to narrow)"
+        note += f" · root {self.store.root} · updated {time.strftime('%H:%M:%S')}"
+        return pd.DataFrame(rows, columns=columns), note
+
+    def choices(self, text: str = "", statuses: list[str] | None = None, selected: list[str] = ()) -> list:
+        """(label, id) pairs for the selection box: the listed runs plus whatever is already selected."""
+        listed = self.listed(text, statuses)[:MAX_TABLE_ROWS]
+        ids = {r.id for r in listed}
+        extra = [e.record for i in selected if i not in ids and (e := self.store.get(i))]
+        return [(f"{r.label} · {r.status}", r.id) for r in listed + extra]
+
+    def default_selection(self, n: int = DEFAULT_SELECTED) -> list[str]:
+        return [r.id for r in self.store.records()[:n]]
+
+    def _row(self, record: RunRecord) -> tuple[dict, dict]:
+        entry = self.store.get(record.id)
+        version = entry.version if entry else -1
+        cached = self._rows.get(record.id)
+        if cached is None or cached[0] != version:
+            summary = summarize(record)
+            if summary["diverged_at"] is not None:
+                summary["status"] = f"{summary['status']} (diverged at step {summary['diverged_at']})"
+            cached = (version, summary, record.config)
+            self._rows[record.id] = cached
+        return cached[1], cached[2]
+
+    # -- comparing selected runs ---------------------------------------------------------------------
+
+    def selected(self, run_ids: list[str]) -> list[RunRecord]:
+        """The selected runs that exist under the root, curves loaded; ids the page made up are dropped."""
+        known = [i for i in run_ids or [] if self.store.get(i) is not None]
+        self.store.load(known)
+        return [self.store.get(i).record for i in known]
+
+    def compare(self, run_ids: list[str], x: str = "step", smoothing: float = 0.0, log_y: bool = False,
+                target: float | None = None) -> CompareView:
+        runs = self.selected(run_ids)
+        target = target if finite(target) and target > 0 else None
+        curves = {metric: curve_frame(runs, metric, x, smoothing, log_y and metric == "loss") for metric in METRICS}
+        summaries = [summarize(r, target) for r in runs]
+        bars = {
+            name: pd.DataFrame({"run": [r.label for r in runs], "value": [_or_zero(s[field]) for s in summaries]})
+            for name, (field, _) in BARS.items()
+        }
+        return CompareView(curves, bars, config_diff(runs), analysis_markdown(runs, target))
+
+    # -- the timer -----------------------------------------------------------------------------------
+
+    def tick(self, seen: dict | None, table_args: tuple, compare_args: tuple) -> tuple[dict, tuple | None,
+                                                                                     CompareView | None]:
+        """Refresh, then recompute only the parts whose inputs changed since ``seen`` (the session's)."""
+        self.refresh()
+        seen = dict(seen or {})
+        table_key = [self.store.version, list(table_args)]
+        table = None
+        if seen.get("table") != table_key:
+            table = self.table(*table_args)
+            seen["table"] = table_key
+        selected = compare_args[0] or []
+        compare_key = [[list(v) for v in self.store.versions(selected)], list(compare_args)]
+        view = None
+        if seen.get("compare") != compare_key:
+            view = self.compare(*compare_args)
+            compare_key[0] = [list(v) for v in self.store.versions(selected)]  # loading bumped versions
+            seen["compare"] = compare_key
+        return seen, table, view
+
+
+def config_diff(runs: list[RunRecord]) -> pd.DataFrame:
+    """The config keys that differ between the runs: one row per key, one column per run."""
+    keys = differing_keys(runs)
+    data = {"key": keys}
+    for run in runs:
+        config = run.config
+        data[run.label] = [_cell(config.get(key)) for key in keys]
+    return pd.DataFrame(data)
+
+
+def analysis_markdown(runs: list[RunRecord], target: float | None) -> str:
+    """The analysis in words: a section per run, then what the runs say together."""
+    if not runs:
+        return "Select runs in the **Runs** tab to compare them."
+    parts = []
+    for run in runs:
+        summary = summarize(run, target)
+        parts.append(f"**{run.label}** — {summary['status']}, {format_duration(summary['elapsed_s'])}")
+        parts += [f"- {note}" for note in run_notes(run)]
+        parts.append("")
+    across = compare_notes(runs, target)
+    if across:
+        parts.append("**Across the selected runs**")
+        parts += [f"- {note}" for note in across]
+    return "\n".join(parts)
+
+
+def _haystack(record: RunRecord) -> str:
+    overrides = record.info.get("overrides")
+    words = [record.name, record.id, record.sweep, str(record.info.get("status", ""))]
+    if isinstance(overrides, list):
+        words += [str(o) for o in overrides]
+    return " ".join(words).lower()
+
+
+def _cell(value):
+    """Config values as table cells: lists and None as text so every column has one type."""
+    return value if isinstance(value, (int, float, str)) else str(value)
+
+
+def _rounded(value, decimals: int):
+    if not finite(value):
+        return None
+    return round(float(value), decimals) if decimals else int(round(value))
+
+
+def _or_zero(value) -> float:
+    return float(value) if finite(value) else 0.0
+
+
+def export_report(runs: list[RunRecord], out_dir: Path, target: float | None = None) -> list[Path]:
+    """The same CSV and PNG as ``nanogpt-report``, for the selected runs (matplotlib loaded only now)."""
+    from nanogpt_runner.report import write_report
+
+    return write_report(runs, out_dir, target)

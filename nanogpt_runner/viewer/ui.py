@@ -1,0 +1,245 @@
+"""The Gradio page: layout and wiring only; what it shows comes from Dashboard, what it starts from Launcher.
+
+Live updates: one gr.Timer. Its tick and every control run the same ``update``, which asks the
+dashboard what changed and sends only that (gr.skip() for the rest), so an idle page costs a few stat
+calls per tick and plots never flicker. Every listener that can start a process is private (not
+callable through the Gradio API); the read-only views are offered to scripts as two API endpoints.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+
+from nanogpt_runner.config import PRECISIONS
+from nanogpt_runner.viewer.curves import X_TITLES
+from nanogpt_runner.viewer.dashboard import BARS, STATUSES, Dashboard, export_report
+from nanogpt_runner.viewer.launcher import FORM_KEYS, Launcher, LaunchError, presets
+from nanogpt_runner.viewer.sampler import Sampler
+
+PLOTS = {"loss": "loss", "lr": "learning rate", "tok_per_s": "tokens/s", "mem_gb": "memory (GB)"}
+CSS = "#runs-table {font-size: 0.85em} .analysis li {margin-bottom: 0.2em}"
+PRIVATE = {"api_visibility": "private"}
+
+
+def build_app(dashboard: Dashboard, launcher: Launcher, refresh_s: float = 2.0,
+              sampler: Sampler | None = None) -> gr.Blocks:
+    """The whole page for one runs root."""
+    with gr.Blocks(title="nanogpt-runner viewer") as demo:
+        seen = gr.State(None)
+        gr.Markdown("## nanogpt-runner · runs")
+        note = gr.Markdown(elem_id="note")
+        selection = gr.Dropdown([], value=[], multiselect=True, label="Runs to compare", elem_id="selection")
+        with gr.Tabs():
+            with gr.Tab("Runs", id="runs"):
+                with gr.Row():
+                    text = gr.Textbox(label="Filter", placeholder="name, folder or override, e.g. grad_accum=4",
+                                      elem_id="filter", scale=2)
+                    statuses = gr.CheckboxGroup(STATUSES, label="Status (none ticked: all)", scale=3)
+                table = gr.Dataframe(interactive=False, elem_id="runs-table", max_height=560,
+                                     label="Runs (click a row to add it to or remove it from the comparison)")
+            with gr.Tab("Compare", id="compare"):
+                with gr.Row():
+                    x_axis = gr.Radio(list(X_TITLES), value="step", label="x axis")
+                    smoothing = gr.Slider(0.0, 0.99, value=0.0, step=0.01, label="EMA smoothing (train curves)")
+                    log_y = gr.Checkbox(False, label="log10 loss")
+                    target = gr.Number(None, label="target val loss (time to target; empty or 0: none)")
+                plots = {
+                    name: gr.LinePlot(x="x", y="y", color="series", title=title, x_title="step", y_title=title,
+                                      height=330 if name == "loss" else 250, elem_id=f"plot-{name}")
+                    for name, title in PLOTS.items()
+                }
+                with gr.Row():
+                    bars = {name: gr.BarPlot(x="run", y="value", title=title, x_title="run", y_title=title,
+                                             y_lim=[0, None], x_label_angle=30, height=260, elem_id=f"bar-{name}")
+                            for name, (_, title) in BARS.items()}
+                diff = gr.Dataframe(interactive=False, label="Config keys that differ between the selected runs")
+                analysis = gr.Markdown(elem_classes=["analysis"], elem_id="analysis")
+                with gr.Row():
+                    export = gr.Button("Export summary.csv + comparison.png of the selected runs")
+                    files = gr.File(label="Report files", file_count="multiple")
+            with gr.Tab("Launch", id="launch"):
+                form, extra, launch, launch_status, procs, stop, log = _launch_tab()
+            if sampler is not None:
+                with gr.Tab("Sample", id="sample"):
+                    sample_run, prompt, max_tokens, sample_button, sample_out = _sample_tab()
+        timer = gr.Timer(refresh_s)
+
+        inputs = [seen, text, statuses, selection, x_axis, smoothing, log_y, target]
+        outputs = [seen, note, table, selection, *plots.values(), *bars.values(), diff, analysis]
+
+        def update(seen_value, text_value, status_value, selected, x, smooth, logy, target_value):
+            if seen_value is None and not selected:  # first paint: the newest runs preselected
+                dashboard.refresh()
+                selected = dashboard.default_selection()
+            new_seen, table_part, view = dashboard.tick(
+                seen_value, (text_value, status_value), (selected, x, smooth, logy, target_value))
+            result = [new_seen]
+            if table_part is None:
+                result += [gr.skip()] * 3
+            else:
+                frame, note_text = table_part
+                result += [note_text, frame,
+                           gr.Dropdown(choices=dashboard.choices(text_value, status_value, selected), value=selected,
+                                       multiselect=True)]
+            if view is None:
+                return result + [gr.skip()] * (len(outputs) - len(result))
+            axes = [x, bool(logy)]
+            if (seen_value or {}).get("axes") != axes:
+                new_seen["axes"] = axes
+                result += [gr.LinePlot(value=view.curves[name], x_title=X_TITLES[x],
+                                       y_title=f"log10 {title}" if name == "loss" and logy else title)
+                           for name, title in PLOTS.items()]
+            else:
+                result += [view.curves[name] for name in PLOTS]
+            result += [view.bars[name] for name in BARS]
+            return result + [view.diff, view.analysis]
+
+        common = {"fn": update, "inputs": inputs, "outputs": outputs, "show_progress": "hidden",
+                  "concurrency_id": "dashboard", "concurrency_limit": 1, **PRIVATE}
+        timer.tick(trigger_mode="once", **common)
+        gr.on([demo.load, text.input, statuses.input, selection.input, x_axis.input, smoothing.release,
+               log_y.input, target.input], trigger_mode="always_last", **common)
+
+        def toggle(selected, event: gr.SelectData):
+            run_id = (event.row_value or [None])[-1]
+            if dashboard.store.get(run_id) is None:
+                return gr.skip()
+            selected = list(selected or [])
+            return [i for i in selected if i != run_id] if run_id in selected else selected + [run_id]
+
+        table.select(toggle, [selection], [selection], **PRIVATE).then(**common)
+
+        def export_files(selected, target_value):
+            runs = dashboard.selected(selected)
+            if not runs:
+                raise gr.Error("Select runs to export first.")
+            out_dir = Path(tempfile.mkdtemp(prefix="nanogpt-report-"))
+            return [str(p) for p in export_report(runs, out_dir, target_value)]
+
+        export.click(export_files, [selection, target], [files], **PRIVATE)
+        _wire_launch(demo, launcher, dashboard, timer, form, extra, launch, launch_status, procs, stop, log)
+        if sampler is not None:
+            _wire_sample(sampler, dashboard, timer, sample_run, prompt, max_tokens, sample_button, sample_out)
+        _api(dashboard)
+    return demo
+
+
+def _launch_tab():
+    gr.Markdown("Fill in what differs from the preset (empty fields keep the preset's value). The runner's own "
+                "validation checks everything before anything starts; the run appears in the table at the next "
+                "refresh.")
+    with gr.Row():
+        model = gr.Dropdown(["", *presets("model")], value="", label="model preset")
+        parallel = gr.Dropdown(["", *presets("parallel")], value="", label="parallel layout")
+        nproc = gr.Number(None, precision=0, label="processes (parallel.nproc_per_node)")
+        precision = gr.Dropdown(["", *PRECISIONS], value="", label="precision")
+        name = gr.Textbox("viewer", label="run name")
+    with gr.Row():
+        n_layer = gr.Number(None, precision=0, label="n_layer")
+        n_head = gr.Number(None, precision=0, label="n_head")
+        n_embd = gr.Number(None, precision=0, label="n_embd")
+        block_size = gr.Number(None, precision=0, label="block_size")
+        dropout = gr.Number(None, label="dropout")
+    with gr.Row():
+        lr = gr.Number(None, label="learning rate")
+        batch_size = gr.Number(None, precision=0, label="batch size")
+        grad_accum = gr.Number(None, precision=0, label="grad accumulation")
+        max_iters = gr.Number(None, precision=0, label="iterations")
+        recompute = gr.Checkbox(False, label="activation recomputation")
+        compile_ = gr.Checkbox(False, label="torch.compile")
+    extra = gr.Textbox(label="extra overrides (key=value, space-separated)", elem_id="extra-overrides",
+                       placeholder="optimizer.warmup_iters=10 data.path=/path/to/input.txt")
+    launch = gr.Button("Check and start", variant="primary", elem_id="launch-button")
+    status = gr.Markdown(elem_id="launch-status")
+    with gr.Row():
+        procs = gr.Dropdown([], label="runs started from this page", elem_id="launched", scale=3)
+        stop = gr.Button("Stop (SIGTERM)", variant="stop", scale=1)
+    log = gr.Textbox(label="launcher output (last lines)", lines=8, max_lines=8, autoscroll=True)
+    form = dict(zip(FORM_KEYS, [model, n_layer, n_head, n_embd, block_size, dropout, lr, batch_size, grad_accum,
+                                max_iters, precision, recompute, compile_, parallel, nproc, name], strict=True))
+    return form, extra, launch, status, procs, stop, log
+
+
+def _wire_launch(demo, launcher: Launcher, dashboard: Dashboard, timer, form, extra, launch, status, procs, stop, log):
+    fields = list(form)
+
+    def processes(selected_pid):
+        choices = [(p.describe(), pid) for pid, p in launcher.processes.items()]
+        pid = selected_pid if selected_pid in launcher.processes else (choices[-1][1] if choices else None)
+        return gr.Dropdown(choices=choices, value=pid), launcher.log_tail(pid) if pid else ""
+
+    def start(*values):
+        form_values = dict(zip(fields, values[:-1], strict=True))
+        try:
+            launched = launcher.start(form_values, values[-1])
+        except LaunchError as err:
+            return ("**Not started:**\n\n" + "\n".join(f"- {line}" for line in str(err).splitlines()),
+                    *processes(None))
+        dashboard.store.rescan_soon()
+        return (f"Started pid {launched.process.pid}: `nanogpt-run {' '.join(launched.overrides)}`",
+                *processes(launched.process.pid))
+
+    launch.click(start, [*form.values(), extra], [status, procs, log], concurrency_limit=2, **PRIVATE)
+
+    def stop_run(pid):
+        if pid is None:
+            return "Pick a run started from this page first."
+        try:
+            return launcher.stop(int(pid))
+        except LaunchError as err:
+            return str(err)
+
+    stop.click(stop_run, [procs], [status], **PRIVATE)
+    timer.tick(processes, [procs], [procs, log], show_progress="hidden", trigger_mode="once", **PRIVATE)
+
+
+def _sample_tab():
+    gr.Markdown("Generate text from a run's latest checkpoint (in a separate process; the viewer loads no model).")
+    with gr.Row():
+        run = gr.Dropdown([], label="run with a checkpoint", elem_id="sample-run", scale=3)
+        max_tokens = gr.Number(200, precision=0, minimum=1, maximum=2000, label="new tokens")
+    prompt = gr.Textbox("\n", label="prompt", lines=2)
+    button = gr.Button("Generate", variant="primary")
+    out = gr.Textbox(label="sample", lines=12, elem_id="sample-out")
+    return run, prompt, max_tokens, button, out
+
+
+def _wire_sample(sampler: Sampler, dashboard: Dashboard, timer, run, prompt, max_tokens, button, out):
+    def runs_with_checkpoints(current):
+        choices = [(r.label, r.id) for r in sampler.runs(dashboard.store.records())]
+        ids = [c[1] for c in choices]
+        return gr.Dropdown(choices=choices, value=current if current in ids else (ids[0] if ids else None))
+
+    timer.tick(runs_with_checkpoints, [run], [run], show_progress="hidden", trigger_mode="once", **PRIVATE)
+
+    def generate(run_id, prompt_text, tokens):
+        entry = dashboard.store.get(run_id)
+        if entry is None:
+            raise gr.Error("Pick a run from the list.")
+        try:
+            return sampler.sample(entry.record.path, prompt_text or "", int(tokens or 1))
+        except LaunchError as err:
+            raise gr.Error(str(err)) from err
+
+    button.click(generate, [run, prompt, max_tokens], [out], concurrency_limit=1, **PRIVATE)
+
+
+def _api(dashboard: Dashboard) -> None:
+    """Read-only endpoints for scripts (gradio_client): the runs table and the analysis."""
+
+    def runs(filter_text: str = "", statuses: list[str] | None = None) -> list[dict]:
+        """Every listed run's row of the runs table, newest first."""
+        dashboard.refresh()
+        frame, _ = dashboard.table(filter_text, statuses)
+        return frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+
+    def analysis(run_ids: list[str], target_loss: float | None = None) -> str:
+        """The Compare tab's analysis of these runs (folders as listed by /runs), in words."""
+        dashboard.refresh()
+        return dashboard.compare(run_ids, target=target_loss).analysis
+
+    gr.api(runs, api_name="runs", concurrency_id="dashboard", concurrency_limit=1)
+    gr.api(analysis, api_name="analysis", concurrency_id="dashboard", concurrency_limit=1)
