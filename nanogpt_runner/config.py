@@ -55,8 +55,21 @@ class DataConfig:
 
 @dataclass
 class ParallelConfig:
+    """The process layout: world = nnodes * nproc_per_node = dp_degree * tp * pp (dp_degree is what is left)."""
+
     name: str = "single"
     nproc_per_node: int = 1
+    nnodes: int = 1
+    dp: str = "ddp"  # ddp | fsdp | none: how the data-parallel replicas (world / (tp*pp)) are kept in sync
+    tp: int = 1  # tensor-parallel degree: heads and MLP width split across this many ranks
+    pp: int = 1  # pipeline-parallel degree: layers split into this many stages
+    pp_schedule: str = "1f1b"  # gpipe | 1f1b
+    microbatches: int = 2  # pipeline micro-batches per micro-step (must divide train.batch_size)
+    backend: str = "auto"  # auto (nccl on CUDA, gloo on CPU) | gloo | nccl
+    threads_per_rank: int | None = None  # CPU threads per rank; None: the cores divided by the local ranks
+    max_restarts: int = 0  # torchrun restarts the whole group this many times after a failure
+    rdzv_endpoint: str | None = None  # HOST:PORT of the c10d rendezvous; needed when nnodes > 1
+    rdzv_id: str = "nanogpt"  # rendezvous id shared by the nodes of one run
 
 
 @dataclass
@@ -185,11 +198,7 @@ def validate(cfg, device: DeviceCaps | None = None) -> list[str]:
     if not 0.0 < d.val_fraction < 1.0:
         problems.append(f"data.val_fraction={d.val_fraction} must be in (0, 1), e.g. 0.1.")
 
-    if cfg.parallel.nproc_per_node != 1:
-        problems.append(
-            f"parallel.nproc_per_node={cfg.parallel.nproc_per_node}: this version trains in one process; "
-            f"set parallel.nproc_per_node=1."
-        )
+    problems += layout_problems(cfg, device)
     return problems
 
 
@@ -201,6 +210,113 @@ def _precision_problems(precision: str, device: DeviceCaps) -> list[str]:
         ]
     if precision == "bf16" and device.kind == "cuda" and not device.bf16:
         return ["train.precision=bf16 but this GPU has no bf16 support: use train.precision=fp16 or fp32."]
+    return []
+
+
+DP_MODES = ("ddp", "fsdp", "none")
+PP_SCHEDULES = ("gpipe", "1f1b")
+BACKENDS = ("auto", "gloo", "nccl")
+
+
+def dp_degree(par) -> int:
+    """Data-parallel replicas: the ranks left once tensor and pipeline parallelism took theirs."""
+    return max(par.nproc_per_node * par.nnodes // max(par.tp * par.pp, 1), 1)
+
+
+def layout_problems(cfg, device: DeviceCaps | None = None) -> list[str]:
+    """Why a parallel layout cannot run as asked, one sentence per problem (empty when it can)."""
+    par, m, t = cfg.parallel, cfg.model, cfg.train
+    problems = [
+        f"parallel.{name}={par[name]} must be a positive integer: set it to 1 or more."
+        for name in ("nproc_per_node", "nnodes", "tp", "pp", "microbatches")
+        if par[name] < 1
+    ]
+    if par.max_restarts < 0:
+        problems.append(f"parallel.max_restarts={par.max_restarts} must be zero or positive.")
+    if par.threads_per_rank is not None and par.threads_per_rank < 1:
+        problems.append(f"parallel.threads_per_rank={par.threads_per_rank} must be 1 or more, or null (automatic).")
+    for name, allowed in (("dp", DP_MODES), ("pp_schedule", PP_SCHEDULES), ("backend", BACKENDS)):
+        if par[name] not in allowed:
+            problems.append(f"parallel.{name}={par[name]!r} is unknown: use one of {', '.join(allowed)}.")
+    if problems:
+        return problems
+
+    world = par.nproc_per_node * par.nnodes
+    if world % (par.tp * par.pp):
+        problems.append(
+            f"world size {world} (nnodes {par.nnodes} x nproc_per_node {par.nproc_per_node}) is not a multiple of "
+            f"tp*pp = {par.tp}*{par.pp}: world size must equal dp*tp*pp; change nproc_per_node, tp or pp."
+        )
+    elif par.dp == "none" and world != par.tp * par.pp:
+        problems.append(
+            f"parallel.dp=none but world size {world} != tp*pp = {par.tp * par.pp}: the extra ranks would "
+            f"be data-parallel replicas; set parallel.dp=ddp or fsdp, or use tp*pp ranks in all."
+        )
+    if par.tp > 1:
+        if m.n_head % par.tp:
+            problems.append(
+                f"model.n_head={m.n_head} is not divisible by parallel.tp={par.tp}: tensor parallelism gives "
+                f"each rank whole heads; use a tp that divides n_head."
+            )
+        if (4 * m.n_embd) % par.tp:
+            problems.append(
+                f"the MLP width 4*n_embd={4 * m.n_embd} is not divisible by parallel.tp={par.tp}: "
+                f"use a tp that divides it."
+            )
+        if par.dp == "ddp" and dp_degree(par) > 1:
+            problems.append(
+                "parallel.dp=ddp with parallel.tp>1 and several data-parallel replicas: DDP does not compose "
+                "with tensor-parallel (DTensor) parameters; use parallel.dp=fsdp (FSDP2 does)."
+            )
+        if par.pp > 1:
+            problems.append(
+                "parallel.tp>1 together with parallel.pp>1 is not supported: use tensor or pipeline parallelism "
+                "(each combines with data parallelism)."
+            )
+    if par.pp > 1:
+        if m.n_layer % par.pp:
+            problems.append(
+                f"model.n_layer={m.n_layer} is not divisible by parallel.pp={par.pp}: every pipeline stage gets an "
+                f"equal number of layers; use a pp that divides n_layer."
+            )
+        if t.batch_size % par.microbatches:
+            problems.append(
+                f"train.batch_size={t.batch_size} is not divisible by parallel.microbatches={par.microbatches}: the "
+                f"pipeline splits each micro-batch into equal parts; use a batch_size that is a multiple of it."
+            )
+        if par.pp_schedule == "1f1b" and par.microbatches < par.pp:
+            problems.append(
+                f"parallel.pp_schedule=1f1b needs parallel.microbatches >= pp ({par.microbatches} < {par.pp}): "
+                f"raise microbatches or use pp_schedule=gpipe."
+            )
+    if t.precision == "fp16" and (par.dp == "fsdp" and dp_degree(par) > 1 or par.tp > 1 or par.pp > 1):
+        problems.append(
+            "train.precision=fp16 needs loss scaling, which this runner only synchronises for one process or DDP: "
+            "use train.precision=bf16 (no scaler needed) with fsdp, tp or pp."
+        )
+    if device is not None:
+        if par.backend == "nccl" and device.kind != "cuda":
+            problems.append("parallel.backend=nccl needs CUDA GPUs, but this run is on the CPU: use backend=gloo.")
+    if par.nnodes > 1 and not par.rdzv_endpoint:
+        problems.append(
+            f"parallel.nnodes={par.nnodes} needs parallel.rdzv_endpoint=HOST:PORT, an address of the first node that "
+            f"every node can reach (submitit jobs on SLURM fill it in themselves)."
+        )
+    return problems
+
+
+def layout_warnings(cfg, cpu_count: int | None = None) -> list[str]:
+    """Layouts that run but probably not as the user hopes: more CPU threads than cores."""
+    import os
+
+    par = cfg.parallel
+    cores = cpu_count or os.cpu_count() or 1
+    threads = par.threads_per_rank or max(cores // par.nproc_per_node, 1)
+    if cfg.train.device != "cuda" and par.nproc_per_node * threads > cores:
+        return [
+            f"{par.nproc_per_node} ranks x {threads} threads on {cores} CPU cores: the ranks compete for cores and "
+            f"every step waits for the slowest; fine for testing a layout, slow for training."
+        ]
     return []
 
 

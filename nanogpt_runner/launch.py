@@ -19,10 +19,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from nanogpt_runner.config import data_problems, register_schema, validate
+from nanogpt_runner.config import data_problems, layout_warnings, register_schema, validate
 from nanogpt_runner.console import error
 from nanogpt_runner.data import DataError, PreparedData, prepare
 from nanogpt_runner.runs import CONFIG_FILE, RunWriter
+from nanogpt_runner.torchrun import fill_cluster_rendezvous, run_group
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 EXIT_INVALID_CONFIG = 2
@@ -55,6 +56,7 @@ def run_job(cfg: DictConfig) -> int:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    fill_cluster_rendezvous(cfg)
     problems, data = check(cfg)
     if problems:
         message = "invalid config:\n" + "\n".join(f"  - {p}" for p in problems)
@@ -70,6 +72,14 @@ def run_job(cfg: DictConfig) -> int:
     writer = RunWriter(run_dir, _identity(cfg, run_dir, hydra_cfg))
     writer.update(status="queued", dataset=data.as_record())
     writer.close()
+    for warning in layout_warnings(cfg):
+        print(f"warning: {warning}", file=sys.stderr)
+    if cfg.parallel.nproc_per_node * cfg.parallel.nnodes > 1:
+        code = run_group(cfg.parallel, run_dir)  # a torchrun process group; run.json records a failure
+        if code and not sweep:
+            error(f"the run failed (exit code {code}); the error is in {run_dir / 'run.json'}")
+            sys.exit(code)
+        return code
     if not sweep:
         from nanogpt_runner.worker import execute, load_run_config
 

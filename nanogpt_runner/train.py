@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from nanogpt_runner import hardware
+from nanogpt_runner import hardware, parallel
 from nanogpt_runner.config import OptimizerConfig
 from nanogpt_runner.console import RunConsole
 from nanogpt_runner.data import Batches, PreparedData, cache_dir
@@ -44,6 +44,9 @@ def build_optimizer(model: torch.nn.Module, opt: OptimizerConfig, device: torch.
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     kwargs = {"lr": opt.lr, "betas": tuple(opt.betas)}
+    if any(hasattr(p, "device_mesh") for p in params):
+        # DTensor parameters (FSDP, TP): the fused and foreach kernels refuse a mix of DTensors and tensors.
+        return torch.optim.AdamW(groups, foreach=False, **kwargs)
     try:
         return torch.optim.AdamW(groups, fused=True, **kwargs)
     except (RuntimeError, TypeError):  # fused AdamW is not available for this device or dtype
@@ -51,19 +54,23 @@ def build_optimizer(model: torch.nn.Module, opt: OptimizerConfig, device: torch.
 
 
 @torch.no_grad()
-def evaluate(model: GPT, splits: dict[str, Batches], eval_iters: int, batch_size: int, autocast) -> dict[str, float]:
-    """Mean loss over the same ``eval_iters`` batches of each split every time (less noise between evals)."""
-    model.eval()
+def evaluate(par: parallel.Parallelized, splits: dict[str, Batches], eval_iters: int, batch_size: int, accum: int,
+             autocast) -> dict[str, float]:
+    """Mean loss over the same ``eval_iters`` global batches of each split every time (less noise between evals).
+
+    Every data-parallel rank evaluates its own slice, as in training, and the means are all-reduced: the
+    number does not depend on the layout, and no rank idles while another evaluates."""
+    par.module.eval()
     losses = {}
     for split, batches in splits.items():
-        total = 0.0
+        total = torch.zeros((), device=par.layout.device)
         for i in range(eval_iters):
-            x, y = batches.get(step=i, start=0, count=batch_size)
-            with autocast:
-                _, loss = model(x, y)
-            total += loss.item()
-        losses[f"{split}_loss"] = total / eval_iters
-    model.train()
+            for micro in range(accum):
+                start = (par.layout.dp_rank * accum + micro) * batch_size
+                x, y = batches.get(step=i, start=start, count=batch_size)
+                total += par.eval_loss(x, y, autocast).float()
+        losses[f"{split}_loss"] = par.mean_over_replicas(total).item() / (eval_iters * accum)
+    par.module.train()
     return losses
 
 
@@ -83,15 +90,16 @@ class Summary:
         return dict(self.__dict__)
 
 
-def run_record(cfg, device: torch.device, precision: str, model: GPT, data: PreparedData) -> dict:
-    """The fields of run.json that describe what this run is (as opposed to how it is going)."""
+def run_record(cfg, device: torch.device, precision: str, model: GPT, data: PreparedData,
+               layout: parallel.Layout | None = None) -> dict:
+    """The fields of run.json that describe what this run is (as opposed to how it is going).
+    ``model`` is the whole model (before any pipeline split), so the counts are the run's, not a stage's."""
     return {
         "host": socket.gethostname(),
         "device": device.type,
         "device_name": hardware.describe(device),
         "precision": precision,
-        "world_size": 1,
-        "layout": "single",
+        **(layout or parallel.Layout()).as_record(),
         "versions": {"python": platform.python_version(), "torch": torch.__version__},
         "n_params": model.num_params(),
         "flops_per_token": model.flops_per_token(),
@@ -102,39 +110,50 @@ def run_record(cfg, device: torch.device, precision: str, model: GPT, data: Prep
 def train(cfg, run_dir: Path, data: PreparedData, writer: RunWriter) -> Summary:
     t = cfg.train
     caps = hardware.device_caps(t.device)
-    device = torch.device("cuda" if caps.kind == "cuda" else "cpu")
+    layout = parallel.setup(cfg.parallel, caps.kind)
+    device = layout.device
     cache = cache_dir(cfg.data)
-    precision = hardware.resolve_precision(t.precision, device, caps, cache)
+    # Rank 0 decides (``auto`` measures matmul speed, which could differ between ranks) and tells the rest.
+    precision = parallel.broadcast_object(
+        layout, hardware.resolve_precision(t.precision, device, caps, cache) if layout.is_main else None)
     torch.manual_seed(t.seed)
-    model = GPT(cfg.model, data.vocab_size).to(device)
-    model.recompute = t.recompute
-    forward = torch.compile(model) if t.compile else model
+    full_model = GPT(cfg.model, data.vocab_size).to(device)
+    record = run_record(cfg, device, precision, full_model, data, layout)
+    flops_per_token = full_model.flops_per_token()
+    par = parallel.parallelize(full_model, layout, cfg)
+    model = par.module  # this rank's part: a pipeline stage, sharded or wrapped as the layout says
     optimizer = build_optimizer(model, cfg.optimizer, device)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     autocast = hardware.autocast(device.type, precision)
-    peak = hardware.peak_flops(device, precision, cache)
-    flops_per_token = model.flops_per_token()
+    peak = hardware.peak_flops(device, precision, cache) if layout.is_main else math.inf
 
     train_batches = Batches(data, "train", cfg.model.block_size, t.seed, device)
     eval_splits = {s: Batches(data, s, cfg.model.block_size, t.seed, device) for s in ("train", "val")}
-    global_batch = t.batch_size * t.grad_accum
+    # Global batch = dp x batch_size x grad_accum; data-parallel rank r takes micro-batches
+    # [r*accum, (r+1)*accum) of it, so the model sees the same data under every layout.
+    global_batch = layout.dp * t.batch_size * t.grad_accum
     tokens_per_step = global_batch * cfg.model.block_size
+    first_micro = layout.dp_rank * t.grad_accum
 
-    writer.update(status="running", **run_record(cfg, device, precision, model, data))
+    par.write_layout(run_dir)
+    writer.update(status="running", **record)
     start = time.perf_counter()
     best_val, last_loss, train_time, steps_timed = math.inf, math.nan, 0.0, 0
     window_steps, eval_seconds, loss_sum = 0, 0.0, torch.zeros((), device=device)
 
-    with RunConsole(run_dir / "train.log", t.max_iters, live=cfg.run.progress) as console:
+    # Rank 0 owns the console and train.log; every other rank logs the same lines quietly to rank{N}.log.
+    log_path = run_dir / "train.log" if layout.is_main else run_dir / f"rank{layout.rank}.log"
+    with RunConsole(log_path, t.max_iters, live=cfg.run.progress and layout.is_main) as console:
+        console.console.quiet = not layout.is_main
         console.line(
-            f"{cfg.model.name}: {model.num_params() / 1e6:.2f}M parameters, {precision} on "
+            f"{cfg.model.name}: {record['n_params'] / 1e6:.2f}M parameters, {precision} on {record['layout']}, "
             f"{hardware.describe(device)}, data {data.name} ({data.vocab_size} symbols), run dir {run_dir}"
         )
 
         def run_eval(step: int) -> None:
             nonlocal best_val, eval_seconds
             eval_start = time.perf_counter()
-            losses = evaluate(model, eval_splits, t.eval_iters, t.batch_size, autocast)
+            losses = evaluate(par, eval_splits, t.eval_iters, t.batch_size, t.grad_accum, autocast)
             best_val = min(best_val, losses["val_loss"])
             writer.log("eval", step=step, tokens=step * tokens_per_step, **losses,
                        elapsed_s=time.perf_counter() - start)
@@ -148,21 +167,20 @@ def train(cfg, run_dir: Path, data: PreparedData, writer: RunWriter) -> Summary:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             for micro in range(t.grad_accum):
-                x, y = train_batches.get(step, start=micro * t.batch_size, count=t.batch_size)
-                with autocast:
-                    _, loss = forward(x, y)
-                loss = loss / t.grad_accum
-                loss_sum += loss.detach()
-                scaler.scale(loss).backward()
+                x, y = train_batches.get(step, start=(first_micro + micro) * t.batch_size, count=t.batch_size)
+                # Gradients are synchronised across replicas only on the last micro-step.
+                loss = par.forward_backward(x, y, 1 / t.grad_accum, micro == t.grad_accum - 1, autocast, scaler)
+                loss_sum += loss / t.grad_accum
+            par.finish_gradients()
             scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or math.inf)
+            grad_norm = par.clip_grad_norm(t.grad_clip)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             window_steps += 1
 
             if step % t.log_interval == 0 or step == t.max_iters:
-                last_loss = loss_sum.item() / window_steps
+                last_loss = par.mean_over_replicas(loss_sum).item() / window_steps
                 elapsed = time.perf_counter() - window_start - eval_seconds
                 train_time += elapsed
                 steps_timed += window_steps
@@ -194,4 +212,5 @@ def train(cfg, run_dir: Path, data: PreparedData, writer: RunWriter) -> Summary:
             "peak memory": f"{summary.peak_mem_gb:.2f} GB",
             "run dir": str(run_dir),
         })
+    parallel.shutdown()
     return summary

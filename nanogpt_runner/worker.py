@@ -16,13 +16,17 @@ from omegaconf import OmegaConf
 from nanogpt_runner.config import Config
 from nanogpt_runner.console import error
 from nanogpt_runner.data import DataError, PreparedData, load_prepared
+from nanogpt_runner.parallel import NullWriter, env_rank
 from nanogpt_runner.runs import CONFIG_FILE, LOG_FILE, RunWriter, read_run
 from nanogpt_runner.train import train
 
 
 def execute(cfg, run_dir: Path, data: PreparedData) -> int:
     """Train and record the outcome; returns the process exit code (0 only for a completed run)."""
-    writer = RunWriter(run_dir)
+    # Under torchrun only rank 0 writes run.json and metrics.jsonl; the others log to rank{N}.log.
+    rank = env_rank()
+    writer = RunWriter(run_dir) if rank == 0 else NullWriter()
+    log_file = run_dir / (LOG_FILE if rank == 0 else f"rank{rank}.log")
     try:
         summary = train(cfg, run_dir, data, writer)
     except KeyboardInterrupt:
@@ -36,9 +40,10 @@ def execute(cfg, run_dir: Path, data: PreparedData) -> int:
     except Exception as err:  # any other failure is recorded with its traceback, then reported in one line
         trace = traceback.format_exc()
         writer.update(status="failed", end_time=time.time(), error=trace)
-        with open(run_dir / LOG_FILE, "a", encoding="utf-8") as log:
+        with open(log_file, "a", encoding="utf-8") as log:
             log.write(trace)
-        error(f"training failed: {type(err).__name__}: {err} (traceback in {run_dir / LOG_FILE})")
+        error(f"training failed{f' on rank {rank}' if rank else ''}: {type(err).__name__}: {err} "
+              f"(traceback in {log_file})")
         return 1
     finally:
         writer.close()

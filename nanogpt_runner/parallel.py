@@ -1,0 +1,383 @@
+"""Process layout and parallelism: the mesh, then the model made parallel in one documented order.
+
+A run's ranks form a device mesh ``(pp, dp, tp)``: tensor parallelism innermost (it talks every layer,
+so its ranks should be closest), pipeline outermost (it only passes activations between stages).
+``parallelize`` applies the layout to a freshly built, identically seeded GPT in this order:
+
+1. pipeline split: keep this stage's blocks; embeddings on the first stage, head on the last;
+2. tensor parallel: DTensor ``parallelize_module`` per block (q/k/v and fc column-wise, the two
+   output projections row-wise), so attention runs on each rank's own heads;
+3. activation recomputation: per block, non-reentrant (``GPT.recompute``);
+4. compile: per block (``nn.Module.compile`` keeps parameter names: no ``_orig_mod.`` prefixes);
+5. data parallel: FSDP2 ``fully_shard`` per block, then the root (which keeps the tied embedding and
+   head together in one unit), or DDP around the whole (stage) model.
+
+The order is forced: FSDP must see the final (TP-sharded, compiled) blocks, and the pipeline split
+must come first so that every later step works on the stage alone. ``Parallelized`` is what the
+training loop talks to: one micro-step forward+backward, an eval forward, the gradient norm across
+meshes, and the mean of a number over the replicas. With one process all of it reduces to plain calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nanogpt_runner.config import dp_degree
+from nanogpt_runner.model import GPT
+
+MESH_DIMS = ("pp", "dp", "tp")
+LAYOUT_FILE = "layout.json"
+
+
+@dataclass
+class Layout:
+    """Where this process sits: global rank, its coordinates in the (pp, dp, tp) mesh, its device."""
+
+    world: int = 1
+    rank: int = 0
+    local_rank: int = 0
+    local_world: int = 1
+    dp: int = 1
+    tp: int = 1
+    pp: int = 1
+    dp_mode: str = "none"
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    mesh: object = None  # torch.distributed.device_mesh.DeviceMesh when world > 1
+
+    def coord(self, dim: str) -> int:
+        return 0 if self.mesh is None else self.mesh.get_local_rank(dim)
+
+    @property
+    def dp_rank(self) -> int:
+        return self.coord("dp")
+
+    @property
+    def pp_rank(self) -> int:
+        return self.coord("pp")
+
+    @property
+    def first_stage(self) -> bool:
+        return self.pp_rank == 0
+
+    @property
+    def last_stage(self) -> bool:
+        return self.pp_rank == self.pp - 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone writes run.json, metrics.jsonl and the console."""
+        return self.rank == 0
+
+    def group(self, dim: str):
+        return self.mesh[dim].get_group()
+
+    def describe(self) -> str:
+        if self.world == 1:
+            return "single"
+        parts = [f"{self.dp_mode} {self.dp}" if self.dp > 1 else "", f"tp {self.tp}" if self.tp > 1 else "",
+                 f"pp {self.pp}" if self.pp > 1 else ""]
+        return " x ".join(p for p in parts if p) or f"{self.world} ranks"
+
+    def as_record(self) -> dict:
+        return {"world_size": self.world, "layout": self.describe(),
+                "mesh": {"pp": self.pp, "dp": self.dp, "tp": self.tp, "dp_mode": self.dp_mode}}
+
+
+def env_rank() -> int:
+    """This process's global rank as torchrun announced it (0 outside torchrun), before any group exists."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def setup(par, device_kind: str) -> Layout:
+    """Join the process group torchrun prepared (if any), pin threads, and build the mesh.
+
+    Threads: ranks x threads must not exceed the cores (2 ranks x 2 threads on 2 cores ran 2-6x slower),
+    so each rank takes ``threads_per_rank`` or its share of the cores.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    expected = par.nproc_per_node * par.nnodes
+    if world != expected:
+        raise RuntimeError(f"{world} processes started but parallel.* asks for {expected}: start runs with nanogpt-run")
+    if device_kind == "cpu" and (par.threads_per_rank or local_world > 1):
+        torch.set_num_threads(par.threads_per_rank or max((os.cpu_count() or 1) // local_world, 1))
+    if device_kind == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    layout = Layout(world=world, rank=env_rank(), local_rank=local_rank, local_world=local_world,
+                    dp=dp_degree(par), tp=par.tp, pp=par.pp, dp_mode=par.dp, device=device)
+    if world == 1:
+        return layout
+    from torch.distributed.device_mesh import init_device_mesh
+
+    backend = par.backend if par.backend != "auto" else ("nccl" if device_kind == "cuda" else "gloo")
+    dist.init_process_group(backend=backend, device_id=device if device_kind == "cuda" else None)
+    layout.mesh = init_device_mesh(device.type, (layout.pp, layout.dp, layout.tp), mesh_dim_names=MESH_DIMS)
+    return layout
+
+
+def broadcast_object(layout: Layout, obj):
+    """Rank 0's ``obj`` on every rank (a decision all ranks must share)."""
+    if layout.world == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def shutdown() -> None:
+    """Leave the process group cleanly: without the barrier gloo ranks sometimes abort at exit."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+class Parallelized:
+    """The local model (a pipeline stage, TP-sharded, FSDP/DDP-wrapped) and the operations the loop needs.
+
+    ``module`` is the local GPT with the original parameter names (for optimizers and state dicts);
+    ``train_module`` is what forward runs through (the DDP wrapper, or the module itself).
+    """
+
+    def __init__(self, model: GPT, layout: Layout, cfg):
+        self.layout = layout
+        self.module = model
+        self.train_module: nn.Module = model
+        self.schedule = None
+        self.tied: nn.Parameter | None = None  # the tied embedding/head weight when it lives on two stages
+        self._tie_group = None
+        self._loss_scale = 1.0
+        self._microbatches = cfg.parallel.microbatches
+
+    # -- training ---------------------------------------------------------------------------------
+    def forward_backward(self, x: torch.Tensor, y: torch.Tensor, scale: float, sync: bool, autocast,
+                         scaler) -> torch.Tensor:
+        """One micro-step: forward, backward of ``loss * scale``; returns the unscaled mean loss (detached).
+
+        ``sync=False`` skips the gradient all-reduce / reduce-scatter (all but the last accumulation
+        micro-step). On a pipeline stage without the loss the returned loss is 0.
+        """
+        if self.schedule is not None:
+            return self._pipeline_step(x, y, scale, autocast, train=True)
+        if isinstance(self.train_module, nn.parallel.DistributedDataParallel) and not sync:
+            context = self.train_module.no_sync()
+        else:
+            context = contextlib.nullcontext()
+            if hasattr(self.module, "set_requires_gradient_sync"):  # FSDP2
+                self.module.set_requires_gradient_sync(sync)
+        with context:
+            with autocast:
+                _, loss = self.train_module(x, y)
+            scaler.scale(loss * scale).backward()
+        return loss.detach()
+
+    @torch.no_grad()
+    def eval_loss(self, x: torch.Tensor, y: torch.Tensor, autocast) -> torch.Tensor:
+        if self.schedule is not None:
+            return self._pipeline_step(x, y, 1.0, autocast, train=False)
+        with autocast:
+            _, loss = self.module(x, y)
+        return loss
+
+    def _pipeline_step(self, x, y, scale: float, autocast, train: bool) -> torch.Tensor:
+        self._loss_scale = scale
+        losses: list[torch.Tensor] = []
+        args = (x,) if self.layout.first_stage else ()
+        kwargs = {"target": y, "losses": losses} if self.layout.last_stage else {}
+        with autocast:
+            if train:
+                self.schedule.step(*args, return_outputs=False, **kwargs)
+            else:
+                self.schedule.eval(*args, **kwargs)
+        if not losses:
+            return torch.zeros((), device=self.layout.device)
+        return torch.stack([loss.detach() for loss in losses]).sum() / scale
+
+    def _pipeline_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per pipeline micro-batch: mean cross-entropy, scaled so the micro-batches sum to the step's mean.
+        (The schedule's own ``scale_grads`` would also rescale gradients accumulated by earlier micro-steps.)"""
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
+        return loss * self._loss_scale / self._microbatches
+
+    def finish_gradients(self) -> None:
+        """After the last micro-step: sum the tied embedding/head gradient of the first and last stage."""
+        if self.tied is not None and self.tied.grad is not None:
+            grad = self.tied.grad
+            dist.all_reduce(grad.to_local() if hasattr(grad, "to_local") else grad, group=self._tie_group)
+
+    def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
+        """Total gradient norm over every rank's parameters (each counted once), and clip to ``max_norm``.
+
+        ``clip_grad_norm_`` refuses parameters on different meshes (plain tensors next to DTensors under
+        TP, 1-D and 2-D DTensors under FSDP x TP), so the norm is taken per mesh, combined, and summed over
+        the pipeline stages; the tied weight's copy on the last stage is not counted twice.
+        """
+        groups: dict[object, list[nn.Parameter]] = {}
+        for p in _unique_parameters(self.module):
+            if p.grad is None or (p is self.tied and self.layout.last_stage):
+                continue
+            groups.setdefault(getattr(p.grad, "device_mesh", None), []).append(p)
+        squares = torch.zeros((), device=self.layout.device)
+        for params in groups.values():
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=False)
+            norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+            squares = squares + norm.float() ** 2
+        if self.layout.pp > 1:
+            dist.all_reduce(squares, group=self.layout.group("pp"))
+        total = squares.sqrt()
+        if max_norm > 0 and math.isfinite(max_norm):
+            if self.tied is not None and self.layout.last_stage and self.tied.grad is not None:
+                groups.setdefault(getattr(self.tied.grad, "device_mesh", None), []).append(self.tied)
+            for params in groups.values():
+                torch.nn.utils.clip_grads_with_norm_(params, max_norm, total, foreach=False)
+        return total
+
+    # -- reductions and records -------------------------------------------------------------------
+    def mean_over_replicas(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of a per-replica number (a loss) over the data-parallel replicas.
+
+        Summed over the whole world and divided by dp*tp: tensor-parallel ranks hold the same number, and
+        under pipeline parallelism only the last stage holds a loss (the others contribute 0)."""
+        if self.layout.world == 1:
+            return value
+        value = value.detach().clone().float()
+        dist.all_reduce(value)
+        return value / (self.layout.dp * self.layout.tp)
+
+    def local_shapes(self) -> dict[str, list[int]]:
+        """Each parameter's shape on this rank: the sharding made visible (and tested)."""
+        shapes = {}
+        for name, p in self.module.named_parameters():
+            local = p.to_local() if hasattr(p, "to_local") else p
+            shapes[name] = list(local.shape)
+        return shapes
+
+    def write_layout(self, run_dir: Path) -> None:
+        """Rank 0 writes layout.json: every rank's mesh coordinates and local parameter shapes."""
+        mine = {"rank": self.layout.rank, "coords": {d: self.layout.coord(d) for d in MESH_DIMS},
+                "params": self.local_shapes()}
+        ranks = [mine]
+        if self.layout.world > 1:
+            ranks = [None] * self.layout.world
+            dist.all_gather_object(ranks, mine)
+        if self.layout.is_main:
+            record = {**self.layout.as_record(), "ranks": ranks}
+            (Path(run_dir) / LAYOUT_FILE).write_text(json.dumps(record, indent=1))
+
+
+def _unique_parameters(module: nn.Module) -> list[nn.Parameter]:
+    return list({id(p): p for p in module.parameters()}.values())
+
+
+def parallelize(model: GPT, layout: Layout, cfg) -> Parallelized:
+    """Apply the layout to ``model`` (built identically on every rank): pipeline split -> tensor parallel
+    -> activation recomputation -> compile -> FSDP2 (per block, then root) or DDP."""
+    par = Parallelized(model, layout, cfg)
+    if layout.pp > 1:
+        _split_pipeline_stage(par, cfg)
+    if layout.tp > 1:
+        _apply_tensor_parallel(model, layout.mesh["tp"])
+    model.recompute = cfg.train.recompute
+    if cfg.train.compile:
+        for block in model.blocks.values():
+            block.compile()
+    if layout.dp > 1 and layout.dp_mode == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in model.blocks.values():
+            fully_shard(block, mesh=layout.mesh["dp"])
+        fully_shard(model, mesh=layout.mesh["dp"])
+    elif layout.dp > 1 and layout.dp_mode == "ddp":
+        par.train_module = nn.parallel.DistributedDataParallel(model, process_group=layout.group("dp"))
+    if layout.pp > 1:
+        _build_schedule(par, cfg)
+    return par
+
+
+def _split_pipeline_stage(par: Parallelized, cfg) -> None:
+    """Keep this stage's contiguous share of blocks; embeddings on the first stage, ln_f + head on the last.
+
+    Tied weights (Megatron's way): the first stage keeps the token embedding, the last keeps the head
+    whose weight is the same tensor at init (same seed everywhere); their gradients are summed after
+    each step, so both copies take identical optimizer updates and stay equal to the single model.
+    """
+    model, layout = par.module, par.layout
+    per_stage = len(model.blocks) // layout.pp
+    keep = {str(i) for i in range(layout.pp_rank * per_stage, (layout.pp_rank + 1) * per_stage)}
+    for name in [n for n in model.blocks if n not in keep]:
+        del model.blocks[name]
+    if not layout.first_stage:
+        model.tok_emb = None
+        model.pos_emb = None
+    if not layout.last_stage:
+        model.ln_f = None
+        model.lm_head = None
+    if cfg.model.tie_weights:
+        par.tied = model.tok_emb.weight if layout.first_stage else model.lm_head.weight if layout.last_stage else None
+        par._tie_group = _tie_group(layout)
+    # A stage passes a tensor on: drop the (output, loss) tuple; the schedule computes the loss itself.
+    model.register_forward_hook(lambda _module, _args, output: output[0])
+
+
+def _tie_group(layout: Layout):
+    """The group of the first and last stage at this rank's (dp, tp) coordinates (every rank creates all)."""
+    ranks = layout.mesh.mesh  # tensor of global ranks, shape (pp, dp, tp)
+    mine = None
+    for d in range(layout.dp):
+        for t in range(layout.tp):
+            members = sorted({int(ranks[0, d, t]), int(ranks[-1, d, t])})
+            group = dist.new_group(members)
+            if layout.rank in members:
+                mine = group
+    return mine
+
+
+def _build_schedule(par: Parallelized, cfg) -> None:
+    from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+
+    layout = par.layout
+    stage = PipelineStage(par.train_module, layout.pp_rank, layout.pp, layout.device, group=layout.group("pp"))
+    schedule_class = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[cfg.parallel.pp_schedule]
+    par.schedule = schedule_class(stage, n_microbatches=cfg.parallel.microbatches, loss_fn=par._pipeline_loss,
+                                  scale_grads=False)
+
+
+def _apply_tensor_parallel(model: GPT, tp_mesh) -> None:
+    """Megatron's split per block: column-wise q/k/v (whole heads per rank) and fc, row-wise projections.
+
+    ``use_local_output=True`` hands attention plain local tensors: SDPA has no CPU DTensor strategy, and
+    the model views heads as -1 so each rank attends over its own heads."""
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    plan = {
+        "attn.query": ColwiseParallel(use_local_output=True),
+        "attn.key": ColwiseParallel(use_local_output=True),
+        "attn.value": ColwiseParallel(use_local_output=True),
+        "attn.proj": RowwiseParallel(),
+        "mlp.fc": ColwiseParallel(),
+        "mlp.proj": RowwiseParallel(),
+    }
+    for block in model.blocks.values():
+        parallelize_module(block, tp_mesh, plan)
+
+
+class NullWriter:
+    """Stands in for the RunWriter on ranks other than 0: the run directory has one writer."""
+
+    record: dict = {}
+
+    def __getattr__(self, _name):
+        return lambda *args, **kwargs: None
