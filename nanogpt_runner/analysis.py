@@ -9,9 +9,11 @@ runs.py alone and imports no torch.
 from __future__ import annotations
 
 import math
-import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
+import pandas as pd
 
 from nanogpt_runner.runs import RunMetrics, RunReader, effective_status, find_runs
 
@@ -23,6 +25,13 @@ LEVERS = {"train.recompute": "recompute", "train.grad_accum": "grad_accum", "tra
 LEVER_ORDER = list(LEVERS)
 # A pair of runs that differ in more keys than this is not a fair comparison of any one of them.
 MAX_PAIR_DIFFERENCES = 3
+# The numeric fields of metrics lines, as columns (see RunRecord.frame).
+FIELDS = {
+    "train": ["step", "tokens", "loss", "lr", "grad_norm", "tok_per_s", "step_ms", "mfu", "mem_gb", "peak_mem_gb",
+              "elapsed_s", "time"],
+    "eval": ["step", "tokens", "train_loss", "val_loss", "elapsed_s", "time"],
+}
+LOSS_FIELD = {"train": "loss", "eval": "val_loss"}
 
 
 @dataclass
@@ -38,6 +47,27 @@ class RunRecord:
     info: dict
     metrics: RunMetrics | None = None
     last_train: dict | None = None
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def frame(self, kind: str) -> pd.DataFrame:
+        """The train or eval lines as numeric columns (NaN where a value is absent or not a number),
+        plus ``diverged``: the line's loss was written as NaN/inf (an absent loss is not a divergence).
+
+        Built once per change of the metrics, so the table, the notes and the plots of a run with
+        5,000 lines share one conversion; every analysis below is column arithmetic on it.
+        """
+        lines = getattr(self.metrics, kind) if self.metrics is not None else []
+        key = (id(lines), len(lines), id(lines[-1]) if lines else 0)
+        cached = self._cache.get(kind)
+        if cached is None or cached[0] != key:
+            frame = pd.DataFrame.from_records(lines, columns=FIELDS[kind]) if lines else pd.DataFrame(
+                columns=FIELDS[kind], dtype=float)
+            frame = frame.apply(pd.to_numeric, errors="coerce").astype(float)
+            loss = LOSS_FIELD[kind]
+            frame["diverged"] = np.array([_non_finite(line.get(loss)) for line in lines], dtype=bool)
+            cached = (key, frame)
+            self._cache[kind] = cached
+        return cached[1]
 
     @property
     def name(self) -> str:
@@ -61,8 +91,13 @@ class RunRecord:
 
     @property
     def config(self) -> dict:
-        config = self.info.get("config")
-        return flatten(config) if isinstance(config, dict) else {}
+        """run.json's resolved config, flattened to dotted keys (a copy: callers may change it)."""
+        cached = self._cache.get("config")
+        if cached is None or cached[0] is not self.info:
+            config = self.info.get("config")
+            cached = (self.info, flatten(config) if isinstance(config, dict) else {})
+            self._cache["config"] = cached
+        return dict(cached[1])
 
 
 def load_runs(root: Path) -> list[RunRecord]:
@@ -97,7 +132,7 @@ def meaningful(key: str) -> bool:
 def differing_keys(records: list[RunRecord]) -> list[str]:
     """Config keys whose values are not all equal across ``records``: levers first, then alphabetical."""
     configs = [r.config for r in records]
-    keys = {k for c in configs for k in c if meaningful(k)}
+    keys = [k for k in set().union(*configs) if meaningful(k)]
     differ = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
     return sorted(differ, key=lambda k: (k not in LEVERS, LEVER_ORDER.index(k) if k in LEVERS else 0, k))
 
@@ -127,7 +162,7 @@ def summarize(record: RunRecord, target: float | None = None) -> dict:
         "diverged_at": None,
     }
     if metrics is not None:
-        out.update(_from_metrics(metrics, target))
+        out.update(_from_metrics(record, target))
     summary = info.get("summary")
     if isinstance(summary, dict):
         out["last_train_loss"] = _first(summary.get("final_train_loss"), out["last_train_loss"])
@@ -139,46 +174,38 @@ def summarize(record: RunRecord, target: float | None = None) -> dict:
     return out
 
 
-def _from_metrics(metrics: RunMetrics, target: float | None) -> dict:
+def _from_metrics(record: RunRecord, target: float | None) -> dict:
     out: dict = {}
-    train, evals = metrics.train, metrics.eval
-    if train:
-        last = train[-1]
-        throughput = [v for v in (_number(r.get("tok_per_s")) for r in train[1:] or train) if finite(v)]
-        peaks = [v for v in (_number(r.get("peak_mem_gb")) for r in train) if finite(v)]
-        mfus = [v for v in (_number(r.get("mfu")) for r in train[1:] or train) if finite(v)]
-        out.update(steps=_number(last.get("step")), tokens=_number(last.get("tokens")),
-                   last_train_loss=_number(last.get("loss")),
-                   tok_per_s=statistics.median(throughput) if throughput else None,
-                   peak_mem_gb=max(peaks) if peaks else None,
-                   mfu=statistics.median(mfus) if mfus else None)
-    vals = [v for v in (_number(r.get("val_loss")) for r in evals) if finite(v)]
-    out["best_val_loss"] = min(vals) if vals else None
-    elapsed = [v for v in (_number(r.get("elapsed_s")) for r in (train[-1:] + evals[-1:])) if finite(v)]
-    if elapsed:
-        out["elapsed_s"] = max(elapsed)
-    out["time_to_target_s"] = time_to_target(metrics, target)
-    out["diverged_at"] = diverged_at(metrics)
+    train, evals = record.frame("train"), record.frame("eval")
+    if len(train):
+        steady = train.iloc[1:] if len(train) > 1 else train  # the first window holds start-up
+        out.update(steps=_int(train.step.iloc[-1]), tokens=_int(train.tokens.iloc[-1]),
+                   last_train_loss=float(train.loss.iloc[-1]), tok_per_s=_finite_stat(steady.tok_per_s, "median"),
+                   peak_mem_gb=_finite_stat(train.peak_mem_gb, "max"), mfu=_finite_stat(steady.mfu, "median"))
+    out["best_val_loss"] = _finite_stat(evals.val_loss, "min")
+    elapsed = _finite_stat(pd.concat([train.elapsed_s.iloc[-1:], evals.elapsed_s.iloc[-1:]]), "max")
+    if elapsed is not None:
+        out["elapsed_s"] = elapsed
+    out["time_to_target_s"] = time_to_target(record, target)
+    out["diverged_at"] = diverged_at(record)
     return out
 
 
-def time_to_target(metrics: RunMetrics, target: float | None) -> float | None:
+def time_to_target(record: RunRecord, target: float | None) -> float | None:
     """Seconds from the start to the first evaluation whose val loss is at or below ``target``."""
     if target is None:
         return None
-    for record in metrics.eval:
-        loss = _number(record.get("val_loss"))
-        if finite(loss) and loss <= target:
-            return _number(record.get("elapsed_s"))
-    return None
+    evals = record.frame("eval")
+    reached = evals.elapsed_s[evals.val_loss <= target]
+    return float(reached.iloc[0]) if len(reached) else None
 
 
-def diverged_at(metrics: RunMetrics) -> int | None:
-    """The first step with a non-finite loss (or a "nan" event), None when the run never diverged."""
-    steps = [r.get("step") for r in metrics.events if r.get("event") == "nan"]
-    steps += [r.get("step") for r in metrics.train if not finite(_number(r.get("loss")))]
-    steps += [r.get("step") for r in metrics.eval if not finite(_number(r.get("val_loss")))]
-    steps = [s for s in steps if isinstance(s, (int, float))]
+def diverged_at(record: RunRecord) -> int | None:
+    """The first step with a NaN/inf loss (or a "nan" event); None when the run never diverged."""
+    steps = [record.frame(kind).step[record.frame(kind).diverged].min() for kind in FIELDS]
+    if record.metrics is not None:
+        steps += [e.get("step") for e in record.metrics.events if e.get("event") == "nan"]
+    steps = [s for s in steps if finite(s)]
     return int(min(steps)) if steps else None
 
 
@@ -186,30 +213,32 @@ def diverged_at(metrics: RunMetrics) -> int | None:
 # One run in words
 
 
-def run_notes(record: RunRecord) -> list[str]:
-    """What one run did, one sentence each: trend, generalization, throughput, and what it cost."""
-    metrics = record.metrics
+def run_notes(record: RunRecord, summary: dict | None = None) -> list[str]:
+    """What one run did, one sentence each: trend, generalization, throughput, and what it cost.
+
+    ``summary`` is ``summarize(record)`` when the caller already has it.
+    """
     notes = []
-    if metrics is not None:
-        notes += _trend_notes(metrics)
-        notes += _overfit_notes(metrics)
-        notes += _throughput_notes(metrics)
-    notes.append(_cost_note(record))
+    if record.metrics is not None:
+        notes += _trend_notes(record)
+        notes += _overfit_notes(record)
+        notes += _throughput_notes(record)
+    notes.append(_cost_note(record, summary or summarize(record)))
     return notes
 
 
-def _trend_notes(metrics: RunMetrics) -> list[str]:
-    step = diverged_at(metrics)
+def _trend_notes(record: RunRecord) -> list[str]:
+    step = diverged_at(record)
     if step is not None:
         return [f"diverged: the loss became non-finite (NaN/inf) at step {step}."]
-    points = [(r.get("step"), _number(r.get("loss"))) for r in metrics.train]
-    points = [(s, v) for s, v in points if finite(v)]
+    train = record.frame("train")
+    points = train[np.isfinite(train.loss) & np.isfinite(train.step)]
     if len(points) < 4:
         return [f"too early to judge the trend: {len(points)} train loss points so far."]
     window = max(2, len(points) // 5)
-    before = statistics.fmean(v for _, v in points[-2 * window:-window])
-    recent = statistics.fmean(v for _, v in points[-window:])
-    span = points[-1][0] - points[-window][0]
+    before = float(points.loss.iloc[-2 * window:-window].mean())
+    recent = float(points.loss.iloc[-window:].mean())
+    span = int(points.step.iloc[-1] - points.step.iloc[-window])
     change = (before - recent) / abs(before) if before else 0.0
     if change > 0.01:
         return [f"converging: train loss fell {change:.1%} over the last {span} steps ({before:.3f} → {recent:.3f})."]
@@ -220,39 +249,37 @@ def _trend_notes(metrics: RunMetrics) -> list[str]:
             f"steps at this learning rate will not buy much."]
 
 
-def _overfit_notes(metrics: RunMetrics) -> list[str]:
-    evals = [r for r in metrics.eval if finite(_number(r.get("val_loss"))) and finite(_number(r.get("train_loss")))]
+def _overfit_notes(record: RunRecord) -> list[str]:
+    evals = record.frame("eval")
+    evals = evals[np.isfinite(evals.val_loss) & np.isfinite(evals.train_loss)]
     if len(evals) < 2:
         return []
-    last = evals[-1]
-    best = min(evals, key=lambda r: r["val_loss"])
-    gap = last["val_loss"] - last["train_loss"]
-    if best is not last and last["val_loss"] > best["val_loss"] * 1.02:
-        return [f"overfitting: val loss rose from {best['val_loss']:.3f} at step {best['step']} to "
-                f"{last['val_loss']:.3f} at step {last['step']} while train loss is {last['train_loss']:.3f}; "
-                f"the step-{best['step']} checkpoint is the one to keep (or add dropout)."]
-    if gap > 0.1 * abs(last["train_loss"]):
-        return [f"val–train gap {gap:.3f} ({gap / abs(last['train_loss']):.0%} of train loss): it fits the "
+    last, best = evals.iloc[-1], evals.loc[evals.val_loss.idxmin()]
+    gap = last.val_loss - last.train_loss
+    if best.step < last.step and last.val_loss > best.val_loss * 1.02:
+        return [f"overfitting: val loss rose from {best.val_loss:.3f} at step {best.step:.0f} to "
+                f"{last.val_loss:.3f} at step {last.step:.0f} while train loss is {last.train_loss:.3f}; "
+                f"the step-{best.step:.0f} checkpoint is the one to keep (or add dropout)."]
+    if gap > 0.1 * abs(last.train_loss):
+        return [f"val–train gap {gap:.3f} ({gap / abs(last.train_loss):.0%} of train loss): it fits the "
                 f"training text noticeably better than held-out text."]
-    return [f"generalizing: val loss {last['val_loss']:.3f} tracks train loss {last['train_loss']:.3f} "
-            f"(gap {gap:+.3f})."]
+    return [f"generalizing: val loss {last.val_loss:.3f} tracks train loss {last.train_loss:.3f} (gap {gap:+.3f})."]
 
 
-def _throughput_notes(metrics: RunMetrics) -> list[str]:
-    # The first logged window holds start-up (allocation, compilation): judge stability without it.
-    rates = [v for v in (_number(r.get("tok_per_s")) for r in metrics.train[1:]) if finite(v) and v > 0]
+def _throughput_notes(record: RunRecord) -> list[str]:
+    rates = record.frame("train").tok_per_s.iloc[1:]  # the first window holds start-up (allocation, compile)
+    rates = rates[np.isfinite(rates) & (rates > 0)]
     if len(rates) < 3:
         return []
-    mean = statistics.fmean(rates)
-    spread = statistics.pstdev(rates) / mean
+    mean = float(rates.mean())
+    spread = float(rates.std(ddof=0)) / mean
     if spread < 0.1:
         return [f"throughput stable: {mean:,.0f} tokens/s (±{spread:.0%})."]
-    return [f"throughput unstable: {min(rates):,.0f}–{max(rates):,.0f} tokens/s (±{spread:.0%}); another "
+    return [f"throughput unstable: {rates.min():,.0f}–{rates.max():,.0f} tokens/s (±{spread:.0%}); another "
             f"job sharing the machine, evaluation or checkpoint pauses are the usual causes."]
 
 
-def _cost_note(record: RunRecord) -> str:
-    s = summarize(record)
+def _cost_note(record: RunRecord, s: dict) -> str:
     cfg = record.config
     if isinstance(record.info.get("precision"), str):  # what "auto" resolved to
         cfg["train.precision"] = record.info["precision"]
@@ -272,11 +299,15 @@ def _cost_note(record: RunRecord) -> str:
 # Across runs
 
 
-def compare_notes(records: list[RunRecord], target: float | None = None) -> list[str]:
-    """Which run did best, which got to the target first, and what each differing setting changed."""
+def compare_notes(records: list[RunRecord], target: float | None = None,
+                  summaries: dict[str, dict] | None = None) -> list[str]:
+    """Which run did best, which got to the target first, and what each differing setting changed.
+
+    ``summaries`` maps run id to ``summarize(run, target)`` when the caller already has them.
+    """
     if len(records) < 2:
         return []
-    rows = {r.id: summarize(r, target) for r in records}
+    rows = summaries or {r.id: summarize(r, target) for r in records}
     notes = []
     finished = [r for r in records if finite(rows[r.id]["best_val_loss"])]
     if finished:
@@ -387,7 +418,22 @@ def _number(value):
 
 
 def finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A real, finite number (numpy's included; bools and None are not numbers here)."""
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _finite_stat(values: pd.Series, how: str) -> float | None:
+    """min/max/median of the finite values, None when there are none."""
+    values = values[np.isfinite(values)]
+    return float(getattr(values, how)()) if len(values) else None
+
+
+def _non_finite(value) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def _int(value) -> int | None:
+    return int(value) if finite(value) else None
 
 
 def _first(*values):

@@ -51,67 +51,67 @@ def _fill(values: np.ndarray, value: float) -> np.ndarray:
 
 
 def ema(values: np.ndarray, weight: float) -> np.ndarray:
-    """TensorBoard's debiased exponential moving average: no pull towards zero at the start.
+    """TensorBoard's debiased exponential moving average (no pull towards zero at the start).
 
+    That is pandas' ``ewm(adjust=True)``: each point is the w**age-weighted mean of the points so far.
     Non-finite values pass through unchanged and do not poison the average after them.
     """
     if weight <= 0 or len(values) == 0:
         return values
-    out = np.array(values, dtype=float)
-    last, count = 0.0, 0
-    for i, value in enumerate(values):
-        if not math.isfinite(value):
-            continue
-        last = last * weight + (1 - weight) * value
-        count += 1
-        out[i] = last / (1 - weight**count)
-    return out
+    finite = np.isfinite(values)
+    smooth = pd.Series(np.where(finite, values, np.nan)).ewm(alpha=1 - weight, adjust=True, ignore_na=True).mean()
+    return np.where(finite, smooth.to_numpy(), values)
 
 
-def series(records: list[dict], field: str, x: str) -> tuple[np.ndarray, np.ndarray]:
-    """(x, y) arrays of one field, rows without a numeric x or y left out."""
-    xs, ys = [], []
-    for record in records:
-        xv, yv = record.get(x), record.get(field)
-        if _is_number(xv) and _is_number(yv):
-            xs.append(xv)
-            ys.append(yv)
-    return np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+def series(run: RunRecord, kind: str, field: str, x: str) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) arrays of one field of a run's train or eval lines, rows without a numeric x left out."""
+    frame = run.frame(kind)
+    xs, ys = frame[x].to_numpy(), frame[field].to_numpy()
+    keep = np.isfinite(xs)
+    return xs[keep], ys[keep]
 
 
 def curve_frame(runs: list[RunRecord], metric: str, x: str = "step", smoothing: float = 0.0,
                 log_y: bool = False, max_points: int = MAX_POINTS) -> pd.DataFrame:
-    """One long table (x, y, series) for one plot; a diverged run's series says so in its name.
+    """One long table (x, y, series) for one plot of these runs."""
+    frames = [run_frame(run, metric, x, smoothing, log_y, max_points) for run in runs]
+    return join(frames)
+
+
+def join(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+
+
+def run_frame(run: RunRecord, metric: str, x: str = "step", smoothing: float = 0.0, log_y: bool = False,
+              max_points: int = MAX_POINTS) -> pd.DataFrame:
+    """One run's part of a plot: its series, smoothed, then downsampled; a diverged series says so.
 
     Non-finite points are dropped from the drawing (a line cannot show them), which is why the name
     carries the marker: a diverged run is never a silent gap.
     """
-    x_field = X_AXES[x]
+    if run.metrics is None:
+        return pd.DataFrame(columns=COLUMNS)
+    if metric == "loss":
+        parts = [("train", "loss", "train", True), ("eval", "val_loss", "val", False)]
+    else:
+        kind, field, smooth = METRICS[metric]
+        parts = [(kind, field, "", smooth)]
     frames = []
-    for run in runs:
-        if run.metrics is None:
+    for kind, field, suffix, smooth in parts:
+        xs, ys = series(run, kind, field, X_AXES[x])
+        if not len(ys):
             continue
-        if metric == "loss":
-            parts = [(run.metrics.train, "loss", "train", True), (run.metrics.eval, "val_loss", "val", False)]
-        else:
-            kind, field, smooth = METRICS[metric]
-            parts = [(getattr(run.metrics, kind), field, "", smooth)]
-        for lines, field, suffix, smooth in parts:
-            xs, ys = series(lines, field, x_field)
-            if not len(ys):
-                continue
-            name = f"{run.label} {suffix}".strip()
-            if not np.isfinite(ys).all():
-                name += " ✗ diverged"
-            if smooth:
-                ys = ema(ys, smoothing)
-            keep = downsample(ys, max_points)
-            xs, ys = xs[keep], ys[keep]
-            finite = np.isfinite(ys) & ((ys > 0) if log_y else True)
-            xs, ys = xs[finite], ys[finite]
-            frames.append(pd.DataFrame({"x": xs, "y": np.log10(ys) if log_y else ys, "series": name}))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+        name = f"{run.label} {suffix}".strip()
+        if metric == "loss" and run.frame(kind).diverged.any():
+            name += " ✗ diverged"
+        if smooth:
+            ys = ema(ys, smoothing)
+        keep = downsample(ys, max_points)
+        xs, ys = xs[keep], ys[keep]
+        shown = np.isfinite(ys) & (ys > 0) if log_y else np.isfinite(ys)
+        xs, ys = xs[shown], ys[shown]
+        frames.append(pd.DataFrame({"x": xs, "y": np.log10(ys) if log_y else ys, "series": name}))
+    return join(frames)
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)

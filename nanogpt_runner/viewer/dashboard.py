@@ -22,7 +22,7 @@ from nanogpt_runner.analysis import (
     run_notes,
     summarize,
 )
-from nanogpt_runner.viewer.curves import METRICS, curve_frame
+from nanogpt_runner.viewer.curves import METRICS, join, run_frame
 from nanogpt_runner.viewer.store import RunStore
 
 STATUSES = ["running", "queued", "completed", "failed", "interrupted", "stalled"]
@@ -56,7 +56,7 @@ class Dashboard:
         self.store = store
         self.min_poll_s = min_poll_s
         self._last_poll = 0.0
-        self._rows: dict[str, tuple[int, dict, dict]] = {}  # id -> (version, summary, flat config)
+        self._cache: dict[tuple, tuple] = {}  # (kind, run id) -> (run version, params, value)
 
     def refresh(self) -> None:
         """Poll the store, at most every ``min_poll_s`` however many sessions are ticking."""
@@ -116,16 +116,24 @@ class Dashboard:
         return [r.id for r in self.store.records()[:n]]
 
     def _row(self, record: RunRecord) -> tuple[dict, dict]:
-        entry = self.store.get(record.id)
-        version = entry.version if entry else -1
-        cached = self._rows.get(record.id)
-        if cached is None or cached[0] != version:
+        def compute():
             summary = summarize(record)
             if summary["diverged_at"] is not None:
                 summary["status"] = f"{summary['status']} (diverged at step {summary['diverged_at']})"
-            cached = (version, summary, record.config)
-            self._rows[record.id] = cached
-        return cached[1], cached[2]
+            return summary, record.config
+
+        return self._cached("row", record, None, compute)
+
+    def _cached(self, kind: str, record: RunRecord, params, compute):
+        """``compute()`` once per run version and ``params``: only a run that changed costs anything."""
+        entry = self.store.get(record.id)
+        version = entry.version if entry else -1
+        hit = self._cache.get((kind, record.id))
+        if hit is not None and hit[0] == version and hit[1] == params:
+            return hit[2]
+        value = compute()
+        self._cache[(kind, record.id)] = (version, params, value)
+        return value
 
     # -- comparing selected runs ---------------------------------------------------------------------
 
@@ -139,13 +147,18 @@ class Dashboard:
                 target: float | None = None) -> CompareView:
         runs = self.selected(run_ids)
         target = target if finite(target) and target > 0 else None
-        curves = {metric: curve_frame(runs, metric, x, smoothing, log_y and metric == "loss") for metric in METRICS}
-        summaries = [summarize(r, target) for r in runs]
-        bars = {
-            name: pd.DataFrame({"run": [r.label for r in runs], "value": [_or_zero(s[field]) for s in summaries]})
-            for name, (field, _) in BARS.items()
-        }
-        return CompareView(curves, bars, config_diff(runs), analysis_markdown(runs, target))
+        curves = {metric: self._curve(runs, metric, x, smoothing, log_y and metric == "loss") for metric in METRICS}
+        summaries = {r.id: self._cached("summary", r, target, lambda r=r: summarize(r, target)) for r in runs}
+        labels = [r.label for r in runs]
+        bars = {name: pd.DataFrame({"run": labels, "value": [_or_zero(summaries[r.id][field]) for r in runs]})
+                for name, (field, _) in BARS.items()}
+        notes = {r.id: self._cached("notes", r, target, lambda r=r: run_notes(r, summaries[r.id])) for r in runs}
+        return CompareView(curves, bars, config_diff(runs), analysis_markdown(runs, target, summaries, notes))
+
+    def _curve(self, runs: list[RunRecord], metric: str, x: str, smoothing: float, log_y: bool) -> pd.DataFrame:
+        params = (x, smoothing, log_y)
+        return join([self._cached(f"curve:{metric}", r, params, lambda r=r: run_frame(r, metric, *params))
+                     for r in runs])
 
     # -- the timer -----------------------------------------------------------------------------------
 
@@ -179,17 +192,19 @@ def config_diff(runs: list[RunRecord]) -> pd.DataFrame:
     return pd.DataFrame(data)
 
 
-def analysis_markdown(runs: list[RunRecord], target: float | None) -> str:
+def analysis_markdown(runs: list[RunRecord], target: float | None, summaries: dict[str, dict] | None = None,
+                      notes: dict[str, list[str]] | None = None) -> str:
     """The analysis in words: a section per run, then what the runs say together."""
     if not runs:
         return "Select runs in the **Runs** tab to compare them."
+    summaries = summaries or {run.id: summarize(run, target) for run in runs}
     parts = []
     for run in runs:
-        summary = summarize(run, target)
+        summary = summaries[run.id]
         parts.append(f"**{run.label}** — {summary['status']}, {format_duration(summary['elapsed_s'])}")
-        parts += [f"- {note}" for note in run_notes(run)]
+        parts += [f"- {note}" for note in (notes[run.id] if notes else run_notes(run, summary))]
         parts.append("")
-    across = compare_notes(runs, target)
+    across = compare_notes(runs, target, summaries)
     if across:
         parts.append("**Across the selected runs**")
         parts += [f"- {note}" for note in across]

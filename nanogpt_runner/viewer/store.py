@@ -18,8 +18,9 @@ from pathlib import Path
 from nanogpt_runner.analysis import RunRecord
 from nanogpt_runner.runs import METRICS_FILE, RUN_FILE, MetricsTail, RunReader, find_runs, read_run
 
-# How much of a metrics file's end to read for its newest train line.
-TAIL_BYTES = 64 * 1024
+# How much of a metrics file's end to read for its newest train line (a line is about 250 bytes).
+TAIL_BYTES = 4 * 1024
+MAX_TAIL_BYTES = 256 * 1024
 
 
 @dataclass
@@ -161,20 +162,34 @@ def _stamp(run_dir: Path) -> tuple | None:
 
 
 def last_train_line(path: Path) -> dict | None:
-    """The newest train line of a metrics file, read from its last ``TAIL_BYTES`` only."""
+    """The newest train line of a metrics file, read from its end: 4 KB, more only when needed."""
     try:
         size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            start = max(0, size - TAIL_BYTES)
-            f.seek(start)
-            head = f.read(min(size, TAIL_BYTES))
     except OSError:
         return None
+    window = TAIL_BYTES
+    while True:
+        start = max(0, size - window)
+        train = [r for r in _records_from(path, start) if r.get("kind") == "train"]
+        if train or start == 0 or window >= MAX_TAIL_BYTES:
+            return train[-1] if train else None
+        window *= 8
+
+
+def _records_from(path: Path, start: int) -> list[dict]:
+    """The whole lines of ``path`` from byte ``start`` on (the cut line at ``start`` skipped)."""
     tail = MetricsTail(path)
-    # Start after the first newline of the window: the bytes before it may be the end of a cut line.
-    tail.offset = start if start == 0 else start + head.find(b"\n") + 1
-    if start and head.find(b"\n") < 0:
-        return None
+    if start:
+        try:
+            with open(path, "rb") as f:
+                f.seek(start)
+                head = f.read(TAIL_BYTES)
+        except OSError:
+            return []
+        newline = head.find(b"\n")
+        if newline < 0:
+            return []
+        start += newline + 1
+    tail.offset = start
     records, _ = tail.poll()
-    train = [r for r in records if r.get("kind") == "train"]
-    return train[-1] if train else None
+    return records

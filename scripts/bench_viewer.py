@@ -1,0 +1,99 @@
+"""Viewer server-side speed on a big synthetic runs folder (no browser involved).
+
+    python scripts/bench_viewer.py [--runs 200] [--steps 5000] [--keep DIR]
+
+Builds RUNS runs of STEPS train lines each (one line per step, an eval every 250; one run still
+running), then prints:
+  - first full load: discover every run, build the runs table, read and downsample the curves of the
+    default selection (the 5 newest runs, the running one among them), build the comparison;
+  - refresh while one run grows: 10 more metrics lines appended, then the timer's tick (stat every run,
+    read the new bytes, rebuild the table and the comparison);
+  - idle refresh: a tick when nothing changed.
+Targets (issue 5): first load < 2 s, refresh < 200 ms server time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from nanogpt_runner.runs import RunWriter
+from nanogpt_runner.viewer.dashboard import Dashboard
+from nanogpt_runner.viewer.store import RunStore
+from nanogpt_runner.viewer.synthetic import config, write_run
+
+
+def build(root: Path, runs: int, steps: int):
+    """The runs folder; returns the writer of the one run that is still going."""
+    now = time.time()
+    live = None
+    for i in range(runs):
+        running = i == runs - 1
+        writer = write_run(root / f"2026-01-01/run_{i:04d}", steps, status="running" if running else "completed",
+                           cfg=config(**{"optimizer.lr": 1e-3 * (1 + i % 7), "train.grad_accum": 1 + i % 4}),
+                           start_time=now - 10_000 + i, eval_every=250, rate=0.5 + (i % 5) / 5)
+        if running:
+            live = writer
+        else:
+            writer.close()
+    return live
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument("--keep", type=Path, default=None, help="build the folder here and keep it (reused next time)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.keep or Path(tmp)
+        start = time.perf_counter()
+        live_dir = root / "2026-01-01" / f"run_{args.runs - 1:04d}"
+        if (live_dir / "run.json").exists():  # --keep DIR from an earlier call: reuse it
+            live = RunWriter(live_dir)
+        else:
+            live = build(root, args.runs, args.steps)
+        live.update(status="running")
+        size = sum(p.stat().st_size for p in root.rglob("metrics.jsonl")) / 1e6
+        print(f"runs folder: {args.runs} runs x {args.steps} steps ({size:,.0f} MB of metrics), ready in "
+              f"{time.perf_counter() - start:.1f} s")
+
+        start = time.perf_counter()
+        dashboard = Dashboard(RunStore(root), min_poll_s=0.0)
+        dashboard.refresh()
+        selected = dashboard.default_selection()
+        table_args, compare_args = ("", []), (selected, "step", 0.6, False, 2.0)
+        seen, table, view = dashboard.tick(None, table_args, compare_args)
+        first = time.perf_counter() - start
+        rows = sum(len(frame) for frame in view.curves.values())
+        print(f"first full load: {first * 1000:,.0f} ms ({len(table[0])} table rows, {len(selected)} runs "
+              f"compared, {rows:,} plotted points)")
+
+        grow, idle = [], []
+        step = args.steps
+        for _ in range(10):
+            for _ in range(10):
+                step += 1
+                live.log("train", step=step, tokens=step * 384, loss=1.5, lr=1e-3, grad_norm=1.0, tok_per_s=20000.0,
+                         step_ms=10.0, mfu=0.05, mem_gb=0.5, peak_mem_gb=0.55, elapsed_s=step * 0.01)
+            live.update(step=step)
+            start = time.perf_counter()
+            seen, table, view = dashboard.tick(seen, table_args, compare_args)
+            grow.append(time.perf_counter() - start)
+            assert table is not None and view is not None, "a growing run must refresh the table and the plots"
+            start = time.perf_counter()
+            seen, table, view = dashboard.tick(seen, table_args, compare_args)
+            idle.append(time.perf_counter() - start)
+        live.close()
+        print(f"refresh while one run grows: median {statistics.median(grow) * 1000:,.0f} ms, "
+              f"max {max(grow) * 1000:,.0f} ms (10 ticks, 10 new lines each)")
+        print(f"idle refresh: median {statistics.median(idle) * 1000:,.1f} ms")
+        print(f"targets: first load < 2000 ms -> {'ok' if first < 2 else 'MISSED'}; "
+              f"refresh < 200 ms -> {'ok' if statistics.median(grow) < 0.2 else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
