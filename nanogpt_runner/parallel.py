@@ -159,6 +159,7 @@ class Parallelized:
         self.schedule = None
         self.tied: nn.Parameter | None = None  # the tied embedding/head weight when it lives on two stages
         self._tie_group = None
+        self.average_gradients = False  # pipeline stage replicated over dp ranks without the DDP wrapper
         self._loss_scale = 1.0
         self._microbatches = cfg.parallel.microbatches
 
@@ -213,7 +214,15 @@ class Parallelized:
         return loss * self._loss_scale / self._microbatches
 
     def finish_gradients(self) -> None:
-        """After the last micro-step: sum the tied embedding/head gradient of the first and last stage."""
+        """After the last micro-step: average a pipeline stage's gradients over its data-parallel replicas,
+        and sum the tied embedding/head gradient of the first and last stage."""
+        if self.average_gradients:
+            grads = [p.grad for p in _unique_parameters(self.module) if p.grad is not None]
+            flat = torch._utils._flatten_dense_tensors(grads)
+            dist.all_reduce(flat, group=self.layout.group("dp"))
+            flat /= self.layout.dp
+            for grad, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads), strict=True):
+                grad.copy_(synced)
         if self.tied is not None and self.tied.grad is not None:
             grad = self.tied.grad
             dist.all_reduce(grad.to_local() if hasattr(grad, "to_local") else grad, group=self._tie_group)
@@ -300,8 +309,13 @@ def parallelize(model: GPT, layout: Layout, cfg) -> Parallelized:
         for block in model.blocks.values():
             fully_shard(block, mesh=layout.mesh["dp"])
         fully_shard(model, mesh=layout.mesh["dp"])
-    elif layout.dp > 1 and layout.dp_mode == "ddp":
+    elif layout.dp > 1 and layout.dp_mode == "ddp" and layout.pp == 1:
         par.train_module = nn.parallel.DistributedDataParallel(model, process_group=layout.group("dp"))
+    elif layout.dp > 1 and layout.dp_mode == "ddp":
+        # A pipeline stage runs one backward per pipeline micro-batch, outside DDP's forward/backward pairing
+        # (its reducer then fails an internal assert, or with static_graph skips the all-reduce): the stage's
+        # replicas average their gradients with one bucketed all-reduce per step instead, DDP's arithmetic.
+        par.average_gradients = True
     if layout.pp > 1:
         _build_schedule(par, cfg)
     return par
