@@ -266,6 +266,14 @@ class Parallelized:
         dist.all_reduce(value)
         return value / (self.layout.dp * self.layout.tp)
 
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank when it is True on any: a stop request seen by one rank stops all at the same step."""
+        if self.layout.world == 1:
+            return flag
+        value = torch.tensor(float(flag), device=self.layout.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
     def local_shapes(self) -> dict[str, list[int]]:
         """Each parameter's shape on this rank: the sharding made visible (and tested)."""
         shapes = {}
