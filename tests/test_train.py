@@ -81,3 +81,10 @@ def test_same_seed_same_run(tmp_path, tiny_overrides):
     assert [r["loss"] for r in first.train] == [r["loss"] for r in second.train]
     _, other = train_in_process(tiny_overrides, tmp_path / "c", "train.seed=7")
     assert [r["loss"] for r in other.train] != [r["loss"] for r in first.train]
+
+
+def test_bf16_autocast_trains_close_to_fp32(tmp_path, tiny_overrides):
+    _, fp32 = train_in_process(tiny_overrides, tmp_path / "a")
+    _, bf16 = train_in_process(tiny_overrides, tmp_path / "b", "train.precision=bf16")
+    assert bf16.train[-1]["loss"] == pytest.approx(fp32.train[-1]["loss"], rel=0.02)
+    assert bf16.train[-1]["loss"] != fp32.train[-1]["loss"]  # it really ran in bf16
