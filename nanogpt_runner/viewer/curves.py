@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from nanogpt_runner.analysis import RunRecord
+from nanogpt_runner.analysis import RunRecord, diverged_at
 
 MAX_POINTS = 400
 X_AXES = {"step": "step", "tokens": "tokens", "time": "elapsed_s"}
@@ -97,13 +97,14 @@ def run_frame(run: RunRecord, metric: str, x: str = "step", smoothing: float = 0
     else:
         kind, field, smooth = METRICS[metric]
         parts = [(kind, field, "", smooth)]
+    diverged = metric == "loss" and diverged_at(run) is not None
     frames = []
     for kind, field, suffix, smooth in parts:
         xs, ys = series(run, kind, field, X_AXES[x])
         if not len(ys):
             continue
         name = f"{run.label} {suffix}".strip()
-        if metric == "loss" and run.frame(kind).diverged.any():
+        if diverged:
             name += " ✗ diverged"
         if smooth:
             ys = ema(ys, smoothing)

@@ -166,18 +166,17 @@ class Dashboard:
                                                                                      CompareView | None]:
         """Refresh, then recompute only the parts whose inputs changed since ``seen`` (the session's)."""
         self.refresh()
+        selected = self.selected(compare_args[0])  # reading new curves changes versions: do it first
         seen = dict(seen or {})
         table_key = [self.store.version, list(table_args)]
         table = None
         if seen.get("table") != table_key:
             table = self.table(*table_args)
             seen["table"] = table_key
-        selected = compare_args[0] or []
-        compare_key = [[list(v) for v in self.store.versions(selected)], list(compare_args)]
+        compare_key = [[list(v) for v in self.store.versions([r.id for r in selected])], list(compare_args)]
         view = None
         if seen.get("compare") != compare_key:
             view = self.compare(*compare_args)
-            compare_key[0] = [list(v) for v in self.store.versions(selected)]  # loading bumped versions
             seen["compare"] = compare_key
         return seen, table, view
 

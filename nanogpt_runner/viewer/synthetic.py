@@ -60,7 +60,7 @@ def write_run(run_dir: Path, steps: int = 100, *, status: str = "completed", cfg
                    grad_norm=1.0, tok_per_s=tok_per_s * (1 + 0.02 * math.sin(step)), step_ms=10.0, mfu=0.05,
                    mem_gb=mem_gb, peak_mem_gb=mem_gb * 1.1, elapsed_s=step * 0.01)
         if step % eval_every == 0 or step == steps:
-            val = loss + 0.05 + (0.002 * max(0, step - steps // 2) if overfit else 0.0)
+            val = loss + 0.05 + (0.01 * max(0, step - steps // 2) if overfit else 0.0)
             best_val = min(best_val, val) if math.isfinite(val) else best_val
             writer.log("eval", step=step, tokens=step * tokens_per_step, train_loss=loss, val_loss=val,
                        elapsed_s=step * 0.01)
