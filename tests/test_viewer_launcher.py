@@ -21,9 +21,10 @@ from nanogpt_runner.viewer.launcher import (
 
 
 def test_the_form_becomes_overrides_with_empty_fields_left_to_the_preset():
-    form = {"model": "tiny", "n_layer": 4.0, "n_head": None, "dropout": 0.1, "lr": 3e-4, "grad_accum": 2,
-            "precision": "", "recompute": True, "compile": False, "parallel": "ddp", "nproc": 2, "name": "exp1"}
-    assert form_overrides(form) == ["model=tiny", "model.n_layer=4", "model.dropout=0.1", "optimizer.lr=0.0003",
+    form = {"model": "tiny", "n_layer": " 4 ", "n_head": "", "n_embd": None, "dropout": "0.1", "lr": "3e-4",
+            "grad_accum": "2", "precision": "", "recompute": True, "compile": False, "parallel": "ddp", "nproc": "2",
+            "name": "exp1"}
+    assert form_overrides(form) == ["model=tiny", "model.n_layer=4", "model.dropout=0.1", "optimizer.lr=3e-4",
                                     "train.grad_accum=2", "train.recompute=true", "parallel=ddp",
                                     "parallel.nproc_per_node=2", "run.name=exp1"]
 

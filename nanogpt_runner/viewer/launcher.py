@@ -72,6 +72,7 @@ def form_overrides(form: dict) -> list[str]:
     out = []
     for field, key in FORM_KEYS.items():
         value = form.get(field)
+        value = value.strip() if isinstance(value, str) else value
         if value is None or value == "" or value is False:
             continue
         if isinstance(value, float) and value.is_integer() and key not in ("model.dropout", "optimizer.lr"):
@@ -165,8 +166,10 @@ class Launcher:
         if any("No module named nanogpt_runner.check" in line for line in text):
             return ["this environment has no nanogpt_runner.check, so the overrides cannot be validated: "
                     "update the project (pip install -e .)"]
-        return [line.strip().removeprefix("- ").strip() for line in text if line.strip()] or [
-            f"the check failed with exit code {done.returncode} and no message"]
+        # The runner prints "error: invalid config:" and then one "  - problem" line each.
+        problems = [line.strip().removeprefix("error:").strip().removeprefix("- ") for line in text]
+        return [p for p in problems if p and not p.endswith(":")] or [
+            f"the check failed with exit code {done.returncode}: {' '.join(text)[-500:] or 'no message'}"]
 
     def start(self, form: dict, extra: str = "") -> Launched:
         """Check, then start one run; raises LaunchError with every problem when it may not start."""

@@ -131,23 +131,22 @@ def _launch_tab():
     gr.Markdown("Fill in what differs from the preset (empty fields keep the preset's value). The runner's own "
                 "validation checks everything before anything starts; the run appears in the table at the next "
                 "refresh.")
+
+    def field(label: str):  # text, not gr.Number: an empty number box would send 0, not "keep the preset"
+        return gr.Textbox(label=label, placeholder="preset", max_lines=1)
+
     with gr.Row():
         model = gr.Dropdown(["", *presets("model")], value="", label="model preset")
         parallel = gr.Dropdown(["", *presets("parallel")], value="", label="parallel layout")
-        nproc = gr.Number(None, precision=0, label="processes (parallel.nproc_per_node)")
+        nproc = field("processes (parallel.nproc_per_node)")
         precision = gr.Dropdown(["", *PRECISIONS], value="", label="precision")
-        name = gr.Textbox("viewer", label="run name")
+        name = gr.Textbox("viewer", label="run name", max_lines=1)
     with gr.Row():
-        n_layer = gr.Number(None, precision=0, label="n_layer")
-        n_head = gr.Number(None, precision=0, label="n_head")
-        n_embd = gr.Number(None, precision=0, label="n_embd")
-        block_size = gr.Number(None, precision=0, label="block_size")
-        dropout = gr.Number(None, label="dropout")
+        n_layer, n_head, n_embd, block_size, dropout = (field(label) for label in (
+            "n_layer", "n_head", "n_embd", "block_size", "dropout"))
     with gr.Row():
-        lr = gr.Number(None, label="learning rate")
-        batch_size = gr.Number(None, precision=0, label="batch size")
-        grad_accum = gr.Number(None, precision=0, label="grad accumulation")
-        max_iters = gr.Number(None, precision=0, label="iterations")
+        lr, batch_size, grad_accum, max_iters = (field(label) for label in (
+            "learning rate", "batch size", "grad accumulation", "iterations"))
         recompute = gr.Checkbox(False, label="activation recomputation")
         compile_ = gr.Checkbox(False, label="torch.compile")
     extra = gr.Textbox(label="extra overrides (key=value, space-separated)", elem_id="extra-overrides",

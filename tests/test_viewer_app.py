@@ -1,0 +1,118 @@
+"""Starting the viewer: clear refusals for bad input, no torch, the next free port, and a Gradio API
+that offers the read-only views and nothing that starts a process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from nanogpt_runner.viewer.synthetic import config, write_run
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+
+
+def viewer_cli(*args: str, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(REPO / "viewer.py"), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV, **popen)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["{root}/missing"], "does not exist: pass the folder that holds your runs"),
+    (["{root}/a_file"], "is a file, not a folder"),
+    (["{root}", "--auth", "alice"], "--auth must be USER:PASSWORD"),
+    (["{root}", "--auth", ":pw"], "--auth must be USER:PASSWORD"),
+    (["{root}", "--host", "0.0.0.0"], "add --auth USER:PASSWORD, or keep the default --host 127.0.0.1"),
+    (["{root}", "--port", "70000"], "is not a TCP port"),
+    (["{root}", "--refresh", "0"], "must be a positive number of seconds"),
+])
+def test_bad_input_is_one_message_naming_the_fix_and_exit_2(tmp_path, args, message):
+    (tmp_path / "a_file").write_text("not a folder")
+    process = viewer_cli(*[a.format(root=tmp_path) for a in args])
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert message in err and "Traceback" not in err
+
+
+def test_the_viewer_starts_on_the_next_free_port_and_never_imports_torch(tmp_path):
+    write_run(tmp_path / "a", 10).close()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        imports_log = open(tmp_path / "imports.log", "w")  # -X importtime: every imported module, on stderr
+        process = subprocess.Popen([sys.executable, "-X", "importtime", str(REPO / "viewer.py"), str(tmp_path),
+                                    "--port", str(port)], stdout=subprocess.PIPE, stderr=imports_log,
+                                   text=True, env=ENV)
+        try:
+            first_line = process.stdout.readline()
+            assert first_line.startswith(f"nanogpt-view: {tmp_path.resolve()} at http://127.0.0.1:")
+            url = first_line.split(" at ")[1].split()[0]
+            assert not url.endswith(f":{port}")  # that one was taken
+            page = _get(url)
+            assert "nanogpt-runner" in page
+        finally:
+            process.send_signal(signal.SIGINT)
+            process.communicate(timeout=60)
+            imports_log.close()
+    imports = (tmp_path / "imports.log").read_text()
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in imports.splitlines() if "|" in line}
+    assert "gradio" in imported and "torch" not in imported
+
+
+def _get(url: str, deadline_s: float = 120) -> str:
+    """The page at ``url`` once the server answers."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return response.read().decode()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """The dashboard on two fixture runs, in this process, as Gradio tests itself."""
+    from nanogpt_runner.viewer.app import free_port, serve
+
+    root = tmp_path_factory.mktemp("runs")
+    write_run(root / "base", 50, cfg=config(), mem_gb=1.0, start_time=1).close()
+    write_run(root / "recompute", 50, cfg=config(**{"train.recompute": True}), mem_gb=0.7, start_time=2).close()
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    demo, url = serve(root, port=free_port("127.0.0.1", 7870), refresh_s=1.0, block=False)
+    yield url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    from gradio_client import Client
+
+    return Client(served, verbose=False, download_files=False, analytics_enabled=False)
+
+
+def test_the_api_lists_runs_and_explains_a_comparison(client):
+    rows = client.predict("", None, api_name="/runs")
+    assert [(r["folder"], r["status"], r["train.recompute"]) for r in rows] == [("recompute", "completed", True),
+                                                                              ("base", "completed", False)]
+    text = client.predict(["base", "recompute", "../../etc"], 3.0, api_name="/analysis")
+    assert "train.recompute False → True (recompute vs base): peak memory 1.10 GB → 0.77 GB (-30%)" in text
+
+
+def test_nothing_that_starts_a_process_is_on_the_api(client):
+    endpoints = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert endpoints == {"/runs", "/analysis"}
+    for hidden in ["/start", "/stop_run", "/generate", "/update"]:
+        with pytest.raises(ValueError):
+            client.predict(api_name=hidden)

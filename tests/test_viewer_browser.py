@@ -1,0 +1,104 @@
+"""End to end in a real browser (Debian's chromium, headless): the page shows the runs and their plots,
+rows select runs, and the Launch tab starts real nanogpt-run processes that show up running, stop on
+request (interrupted) and complete."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from nanogpt_runner.viewer.synthetic import config, write_run
+
+CHROMIUM = Path("/usr/bin/chromium")
+WAIT_MS = 120_000  # generous: a loaded CI machine; nothing here asserts on time
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed at /usr/bin/chromium "
+                                                              "(.ci/run installs it: apt-get install chromium)")
+
+
+@pytest.fixture
+def page_url(tmp_path, monkeypatch):
+    from nanogpt_runner.viewer.app import free_port, serve
+
+    root = tmp_path / "outputs"
+    write_run(root / "base", 80, cfg=config(), mem_gb=1.0, start_time=1).close()
+    write_run(root / "recompute", 80, cfg=config(**{"train.recompute": True}), mem_gb=0.7, start_time=2).close()
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # where runs started from the page cache data
+    demo, url = serve(root, port=free_port("127.0.0.1", 7890), refresh_s=1.0, block=False)
+    yield url
+    demo.close()
+
+
+@pytest.fixture
+def page(page_url):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(WAIT_MS)
+        page.goto(page_url)
+        yield page
+        browser.close()
+
+
+def row(page, *texts: str):
+    locator = page.locator("#runs-table [role=row]")
+    for text in texts:
+        locator = locator.filter(has_text=text)
+    return locator
+
+
+def launch(page, name: str, extra: str) -> None:
+    page.get_by_role("tab", name="Launch").click()
+    page.get_by_label("run name").fill(name)
+    page.locator("#extra-overrides textarea").fill(extra)
+    page.locator("#launch-button").click()
+
+
+def test_dashboard_shows_compares_and_launches_runs(page, corpus_path):
+    from playwright.sync_api import expect
+
+    # The runs table and the default selection (the newest runs).
+    expect(row(page, "recompute", "completed")).to_have_count(1)
+    expect(page.locator("#selection .token")).to_have_count(2)
+
+    # Compare: the plots are drawn and the analysis names what recomputation saved.
+    page.get_by_role("tab", name="Compare").click()
+    expect(page.locator("#plot-loss canvas, #plot-loss svg.marks").first).to_be_visible()
+    expect(page.locator("#analysis")).to_contain_text("train.recompute False → True (recompute vs base)")
+
+    # A click on a row takes that run out of the comparison.
+    page.get_by_role("tab", name="Runs").click()
+    row(page, "base").first.locator("[role=gridcell]").first.click()
+    expect(page.locator("#selection .token")).to_have_count(1)
+
+    # A launch that is not a plain override is refused in the page, and nothing starts.
+    launch(page, "refused", "-m hydra/launcher=basic")
+    expect(page.locator("#launch-status")).to_contain_text("Not started")
+    expect(page.locator("#launch-status")).to_contain_text("'-m' is not a key=value override")
+
+    tiny = (f"model=tiny train.eval_iters=2 train.batch_size=4 train.precision=fp32 optimizer.warmup_iters=5 "
+            f"data.path={corpus_path}")
+
+    # A long run appears as running; Stop interrupts it (the runner checkpoints and says so in run.json).
+    launch(page, "e2e-long", f"{tiny} train.max_iters=100000 train.eval_interval=1000 train.log_interval=10")
+    expect(page.locator("#launch-status")).to_contain_text("Started pid")
+    page.get_by_role("tab", name="Runs").click()
+    expect(row(page, "e2e-long", "running")).to_have_count(1)
+    page.get_by_role("tab", name="Launch").click()
+    page.get_by_role("button", name="Stop (SIGTERM)").click()
+    expect(page.locator("#launch-status")).to_contain_text("sent SIGTERM")
+    page.get_by_role("tab", name="Runs").click()
+    expect(row(page, "e2e-long", "interrupted")).to_have_count(1)
+
+    # A short run completes.
+    launch(page, "e2e-short", f"{tiny} train.max_iters=20 train.eval_interval=10 train.log_interval=5")
+    expect(page.locator("#launch-status")).to_contain_text("Started pid")
+    page.get_by_role("tab", name="Runs").click()
+    expect(row(page, "e2e-short", "completed")).to_have_count(1)
+    assert os.environ["XDG_CACHE_HOME"].endswith("cache")
