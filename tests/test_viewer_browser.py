@@ -4,7 +4,7 @@ request (interrupted) and complete."""
 
 from __future__ import annotations
 
-import os
+import re
 from pathlib import Path
 
 import pytest
@@ -63,6 +63,7 @@ def launch(page, name: str, extra: str) -> None:
 def test_dashboard_shows_compares_and_launches_runs(page, corpus_path):
     from playwright.sync_api import expect
 
+    expect.set_options(timeout=WAIT_MS)
     # The runs table and the default selection (the newest runs).
     expect(row(page, "recompute", "completed")).to_have_count(1)
     expect(page.locator("#selection .token")).to_have_count(2)
@@ -101,4 +102,12 @@ def test_dashboard_shows_compares_and_launches_runs(page, corpus_path):
     expect(page.locator("#launch-status")).to_contain_text("Started pid")
     page.get_by_role("tab", name="Runs").click()
     expect(row(page, "e2e-short", "completed")).to_have_count(1)
-    assert os.environ["XDG_CACHE_HOME"].endswith("cache")
+
+    # Sample from its checkpoint (nanogpt-sample in a child process: the viewer stays torch-free).
+    page.get_by_role("tab", name="Sample").click()
+    page.locator("#sample-run input").click()
+    page.get_by_role("option", name="e2e-short", exact=False).first.click()
+    page.get_by_label("prompt").fill("ROMEO:")
+    page.get_by_label("new tokens").fill("20")
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#sample-out textarea")).to_have_value(re.compile(r"^ROMEO:.{20}", re.DOTALL))

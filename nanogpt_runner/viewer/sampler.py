@@ -47,6 +47,6 @@ class Sampler:
 
 def _has_checkpoint(run_dir: Path) -> bool:
     try:
-        return any((Path(run_dir) / CHECKPOINT_DIR).iterdir())
+        return any(p.name.startswith("step_") for p in (Path(run_dir) / CHECKPOINT_DIR).iterdir())
     except OSError:
         return False
