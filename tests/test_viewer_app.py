@@ -116,3 +116,22 @@ def test_nothing_that_starts_a_process_is_on_the_api(client):
     for hidden in ["/start", "/stop_run", "/generate", "/update"]:
         with pytest.raises(ValueError):
             client.predict(api_name=hidden)
+
+
+def test_with_auth_nothing_is_served_before_login(tmp_path):
+    import urllib.error
+
+    from gradio_client import Client
+
+    from nanogpt_runner.viewer.app import free_port, serve
+
+    write_run(tmp_path / "a", 10).close()
+    demo, url = serve(tmp_path, port=free_port("127.0.0.1", 7880), auth=("alice", "s3cret"), block=False)
+    try:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{url}config", timeout=30)
+        assert refused.value.code == 401
+        client = Client(url, auth=("alice", "s3cret"), verbose=False, download_files=False, analytics_enabled=False)
+        assert [row["folder"] for row in client.predict("", None, api_name="/runs")] == ["a"]
+    finally:
+        demo.close()
