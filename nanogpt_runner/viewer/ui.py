@@ -81,8 +81,9 @@ def build_app(dashboard: Dashboard, launcher: Launcher, refresh_s: float = 2.0,
                 result += [gr.skip()] * 3
             else:
                 frame, note_text = table_part
+                present = [i for i in selected or [] if dashboard.store.get(i) is not None]  # deleted runs drop out
                 result += [note_text, frame,
-                           gr.Dropdown(choices=dashboard.choices(text_value, status_value, selected), value=selected,
+                           gr.Dropdown(choices=dashboard.choices(text_value, status_value, present), value=present,
                                        multiselect=True)]
             if view is None:
                 return result + [gr.skip()] * (len(outputs) - len(result))
