@@ -1,0 +1,52 @@
+"""Cluster launch through hydra-submitit-launcher: a sweep of torchrun jobs under ``submitit_local`` (the
+same code path as SLURM, run on this machine), the SLURM preset's shape, and the rendezvous a multi-node
+SLURM job fills in for itself."""
+
+from __future__ import annotations
+
+import types
+
+from conftest import compose_config, run_cli
+from hydra import compose, initialize_config_dir
+
+from nanogpt_runner.launch import CONF_DIR
+from nanogpt_runner.runs import find_runs, read_run
+from nanogpt_runner.torchrun import fill_cluster_rendezvous, torchrun_command
+
+
+def test_a_submitit_local_sweep_runs_each_job_as_a_process_group(tmp_path, tiny_overrides):
+    overrides = [*tiny_overrides, "train.max_iters=4", "train.eval_interval=4", "optimizer.warmup_iters=1",
+                 "parallel=ddp"]
+    result = run_cli(["-m", "hydra/launcher=submitit_local", *overrides, "train.seed=1,2"], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    runs = [read_run(d) for d in find_runs(tmp_path / "outputs")]
+    assert sorted(r["sweep"]["job"] for r in runs) == [0, 1]
+    assert all(r["status"] == "completed" and r["world_size"] == 2 for r in runs)
+    assert list((tmp_path / "outputs").rglob(".submitit/*/*_log.out"))  # submitit really ran the jobs
+    assert "train.seed=2" in result.stdout and "completed" in result.stdout
+
+
+def test_the_slurm_preset_runs_one_torchrun_agent_per_node(tiny_overrides):
+    from nanogpt_runner.config import register_schema
+
+    register_schema()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", return_hydra_config=True,
+                      overrides=[*tiny_overrides, "hydra/launcher=slurm_torchrun", "parallel=fsdp",
+                                 "parallel.nproc_per_node=8", "parallel.nnodes=4"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (4, 1, 8)
+
+
+def test_a_multi_node_slurm_job_meets_on_its_first_node(tiny_overrides, monkeypatch):
+    import submitit
+
+    job = types.SimpleNamespace(hostnames=["node-a", "node-b"], job_id="4242")
+    monkeypatch.setattr(submitit, "JobEnvironment", lambda: job)
+    cfg = compose_config([*tiny_overrides, "parallel=ddp", "parallel.nnodes=2"])
+    fill_cluster_rendezvous(cfg)
+    assert cfg.parallel.rdzv_endpoint.startswith("node-a:") and cfg.parallel.rdzv_id == "nanogpt-4242"
+    command = torchrun_command(cfg.parallel, "RUN")
+    assert "--nnodes=2" in command and "--rdzv-backend=c10d" in command and "--standalone" not in command
+    assert command[-3:] == ["-m", "nanogpt_runner.worker", "RUN"]
