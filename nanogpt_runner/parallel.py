@@ -124,9 +124,24 @@ def setup(par, device_kind: str) -> Layout:
     from torch.distributed.device_mesh import init_device_mesh
 
     backend = par.backend if par.backend != "auto" else ("nccl" if device_kind == "cuda" else "gloo")
-    dist.init_process_group(backend=backend, device_id=device if device_kind == "cuda" else None)
+    dist.init_process_group(backend=backend, store=_attempt_store(layout), rank=layout.rank, world_size=world,
+                            device_id=device if device_kind == "cuda" else None)
     layout.mesh = init_device_mesh(device.type, (layout.pp, layout.dp, layout.tp), mesh_dim_names=MESH_DIMS)
     return layout
+
+
+def _attempt_store(layout: Layout):
+    """torchrun's key-value store, with a key prefix per attempt.
+
+    After an elastic restart (parallel.max_restarts) torchrun hands the new workers the same store, which
+    still holds the failed attempt's keys: gloo then dials the dead ranks' ports and fails. Prefixing every
+    key with the restart count keeps the attempts apart."""
+    from datetime import timedelta
+
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), layout.world,
+                          is_master=not agent_store and layout.rank == 0, timeout=timedelta(minutes=10))
+    return dist.PrefixStore(f"nanogpt/attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def broadcast_object(layout: Layout, obj):

@@ -1,0 +1,67 @@
+"""Elastic restart and a change of layout, both through sharded (DCP) checkpoints, against one
+uninterrupted single-process run: a DDP group whose rank 1 dies at step 5 is restarted by torchrun
+(``parallel.max_restarts=1``) and resumes from its step-4 checkpoint; the finished run is then continued
+under FSDP for two more steps. Every logged loss equals the single-process run's."""
+
+from __future__ import annotations
+
+import math
+import textwrap
+
+from conftest import run_cli
+
+from nanogpt_runner.runs import RunReader, find_runs
+
+INJECT = textwrap.dedent("""
+    import os
+
+    if os.environ.get("RANK") == "1" and os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0":
+        from nanogpt_runner import parallel
+
+        original, calls = parallel.Parallelized.clip_grad_norm, []
+
+        def clip_grad_norm(self, max_norm):
+            calls.append(1)
+            if len(calls) == 5:
+                raise RuntimeError("injected failure on rank 1, first attempt")
+            return original(self, max_norm)
+
+        parallel.Parallelized.clip_grad_norm = clip_grad_norm
+""")
+
+
+def _losses(run_dir) -> dict[int, float]:
+    reader = RunReader(run_dir)
+    reader.refresh()
+    return {r["step"]: r["loss"] for r in reader.metrics.train}
+
+
+def test_a_restarted_group_resumes_and_a_run_continues_under_another_layout(tmp_path, tiny_overrides, monkeypatch):
+    common = [*tiny_overrides, "train.log_interval=1", "train.eval_interval=100", "train.ckpt_interval=2",
+              "optimizer.warmup_iters=2", "optimizer.decay_iters=10", "train.batch_size=2"]
+    reference = run_cli([*common, "train.max_iters=10", "train.grad_accum=2", "run.name=single"], cwd=tmp_path)
+    assert reference.returncode == 0, reference.stderr
+    [single_dir] = [d for d in find_runs(tmp_path / "outputs") if d.name.endswith("_single")]
+    expected = _losses(single_dir)
+
+    (tmp_path / "inject").mkdir()
+    (tmp_path / "inject" / "sitecustomize.py").write_text(INJECT)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "inject"))
+    elastic = run_cli([*common, "train.max_iters=8", "parallel=ddp", "parallel.max_restarts=1", "run.name=elastic"],
+                      cwd=tmp_path)
+    assert elastic.returncode == 0, elastic.stderr[-3000:]
+    [run_dir] = [d for d in find_runs(tmp_path / "outputs") if d.name.endswith("_elastic")]
+    reader = RunReader(run_dir)
+    reader.refresh()
+    assert reader.info["status"] == "completed"
+    assert [e["step"] for e in reader.metrics.events if e.get("event") == "resume"] == [4]
+    assert "injected failure on rank 1" in (run_dir / "rank1.log").read_text()
+    assert sorted(_losses(run_dir)) == list(range(1, 9))
+
+    monkeypatch.delenv("PYTHONPATH")
+    more = run_cli([*common, f"resume={run_dir}", "train.max_iters=10", "parallel=fsdp"], cwd=tmp_path)
+    assert more.returncode == 0, more.stderr[-3000:]
+    losses = _losses(run_dir)
+    assert sorted(losses) == list(range(1, 11))
+    for step, loss in expected.items():
+        assert math.isclose(losses[step], loss, rel_tol=1e-4), (step, losses[step], loss)
