@@ -17,6 +17,8 @@ PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 DATASETS = ("shakespeare_char", "pystdlib_char", "text_file")
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "math")
 DEVICES = ("auto", "cpu", "cuda")
+RESUME_MODES = ("auto", "never")
+NAN_POLICIES = ("stop", "skip_step")
 
 
 @dataclass
@@ -86,6 +88,9 @@ class TrainConfig:
     recompute: bool = False
     seed: int = 1337
     ckpt_interval: int = 500
+    keep_last: int = 2  # newest checkpoints kept, besides the best-by-val one
+    resume: str = "auto"  # auto: continue a run dir that has checkpoints | never: refuse to reuse one
+    nan_policy: str = "stop"  # stop: fail at a non-finite loss/grad norm | skip_step: drop that update
     device: str = "auto"
 
 
@@ -180,6 +185,11 @@ def validate(cfg, device: DeviceCaps | None = None) -> list[str]:
         problems.append(f"train.grad_clip={t.grad_clip} must be zero (off) or positive.")
     if t.ckpt_interval < 0:
         problems.append(f"train.ckpt_interval={t.ckpt_interval} must be zero (only at the end) or positive.")
+    if t.keep_last < 1:
+        problems.append(f"train.keep_last={t.keep_last} must be 1 or more: resuming needs the latest checkpoint.")
+    for name, allowed in (("resume", RESUME_MODES), ("nan_policy", NAN_POLICIES)):
+        if t[name] not in allowed:
+            problems.append(f"train.{name}={t[name]!r} is unknown: use one of {', '.join(allowed)}.")
     if t.device not in DEVICES:
         problems.append(f"train.device={t.device!r} is unknown: use one of {', '.join(DEVICES)}.")
     if t.precision not in PRECISIONS:

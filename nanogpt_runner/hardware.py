@@ -85,8 +85,11 @@ def measure_matmul_flops(device: torch.device, dtype: torch.dtype, seconds: floa
 
 
 def _time_matmuls(device: torch.device, dtype: torch.dtype, size: int, seconds: float) -> float:
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
+    # A private generator: measuring (first run only, then cached) must not move the training RNG, or a
+    # run's dropout would depend on whether the peak was already cached.
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
+    b = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
     a @ b
     _synchronize(device)
     iterations, start = 0, time.perf_counter()

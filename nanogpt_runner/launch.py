@@ -19,10 +19,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from nanogpt_runner.checkpoint import CheckpointError, plan_resume
 from nanogpt_runner.config import data_problems, layout_warnings, register_schema, validate
 from nanogpt_runner.console import error
 from nanogpt_runner.data import DataError, PreparedData, prepare
-from nanogpt_runner.runs import CONFIG_FILE, RunWriter
+from nanogpt_runner.runs import CONFIG_FILE, RUN_FILE, RunWriter
 from nanogpt_runner.torchrun import fill_cluster_rendezvous, run_group
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -57,19 +58,32 @@ def run_job(cfg: DictConfig) -> int:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
     fill_cluster_rendezvous(cfg)
-    problems, data = check(cfg)
+    # Resume (resume=PATH, or train.resume=auto in a run dir with checkpoints) continues an existing run
+    # in place, with the checkpoint's config plus the allowed overrides; Hydra's new dir is then unused.
+    fresh_dir, fresh_root, plan = run_dir, Path(cfg.run.root), None
+    try:
+        plan = plan_resume(cfg, run_dir, list(hydra_cfg.overrides.task), CONF_DIR)
+    except CheckpointError as err:
+        problems, data = [str(err)], None
+    else:
+        if plan is not None:
+            cfg, run_dir = plan.cfg, plan.run_dir
+        problems, data = check(cfg)
     if problems:
         message = "invalid config:\n" + "\n".join(f"  - {p}" for p in problems)
         error(message)
         if not sweep:
-            _remove_run_dir(run_dir, Path(cfg.run.root))
+            if not (fresh_dir / RUN_FILE).exists():  # never delete a run that exists (a refused resume)
+                _remove_run_dir(fresh_dir, fresh_root)
             sys.exit(EXIT_INVALID_CONFIG)
-        RunWriter(run_dir, _identity(cfg, run_dir, hydra_cfg)).update(
+        RunWriter(fresh_dir, _identity(cfg, fresh_dir, hydra_cfg)).update(
             status="failed", error=message, end_time=time.time())
         return EXIT_INVALID_CONFIG
+    if plan is not None and plan.run_dir != fresh_dir.resolve() and not (fresh_dir / RUN_FILE).exists():
+        _remove_run_dir(fresh_dir, fresh_root)
 
     (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    writer = RunWriter(run_dir, _identity(cfg, run_dir, hydra_cfg))
+    writer = RunWriter(run_dir, plan.run_record() if plan else _identity(cfg, run_dir, hydra_cfg))
     writer.update(status="queued", dataset=data.as_record())
     writer.close()
     for warning in layout_warnings(cfg):

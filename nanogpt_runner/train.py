@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from nanogpt_runner import hardware, parallel
+from nanogpt_runner.checkpoint import Checkpointer, Interrupted, NonFiniteGuard, StopSignals, TrainState
 from nanogpt_runner.config import OptimizerConfig
 from nanogpt_runner.console import RunConsole
 from nanogpt_runner.data import Batches, PreparedData, cache_dir
@@ -85,6 +86,7 @@ class Summary:
     mfu: float
     peak_mem_gb: float
     elapsed_s: float
+    skipped_steps: int = 0
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -143,14 +145,16 @@ def train(cfg, run_dir: Path, data: PreparedData, writer: RunWriter) -> Summary:
 
     # Rank 0 owns the console and train.log; every other rank logs the same lines quietly to rank{N}.log.
     log_path = run_dir / "train.log" if layout.is_main else run_dir / f"rank{layout.rank}.log"
-    with RunConsole(log_path, t.max_iters, live=cfg.run.progress and layout.is_main) as console:
+    # Every rank stops at the same step boundary when any rank got the signal (par.any_rank all-reduces).
+    with RunConsole(log_path, t.max_iters, live=cfg.run.progress and layout.is_main) as console, \
+            StopSignals(agree=par.any_rank) as stop:
         console.console.quiet = not layout.is_main
         console.line(
             f"{cfg.model.name}: {record['n_params'] / 1e6:.2f}M parameters, {precision} on {record['layout']}, "
             f"{hardware.describe(device)}, data {data.name} ({data.vocab_size} symbols), run dir {run_dir}"
         )
 
-        def run_eval(step: int) -> None:
+        def run_eval(step: int) -> float:
             nonlocal best_val, eval_seconds
             eval_start = time.perf_counter()
             losses = evaluate(par, eval_splits, t.eval_iters, t.batch_size, t.grad_accum, autocast)
@@ -159,28 +163,46 @@ def train(cfg, run_dir: Path, data: PreparedData, writer: RunWriter) -> Summary:
                        elapsed_s=time.perf_counter() - start)
             console.line(f"eval step {step}: train loss {losses['train_loss']:.4f}, val loss {losses['val_loss']:.4f}")
             eval_seconds += time.perf_counter() - eval_start
+            return losses["val_loss"]
 
-        run_eval(0)
+        # Resume (train.resume / resume=PATH) restores model, optimizer, scaler, RNG and progress in place.
+        ckpt = Checkpointer(run_dir, cfg, data.vocab, model, optimizer, scaler, writer, say=console.line)
+        resumed = ckpt.restore()
+        guard = NonFiniteGuard(t.nan_policy, writer, scaler.is_enabled(), resumed.skipped_steps)
+        best_val = resumed.best_val_loss
+
+        def progress(s: int) -> TrainState:
+            return TrainState(s, resumed.tokens + (s - resumed.step) * tokens_per_step, best_val, guard.skipped)
+
+        if resumed.step == 0:
+            run_eval(0)
         window_start, eval_seconds = time.perf_counter(), 0.0
-        for step in range(1, t.max_iters + 1):
+        for step in range(resumed.step + 1, t.max_iters + 1):
+            if stop.requested():  # SIGTERM/SIGINT: save the last completed step, then stop
+                raise Interrupted(stop.signum, step - 1, ckpt.save(progress(step - 1), "signal"))
             lr = lr_at(step - 1, cfg.optimizer, t.max_iters)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            step_loss = torch.zeros((), device=device)
             for micro in range(t.grad_accum):
                 x, y = train_batches.get(step, start=(first_micro + micro) * t.batch_size, count=t.batch_size)
                 # Gradients are synchronised across replicas only on the last micro-step.
                 loss = par.forward_backward(x, y, 1 / t.grad_accum, micro == t.grad_accum - 1, autocast, scaler)
-                loss_sum += loss / t.grad_accum
+                step_loss += loss / t.grad_accum
             par.finish_gradients()
             scaler.unscale_(optimizer)
             grad_norm = par.clip_grad_norm(t.grad_clip)
-            scaler.step(optimizer)
+            # The replicas' mean loss, so every rank takes the same decision (a non-finite one stops or skips).
+            skip = guard.skip(step, par.mean_over_replicas(step_loss), grad_norm)
+            if not skip:
+                scaler.step(optimizer)
+                loss_sum += step_loss
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             window_steps += 1
 
             if step % t.log_interval == 0 or step == t.max_iters:
-                last_loss = par.mean_over_replicas(loss_sum).item() / window_steps
+                last_loss = guard.window_mean(par.mean_over_replicas(loss_sum).item(), window_steps)
                 elapsed = time.perf_counter() - window_start - eval_seconds
                 train_time += elapsed
                 steps_timed += window_steps
@@ -189,19 +211,21 @@ def train(cfg, run_dir: Path, data: PreparedData, writer: RunWriter) -> Summary:
                 mfu = flops_per_token * tok_per_s / peak
                 writer.log("train", step=step, tokens=step * tokens_per_step, loss=last_loss, lr=lr,
                            grad_norm=grad_norm.item(), tok_per_s=tok_per_s, step_ms=1000 * elapsed / window_steps,
-                           mfu=mfu, mem_gb=mem, peak_mem_gb=peak_mem, elapsed_s=time.perf_counter() - start)
+                           mfu=mfu, mem_gb=mem, peak_mem_gb=peak_mem, elapsed_s=time.perf_counter() - start,
+                           skipped_steps=guard.skipped)
                 writer.update(step=step)
                 console.progress(step, step, f"loss {last_loss:.4f} | {tok_per_s:,.0f} tok/s | mfu {mfu:.1%}")
                 window_start, eval_seconds, window_steps = time.perf_counter(), 0.0, 0
                 loss_sum = torch.zeros((), device=device)
-            if step % t.eval_interval == 0 or step == t.max_iters:
-                run_eval(step)
+            val_loss = run_eval(step) if step % t.eval_interval == 0 or step == t.max_iters else None
+            ckpt.after_step(progress(step), val_loss, final=step == t.max_iters)
 
         tok_per_s = steps_timed * tokens_per_step / train_time if train_time else 0.0
         summary = Summary(
             status="completed", steps=t.max_iters, tokens=t.max_iters * tokens_per_step, best_val_loss=best_val,
             final_train_loss=last_loss, tok_per_s=tok_per_s, mfu=flops_per_token * tok_per_s / peak,
             peak_mem_gb=hardware.memory_gb(device)[1], elapsed_s=time.perf_counter() - start,
+            skipped_steps=guard.skipped,
         )
         console.summary(f"{cfg.run.name}: completed", {
             "best val loss": f"{summary.best_val_loss:.4f}",

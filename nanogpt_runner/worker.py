@@ -13,6 +13,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from nanogpt_runner.checkpoint import RunStopped
 from nanogpt_runner.config import Config
 from nanogpt_runner.console import error
 from nanogpt_runner.data import DataError, PreparedData, load_prepared
@@ -33,6 +34,10 @@ def execute(cfg, run_dir: Path, data: PreparedData) -> int:
         writer.update(status="interrupted", end_time=time.time(), error="interrupted by the user (SIGINT)")
         error(f"interrupted; the run directory is {run_dir}")
         return 130
+    except RunStopped as err:  # a signal, a non-finite loss, an unusable checkpoint: status and exit code say which
+        writer.update(status=err.status, end_time=time.time(), error=str(err))
+        error(str(err))
+        return err.exit_code
     except DataError as err:
         writer.update(status="failed", end_time=time.time(), error=str(err))
         error(str(err))

@@ -1,0 +1,250 @@
+"""Checkpoint files: what is saved comes back exactly, writes are atomic under a crash, damage is detected
+and the previous good checkpoint used, nothing in a checkpoint can run code, retention keeps the newest
+and the best, and the two early stops (signals, non-finite loss) behave as documented."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from nanogpt_runner import checkpoint as ck
+from nanogpt_runner.config import ModelConfig, OptimizerConfig
+from nanogpt_runner.model import GPT
+from nanogpt_runner.runs import RunWriter
+from nanogpt_runner.train import build_optimizer
+
+VOCAB = tuple(chr(c) for c in range(32, 97))
+
+
+def tiny_model(seed: int = 0) -> tuple[GPT, torch.optim.Optimizer]:
+    torch.manual_seed(seed)
+    model = GPT(ModelConfig(name="tiny", n_layer=2, n_head=2, n_embd=32, block_size=16, dropout=0.1), len(VOCAB))
+    return model, build_optimizer(model, OptimizerConfig(), torch.device("cpu"))
+
+
+def train_steps(model: GPT, optimizer: torch.optim.Optimizer, steps: int) -> list[float]:
+    """A few real updates (dropout on, so they draw from the torch RNG); returns the losses."""
+    losses = []
+    for step in range(steps):
+        x = torch.randint(0, len(VOCAB), (2, 16), generator=torch.Generator().manual_seed(step))
+        _, loss = model(x, x)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses
+
+
+def save(ckpt_dir, model, optimizer, step: int, val_loss: float | None = None, **kwargs):
+    state = ck.TrainState(step=step, tokens=step * 32, best_val_loss=val_loss or math.inf)
+    return ck.save_checkpoint(ckpt_dir, state, model, optimizer, config={"model": {"n_embd": 32}}, vocab=VOCAB,
+                              val_loss=val_loss, **kwargs)
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["full", "sharded-dcp"])
+def test_round_trip_continues_training_exactly(tmp_path, sharded):
+    """Save after 3 steps, keep training; a fresh model loaded from the checkpoint trains the same
+    losses and ends with bitwise the same parameters (model, optimizer and RNG all restored)."""
+    model, optimizer = tiny_model()
+    train_steps(model, optimizer, 3)
+    scaler = torch.amp.GradScaler("cpu", enabled=True, init_scale=1024.0)
+    path = save(tmp_path, model, optimizer, 3, scaler=scaler, sharded=sharded)
+    random.random(), np.random.rand()  # draws after the save must be undone by the load
+    expected_python, expected_numpy = random.random(), np.random.rand()
+    expected = train_steps(model, optimizer, 3)
+
+    random.seed(99)
+    np.random.seed(99)
+    torch.manual_seed(99)
+    restored, restored_optimizer = tiny_model(seed=5)
+    restored_scaler = torch.amp.GradScaler("cpu", enabled=True)
+    state = ck.load_checkpoint(path, restored, restored_optimizer, restored_scaler)
+    assert (state.step, state.tokens) == (3, 96)
+    assert restored_scaler.get_scale() == 1024.0
+    random.random(), np.random.rand()
+    assert (random.random(), np.random.rand()) == (expected_python, expected_numpy)
+    assert train_steps(restored, restored_optimizer, 3) == expected
+    for a, b in zip(model.state_dict().values(), restored.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_keys_are_clean_for_a_compiled_model(tmp_path):
+    model, optimizer = tiny_model()
+    train_steps(model, optimizer, 1)
+    compiled = torch.compile(model)  # never called, so nothing compiles; its state_dict keys have _orig_mod.
+    assert any(k.startswith("_orig_mod.") for k in compiled.state_dict())
+    path = save(tmp_path, compiled, optimizer, 1)
+    model_keys = torch.load(path / ck.MODEL_FILE, weights_only=True).keys()
+    optim_keys = torch.load(path / ck.OPTIMIZER_FILE, weights_only=True)["state"].keys()
+    assert set(model_keys) == set(model.state_dict())
+    assert "tok_emb.weight" in optim_keys and not any("_orig_mod" in k for k in optim_keys)
+    meta = json.loads((path / ck.META_FILE).read_text())
+    assert (meta["format"], meta["version"], meta["layout"]) == (ck.FORMAT, ck.VERSION, "full")
+
+
+def test_crash_mid_save_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
+    model, optimizer = tiny_model()
+    train_steps(model, optimizer, 1)
+    first = save(tmp_path, model, optimizer, 1)
+    train_steps(model, optimizer, 1)
+
+    real_save = ck._save_tensors
+
+    def crash_on_optimizer(obj, path):
+        if path.name == ck.OPTIMIZER_FILE:
+            with open(path, "wb") as f:
+                f.write(b"PK\x03\x04 half a file")
+            raise OSError("simulated crash while writing")
+        real_save(obj, path)
+
+    monkeypatch.setattr(ck, "_save_tensors", crash_on_optimizer)
+    with pytest.raises(OSError, match="simulated crash"):
+        save(tmp_path, model, optimizer, 2)
+    assert (tmp_path / ck.LATEST).read_text().strip() == first.name
+    assert ck.list_checkpoints(tmp_path) == [first]  # the half-written folder never got a checkpoint's name
+    found, meta = ck.find_latest(tmp_path, announce=pytest.fail)
+    assert (found, meta["step"]) == (first, 1)
+
+    monkeypatch.setattr(ck, "_save_tensors", real_save)
+    second = save(tmp_path, model, optimizer, 2)  # the next save replaces the leftover temporary folder
+    assert ck.find_latest(tmp_path, announce=pytest.fail)[0] == second
+    assert not list(tmp_path.glob(f"{ck.TMP_PREFIX}*"))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "meta", "missing"])
+def test_damaged_latest_falls_back_to_the_previous_one(tmp_path, damage):
+    model, optimizer = tiny_model()
+    train_steps(model, optimizer, 1)
+    good = save(tmp_path, model, optimizer, 1)
+    bad = save(tmp_path, model, optimizer, 2)
+    target = bad / ck.MODEL_FILE
+    if damage == "truncate":
+        target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    elif damage == "flip":
+        data = bytearray(target.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        target.write_bytes(bytes(data))
+    elif damage == "meta":
+        (bad / ck.META_FILE).write_text('{"format": "nanogpt-runner-checkp')
+    else:
+        target.unlink()
+    messages = []
+    found, meta = ck.find_latest(tmp_path, announce=messages.append)
+    assert (found, meta["step"]) == (good, 1)
+    assert len(messages) == 1 and bad.name in messages[0] and f"falling back to {good.name}" in messages[0]
+    restored, _ = tiny_model(seed=3)
+    ck.load_checkpoint(found, restored)
+    assert torch.equal(restored.tok_emb.weight, model.tok_emb.weight)
+
+
+def test_every_checkpoint_damaged_is_a_clear_error(tmp_path):
+    model, optimizer = tiny_model()
+    path = save(tmp_path, model, optimizer, 1)
+    (path / ck.MODEL_FILE).write_bytes(b"")
+    with pytest.raises(ck.CheckpointError, match="checkpoints are all damaged"):
+        ck.resolve(tmp_path, announce=lambda _: None)
+    with pytest.raises(ck.CheckpointError, match="has no checkpoint yet"):
+        ck.resolve(tmp_path / "..", announce=lambda _: None)
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_a_checkpoint_cannot_run_code(tmp_path, monkeypatch):
+    model, optimizer = tiny_model()
+    path = save(tmp_path, model, optimizer, 1)
+    import pickle
+
+    (path / ck.MODEL_FILE).write_bytes(pickle.dumps({"tok_emb.weight": Exploit()}))
+    meta = json.loads((path / ck.META_FILE).read_text())
+    meta["files"] = ck._manifest(path)  # a forged manifest: the hash check passes, the loader must still refuse
+    (path / ck.META_FILE).write_text(json.dumps(meta))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ck.CheckpointError, match="refusing to load"):
+        ck.load_checkpoint(path, tiny_model()[0])
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_retention_keeps_the_newest_and_the_best(tmp_path):
+    model, optimizer = tiny_model()
+    for step, val in [(1, 3.0), (2, 1.5), (3, None), (4, 2.0), (5, None)]:
+        save(tmp_path, model, optimizer, step, val_loss=val)
+    removed = ck.prune(tmp_path, keep_last=2)
+    assert sorted(removed) == ["step_0000001", "step_0000003"]
+    assert [p.name for p in ck.list_checkpoints(tmp_path)] == ["step_0000002", "step_0000004", "step_0000005"]
+    assert (tmp_path / ck.BEST).read_text().strip() == "step_0000002"
+    assert ck.find_best(tmp_path)[0].name == "step_0000002"
+    assert ck.resolve(tmp_path, "latest")[0].name == "step_0000005"
+
+
+def test_checkpointer_saves_on_interval_best_and_end(tmp_path):
+    cfg = ck_config(ckpt_interval=3, keep_last=1)
+    model, optimizer = tiny_model()
+    writer = RunWriter(tmp_path)
+    saver = ck.Checkpointer(tmp_path, cfg, VOCAB, model, optimizer, None, writer, say=lambda _: None)
+    saved = {step: saver.after_step(ck.TrainState(step, step * 32), val, final=step == 7)
+             for step, val in [(1, None), (2, 2.0), (3, None), (4, 2.5), (5, 1.0), (6, None), (7, 1.2)]}
+    assert [s for s, p in saved.items() if p] == [2, 3, 5, 6, 7]
+    assert [p.name for p in ck.list_checkpoints(ck.checkpoint_dir(tmp_path))] == ["step_0000005", "step_0000007"]
+    writer.close()
+    events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [e["reason"] for e in events] == ["best", "interval", "best", "interval", "end"]
+
+
+def ck_config(**train):
+    from omegaconf import OmegaConf
+
+    from nanogpt_runner.config import Config
+
+    cfg = OmegaConf.structured(Config)
+    cfg.model.name = "tiny"
+    for key, value in train.items():
+        cfg.train[key] = value
+    return cfg
+
+
+def test_stop_signals_turn_sigterm_into_a_request(tmp_path):
+    previous = signal.getsignal(signal.SIGTERM)
+    with ck.StopSignals() as stop:
+        assert not stop.requested()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested() and stop.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is previous
+    with ck.StopSignals(agree=lambda flag: True) as stop:  # the group's decision, e.g. another rank was signalled
+        assert stop.requested()
+
+
+def test_nan_guard_stops_or_skips(tmp_path):
+    writer = RunWriter(tmp_path)
+    finite, nan, inf = torch.tensor(2.0), torch.tensor(math.nan), torch.tensor(math.inf)
+    stop = ck.NonFiniteGuard("stop", writer)
+    assert not stop.skip(1, finite, finite)
+    with pytest.raises(ck.NonFiniteLoss, match="non-finite loss at step 7"):
+        stop.skip(7, nan, finite)
+    skip = ck.NonFiniteGuard("skip_step", writer)
+    assert skip.skip(8, finite, inf) and skip.skipped == 1
+    assert skip.window_mean(6.0, 4) == 2.0  # three applied updates in a window of four
+    assert ck.NonFiniteGuard("stop", writer, scaler_enabled=True).skip(9, finite, inf) is False  # fp16 overflow
+    writer.close()
+    events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(e["event"], e["step"], e["loss"], e["grad_norm"], e["action"]) for e in events] == [
+        ("nan", 7, "nan", 2.0, "stopped"), ("nan", 8, 2.0, "inf", "skipped")]
+
+
+def test_config_changes_allow_schedule_and_refuse_architecture():
+    saved = {"model": {"n_embd": 32, "dropout": 0.0}, "train": {"max_iters": 10, "seed": 1}, "resume": None}
+    changes, problems = ck.config_changes(saved, {"model": {"n_embd": 32, "dropout": 0.0},
+                                                  "train": {"max_iters": 20, "seed": 1}, "resume": "/x"})
+    assert changes == {"train.max_iters": [10, 20]} and problems == []
+    _, problems = ck.config_changes(saved, {"model": {"n_embd": 64, "dropout": 0.0}, "train": {"max_iters": 10,
+                                                                                               "seed": 2}})
+    assert len(problems) == 2 and "model.n_embd=64 conflicts with the checkpoint's model.n_embd=32" in problems[0]

@@ -1,0 +1,97 @@
+"""nanogpt-sample: text from a run's best or latest checkpoint, the same text for the same seed, and one
+clear error line (exit 2) for a prompt outside the vocabulary or a path without a checkpoint."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nanogpt_runner import checkpoint as ck
+from nanogpt_runner.config import ModelConfig, OptimizerConfig
+from nanogpt_runner.model import GPT
+from nanogpt_runner.sample import SampleError, SampleOptions, parse_args, sample
+from nanogpt_runner.train import build_optimizer
+
+VOCAB = tuple(sorted(set("\n !,.:?ABCDEHIMNORST abcdefghilmnorstuwy")))
+MODEL = {"name": "tiny", "n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 16, "dropout": 0.0,
+         "bias": False, "tie_weights": True, "attention": "sdpa"}
+
+
+@pytest.fixture
+def run_dir(tmp_path) -> Path:
+    """A run directory with two checkpoints: step 1 (the best val loss) and step 2 (the latest), whose
+    weights differ so a test can tell which one was used."""
+    run = tmp_path / "run"
+    for step, val_loss, seed in [(1, 1.0, 0), (2, 2.0, 1)]:
+        torch.manual_seed(seed)
+        model = GPT(ModelConfig(**MODEL), len(VOCAB))
+        optimizer = build_optimizer(model, OptimizerConfig(), torch.device("cpu"))
+        ck.save_checkpoint(ck.checkpoint_dir(run), ck.TrainState(step, step * 64, val_loss), model, optimizer,
+                           config={"model": MODEL}, vocab=VOCAB, val_loss=val_loss)
+    return run
+
+
+def test_same_seed_same_text_and_another_seed_another(run_dir):
+    options = SampleOptions(prompt="ROMEO:", num_samples=2, max_new_tokens=30, seed=7)
+    first, again = sample(run_dir, options), sample(run_dir, options)
+    assert first == again and len(first) == 2 and first[0] != first[1]
+    assert all(text.startswith("ROMEO:") and len(text) == 36 for text in first)
+    assert sample(run_dir, SampleOptions(prompt="ROMEO:", max_new_tokens=30, seed=8)) != first[:1]
+
+
+def test_best_and_latest_are_different_checkpoints(run_dir):
+    best = sample(run_dir, SampleOptions(max_new_tokens=40, which="best"))
+    latest = sample(run_dir, SampleOptions(max_new_tokens=40, which="latest"))
+    step_2 = sample(ck.checkpoint_dir(run_dir) / "step_0000002", SampleOptions(max_new_tokens=40))
+    assert best != latest and latest == step_2
+
+
+def test_a_prompt_outside_the_vocabulary_names_the_characters(run_dir):
+    with pytest.raises(SampleError, match=r"outside this model's vocabulary of \d+: 'Z' 'é'"):
+        sample(run_dir, SampleOptions(prompt="éZé ROMEO"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["x", "temperature=hot"], "temperature='hot' is not a number"),
+    (["x", "colour=red"], "unknown option colour="),
+    (["x", "num_samples=0", "which=worst"], "num_samples=0 must be 1 or more; which=worst is unknown"),
+    ([], "usage: nanogpt-sample"),
+])
+def test_bad_options_are_refused(args, message):
+    with pytest.raises(SampleError, match=message):
+        parse_args(args)
+    assert parse_args(["x", "top_k=none", "temperature=0.5"])[1].top_k is None
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    script = Path(sys.executable).parent / "nanogpt-sample"
+    return subprocess.run([str(script), *map(str, args)], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_prints_samples_and_reports_errors_in_one_line(run_dir, tmp_path):
+    result = cli(run_dir, "prompt=ROMEO:", "num_samples=2", "max_new_tokens=20", "seed=3")
+    assert result.returncode == 0, result.stderr
+    samples = result.stdout.rstrip("\n").split("\n" + "-" * 40 + "\n")
+    assert len(samples) == 2 and all(s.startswith("ROMEO:") for s in samples)
+    assert samples == sample(run_dir, SampleOptions(prompt="ROMEO:", num_samples=2, max_new_tokens=20, seed=3))
+
+    for args, message in [
+        ((run_dir, "prompt=Zoë"), "'Z' 'ë'"),
+        ((tmp_path / "missing",), "does not exist"),
+        ((tmp_path,), "has no checkpoint yet"),
+    ]:
+        result = cli(*args)
+        assert result.returncode == 2
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.stderr
+
+
+def test_untrained_weights_are_finite(run_dir):
+    path, meta = ck.resolve(run_dir, "best")
+    assert meta["step"] == 1 and math.isclose(meta["val_loss"], 1.0)
+    assert all(torch.isfinite(t).all() for t in ck.load_model_state(path, meta).values())
