@@ -14,7 +14,7 @@ import torch
 from nanogpt_runner import checkpoint as ck
 from nanogpt_runner.config import ModelConfig, OptimizerConfig
 from nanogpt_runner.model import GPT
-from nanogpt_runner.sample import SampleError, SampleOptions, parse_args, sample
+from nanogpt_runner.sample import SampleError, SampleOptions, main, parse_args, sample
 from nanogpt_runner.train import build_optimizer
 
 VOCAB = tuple(sorted(set("\n !,.:?ABCDEHIMNORST abcdefghilmnorstuwy")))
@@ -73,22 +73,26 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(script), *map(str, args)], capture_output=True, text=True, timeout=120)
 
 
-def test_cli_prints_samples_and_reports_errors_in_one_line(run_dir, tmp_path):
+def test_cli_prints_samples_and_reports_errors_in_one_line(run_dir):
     result = cli(run_dir, "prompt=ROMEO:", "num_samples=2", "max_new_tokens=20", "seed=3")
     assert result.returncode == 0, result.stderr
     samples = result.stdout.rstrip("\n").split("\n" + "-" * 40 + "\n")
     assert len(samples) == 2 and all(s.startswith("ROMEO:") for s in samples)
     assert samples == sample(run_dir, SampleOptions(prompt="ROMEO:", num_samples=2, max_new_tokens=20, seed=3))
 
-    for args, message in [
-        ((run_dir, "prompt=Zoë"), "'Z' 'ë'"),
-        ((tmp_path / "missing",), "does not exist"),
-        ((tmp_path,), "has no checkpoint yet"),
-    ]:
-        result = cli(*args)
-        assert result.returncode == 2
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.stderr
+    result = cli(run_dir, "prompt=Zoë")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.strip().splitlines() == [
+        "error: the prompt has characters outside this model's vocabulary of 39: 'Z' 'ë'; remove or replace them"]
+
+
+@pytest.mark.parametrize("where, message", [("missing", "does not exist"), (".", "has no checkpoint yet")])
+def test_a_path_without_a_checkpoint_is_one_error_line(tmp_path, capsys, where, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / where)])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
 
 
 def test_untrained_weights_are_finite(run_dir):
