@@ -73,6 +73,22 @@ def test_round_trip_continues_training_exactly(tmp_path, sharded):
     assert train_steps(restored, restored_optimizer, 3) == expected
     for a, b in zip(model.state_dict().values(), restored.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+    saved_weights = ck.load_model_state(path, ck.read_meta(path))  # what nanogpt-sample reads, either layout
+    restored_for_sampling, _ = tiny_model(seed=6)
+    restored_for_sampling.load_state_dict(saved_weights)
+    assert torch.equal(saved_weights["tok_emb.weight"], path_weights(path, sharded))
+
+
+def path_weights(path, sharded: bool) -> torch.Tensor:
+    """The token embedding as stored, read without the checkpoint module (a plain file, or DCP's reader)."""
+    if not sharded:
+        return torch.load(path / ck.MODEL_FILE, weights_only=True)["tok_emb.weight"]
+    import torch.distributed.checkpoint as dcp
+
+    target = {"model": {"tok_emb.weight": torch.empty(len(VOCAB), 32)}}
+    with ck._dcp_quietly():
+        dcp.load(target, checkpoint_id=path)
+    return target["model"]["tok_emb.weight"]
 
 
 def test_keys_are_clean_for_a_compiled_model(tmp_path):
