@@ -151,7 +151,8 @@ def validate(cfg, device: DeviceCaps | None = None) -> list[str]:
     if not 0.0 <= m.dropout < 1.0:
         problems.append(f"model.dropout={m.dropout} is outside [0, 1): use e.g. 0.0 or 0.2.")
     if m.attention not in ATTENTION_IMPLEMENTATIONS:
-        problems.append(f"model.attention={m.attention!r} is unknown: use one of {', '.join(ATTENTION_IMPLEMENTATIONS)}.")
+        choices = ", ".join(ATTENTION_IMPLEMENTATIONS)
+        problems.append(f"model.attention={m.attention!r} is unknown: use one of {choices}.")
 
     if o.lr <= 0:
         problems.append(f"optimizer.lr={o.lr} must be positive: e.g. optimizer.lr=1e-3.")
@@ -202,7 +203,9 @@ def validate(cfg, device: DeviceCaps | None = None) -> list[str]:
     if d.name not in DATASETS:
         problems.append(f"data.name={d.name!r} is unknown: use data=shakespeare_char, pystdlib_char or text_file.")
     if d.path is not None and not Path(d.path).expanduser().exists():
-        problems.append(f"data.path={d.path} does not exist: point it at a UTF-8 text file (or a folder of .txt files).")
+        problems.append(
+            f"data.path={d.path} does not exist: point it at a UTF-8 text file (or a folder of .txt files)."
+        )
     if d.name == "text_file" and d.path is None:
         problems.append("data=text_file needs data.path=FILE_OR_FOLDER: the text to train on.")
     if not 0.0 < d.val_fraction < 1.0:

@@ -79,7 +79,9 @@ def load_prepared(directory: Path) -> PreparedData:
         meta = json.loads((directory / "meta.json").read_text())
         return PreparedData(meta["name"], directory, meta["source"], tuple(meta["vocab"]))
     except (OSError, ValueError, KeyError) as err:
-        raise DataError(f"prepared data in {directory} is unreadable ({err}); delete that folder to rebuild it") from err
+        raise DataError(
+            f"prepared data in {directory} is unreadable ({err}); delete that folder to rebuild it"
+        ) from err
 
 
 def prepare(cfg: DataConfig, announce=print) -> PreparedData:
@@ -194,7 +196,9 @@ def _mix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def sequence_offsets(seed: int, split: str, step: int, indices: np.ndarray, n_tokens: int, block_size: int) -> np.ndarray:
+def sequence_offsets(
+    seed: int, split: str, step: int, indices: np.ndarray, n_tokens: int, block_size: int
+) -> np.ndarray:
     """Start offsets of sequences ``indices`` of ``step``: each a pure function of (seed, split, step, i)."""
     with np.errstate(over="ignore"):
         key = _mix64(np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(SPLIT_IDS[split]))

@@ -25,7 +25,8 @@ def test_default_config_is_valid_and_trains_the_baby_model():
 
 
 @pytest.mark.parametrize("preset, expected", [
-    ("tiny", (2, 2, 32, 32)), ("baby", (4, 4, 128, 64)), ("shakespeare", (6, 6, 384, 256)), ("gpt2", (12, 12, 768, 1024)),
+    ("tiny", (2, 2, 32, 32)), ("baby", (4, 4, 128, 64)),
+    ("shakespeare", (6, 6, 384, 256)), ("gpt2", (12, 12, 768, 1024)),
 ])
 def test_model_presets(preset, expected):
     m = compose_config([f"model={preset}"]).model

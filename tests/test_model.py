@@ -92,7 +92,7 @@ def test_recomputation_gives_the_same_loss_and_gradients(attention):
         results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
     (loss_a, grads_a), (loss_b, grads_b) = results
     assert torch.equal(loss_a, loss_b)
-    assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+    assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b, strict=True))
 
 
 def test_math_and_sdpa_attention_agree():

@@ -69,7 +69,8 @@ def test_tail_waits_for_a_torn_line_to_complete(tmp_path):
 
 def test_tail_skips_and_counts_garbage(tmp_path):
     path = tmp_path / METRICS_FILE
-    write_bytes(path, b'{"kind": "train", "step": 1}\nnot json\n\xff\xfe\n[1]\n{"no_kind": 1}\n\n{"kind": "eval", "step": 1}\n')
+    write_bytes(path, b'{"kind": "train", "step": 1}\nnot json\n\xff\xfe\n[1]\n{"no_kind": 1}\n\n')
+    write_bytes(path, b'{"kind": "eval", "step": 1}\n')
     records, _ = MetricsTail(path).poll()
     assert [r["kind"] for r in records] == ["train", "eval"]
     tail = MetricsTail(path)

@@ -32,7 +32,7 @@ def test_schedule_warms_up_linearly_then_decays_by_cosine_to_min_lr():
     assert lrs[0] == pytest.approx(1e-3 / 11) and lrs[9] == pytest.approx(1e-3 * 10 / 11)
     assert lrs[10] == pytest.approx(1e-3)
     assert lrs[55] == pytest.approx(1e-4 + 0.5 * 0.9e-3)  # halfway through the decay
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert all(a >= b for a, b in zip(lrs[10:-1], lrs[11:], strict=True))
     assert lrs[100:] == [1e-4] * 20
 
 
