@@ -113,6 +113,9 @@ def setup(par, device_kind: str) -> Layout:
     if device_kind == "cpu" and (par.threads_per_rank or local_world > 1):
         torch.set_num_threads(par.threads_per_rank or max((os.cpu_count() or 1) // local_world, 1))
     if device_kind == "cuda":
+        if local_world > torch.cuda.device_count():
+            raise RuntimeError(f"parallel.nproc_per_node={local_world} but this node has {torch.cuda.device_count()} "
+                               f"GPUs: use one rank per GPU")
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     else:
