@@ -66,7 +66,9 @@ TMP_PREFIX = ".tmp-"
 NAME_RE = re.compile(r"^step_(\d+)$")
 
 # Config fields a resumed run cannot change. The architecture must match the saved tensors; the data
-# identity and the batch shape decide which sequences every step trains on (and so what "step k" means).
+# identity and the seed decide which sequences every step trains on (and so what "step k" means). The
+# global batch (data-parallel replicas x batch_size x grad_accum) must stay too: how it is split between
+# ranks and micro-steps may change, see global_batch_problem.
 FIXED_FIELDS = {
     "model.n_layer": "architecture comes from the checkpoint",
     "model.n_head": "architecture comes from the checkpoint",
@@ -77,8 +79,6 @@ FIXED_FIELDS = {
     "data.name": "the vocabulary and the data come from the checkpoint's run",
     "data.val_fraction": "it moves the train/val split the run was trained and evaluated on",
     "train.seed": "it changes which data every step trains on",
-    "train.batch_size": "it changes which data every step trains on",
-    "train.grad_accum": "it changes which data every step trains on",
 }
 # Fields that never count as a change of the run (where it resumes from is the point of resuming).
 IGNORED_FIELDS = {"resume"}
@@ -561,7 +561,28 @@ def config_changes(saved: dict, current: dict) -> tuple[dict[str, list], list[st
                 f"drop that override to resume, or start a new run in a new directory")
         else:
             changes[key] = [old.get(key), new.get(key)]
-    return changes, problems
+    problem = global_batch_problem(saved, current)
+    return changes, problems + ([problem] if problem else [])
+
+
+def global_batch_problem(saved: dict, current: dict) -> str | None:
+    """A refusal when the sequences per step change: a step's global batch is the pure function of
+    (seed, step) that the run trained on, and any layout that keeps its size sees the same sequences."""
+    from omegaconf import OmegaConf
+
+    from nanogpt_runner.config import Config, dp_degree
+
+    def shape(cfg: dict) -> tuple[int, int, int]:
+        full = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+        return dp_degree(full.parallel), full.train.batch_size, full.train.grad_accum
+
+    (old_dp, old_b, old_a), (dp, b, a) = shape(saved), shape(current)
+    if old_dp * old_b * old_a == dp * b * a:
+        return None
+    return (f"the global batch would change from {old_dp * old_b * old_a} sequences per step "
+            f"({old_dp} replicas x train.batch_size={old_b} x train.grad_accum={old_a}) to {dp * b * a} "
+            f"({dp} x {b} x {a}): keep replicas x batch_size x grad_accum at {old_dp * old_b * old_a} "
+            f"(e.g. halve batch_size when doubling the replicas), or start a new run in a new directory")
 
 
 def _override_paths(overrides: list[str], conf_dir: Path) -> list[str]:

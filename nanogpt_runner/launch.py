@@ -64,6 +64,10 @@ def run_job(cfg: DictConfig) -> int:
     # in place, with the checkpoint's config plus the allowed overrides; Hydra's new dir is then unused.
     fresh_dir, fresh_root, plan = run_dir, Path(cfg.run.root), None
     try:
+        if sweep and cfg.resume:
+            raise CheckpointError(
+                f"resume={cfg.resume} in a sweep would make every job continue that same run: resume it with "
+                f"a single nanogpt-run (no -m), or sweep new runs without resume=")
         plan = plan_resume(cfg, run_dir, list(hydra_cfg.overrides.task), CONF_DIR)
     except CheckpointError as err:
         problems, data = [str(err)], None

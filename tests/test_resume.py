@@ -176,8 +176,12 @@ def test_plan_takes_architecture_from_the_checkpoint(tmp_path, reference):
 
     with pytest.raises(ck.CheckpointError, match="model.n_embd=128 conflicts"):
         plan([], tmp_path, f"resume={reference}", "train.max_iters=300", "model=baby")
-    with pytest.raises(ck.CheckpointError, match="train.batch_size=8 conflicts"):
+    with pytest.raises(ck.CheckpointError, match="global batch would change from 4 sequences"):
         plan([], tmp_path, f"resume={reference}", "train.max_iters=300", "train.batch_size=8")
+    # The same global batch split differently (2 x accumulation 2 instead of 4) is the same run.
+    split = plan([], tmp_path, f"resume={reference}", "train.max_iters=300", "train.batch_size=2",
+                 "train.grad_accum=2")
+    assert split.changes["train.batch_size"] == [4, 2] and split.changes["train.grad_accum"] == [1, 2]
     with pytest.raises(ck.CheckpointError, match="nothing to train"):
         plan([], tmp_path, f"resume={reference}")
 

@@ -77,3 +77,13 @@ def test_the_summary_table_shows_what_differs_between_jobs(tmp_path):
     text = console.export_text()
     assert "every job: model=tiny" in text and "optimizer.lr=1e-3" in text and "2.5000" in text and "1,234" in text
     assert "- optimizer.lr=... must be positive" in text and "3.0 s" in text
+
+
+def test_resume_is_refused_in_a_sweep(tmp_path, tiny_overrides):
+    """Every job of ``-m resume=RUN train.seed=1,2`` would continue the same run: each is refused instead."""
+    result = run_cli(["-m", *tiny_overrides, f"resume={tmp_path}", "train.seed=1,2"], cwd=tmp_path)
+    assert result.returncode != 0
+    assert "in a sweep would make every job continue that same run" in result.stderr
+    jobs = list(find_runs(tmp_path / "outputs"))
+    assert len(jobs) == 2 and all(read_run(job)["status"] == "failed" for job in jobs)
+    assert "Traceback" not in result.stderr
