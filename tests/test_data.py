@@ -27,7 +27,7 @@ def test_local_copy_of_tiny_shakespeare_is_prepared_once(tmp_path, corpus_path):
     assert data.decode(np.fromfile(data.directory / "train.bin", dtype=np.uint16)[:50]) == text[:50]
     # Prepared data wins over everything else, so a second run needs neither the file nor the network.
     again = prepare(DataConfig(url=UNREACHABLE, cache_dir=str(tmp_path)))
-    assert again.directory == data.directory and again.source == str(corpus_path)
+    assert again.directory == data.directory and again.source == str(corpus_path.resolve())
 
 
 def test_download_is_used_when_there_is_no_local_copy(tmp_path, corpus_path):
@@ -121,4 +121,4 @@ def test_offsets_cover_the_split_roughly_uniformly():
 def test_meta_records_the_source(tmp_path, corpus_path):
     data = prepare(DataConfig(path=str(corpus_path), cache_dir=str(tmp_path)))
     meta = json.loads((data.directory / "meta.json").read_text())
-    assert meta["source"] == str(corpus_path) and meta["name"] == "shakespeare_char"
+    assert meta["source"] == str(corpus_path.resolve()) and meta["name"] == "shakespeare_char"

@@ -88,3 +88,16 @@ def test_bf16_autocast_trains_close_to_fp32(tmp_path, tiny_overrides):
     _, bf16 = train_in_process(tiny_overrides, tmp_path / "b", "train.precision=bf16")
     assert bf16.train[-1]["loss"] == pytest.approx(fp32.train[-1]["loss"], rel=0.02)
     assert bf16.train[-1]["loss"] != fp32.train[-1]["loss"]  # it really ran in bf16
+
+
+def test_compile_traces_the_blocks_and_trains_like_eager(tmp_path, tiny_overrides):
+    """train.compile=true runs every block through torch.compile (its first step takes seconds)."""
+    import torch._dynamo
+
+    common = ["train.max_iters=3", "train.log_interval=1", "train.eval_interval=3"]
+    _, eager = train_in_process(tiny_overrides, tmp_path / "a", *common)
+    torch._dynamo.reset()
+    _, compiled = train_in_process(tiny_overrides, tmp_path / "b", *common, "train.compile=true")
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+    for a, b in zip(eager.train, compiled.train, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
