@@ -45,8 +45,21 @@ def resolve_precision(precision: str, device: torch.device, caps: DeviceCaps, ca
         return precision
     if device.type == "cuda":
         return "bf16" if caps.bf16 else "fp16"
-    faster = peak_flops(device, "bf16", cache_dir) > 1.3 * peak_flops(device, "fp32", cache_dir)
-    return "bf16" if faster else "fp32"
+    return "bf16" if cpu_bf16_pays_off(device, cache_dir) else "fp32"
+
+
+def cpu_bf16_pays_off(device: torch.device, cache_dir: Path) -> bool:
+    """True where the CPU's measured bf16 matmul peak beats fp32 by 30% (native AVX512-BF16 or AMX)."""
+    return peak_flops(device, "bf16", cache_dir) > 1.3 * peak_flops(device, "fp32", cache_dir)
+
+
+def precision_warning(precision: str, device: torch.device, cache_dir: Path) -> str | None:
+    """A warning for an explicit bf16 on a CPU that emulates it: valid, but often 100x slower than fp32."""
+    if precision != "bf16" or device.type != "cpu" or cpu_bf16_pays_off(device, cache_dir):
+        return None
+    bf16, fp32 = peak_flops(device, "bf16", cache_dir), peak_flops(device, "fp32", cache_dir)
+    return (f"WARNING: this CPU emulates bf16 (matmul peak {bf16 / 1e9:.1f} GFLOP/s against {fp32 / 1e9:.0f} "
+            f"for fp32): training will be much slower than with train.precision=fp32 or auto")
 
 
 def autocast(device_type: str, precision: str) -> contextlib.AbstractContextManager:

@@ -153,6 +153,8 @@ def train(cfg, run_dir: Path, data: PreparedData, writer: RunWriter) -> Summary:
             f"{cfg.model.name}: {record['n_params'] / 1e6:.2f}M parameters, {precision} on {record['layout']}, "
             f"{hardware.describe(device)}, data {data.name} ({data.vocab_size} symbols), run dir {run_dir}"
         )
+        if layout.is_main and (warning := hardware.precision_warning(precision, device, cache)):
+            console.line(warning)
 
         def run_eval(step: int) -> float:
             nonlocal best_val, eval_seconds

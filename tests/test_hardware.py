@@ -64,3 +64,12 @@ def test_fp32_needs_no_autocast():
         assert not torch.is_autocast_enabled("cpu")
     with hardware.autocast("cpu", "bf16"):
         assert torch.is_autocast_enabled("cpu")
+
+
+def test_explicit_bf16_on_a_cpu_that_emulates_it_is_warned_about(monkeypatch, tmp_path):
+    fake_peaks(monkeypatch, fp32=100e9, bf16=1e9)
+    warning = hardware.precision_warning("bf16", CPU, tmp_path / "slow")
+    assert "emulates bf16" in warning and "1.0 GFLOP/s" in warning
+    assert hardware.precision_warning("fp32", CPU, tmp_path / "slow") is None
+    fake_peaks(monkeypatch, fp32=100e9, bf16=400e9)
+    assert hardware.precision_warning("bf16", CPU, tmp_path / "fast") is None
