@@ -37,7 +37,7 @@ def lr_at(step: int, opt: OptimizerConfig, max_iters: int) -> float:
     return opt.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (opt.lr - opt.min_lr)
 
 
-def build_optimizer(model: torch.nn.Module, opt: OptimizerConfig, device: torch.device) -> torch.optim.AdamW:
+def build_optimizer(model: torch.nn.Module, opt: OptimizerConfig) -> torch.optim.AdamW:
     """AdamW with nanoGPT's groups: matrices (embeddings, linear weights) decayed; biases and norms not."""
     params = [p for p in {id(p): p for p in model.parameters()}.values() if p.requires_grad]
     groups = [
@@ -92,7 +92,7 @@ class Summary:
         return dict(self.__dict__)
 
 
-def run_record(cfg, device: torch.device, precision: str, model: GPT, data: PreparedData,
+def run_record(device: torch.device, precision: str, model: GPT, data: PreparedData,
                layout: parallel.Layout | None = None) -> dict:
     """The fields of run.json that describe what this run is (as opposed to how it is going).
     ``model`` is the whole model (before any pipeline split), so the counts are the run's, not a stage's."""
@@ -120,11 +120,11 @@ def train(cfg, run_dir: Path, data: PreparedData, writer: RunWriter) -> Summary:
         layout, hardware.resolve_precision(t.precision, device, caps, cache) if layout.is_main else None)
     torch.manual_seed(t.seed)
     full_model = GPT(cfg.model, data.vocab_size).to(device)
-    record = run_record(cfg, device, precision, full_model, data, layout)
+    record = run_record(device, precision, full_model, data, layout)
     flops_per_token = full_model.flops_per_token()
     par = parallel.parallelize(full_model, layout, cfg)
     model = par.module  # this rank's part: a pipeline stage, sharded or wrapped as the layout says
-    optimizer = build_optimizer(model, cfg.optimizer, device)
+    optimizer = build_optimizer(model, cfg.optimizer)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     autocast = hardware.autocast(device.type, precision)
     peak = hardware.peak_flops(device, precision, cache) if layout.is_main else math.inf

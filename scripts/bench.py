@@ -38,7 +38,7 @@ def bare_loop(cfg, data, precision: str, steps: int) -> float:
     """The smallest loop that trains like the runner: forward, backward, clip, AdamW. Returns tokens/s."""
     torch.manual_seed(cfg.train.seed)
     model = GPT(cfg.model, data.vocab_size)
-    optimizer = build_optimizer(model, cfg.optimizer, torch.device("cpu"))
+    optimizer = build_optimizer(model, cfg.optimizer)
     batches = Batches(data, "train", cfg.model.block_size, cfg.train.seed, torch.device("cpu"))
     autocast = hardware.autocast("cpu", precision)
     batch = cfg.train.batch_size

@@ -32,7 +32,7 @@ VOCAB = tuple(chr(c) for c in range(32, 97))
 def build(preset: str) -> tuple[GPT, torch.optim.Optimizer]:
     cfg = ModelConfig(**OmegaConf.to_container(OmegaConf.load(CONF / f"{preset}.yaml")))
     model = GPT(cfg, len(VOCAB))
-    optimizer = build_optimizer(model, OptimizerConfig(), torch.device("cpu"))
+    optimizer = build_optimizer(model, OptimizerConfig())
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     optimizer.step()

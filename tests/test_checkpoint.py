@@ -26,7 +26,7 @@ VOCAB = tuple(chr(c) for c in range(32, 97))
 def tiny_model(seed: int = 0) -> tuple[GPT, torch.optim.Optimizer]:
     torch.manual_seed(seed)
     model = GPT(ModelConfig(name="tiny", n_layer=2, n_head=2, n_embd=32, block_size=16, dropout=0.1), len(VOCAB))
-    return model, build_optimizer(model, OptimizerConfig(), torch.device("cpu"))
+    return model, build_optimizer(model, OptimizerConfig())
 
 
 def train_steps(model: GPT, optimizer: torch.optim.Optimizer, steps: int) -> list[float]:

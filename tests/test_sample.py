@@ -30,7 +30,7 @@ def run_dir(tmp_path) -> Path:
     for step, val_loss, seed in [(1, 1.0, 0), (2, 2.0, 1)]:
         torch.manual_seed(seed)
         model = GPT(ModelConfig(**MODEL), len(VOCAB))
-        optimizer = build_optimizer(model, OptimizerConfig(), torch.device("cpu"))
+        optimizer = build_optimizer(model, OptimizerConfig())
         ck.save_checkpoint(ck.checkpoint_dir(run), ck.TrainState(step, step * 64, val_loss), model, optimizer,
                            config={"model": MODEL}, vocab=VOCAB, val_loss=val_loss)
     return run

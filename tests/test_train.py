@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 from conftest import compose_config
 
 from nanogpt_runner.config import OptimizerConfig
@@ -44,7 +43,7 @@ def test_decay_iters_ends_the_decay_early():
 def test_matrices_are_decayed_and_biases_and_norms_are_not():
     cfg = compose_config(["model=tiny", "model.bias=true"]).model
     model = GPT(cfg, 65)
-    decayed, plain = build_optimizer(model, OptimizerConfig(weight_decay=0.1), torch.device("cpu")).param_groups
+    decayed, plain = build_optimizer(model, OptimizerConfig(weight_decay=0.1)).param_groups
     assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
     assert all(p.dim() == 2 for p in decayed["params"]) and all(p.dim() == 1 for p in plain["params"])
     assert sum(p.numel() for p in decayed["params"] + plain["params"]) == model.num_params(False)
