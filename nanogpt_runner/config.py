@@ -16,9 +16,12 @@ from omegaconf import MISSING
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 DATASETS = ("shakespeare_char", "pystdlib_char", "text_file")
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "math")
+ACTIVATIONS = ("gelu", "gelu_tanh")  # exact GELU (nanoGPT's) | GPT-2's tanh approximation
 DEVICES = ("auto", "cpu", "cuda")
 RESUME_MODES = ("auto", "never")
 NAN_POLICIES = ("stop", "skip_step")
+# What a sweep job can return to a search sweeper, and which way is better.
+OBJECTIVES = {"val_loss": "minimize", "val_bpb": "minimize", "tok_per_s": "maximize", "time_to_target": "minimize"}
 
 
 @dataclass
@@ -32,6 +35,10 @@ class ModelConfig:
     bias: bool = False
     tie_weights: bool = True
     attention: str = "sdpa"
+    activation: str = "gelu"
+    # scratch | gpt2, gpt2-medium, gpt2-large, gpt2-xl (Hugging Face cache) | a Hugging Face GPT-2 folder,
+    # a nanoGPT ckpt.pt, or a run / checkpoint of this runner: the weights a new run starts from.
+    init_from: str = "scratch"
 
 
 @dataclass
@@ -153,6 +160,8 @@ def validate(cfg, device: DeviceCaps | None = None) -> list[str]:
     if m.attention not in ATTENTION_IMPLEMENTATIONS:
         choices = ", ".join(ATTENTION_IMPLEMENTATIONS)
         problems.append(f"model.attention={m.attention!r} is unknown: use one of {choices}.")
+    if m.activation not in ACTIVATIONS:
+        problems.append(f"model.activation={m.activation!r} is unknown: use one of {', '.join(ACTIVATIONS)}.")
 
     if o.lr <= 0:
         problems.append(f"optimizer.lr={o.lr} must be positive: e.g. optimizer.lr=1e-3.")

@@ -1,7 +1,10 @@
 """The GPT: nanoGPT's architecture (GPT-2 style, pre-LayerNorm), written for this project.
 
 Attention uses separate query/key/value projections instead of one fused ``c_attn`` so that a
-column-wise tensor-parallel split gives every rank whole heads of q, k and v alike.
+column-wise tensor-parallel split gives every rank whole heads of q, k and v alike. The MLP's GELU is
+exact (``model.activation=gelu``, nanoGPT's) or the tanh approximation GPT-2 was trained with
+(``gelu_tanh``), so GPT-2's weights give GPT-2's logits. nanogpt_runner.gpt2_weights converts the
+state dicts to and from GPT-2's and nanoGPT's names.
 """
 
 from __future__ import annotations
@@ -14,6 +17,20 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from nanogpt_runner.config import ModelConfig
+
+VOCAB_PAD_MULTIPLE = 64
+VOCAB_PAD_MAX_FRACTION = 0.01
+
+
+def padded_vocab_size(vocab_size: int) -> int:
+    """Rows of the embedding and lm-head matrices for ``vocab_size`` tokens.
+
+    Rounded up to a multiple of 64 (GPT-2's 50,257 to nanoGPT's 50,304: matmuls with that shape are
+    faster on GPUs) when that adds at most 1% rows; a small vocabulary (65 characters) keeps its size,
+    where padding would double the head's work. The extra rows are never a token: their logits are
+    masked out of the loss and cropped from the logits the model returns."""
+    padded = -(-vocab_size // VOCAB_PAD_MULTIPLE) * VOCAB_PAD_MULTIPLE
+    return padded if padded - vocab_size <= VOCAB_PAD_MAX_FRACTION * vocab_size else vocab_size
 
 
 class LayerNorm(nn.Module):
@@ -65,9 +82,11 @@ class MLP(nn.Module):
         self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
         self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
+        # gelu: exact (erf); gelu_tanh: GPT-2's approximation, 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3))).
+        self.gelu_approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x))))
+        return self.dropout(self.proj(F.gelu(self.fc(x), approximate=self.gelu_approximate)))
 
 
 class Block(nn.Module):
@@ -86,8 +105,10 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """Token + position embeddings, ``n_layer`` blocks, final LayerNorm, lm head.
 
-    ``blocks`` is a ModuleDict keyed by layer index so that a pipeline stage that keeps only some
-    layers (and drops the embeddings or the head, set to None) keeps the same parameter names.
+    The embedding and head matrices have ``padded_vocab_size(vocab_size)`` rows; the logits returned
+    have ``vocab_size`` columns. ``blocks`` is a ModuleDict keyed by layer index so that a pipeline stage
+    that keeps only some layers (and drops the embeddings or the head, set to None) keeps the same
+    parameter names.
     """
 
     def __init__(self, cfg: ModelConfig, vocab_size: int):
@@ -95,12 +116,13 @@ class GPT(nn.Module):
         self.cfg = cfg
         self.vocab_size = vocab_size
         self.recompute = False
-        self.tok_emb: nn.Embedding | None = nn.Embedding(vocab_size, cfg.n_embd)
+        rows = padded_vocab_size(vocab_size)
+        self.tok_emb: nn.Embedding | None = nn.Embedding(rows, cfg.n_embd)
         self.pos_emb: nn.Embedding | None = nn.Embedding(cfg.block_size, cfg.n_embd)
         self.emb_dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleDict({str(i): Block(cfg) for i in range(cfg.n_layer)})
         self.ln_f: LayerNorm | None = LayerNorm(cfg.n_embd, cfg.bias)
-        self.lm_head: nn.Linear | None = nn.Linear(cfg.n_embd, vocab_size, bias=False)
+        self.lm_head: nn.Linear | None = nn.Linear(cfg.n_embd, rows, bias=False)
         if cfg.tie_weights:
             self.lm_head.weight = self.tok_emb.weight
         self.apply(self._init_weights)
@@ -142,14 +164,22 @@ class GPT(nn.Module):
         if self.lm_head is None:
             return x, None
         logits = self.lm_head(self.ln_f(x))
-        if targets is None:
-            return logits, None
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
-        return logits, loss
+        if logits.size(-1) > self.vocab_size:
+            # Padding rows are not tokens: -inf keeps them out of the softmax (and their gradient zero)
+            # at the cost of writing those few columns, not of copying the logits.
+            logits[..., self.vocab_size :] = float("-inf")
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
+        return logits[..., : self.vocab_size], loss
 
     def num_params(self, exclude_position_embeddings: bool = True) -> int:
-        """Parameter count as nanoGPT reports it: tied weights once, position embeddings excluded."""
-        total = sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
+        """Parameter count as nanoGPT reports it: tied weights once, position embeddings excluded,
+        vocabulary padding rows excluded (they hold no token)."""
+        params = {id(p): p for p in self.parameters()}
+        padding_rows = padded_vocab_size(self.vocab_size) - self.vocab_size
+        vocab_matrices = {id(m.weight) for m in (self.tok_emb, self.lm_head) if m is not None}
+        total = sum(p.numel() - padding_rows * self.cfg.n_embd * (key in vocab_matrices) for key, p in params.items())
         if exclude_position_embeddings and self.pos_emb is not None:
             total -= self.pos_emb.weight.numel()
         return total
