@@ -19,10 +19,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from nanogpt_runner.checkpoint import CheckpointError, plan_resume
 from nanogpt_runner.config import data_problems, layout_warnings, register_schema, validate
 from nanogpt_runner.console import error
 from nanogpt_runner.data import DataError, PreparedData, prepare
+from nanogpt_runner.resume import plan_resume
+from nanogpt_runner.run_control import CheckpointError
 from nanogpt_runner.runs import CONFIG_FILE, RUN_FILE, RunWriter
 from nanogpt_runner.torchrun import fill_cluster_rendezvous, run_group
 

@@ -123,7 +123,7 @@ def sample(target: Path, options: SampleOptions, announce=lambda message: print(
 
 
 def main(argv: list[str] | None = None) -> None:
-    from nanogpt_runner.checkpoint import CheckpointError
+    from nanogpt_runner.run_control import CheckpointError
 
     try:
         target, options = parse_args(sys.argv[1:] if argv is None else argv)

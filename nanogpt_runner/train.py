@@ -17,12 +17,14 @@ from pathlib import Path
 
 import torch
 
-from nanogpt_runner import hardware, parallel
-from nanogpt_runner.checkpoint import Checkpointer, Interrupted, NonFiniteGuard, StopSignals, TrainState
+from nanogpt_runner import hardware, memory, parallel
+from nanogpt_runner.checkpoint import TrainState
 from nanogpt_runner.config import OptimizerConfig
 from nanogpt_runner.console import RunConsole
 from nanogpt_runner.data import Batches, PreparedData, cache_dir
 from nanogpt_runner.model import GPT
+from nanogpt_runner.resume import Checkpointer
+from nanogpt_runner.run_control import Interrupted, NonFiniteGuard, StopSignals
 from nanogpt_runner.runs import RunWriter
 
 
@@ -114,6 +116,7 @@ def train(cfg, run_dir: Path, data: PreparedData, writer: RunWriter) -> Summary:
     caps = hardware.device_caps(t.device)
     layout = parallel.setup(cfg.parallel, caps.kind)
     device = layout.device
+    memory_baseline_gb = hardware.memory_gb(device)[0]  # what the estimate's growth is measured from
     cache = cache_dir(cfg.data)
     # Rank 0 decides (``auto`` measures matmul speed, which could differ between ranks) and tells the rest.
     precision = parallel.broadcast_object(
@@ -121,6 +124,9 @@ def train(cfg, run_dir: Path, data: PreparedData, writer: RunWriter) -> Summary:
     torch.manual_seed(t.seed)
     full_model = GPT(cfg.model, data.vocab_size).to(device)
     record = run_record(device, precision, full_model, data, layout)
+    estimate = memory.estimate(cfg, data.vocab_size, device.type, precision)
+    record["memory_estimate"] = {**estimate.as_record(), "baseline_gb": round(memory_baseline_gb, 4),
+                                 "expected_peak_gb": round(memory_baseline_gb + estimate.total / memory.GB, 4)}
     flops_per_token = full_model.flops_per_token()
     par = parallel.parallelize(full_model, layout, cfg)
     model = par.module  # this rank's part: a pipeline stage, sharded or wrapped as the layout says

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from nanogpt_runner.checkpoint import RunStopped
 from nanogpt_runner.config import Config
 from nanogpt_runner.console import error
 from nanogpt_runner.data import DataError, PreparedData, load_prepared
 from nanogpt_runner.parallel import NullWriter, env_rank
+from nanogpt_runner.run_control import RunStopped
 from nanogpt_runner.runs import CONFIG_FILE, LOG_FILE, RunWriter, read_run
 from nanogpt_runner.train import train
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from nanogpt_runner import checkpoint as ck
+from nanogpt_runner import resume, run_control
 from nanogpt_runner.config import ModelConfig, OptimizerConfig
 from nanogpt_runner.model import GPT
 from nanogpt_runner.runs import RunWriter
@@ -164,9 +165,9 @@ def test_every_checkpoint_damaged_is_a_clear_error(tmp_path):
     model, optimizer = tiny_model()
     path = save(tmp_path, model, optimizer, 1)
     (path / ck.MODEL_FILE).write_bytes(b"")
-    with pytest.raises(ck.CheckpointError, match="checkpoints are all damaged"):
+    with pytest.raises(run_control.CheckpointError, match="checkpoints are all damaged"):
         ck.resolve(tmp_path, announce=lambda _: None)
-    with pytest.raises(ck.CheckpointError, match="has no checkpoint yet"):
+    with pytest.raises(run_control.CheckpointError, match="has no checkpoint yet"):
         ck.resolve(tmp_path / "..", announce=lambda _: None)
 
 
@@ -185,7 +186,7 @@ def test_a_checkpoint_cannot_run_code(tmp_path, monkeypatch):
     meta["files"] = ck._manifest(path)  # a forged manifest: the hash check passes, the loader must still refuse
     (path / ck.META_FILE).write_text(json.dumps(meta))
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ck.CheckpointError, match="refusing to load"):
+    with pytest.raises(run_control.CheckpointError, match="refusing to load"):
         ck.load_checkpoint(path, tiny_model()[0])
     assert not (tmp_path / "pwned").exists()
 
@@ -206,7 +207,7 @@ def test_checkpointer_saves_on_interval_best_and_end(tmp_path):
     cfg = ck_config(ckpt_interval=3, keep_last=1)
     model, optimizer = tiny_model()
     writer = RunWriter(tmp_path)
-    saver = ck.Checkpointer(tmp_path, cfg, VOCAB, model, optimizer, None, writer, say=lambda _: None)
+    saver = resume.Checkpointer(tmp_path, cfg, VOCAB, model, optimizer, None, writer, say=lambda _: None)
     saved = {step: saver.after_step(ck.TrainState(step, step * 32), val, final=step == 7)
              for step, val in [(1, None), (2, 2.0), (3, None), (4, 2.5), (5, 1.0), (6, None), (7, 1.2)]}
     assert [s for s, p in saved.items() if p] == [2, 3, 5, 6, 7]
@@ -230,26 +231,28 @@ def ck_config(**train):
 
 def test_stop_signals_turn_sigterm_into_a_request(tmp_path):
     previous = signal.getsignal(signal.SIGTERM)
-    with ck.StopSignals() as stop:
+    with run_control.StopSignals() as stop:
         assert not stop.requested()
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.requested() and stop.signum == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is previous
-    with ck.StopSignals(agree=lambda flag: True) as stop:  # the group's decision, e.g. another rank was signalled
+    # The group's decision, e.g. another rank was signalled.
+    with run_control.StopSignals(agree=lambda flag: True) as stop:
         assert stop.requested()
 
 
 def test_nan_guard_stops_or_skips(tmp_path):
     writer = RunWriter(tmp_path)
     finite, nan, inf = torch.tensor(2.0), torch.tensor(math.nan), torch.tensor(math.inf)
-    stop = ck.NonFiniteGuard("stop", writer)
+    stop = run_control.NonFiniteGuard("stop", writer)
     assert not stop.skip(1, finite, finite)
-    with pytest.raises(ck.NonFiniteLoss, match="non-finite loss at step 7"):
+    with pytest.raises(run_control.NonFiniteLoss, match="non-finite loss at step 7"):
         stop.skip(7, nan, finite)
-    skip = ck.NonFiniteGuard("skip_step", writer)
+    skip = run_control.NonFiniteGuard("skip_step", writer)
     assert skip.skip(8, finite, inf) and skip.skipped == 1
     assert skip.window_mean(6.0, 4) == 2.0  # three applied updates in a window of four
-    assert ck.NonFiniteGuard("stop", writer, scaler_enabled=True).skip(9, finite, inf) is False  # fp16 overflow
+    fp16_guard = run_control.NonFiniteGuard("stop", writer, scaler_enabled=True)
+    assert fp16_guard.skip(9, finite, inf) is False  # fp16 overflow: the scaler skips it
     writer.close()
     events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(e["event"], e["step"], e["loss"], e["grad_norm"], e["action"]) for e in events] == [
@@ -258,9 +261,9 @@ def test_nan_guard_stops_or_skips(tmp_path):
 
 def test_config_changes_allow_schedule_and_refuse_architecture():
     saved = {"model": {"n_embd": 32, "dropout": 0.0}, "train": {"max_iters": 10, "seed": 1}, "resume": None}
-    changes, problems = ck.config_changes(saved, {"model": {"n_embd": 32, "dropout": 0.0},
+    changes, problems = resume.config_changes(saved, {"model": {"n_embd": 32, "dropout": 0.0},
                                                   "train": {"max_iters": 20, "seed": 1}, "resume": "/x"})
     assert changes == {"train.max_iters": [10, 20]} and problems == []
-    _, problems = ck.config_changes(saved, {"model": {"n_embd": 64, "dropout": 0.0}, "train": {"max_iters": 10,
+    _, problems = resume.config_changes(saved, {"model": {"n_embd": 64, "dropout": 0.0}, "train": {"max_iters": 10,
                                                                                                "seed": 2}})
     assert len(problems) == 2 and "model.n_embd=64 conflicts with the checkpoint's model.n_embd=32" in problems[0]

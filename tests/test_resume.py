@@ -18,6 +18,7 @@ import torch
 from conftest import compose_config, run_cli
 
 from nanogpt_runner import checkpoint as ck
+from nanogpt_runner import resume, run_control
 from nanogpt_runner.data import prepare
 from nanogpt_runner.launch import CONF_DIR
 from nanogpt_runner.model import GPT
@@ -162,7 +163,7 @@ def test_a_conflicting_override_is_refused_and_the_run_left_alone(tmp_path, refe
 
 def plan(base: list[str], run_dir: Path, *overrides: str):
     cfg = compose_config([*base, *overrides])
-    return ck.plan_resume(cfg, run_dir, list(overrides), CONF_DIR, announce=pytest.fail)
+    return resume.plan_resume(cfg, run_dir, list(overrides), CONF_DIR, announce=pytest.fail)
 
 
 def test_plan_takes_architecture_from_the_checkpoint(tmp_path, reference):
@@ -174,15 +175,15 @@ def test_plan_takes_architecture_from_the_checkpoint(tmp_path, reference):
     assert resumed.changes == {"train.max_iters": [MAX_ITERS, 300]}
     assert resumed.cfg.resume == str(ck.checkpoint_dir(reference).resolve() / ck.checkpoint_name(MAX_ITERS))
 
-    with pytest.raises(ck.CheckpointError, match="model.n_embd=128 conflicts"):
+    with pytest.raises(run_control.CheckpointError, match="model.n_embd=128 conflicts"):
         plan([], tmp_path, f"resume={reference}", "train.max_iters=300", "model=baby")
-    with pytest.raises(ck.CheckpointError, match="global batch would change from 4 sequences"):
+    with pytest.raises(run_control.CheckpointError, match="global batch would change from 4 sequences"):
         plan([], tmp_path, f"resume={reference}", "train.max_iters=300", "train.batch_size=8")
     # The same global batch split differently (2 x accumulation 2 instead of 4) is the same run.
     split = plan([], tmp_path, f"resume={reference}", "train.max_iters=300", "train.batch_size=2",
                  "train.grad_accum=2")
     assert split.changes["train.batch_size"] == [4, 2] and split.changes["train.grad_accum"] == [1, 2]
-    with pytest.raises(ck.CheckpointError, match="nothing to train"):
+    with pytest.raises(run_control.CheckpointError, match="nothing to train"):
         plan([], tmp_path, f"resume={reference}")
 
 
@@ -190,7 +191,7 @@ def test_auto_resume_only_where_checkpoints_are(tmp_path, base, reference):
     assert plan(base, tmp_path) is None  # a fresh directory: a fresh run
     resumed = plan(base, reference, "train.max_iters=200")
     assert resumed.run_dir == reference.resolve()
-    with pytest.raises(ck.CheckpointError, match="train.resume=never"):
+    with pytest.raises(run_control.CheckpointError, match="train.resume=never"):
         plan(base, reference, "train.max_iters=200", "train.resume=never")
 
 
@@ -247,7 +248,7 @@ def test_nan_skip_step_drops_the_update_and_counts_it(tmp_path, tiny_overrides, 
 
 @pytest.mark.skipif(os.name != "posix", reason="signals")
 def test_sigint_twice_stops_at_once(tmp_path):
-    with ck.StopSignals() as stop, pytest.raises(KeyboardInterrupt):
+    with run_control.StopSignals() as stop, pytest.raises(KeyboardInterrupt):
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.requested()
         os.kill(os.getpid(), signal.SIGINT)
