@@ -15,7 +15,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nanogpt_runner.runs import RunMetrics, RunReader, effective_status, find_runs
+from nanogpt_runner.runs import (
+    EVAL,
+    TRAIN,
+    Metric,
+    RunMetrics,
+    RunReader,
+    effective_status,
+    find_runs,
+    metric_names,
+    summarized,
+)
 
 # Keys that say where or how a run was stored, not what it trained: never a "difference" between runs.
 IGNORED_KEY_PREFIXES = ("run.", "data.cache_dir", "data.url", "data.download_timeout_s")
@@ -25,13 +35,8 @@ LEVERS = {"train.recompute": "recompute", "train.grad_accum": "grad_accum", "tra
 LEVER_ORDER = list(LEVERS)
 # A pair of runs that differ in more keys than this is not a fair comparison of any one of them.
 MAX_PAIR_DIFFERENCES = 3
-# The numeric fields of metrics lines, as columns (see RunRecord.frame).
-FIELDS = {
-    "train": ["step", "tokens", "loss", "lr", "grad_norm", "tok_per_s", "step_ms", "mfu", "mem_gb", "peak_mem_gb",
-              "elapsed_s", "time"],
-    "eval": ["step", "tokens", "train_loss", "val_loss", "elapsed_s", "time"],
-}
-LOSS_FIELD = {"train": "loss", "eval": "val_loss"}
+# The kinds of line that become tables (RunRecord.frame), and the loss whose NaN marks a divergence.
+LOSS_FIELD = {TRAIN: "loss", EVAL: "val_loss"}
 
 
 @dataclass
@@ -53,15 +58,20 @@ class RunRecord:
         """The train or eval lines as numeric columns (NaN where a value is absent or not a number),
         plus ``diverged``: the line's loss was written as NaN/inf (an absent loss is not a divergence).
 
-        Built once per change of the metrics, so the table, the notes and the plots of a run with
-        5,000 lines share one conversion; every analysis below is column arithmetic on it.
+        The columns are the registered fields of the kind (runs.METRICS), then any other field with a
+        number in it: a metric the registry does not know yet is kept, not dropped. Built once per
+        change of the metrics, so the table, the notes and the plots of a run with 5,000 lines share
+        one conversion; every analysis below is column arithmetic on it.
         """
         lines = getattr(self.metrics, kind) if self.metrics is not None else []
         key = (id(lines), len(lines), id(lines[-1]) if lines else 0)
         cached = self._cache.get(kind)
         if cached is None or cached[0] != key:
-            frame = pd.DataFrame.from_records(lines, columns=FIELDS[kind]) if lines else pd.DataFrame(
-                columns=FIELDS[kind], dtype=float)
+            columns = metric_names(kind)
+            columns += sorted({k for line in lines for k, v in line.items()
+                               if k not in columns and _number(v) is not None})
+            frame = pd.DataFrame.from_records(lines, columns=columns) if lines else pd.DataFrame(
+                columns=columns, dtype=float)
             frame = frame.apply(pd.to_numeric, errors="coerce").astype(float)
             loss = LOSS_FIELD[kind]
             frame["diverged"] = np.array([_non_finite(line.get(loss)) for line in lines], dtype=bool)
@@ -142,53 +152,42 @@ def differing_keys(records: list[RunRecord]) -> list[str]:
 
 
 def summarize(record: RunRecord, target: float | None = None) -> dict:
-    """The numbers the runs table and the CSV show for one run.
+    """The numbers the runs table and the CSV show for one run: one per summarized metric of the
+    registry (runs.METRICS), then the time to ``target`` and the step of a divergence.
 
     From the metrics when they are loaded, else from the newest train line; a finished run's own
     summary in run.json wins where it has a value, since the trainer measured it best.
     """
-    info, metrics, last = record.info, record.metrics, record.last_train
-    out = {
-        "name": record.name, "sweep": record.sweep, "status": record.status,
-        "steps": _number(last.get("step")) if last else None,
-        "tokens": _number(last.get("tokens")) if last else None,
-        "best_val_loss": None,
-        "last_train_loss": _number(last.get("loss")) if last else None,
-        "tok_per_s": _number(last.get("tok_per_s")) if last else None,
-        "elapsed_s": _number(last.get("elapsed_s")) if last else None,
-        "peak_mem_gb": _number(last.get("peak_mem_gb")) if last else None,
-        "mfu": _number(last.get("mfu")) if last else None,
-        "time_to_target_s": None,
-        "diverged_at": None,
-    }
-    if metrics is not None:
-        out.update(_from_metrics(record, target))
+    info, last = record.info, record.last_train or {}
+    out = {"name": record.name, "sweep": record.sweep, "status": record.status}
+    out.update({m.summary: _number(last.get(m.name)) for m in summarized()})
+    out.update(time_to_target_s=None, diverged_at=None)
+    if record.metrics is not None:
+        out.update({m.summary: _aggregate(record, m) for m in summarized()})
+        out.update(time_to_target_s=time_to_target(record, target), diverged_at=diverged_at(record))
     summary = info.get("summary")
     if isinstance(summary, dict):
+        for metric in summarized():
+            out[metric.summary] = _first(summary.get(metric.summary), out[metric.summary])
         out["last_train_loss"] = _first(summary.get("final_train_loss"), out["last_train_loss"])
-        for key in ("steps", "tokens", "best_val_loss", "tok_per_s", "elapsed_s", "peak_mem_gb", "mfu"):
-            out[key] = _first(summary.get(key), out[key])
     if out["steps"] is None:
         out["steps"] = _number(info.get("step"))
     out["start_time"] = _number(info.get("start_time"))
     return out
 
 
-def _from_metrics(record: RunRecord, target: float | None) -> dict:
-    out: dict = {}
-    train, evals = record.frame("train"), record.frame("eval")
-    if len(train):
-        steady = train.iloc[1:] if len(train) > 1 else train  # the first window holds start-up
-        out.update(steps=_int(train.step.iloc[-1]), tokens=_int(train.tokens.iloc[-1]),
-                   last_train_loss=float(train.loss.iloc[-1]), tok_per_s=_finite_stat(steady.tok_per_s, "median"),
-                   peak_mem_gb=_finite_stat(train.peak_mem_gb, "max"), mfu=_finite_stat(steady.mfu, "median"))
-    out["best_val_loss"] = _finite_stat(evals.val_loss, "min")
-    elapsed = _finite_stat(pd.concat([train.elapsed_s.iloc[-1:], evals.elapsed_s.iloc[-1:]]), "max")
-    if elapsed is not None:
-        out["elapsed_s"] = elapsed
-    out["time_to_target_s"] = time_to_target(record, target)
-    out["diverged_at"] = diverged_at(record)
-    return out
+def _aggregate(record: RunRecord, metric: Metric):
+    """One metric's summary number from the run's train and eval lines (None when it has no finite value)."""
+    columns = [record.frame(kind)[metric.name] for kind in (TRAIN, EVAL) if kind in metric.kinds]
+    if not columns:
+        return None
+    if metric.aggregate == "last":  # NaN included: a diverged run's last loss is NaN
+        return float(columns[0].iloc[-1]) if len(columns[0]) else None
+    if metric.aggregate == "steady":  # the first window holds start-up (allocation, compile)
+        return _finite_stat(columns[0].iloc[1:] if len(columns[0]) > 1 else columns[0], "median")
+    how = "min" if metric.aggregate == "best" and metric.better == "lower" else "max"
+    value = _finite_stat(pd.concat(columns), how)
+    return int(value) if value is not None and metric.decimals == 0 else value
 
 
 def time_to_target(record: RunRecord, target: float | None) -> float | None:
@@ -202,7 +201,7 @@ def time_to_target(record: RunRecord, target: float | None) -> float | None:
 
 def diverged_at(record: RunRecord) -> int | None:
     """The first step with a NaN/inf loss (or a "nan" event); None when the run never diverged."""
-    steps = [record.frame(kind).step[record.frame(kind).diverged].min() for kind in FIELDS]
+    steps = [record.frame(kind).step[record.frame(kind).diverged].min() for kind in LOSS_FIELD]
     if record.metrics is not None:
         steps += [e.get("step") for e in record.metrics.events if e.get("event") == "nan"]
     steps = [s for s in steps if finite(s)]
@@ -430,10 +429,6 @@ def _finite_stat(values: pd.Series, how: str) -> float | None:
 
 def _non_finite(value) -> bool:
     return isinstance(value, float) and not math.isfinite(value)
-
-
-def _int(value) -> int | None:
-    return int(value) if finite(value) else None
 
 
 def _first(*values):

@@ -13,11 +13,13 @@ import sys
 from pathlib import Path
 
 from nanogpt_runner.analysis import RunRecord, compare_notes, differing_keys, finite, load_runs, run_notes, summarize
+from nanogpt_runner.runs import METRIC, axis_title, summarized
 
 CSV_NAME = "summary.csv"
 PNG_NAME = "comparison.png"
-CSV_FIELDS = ["run", "name", "sweep", "status", "steps", "tokens", "best_val_loss", "last_train_loss", "tok_per_s",
-              "elapsed_s", "peak_mem_gb", "mfu", "time_to_target_s", "diverged_at"]
+# One column per summarized metric of the registry (nanogpt_runner.runs.METRICS).
+CSV_FIELDS = ["run", "name", "sweep", "status", *(m.summary for m in summarized()), "time_to_target_s",
+              "diverged_at"]
 
 
 def write_csv(runs: list[RunRecord], path: Path, target: float | None = None) -> Path:
@@ -51,8 +53,8 @@ def write_png(runs: list[RunRecord], path: Path, target: float | None = None) ->
             if points:
                 ax.plot([r["tokens"] for r in points], [r[field] for r in points], label=run.label,
                         marker="." if field == "val_loss" else None)
-    for ax, title in ((train_ax, "train loss"), (val_ax, "val loss")):
-        ax.set(title=title, xlabel="tokens", yscale="log")
+    for ax, field in ((train_ax, "loss"), (val_ax, "val_loss")):
+        ax.set(title=METRIC[field].label, xlabel="tokens", yscale="log")
         ax.grid(True, which="both", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
@@ -60,9 +62,9 @@ def write_png(runs: list[RunRecord], path: Path, target: float | None = None) ->
         val_ax.axhline(target, color="grey", linestyle="--", linewidth=1)
     summaries = [summarize(run, target) for run in runs]
     labels = [run.label for run in runs]
-    for ax, field, title in ((speed_ax, "tok_per_s", "tokens/s"), (memory_ax, "peak_mem_gb", "peak memory (GB)")):
+    for ax, field in ((speed_ax, "tok_per_s"), (memory_ax, "peak_mem_gb")):
         ax.barh(labels, [s[field] if finite(s[field]) else 0.0 for s in summaries])
-        ax.set(title=title)
+        ax.set(title=axis_title(METRIC[field]))
         ax.tick_params(axis="y", labelsize=7)
         ax.invert_yaxis()
     fig.tight_layout()

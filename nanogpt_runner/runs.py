@@ -8,6 +8,7 @@
 
 Readers must survive torn last lines, garbage, empty or vanished files and files that grow while
 being read, so ``MetricsTail`` reads by byte offset and only ever consumes whole lines.
+``METRICS`` is the one table of what a metrics line may hold and how every reader shows it.
 This module imports no torch: the viewer and the analysis use it.
 """
 
@@ -26,10 +27,98 @@ METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
 LOG_FILE = "train.log"
 CHECKPOINT_DIR = "checkpoints"
-STATUSES = ("queued", "running", "completed", "failed", "interrupted")
 # A running run whose heartbeat is older than this is shown as stalled (its process is likely gone).
 STALE_AFTER_S = 120.0
 SKIP_DIRS = {CHECKPOINT_DIR, ".hydra", "__pycache__", ".git"}
+
+
+TRAIN, EVAL, EVENT = "train", "eval", "event"  # the kinds of metrics lines
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One field of metrics.jsonl lines, and how every reader (analysis, viewer, report) treats it.
+
+    ``summary`` names the per-run number (a column of summary.csv) made from the field's train and
+    eval lines by ``aggregate``: "last" value, "max", "best" (min or max as ``better`` says) or
+    "steady" (the median without the first window, which holds start-up). ``column`` is its title in
+    the viewer's runs table (None: CSV only). A unit of "%" means a fraction shown as a percentage.
+    """
+
+    name: str
+    kinds: tuple[str, ...]  # the kinds of line that carry it
+    label: str
+    unit: str = ""
+    better: str | None = None  # "lower" | "higher" | None (neither, e.g. the learning rate)
+    plot: str | None = None  # the title of the viewer plot drawing it; metrics with one title share the plot
+    smooth: bool = False  # the EMA smoothing slider applies (noisy window values)
+    log_scale: bool = False  # the log10 checkbox applies
+    summary: str | None = None
+    aggregate: str = "last"
+    column: str | None = None
+    decimals: int = 4
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("kind", (TRAIN, EVAL, EVENT), "line kind"),
+    Metric("time", (TRAIN, EVAL, EVENT), "unix time", "s"),
+    Metric("step", (TRAIN, EVAL, EVENT), "step", summary="steps", aggregate="max", column="steps", decimals=0),
+    Metric("tokens", (TRAIN, EVAL), "tokens", summary="tokens", aggregate="max", decimals=0),
+    Metric("loss", (TRAIN, EVENT), "train loss", better="lower", plot="loss", smooth=True, log_scale=True,
+           summary="last_train_loss", column="last train loss"),
+    Metric("val_loss", (EVAL, EVENT), "val loss", better="lower", plot="loss", log_scale=True,
+           summary="best_val_loss", aggregate="best", column="best val loss"),
+    Metric("train_loss", (EVAL,), "train loss (eval)", better="lower"),
+    Metric("lr", (TRAIN,), "learning rate", plot="learning rate"),
+    Metric("grad_norm", (TRAIN, EVENT), "grad norm"),
+    Metric("tok_per_s", (TRAIN,), "tokens/s", better="higher", plot="tokens/s", smooth=True, summary="tok_per_s",
+           aggregate="steady", column="tokens/s", decimals=0),
+    Metric("step_ms", (TRAIN,), "step time", "ms", better="lower"),
+    Metric("elapsed_s", (TRAIN, EVAL), "time", "s", summary="elapsed_s", aggregate="max", column="time (s)",
+           decimals=1),
+    Metric("mem_gb", (TRAIN,), "memory", "GB", better="lower", plot="memory (GB)"),
+    Metric("peak_mem_gb", (TRAIN,), "peak memory", "GB", better="lower", summary="peak_mem_gb", aggregate="max",
+           column="peak mem (GB)", decimals=3),
+    Metric("mfu", (TRAIN,), "MFU", "%", better="higher", summary="mfu", aggregate="steady", column="MFU %",
+           decimals=2),
+    Metric("skipped_steps", (TRAIN,), "skipped steps", better="lower"),
+    # Event lines: {"kind": "event", "event": NAME, ...}; their fields are facts, not curves.
+    Metric("event", (EVENT,), "event"),
+    Metric("checkpoint", (EVENT,), "checkpoint resumed from"),
+    Metric("changes", (EVENT,), "config changes on resume"),
+    Metric("discarded", (EVENT,), "checkpoints discarded on resume"),
+    Metric("path", (EVENT,), "checkpoint path"),
+    Metric("reason", (EVENT,), "why the checkpoint was saved"),
+    Metric("seconds", (EVENT,), "checkpoint save time", "s"),
+    Metric("removed", (EVENT,), "checkpoints pruned"),
+    Metric("action", (EVENT,), "what a non-finite step did"),
+)
+METRIC = {metric.name: metric for metric in METRICS}
+
+
+def metric_names(kind: str) -> list[str]:
+    """The registered fields of one kind of line, in registry order."""
+    return [m.name for m in METRICS if kind in m.kinds]
+
+
+def plots() -> dict[str, list[Metric]]:
+    """The viewer's plots in registry order: each named by its first metric, the metrics that share its
+    ``plot`` title drawn together (train and val loss)."""
+    by_title: dict[str, list[Metric]] = {}
+    for metric in METRICS:
+        if metric.plot is not None:
+            by_title.setdefault(metric.plot, []).append(metric)
+    return {metrics[0].name: metrics for metrics in by_title.values()}
+
+
+def axis_title(metric: Metric) -> str:
+    """"peak memory (GB)": the label, and the unit in brackets when it has one."""
+    return f"{metric.label} ({metric.unit})" if metric.unit else metric.label
+
+
+def summarized() -> list[Metric]:
+    """The metrics that give a run a summary number (summary.csv, the runs table), in registry order."""
+    return [m for m in METRICS if m.summary is not None]
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

@@ -14,18 +14,13 @@ import math
 import numpy as np
 import pandas as pd
 
-from nanogpt_runner.analysis import RunRecord, diverged_at
+from nanogpt_runner.analysis import LOSS_FIELD, RunRecord, diverged_at
+from nanogpt_runner.runs import EVENT, Metric, plots
 
 MAX_POINTS = 400
 X_AXES = {"step": "step", "tokens": "tokens", "time": "elapsed_s"}
 X_TITLES = {"step": "step", "tokens": "tokens", "time": "wall time (s)"}
-# metric name -> (kind of metrics line, field, smoothed by the EMA slider)
-METRICS = {
-    "loss": None,  # train "loss" and eval "val_loss", two series per run
-    "lr": ("train", "lr", False),
-    "tok_per_s": ("train", "tok_per_s", True),
-    "mem_gb": ("train", "mem_gb", False),
-}
+PLOTS = plots()  # plot name -> the registered metrics it draws (nanogpt_runner.runs.METRICS)
 COLUMNS = ["x", "y", "series"]
 
 
@@ -83,30 +78,36 @@ def join(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
 
 
-def run_frame(run: RunRecord, metric: str, x: str = "step", smoothing: float = 0.0, log_y: bool = False,
-              max_points: int = MAX_POINTS) -> pd.DataFrame:
-    """One run's part of a plot: its series, smoothed, then downsampled; a diverged series says so.
+def plot_title(plot: str) -> str:
+    return PLOTS[plot][0].plot or plot
 
-    Non-finite points are dropped from the drawing (a line cannot show them), which is why the name
-    carries the marker: a diverged run is never a silent gap.
+
+def log_scaled(plot: str) -> bool:
+    """Whether the log10 checkbox applies to this plot (it does to the losses)."""
+    return all(m.log_scale for m in PLOTS[plot])
+
+
+def run_frame(run: RunRecord, plot: str, x: str = "step", smoothing: float = 0.0, log_y: bool = False,
+              max_points: int = MAX_POINTS) -> pd.DataFrame:
+    """One run's part of a plot: a series per metric of the plot, smoothed, then downsampled.
+
+    A plot of several metrics names each series by its label less the plot title ("train", "val" in
+    the loss plot). Non-finite points are dropped from the drawing (a line cannot show them), so a
+    diverged run's loss series carry a marker in their name: a divergence is never a silent gap.
     """
     if run.metrics is None:
         return pd.DataFrame(columns=COLUMNS)
-    if metric == "loss":
-        parts = [("train", "loss", "train", True), ("eval", "val_loss", "val", False)]
-    else:
-        kind, field, smooth = METRICS[metric]
-        parts = [(kind, field, "", smooth)]
-    diverged = metric == "loss" and diverged_at(run) is not None
+    metrics = PLOTS[plot]
+    diverged = any(m.name in LOSS_FIELD.values() for m in metrics) and diverged_at(run) is not None
     frames = []
-    for kind, field, suffix, smooth in parts:
-        xs, ys = series(run, kind, field, X_AXES[x])
+    for metric in metrics:
+        xs, ys = series(run, _line_kind(metric), metric.name, X_AXES[x])
         if not len(ys):
             continue
-        name = f"{run.label} {suffix}".strip()
+        name = f"{run.label} {_series_suffix(metric, metrics)}".strip()
         if diverged:
             name += " ✗ diverged"
-        if smooth:
+        if metric.smooth:
             ys = ema(ys, smoothing)
         keep = downsample(ys, max_points)
         xs, ys = xs[keep], ys[keep]
@@ -116,3 +117,12 @@ def run_frame(run: RunRecord, metric: str, x: str = "step", smoothing: float = 0
     return join(frames)
 
 
+def _line_kind(metric: Metric) -> str:
+    """The kind of line a curve is drawn from: the first of train and eval that carries the metric."""
+    return next(kind for kind in metric.kinds if kind != EVENT)
+
+
+def _series_suffix(metric: Metric, metrics: list[Metric]) -> str:
+    if len(metrics) == 1:
+        return ""
+    return metric.label.removesuffix(metric.plot or "").strip() or metric.label

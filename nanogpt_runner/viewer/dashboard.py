@@ -22,7 +22,8 @@ from nanogpt_runner.analysis import (
     run_notes,
     summarize,
 )
-from nanogpt_runner.viewer.curves import METRICS, join, run_frame
+from nanogpt_runner.runs import METRIC, axis_title, summarized
+from nanogpt_runner.viewer.curves import PLOTS, join, log_scaled, run_frame
 from nanogpt_runner.viewer.store import RunStore
 
 STATUSES = ["running", "queued", "completed", "failed", "interrupted", "stalled"]
@@ -30,15 +31,12 @@ MAX_TABLE_ROWS = 500  # more rows make the page slow to update; the filter narro
 MAX_CONFIG_COLUMNS = 8
 DEFAULT_SELECTED = 5
 BARS = {  # bar plot -> (summary field, axis title)
-    "time": ("elapsed_s", "total time (s)"),
-    "memory": ("peak_mem_gb", "peak memory (GB)"),
-    "throughput": ("tok_per_s", "tokens/s"),
+    **{name: (field, axis_title(METRIC[field])) for name, field in
+       (("time", "elapsed_s"), ("memory", "peak_mem_gb"), ("throughput", "tok_per_s"))},
     "to_target": ("time_to_target_s", "time to target val loss (s)"),
 }
-STAT_COLUMNS = {  # table column -> (summary field, decimals)
-    "steps": ("steps", 0), "best val loss": ("best_val_loss", 4), "last train loss": ("last_train_loss", 4),
-    "tokens/s": ("tok_per_s", 0), "time (s)": ("elapsed_s", 1), "peak mem (GB)": ("peak_mem_gb", 3),
-}
+# The runs table's number columns, from the metrics registry (nanogpt_runner.runs.METRICS).
+STAT_COLUMNS = {m.column: m for m in summarized() if m.column}
 
 
 @dataclass
@@ -90,14 +88,14 @@ class Dashboard:
             summary, config = self._row(record)
             row = {"name": summary["name"], "sweep": summary["sweep"], "status": summary["status"]}
             row.update({key: _cell(config.get(key)) for key in keys})
-            for column, (field, decimals) in STAT_COLUMNS.items():
-                row[column] = _rounded(summary[field], decimals)
-            row["MFU %"] = _rounded(summary["mfu"] * 100, 2) if finite(summary["mfu"]) else None
+            for column, metric in STAT_COLUMNS.items():
+                value = summary[metric.summary]
+                row[column] = _rounded(value * 100 if metric.unit == "%" and finite(value) else value, metric.decimals)
             entry = self.store.get(record.id)
             row["note"] = "; ".join(entry.notes if entry else [])
             row["folder"] = record.id
             rows.append(row)
-        columns = ["name", "sweep", "status", *keys, *STAT_COLUMNS, "MFU %", "note", "folder"]
+        columns = ["name", "sweep", "status", *keys, *STAT_COLUMNS, "note", "folder"]
         total = len(self.store.entries)
         note = f"{len(records)} of {total} runs match"
         if len(records) > len(shown):
@@ -147,7 +145,7 @@ class Dashboard:
                 target: float | None = None) -> CompareView:
         runs = self.selected(run_ids)
         target = target if finite(target) and target > 0 else None
-        curves = {metric: self._curve(runs, metric, x, smoothing, log_y and metric == "loss") for metric in METRICS}
+        curves = {plot: self._curve(runs, plot, x, smoothing, log_y and log_scaled(plot)) for plot in PLOTS}
         summaries = {r.id: self._cached("summary", r, target, lambda r=r: summarize(r, target)) for r in runs}
         labels = [r.label for r in runs]
         bars = {name: pd.DataFrame({"run": labels, "value": [_or_zero(summaries[r.id][field]) for r in runs]})

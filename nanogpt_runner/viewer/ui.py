@@ -14,12 +14,11 @@ from pathlib import Path
 import gradio as gr
 
 from nanogpt_runner.config import PRECISIONS
-from nanogpt_runner.viewer.curves import X_TITLES
+from nanogpt_runner.viewer.curves import PLOTS, X_TITLES, log_scaled, plot_title
 from nanogpt_runner.viewer.dashboard import BARS, STATUSES, Dashboard, export_report
 from nanogpt_runner.viewer.launcher import FORM_KEYS, Launcher, LaunchError, presets
 from nanogpt_runner.viewer.sampler import Sampler
 
-PLOTS = {"loss": "loss", "lr": "learning rate", "tok_per_s": "tokens/s", "mem_gb": "memory (GB)"}
 CSS = "#runs-table {font-size: 0.85em} .analysis li {margin-bottom: 0.2em}"
 PRIVATE = {"api_visibility": "private"}
 
@@ -47,9 +46,10 @@ def build_app(dashboard: Dashboard, launcher: Launcher, refresh_s: float = 2.0,
                     log_y = gr.Checkbox(False, label="log10 loss")
                     target = gr.Number(None, label="target val loss (time to target; empty or 0: none)")
                 plots = {
-                    name: gr.LinePlot(x="x", y="y", color="series", title=title, x_title="step", y_title=title,
-                                      height=330 if name == "loss" else 250, elem_id=f"plot-{name}")
-                    for name, title in PLOTS.items()
+                    name: gr.LinePlot(x="x", y="y", color="series", title=plot_title(name), x_title="step",
+                                      y_title=plot_title(name), height=330 if name == "loss" else 250,
+                                      elem_id=f"plot-{name}")
+                    for name in PLOTS
                 }
                 with gr.Row():
                     bars = {name: gr.BarPlot(x="run", y="value", title=title, x_title="run", y_title=title,
@@ -91,8 +91,9 @@ def build_app(dashboard: Dashboard, launcher: Launcher, refresh_s: float = 2.0,
             if (seen_value or {}).get("axes") != axes:
                 new_seen["axes"] = axes
                 result += [gr.LinePlot(value=view.curves[name], x_title=X_TITLES[x],
-                                       y_title=f"log10 {title}" if name == "loss" and logy else title)
-                           for name, title in PLOTS.items()]
+                                       y_title=f"log10 {plot_title(name)}" if logy and log_scaled(name)
+                                       else plot_title(name))
+                           for name in PLOTS]
             else:
                 result += [view.curves[name] for name in PLOTS]
             result += [view.bars[name] for name in BARS]
