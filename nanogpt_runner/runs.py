@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,6 +31,10 @@ CHECKPOINT_DIR = "checkpoints"
 # A running run whose heartbeat is older than this is shown as stalled (its process is likely gone).
 STALE_AFTER_S = 120.0
 SKIP_DIRS = {CHECKPOINT_DIR, ".hydra", "__pycache__", ".git"}
+# Bounds on what a reader holds in memory, whatever a run folder contains.
+MAX_RUN_FILE_BYTES = 16 * 1024 * 1024
+MAX_POLL_BYTES = 64 * 1024 * 1024
+MAX_JSON_DEPTH = 32  # a real run.json nests a few levels (config sections, lists)
 
 
 TRAIN, EVAL, EVENT = "train", "eval", "event"  # the kinds of metrics lines
@@ -165,13 +170,47 @@ class RunWriter:
         self._metrics.close()
 
 
-def read_run(run_dir: Path) -> dict | None:
-    """run.json as a dict, or None when it is missing, unreadable or not a JSON object."""
+def open_regular(path: Path):
+    """``path`` opened for binary reading when it is a regular file, else None. A runs folder may come from
+    anyone: a FIFO or device named like a run's file would block a reader forever, and a symlink could
+    point out of the folder, so both count as absent (checked without following links, opened non-blocking)."""
     try:
-        data = json.loads((Path(run_dir) / RUN_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
         return None
-    return data if isinstance(data, dict) else None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped between the check and the open
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb")
+
+
+def read_run(run_dir: Path) -> dict | None:
+    """run.json as a dict, or None when it is missing, unreadable, not a regular file, larger than
+    MAX_RUN_FILE_BYTES, nested deeper than MAX_JSON_DEPTH, or not a JSON object."""
+    f = open_regular(Path(run_dir) / RUN_FILE)
+    if f is None:
+        return None
+    try:
+        with f:
+            raw = f.read(MAX_RUN_FILE_BYTES + 1)
+        data = json.loads(raw.decode("utf-8")) if len(raw) <= MAX_RUN_FILE_BYTES else None
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) and not _too_deep(data) else None
+
+
+def _too_deep(value, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when ``value`` nests deeper than ``limit``: no run writes that, and a crafted file could make
+    every recursive reader of the run (config flattening, diffs) fail."""
+    level = [value]
+    for _ in range(limit):
+        level = [v for item in level if isinstance(item, (dict, list))
+                 for v in (item.values() if isinstance(item, dict) else item)]
+        if not level:
+            return False
+    return True
 
 
 def effective_status(run: dict, now: float | None = None) -> str:
@@ -211,23 +250,27 @@ class MetricsTail:
     def poll(self) -> tuple[list[dict], bool]:
         """(new records, reset)."""
         try:
-            stat = self.path.stat()
+            info = os.lstat(self.path)
         except OSError:
             return [], False
         reset = False
-        if stat.st_size < self.offset or (self._inode is not None and stat.st_ino != self._inode):
+        if info.st_size < self.offset or (self._inode is not None and info.st_ino != self._inode):
             self.offset, self.garbage, reset = 0, 0, True
-        self._inode = stat.st_ino
-        if stat.st_size == self.offset:
+        self._inode = info.st_ino
+        f = open_regular(self.path) if info.st_size != self.offset else None
+        if f is None:
             return [], reset
         try:
-            with open(self.path, "rb") as f:
+            with f:
                 f.seek(self.offset)
-                chunk = f.read(stat.st_size - self.offset)
+                chunk = f.read(min(info.st_size - self.offset, MAX_POLL_BYTES))
         except OSError:
             return [], reset
         end = chunk.rfind(b"\n")
         if end < 0:
+            if len(chunk) == MAX_POLL_BYTES:  # one line longer than a poll may read: skipped, not kept in memory
+                self.offset += len(chunk)
+                self.garbage += 1
             return [], reset
         self.offset += end + 1
         records = []
@@ -243,7 +286,7 @@ class MetricsTail:
 def _parse_line(raw: bytes) -> dict | None:
     try:
         record = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     if not isinstance(record, dict) or not isinstance(record.get("kind"), str):
         return None

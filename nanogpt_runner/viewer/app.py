@@ -1,8 +1,9 @@
 """``nanogpt-view [RUNS_DIR]``: check the command line, then serve the dashboard.
 
 Every bad input (a runs folder that is not there, a malformed --auth, a public --host without --auth,
-a port range with nothing free) ends in one message that names the problem and the fix, and exit
-code 2: no traceback. Gradio is imported only after the arguments are good, so mistakes fail fast.
+a --data-dir that is not a folder, a port range with nothing free) ends in one message that names the
+problem and the fix, and exit code 2: no traceback. Gradio is imported only after the arguments are good,
+so mistakes fail fast. The server answers only requests addressed to it by name (see host_check).
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--refresh", type=float, default=2.0, help="seconds between live updates (default 2)")
     parser.add_argument("--auth", default=None, metavar="USER:PASSWORD",
                         help="require this login; mandatory when --host is not a loopback address")
+    parser.add_argument("--data-dir", action="append", default=[], type=Path, metavar="DIR", dest="data_dirs",
+                        help="a folder whose text files runs launched from the page may train on (repeatable); "
+                             "without it the page trains only on the built-in corpora")
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME", dest="allowed_hosts",
+                        help="another name the page is reached by, e.g. a DNS name or a proxy's (repeatable); "
+                             "requests naming any other host are refused")
     args = parser.parse_args(argv)
     problem = argument_problem(args)
     if problem:
@@ -50,6 +57,9 @@ def argument_problem(args: argparse.Namespace) -> str | None:
         return f"--port {args.port} is not a TCP port: use 1-65535"
     if not args.refresh > 0:
         return f"--refresh {args.refresh} must be a positive number of seconds, e.g. --refresh 2"
+    for folder in args.data_dirs:
+        if not folder.is_dir():
+            return f"--data-dir {folder} is not a folder: pass a folder that holds the text files to train on"
     return None
 
 
@@ -80,12 +90,15 @@ def free_port(host: str, start: int) -> int | None:
 
 
 def serve(runs_dir: Path, host: str = "127.0.0.1", port: int = DEFAULT_PORT, refresh_s: float = 2.0,
-          auth: tuple[str, str] | None = None, block: bool = True):
+          auth: tuple[str, str] | None = None, block: bool = True, data_dirs: tuple[Path, ...] = (),
+          allowed_hosts: tuple[str, ...] = ()):
     """Build and launch the app; returns (demo, url). With block=False it runs in the background (tests)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
+    from starlette.middleware import Middleware
 
     from nanogpt_runner.viewer.dashboard import Dashboard
+    from nanogpt_runner.viewer.host_check import HostCheck, served_names
     from nanogpt_runner.viewer.launcher import Launcher
     from nanogpt_runner.viewer.sampler import Sampler, sampling_available
     from nanogpt_runner.viewer.store import RunStore
@@ -93,10 +106,13 @@ def serve(runs_dir: Path, host: str = "127.0.0.1", port: int = DEFAULT_PORT, ref
 
     store = RunStore(runs_dir)
     store.poll()
-    demo = build_app(Dashboard(store), Launcher(store.root), refresh_s, Sampler() if sampling_available() else None)
+    demo = build_app(Dashboard(store), Launcher(store.root, data_dirs), refresh_s,
+                     Sampler() if sampling_available() else None)
     demo.queue(default_concurrency_limit=1)
+    host_check = Middleware(HostCheck, names=served_names(host, allowed_hosts))
     _, url, _ = demo.launch(server_name=host, server_port=port, auth=auth, prevent_thread_lock=not block,
-                            quiet=True, theme=gr.themes.Soft(), css=CSS, footer_links=[])
+                            quiet=True, theme=gr.themes.Soft(), css=CSS, footer_links=[],
+                            app_kwargs={"middleware": [host_check]})
     return demo, url
 
 
@@ -110,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"nanogpt-view: {root} at http://{args.host}:{port} (refresh every {args.refresh:g} s; Ctrl+C to stop)",
           flush=True)
     try:
-        serve(root, args.host, port, args.refresh, parse_auth(args.auth) if args.auth else None, block=True)
+        serve(root, args.host, port, args.refresh, parse_auth(args.auth) if args.auth else None, block=True,
+              data_dirs=tuple(args.data_dirs), allowed_hosts=tuple(args.allowed_hosts))
     except KeyboardInterrupt:
         pass

@@ -1,14 +1,26 @@
 """Starting and stopping ``nanogpt-run`` from the page, and nothing else.
 
-The page sends form values and free-text overrides. They become Hydra ``key=value`` overrides; each one
-is checked here (no options, no Hydra settings, no interpolations, no run root other than the
-viewer's), then the whole set by the runner's own validation (``python -m nanogpt_runner.check``),
-and only then started, as an argument list (never a shell string). Stop sends SIGTERM to a process
-this viewer started, and only to those: the runner checkpoints and marks the run interrupted.
+The page is an untrusted client (anyone who can reach it, or a web page that rebinds its address), so what
+it may start is an allowlist: every value comes in as a named field (the form's, or one of the free-text
+keys in FIELDS) and is parsed by that field's type and range. The launcher then writes the overrides
+itself, from the parsed values: no key the table does not name, no Hydra options or settings, no ``+``,
+``++`` or ``~``, no interpolation or control character can reach the runner, because no raw text does.
+Paths (``resume=``, ``data.path=``) are resolved here, as absolute paths after symlinks, and must lie in
+the runs folder or in a data folder the operator named with ``--data-dir``.
+
+The runner's own check (``python -m nanogpt_runner.check --json``) then composes the run as nanogpt-run
+will (a resumed run takes its checkpoint's config) and answers with the effective config; the parts the
+page may not choose (where runs go, the data source, a single node, no rendezvous) are checked there and
+pinned on the command line, so a checkpoint's config cannot bring them back. Processes start with an
+argument list (never a shell) in their own session: Stop signals that whole process group (nanogpt-run,
+torchrun and every rank), and only groups this viewer started.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import re
 import shlex
 import shutil
@@ -21,89 +33,314 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from nanogpt_runner.config import (
+    ATTENTION_IMPLEMENTATIONS,
+    BACKENDS,
+    DP_MODES,
+    NAN_POLICIES,
+    PP_SCHEDULES,
+    PRECISIONS,
+    DataConfig,
+)
+
 CHECK_TIMEOUT_S = 180
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-# A Hydra override the page may pass: an optional + or ++, a dotted key or group, "=", a value.
-OVERRIDE = re.compile(r"^(\+{0,2})([A-Za-z_][A-Za-z0-9_]*(?:[./][A-Za-z0-9_]+)*)=(.*)$", re.DOTALL)
-# Keys the viewer decides: Hydra's own (launcher, sweeper, run dir), where runs go, where data is written.
-FORBIDDEN_KEYS = ("run.root", "data.cache_dir")
-INSIDE_ROOT_KEYS = ("resume",)  # path values that must point into the runs root
-NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-
-# Form field -> config key. Empty fields are left out: the preset's value stands.
-FORM_KEYS = {
-    "model": "model", "n_layer": "model.n_layer", "n_head": "model.n_head", "n_embd": "model.n_embd",
-    "block_size": "model.block_size", "dropout": "model.dropout", "lr": "optimizer.lr",
-    "batch_size": "train.batch_size", "grad_accum": "train.grad_accum", "max_iters": "train.max_iters",
-    "precision": "train.precision", "recompute": "train.recompute", "compile": "train.compile",
-    "parallel": "parallel", "nproc": "parallel.nproc_per_node", "name": "run.name",
-}
+RUN_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# Characters a path from the page may contain: enough for real file names, nothing Hydra's override grammar
+# gives a meaning to (quotes, $, \, commas, brackets, =, :) and no control characters.
+PATH_CHARS = re.compile(r"^[\w ./+@%-]{1,4096}$")
+TOKEN = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*)=(.*)$", re.DOTALL)
+MAX_DATA_FILES = 10_000  # a data folder is checked file by file (symlinks out of the allowed folders)
 
 
 class LaunchError(ValueError):
     """A request the viewer refuses; the message says why and what to do instead."""
 
 
-def override_problem(token: str, root: Path) -> str | None:
-    """Why ``token`` may not be passed to nanogpt-run from the page, or None when it may."""
-    match = OVERRIDE.match(token)
-    if token.startswith("-") or match is None:
-        return (f"{token!r} is not a key=value override: the page starts single runs with overrides such as "
-                f"optimizer.lr=3e-4 (no options, no -m sweeps)")
-    key, value = match.group(2), match.group(3)
-    if re.split(r"[./]", key)[0] == "hydra" or key in FORBIDDEN_KEYS:
-        return (f"{token!r} sets {key}, which the viewer decides: runs go under its runs folder with Hydra's "
-                f"settings from conf/ (start the runner from a shell for anything else)")
-    if "${" in value or "\n" in value or "\x00" in value:
-        return f"{token!r}: interpolations (${{...}}) and control characters are not accepted from the page"
-    if key in INSIDE_ROOT_KEYS and value not in ("null", "") and not inside(root, Path(value)):
-        return f"{token!r}: {key} must point inside the runs folder {root}"
-    return None
+@dataclass(frozen=True)
+class Field:
+    """One value the page may set: the config key (or config group) it becomes, and how it is parsed.
+
+    ``kind`` is int, float, bool, choice, name, group (a preset of conf/<key>/), runs_path or data_path."""
+
+    key: str
+    kind: str
+    low: float = 0
+    high: float = math.inf
+    choices: tuple[str, ...] = ()
+    low_open: bool = False  # True: ``low`` itself is refused (a learning rate of 0)
+    high_open: bool = False
 
 
-def inside(root: Path, path: Path) -> bool:
-    """True when ``path`` (relative paths taken from ``root``) resolves to a place under ``root``."""
-    root = Path(root).resolve()
-    return (root / path).resolve().is_relative_to(root)
+def _int(key: str, low: int = 1, high: int = 10**9) -> Field:
+    return Field(key, "int", low, high)
 
 
-def form_overrides(form: dict) -> list[str]:
-    """The form's filled-in fields as overrides, in form order; checkboxes only when ticked."""
-    out = []
-    for field, key in FORM_KEYS.items():
-        value = form.get(field)
-        value = value.strip() if isinstance(value, str) else value
-        if value is None or value == "" or value is False:
-            continue
-        if isinstance(value, float) and value.is_integer() and key not in ("model.dropout", "optimizer.lr"):
-            value = int(value)
-        out.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
-    return out
+def _float(key: str, low: float = 0.0, high: float = math.inf, low_open: bool = False,
+           high_open: bool = False) -> Field:
+    return Field(key, "float", low, high, low_open=low_open, high_open=high_open)
 
 
-def parse_extra(text: str) -> list[str]:
-    """Free-text overrides, split like a shell would split words (quotes allowed), never run by one."""
-    try:
-        return shlex.split(text or "")
-    except ValueError as err:
-        raise LaunchError(f"extra overrides: {err} (check the quotes)") from err
-
-
-def build_overrides(form: dict, extra: str, root: Path) -> list[str]:
-    """Form + extra overrides, each checked, then the viewer's own: the runs root, no progress bar."""
-    tokens = form_overrides(form) + parse_extra(extra)
-    problems = [p for p in (override_problem(t, root) for t in tokens) if p]
-    name = form.get("name")
-    if name and not NAME.match(str(name)):
-        problems.append(f"run name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
-    if problems:
-        raise LaunchError("\n".join(problems))
-    return tokens + [f"run.root={root}", "run.progress=false"]
+# The form's fields, by the names the page sends: each is parsed by its type and range.
+FORM_FIELDS: dict[str, Field] = {
+    "model": Field("model", "group"),
+    "n_layer": _int("model.n_layer", 1, 256),
+    "n_head": _int("model.n_head", 1, 256),
+    "n_embd": _int("model.n_embd", 1, 16384),
+    "block_size": _int("model.block_size", 1, 65536),
+    "dropout": _float("model.dropout", 0.0, 1.0, high_open=True),
+    "lr": _float("optimizer.lr", 0.0, 10.0, low_open=True),
+    "batch_size": _int("train.batch_size", 1, 65536),
+    "grad_accum": _int("train.grad_accum", 1, 4096),
+    "max_iters": _int("train.max_iters"),
+    "precision": Field("train.precision", "choice", choices=PRECISIONS),
+    "recompute": Field("train.recompute", "bool"),
+    "compile": Field("train.compile", "bool"),
+    "parallel": Field("parallel", "group"),
+    "nproc": _int("parallel.nproc_per_node", 1, 64),
+    "name": Field("run.name", "name"),
+}
+# What the free-text box accepts besides the form's config keys (key=value; the README lists them).
+FREE_TEXT_FIELDS: dict[str, Field] = {
+    "experiment": Field("experiment", "group"),
+    "data": Field("data", "group"),
+    "data.path": Field("data.path", "data_path"),
+    "data.val_fraction": _float("data.val_fraction", 0.0, 1.0, True, True),
+    "resume": Field("resume", "runs_path"),
+    "model.attention": Field("model.attention", "choice", choices=ATTENTION_IMPLEMENTATIONS),
+    "optimizer.min_lr": _float("optimizer.min_lr", 0.0, 10.0),
+    "optimizer.warmup_iters": _int("optimizer.warmup_iters", 0),
+    "optimizer.weight_decay": _float("optimizer.weight_decay", 0.0, 10.0),
+    "train.eval_interval": _int("train.eval_interval"),
+    "train.eval_iters": _int("train.eval_iters", 1, 100_000),
+    "train.log_interval": _int("train.log_interval"),
+    "train.grad_clip": _float("train.grad_clip", 0.0, 1e6),
+    "train.seed": _int("train.seed", 0, 2**31 - 1),
+    "train.ckpt_interval": _int("train.ckpt_interval", 0),
+    "train.keep_last": _int("train.keep_last", 1, 1000),
+    "train.nan_policy": Field("train.nan_policy", "choice", choices=NAN_POLICIES),
+    "parallel.dp": Field("parallel.dp", "choice", choices=DP_MODES),
+    "parallel.tp": _int("parallel.tp", 1, 64),
+    "parallel.pp": _int("parallel.pp", 1, 64),
+    "parallel.pp_schedule": Field("parallel.pp_schedule", "choice", choices=PP_SCHEDULES),
+    "parallel.microbatches": _int("parallel.microbatches", 1, 4096),
+    "parallel.backend": Field("parallel.backend", "choice", choices=BACKENDS),
+}
+FIELDS = FORM_FIELDS | FREE_TEXT_FIELDS
+# The free-text box names fields by their config key (model.n_layer=4, +experiment written experiment=).
+BY_KEY = {field.key: name for name, field in FIELDS.items()}
 
 
 def presets(group: str) -> list[str]:
     """The names of a config group's presets (conf/<group>/*.yaml), for the form's drop-downs."""
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def built_in_urls() -> set[str]:
+    """The download addresses the runner's own data presets name: the only sources a page-started run uses."""
+    from omegaconf import OmegaConf
+
+    urls = {DataConfig.url}
+    for preset in (CONF_DIR / "data").glob("*.yaml"):
+        url = OmegaConf.load(preset).get("url")
+        if isinstance(url, str):
+            urls.add(url)
+    return urls
+
+
+@dataclass
+class PagePolicy:
+    """Where the page's paths may point: the runs folder, and the data folders the operator named."""
+
+    runs_root: Path
+    data_dirs: tuple[Path, ...] = ()
+
+    def __post_init__(self):
+        self.runs_root = Path(self.runs_root).resolve()
+        self.data_dirs = tuple(Path(d).resolve() for d in self.data_dirs)
+
+    def parse(self, name: str, raw) -> str:
+        """The override for page field ``name`` set to ``raw``; LaunchError when the value is refused."""
+        field = FIELDS[name]
+        text = raw.strip() if isinstance(raw, str) else raw
+        label = f"{field.key}={text!r}" if isinstance(text, str) else f"{field.key}={text}"
+        if field.kind == "bool":
+            if isinstance(text, bool) or text in ("true", "false"):
+                return f"{field.key}={str(text).lower()}"
+            raise LaunchError(f"{label}: use true or false")
+        if not isinstance(text, (str, int, float)) or isinstance(text, bool):
+            raise LaunchError(f"{label}: not a value the page accepts")
+        text = str(text)
+        if field.kind == "int":
+            return f"{field.key}={_parse_int(text, field, label)}"
+        if field.kind == "float":
+            return f"{field.key}={_parse_float(text, field, label)!r}"
+        if field.kind in ("choice", "group"):
+            choices = field.choices or tuple(presets(field.key))
+            if text not in choices:
+                raise LaunchError(f"{label}: use one of {', '.join(choices)}")
+            return f"+experiment={text}" if field.key == "experiment" else f"{field.key}={text}"
+        if field.kind == "name":
+            if not RUN_NAME.match(text):
+                raise LaunchError(f"run name {text!r}: use 1-64 letters, digits, '.', '_' or '-'")
+            return f"{field.key}='{text}'"  # quoted: a name such as 1e3 or null stays that name
+        if field.kind == "runs_path":
+            return f"{field.key}='{self.runs_path(text, label)}'"
+        return f"{field.key}='{self.data_path(text, label)}'"
+
+    def runs_path(self, text: str, label: str) -> Path:
+        """A path in the runs folder (relative ones taken from it), resolved as the runner will open it."""
+        path = self._resolve(text, self.runs_root, label)
+        if not path.is_relative_to(self.runs_root):
+            raise LaunchError(f"{label}: the page resumes only runs inside the runs folder {self.runs_root}")
+        return path
+
+    def data_path(self, text: str, label: str) -> Path:
+        """A data file or folder inside a --data-dir folder (relative paths taken from the first)."""
+        if not self.data_dirs:
+            raise LaunchError(f"{label}: this viewer trains only on the built-in corpora; start it with "
+                              f"--data-dir FOLDER to allow data from that folder")
+        path = self._resolve(text, self.data_dirs[0], label)
+        if not self.in_data_dirs(path):
+            raise LaunchError(f"{label} is outside the data folders {', '.join(map(str, self.data_dirs))}: use a "
+                              f"file in one of them (or start the viewer with --data-dir for another folder)")
+        if path.is_dir():
+            outside = next((p for p in _limited_walk(path) if not self.in_data_dirs(p.resolve())), None)
+            if outside is not None:
+                raise LaunchError(f"{label}: {outside} leads outside the data folders (a symlink); remove it")
+        return path
+
+    def in_data_dirs(self, path: Path) -> bool:
+        return any(path.is_relative_to(d) for d in self.data_dirs)
+
+    @staticmethod
+    def _resolve(text: str, base: Path, label: str) -> Path:
+        if not PATH_CHARS.match(text):
+            raise LaunchError(f"{label}: a path from the page may hold letters, digits, spaces and . / _ - + @ % "
+                              f"only; rename the file or folder")
+        return (base / Path(text).expanduser()).resolve()
+
+
+def _parse_int(text: str, field: Field, label: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,12}", text):
+        raise LaunchError(f"{label}: a whole number from {int(field.low)} is needed")
+    value = int(text)
+    if not field.low <= value <= field.high:
+        raise LaunchError(f"{label}: use a whole number from {int(field.low)} to {int(field.high)}")
+    return value
+
+
+def _parse_float(text: str, field: Field, label: str) -> float:
+    if not re.fullmatch(r"[0-9]*\.?[0-9]+(e-?[0-9]{1,3})?|[0-9]+\.", text, re.IGNORECASE):
+        raise LaunchError(f"{label}: a number is needed, e.g. 0.1 or 3e-4")
+    value = float(text)
+    too_low = value <= field.low if field.low_open else value < field.low
+    too_high = value >= field.high if field.high_open else value > field.high
+    if too_low or too_high:
+        interval = f"{'(' if field.low_open else '['}{field.low:g}, {field.high:g}{')' if field.high_open else ']'}"
+        raise LaunchError(f"{label}: use a number in {interval}")
+    return value
+
+
+def _limited_walk(folder: Path):
+    """Every entry under ``folder`` (not following symlinked folders), at most MAX_DATA_FILES of them."""
+    count = 0
+    for current, dirs, files in os.walk(folder):
+        for entry in dirs + files:
+            count += 1
+            if count > MAX_DATA_FILES:
+                return
+            yield Path(current) / entry
+
+
+def parse_extra(text: str) -> list[tuple[str, str]]:
+    """Free-text ``key=value`` words (split like a shell splits words, quotes allowed; never run by one)
+    as (page field name, value) pairs. Raises LaunchError naming every word that is not one."""
+    try:
+        words = shlex.split(text or "")
+    except ValueError as err:
+        raise LaunchError(f"extra overrides: {err} (check the quotes)") from err
+    pairs, problems = [], []
+    for word in words:
+        match = TOKEN.match(word)
+        name = BY_KEY.get(match.group(1)) if match else None
+        if name is None:
+            problems.append(f"{word!r} is not a setting the page may change: besides the form it accepts key=value "
+                            f"for {', '.join(FREE_TEXT_FIELDS)} (start the runner from a shell for anything else)")
+        else:
+            pairs.append((name, match.group(2)))
+    if problems:
+        raise LaunchError("\n".join(problems))
+    return pairs
+
+
+def form_values(form: dict) -> list[tuple[str, object]]:
+    """The form's filled-in fields as (field, value), in form order; checkboxes only when ticked."""
+    pairs = []
+    for name in FORM_FIELDS:
+        value = form.get(name)
+        if value is None or value is False or (isinstance(value, str) and not value.strip()):
+            continue
+        if isinstance(value, float) and value.is_integer() and FIELDS[name].kind == "int":
+            value = int(value)
+        pairs.append((name, value))
+    return pairs
+
+
+def build_overrides(form: dict, extra: str, policy: PagePolicy) -> list[str]:
+    """The overrides the page asks for, each parsed by its field (form first, then the free text), then
+    the viewer's own. Raises LaunchError listing every refused value."""
+    unknown = sorted(set(form) - set(FORM_FIELDS))
+    if unknown:
+        raise LaunchError(f"the form has no field {', '.join(unknown)}")
+    pairs = form_values(form) + parse_extra(extra)
+    overrides, problems, seen = [], [], set()
+    for name, value in pairs:
+        if name in seen:
+            problems.append(f"{FIELDS[name].key} is set twice: keep one")
+            continue
+        seen.add(name)
+        try:
+            overrides.append(policy.parse(name, value))
+        except LaunchError as err:
+            problems.append(str(err))
+    if problems:
+        raise LaunchError("\n".join(problems))
+    return overrides + pinned_overrides(policy)
+
+
+def pinned_overrides(policy: PagePolicy) -> list[str]:
+    """What a page-started run never chooses: its runs folder, one node without a rendezvous (torchrun's
+    store unpickles what it is sent), the default data cache, no progress bar."""
+    return [f"run.root='{policy.runs_root}'", "run.progress=false", "parallel.nnodes=1",
+            "parallel.rdzv_endpoint=null", "data.cache_dir=null"]
+
+
+def effective_problems(effective: dict, policy: PagePolicy) -> tuple[list[str], list[str]]:
+    """(problems, pins) for the config the runner will use (after a resume took its checkpoint's): the data
+    source must be a built-in one or lie in a data folder, the process count in the page's range. The
+    pins fix those values on the command line, so the run uses what was checked here."""
+    data, parallel = effective.get("data") or {}, effective.get("parallel") or {}
+    problems, pins = [], []
+    url = data.get("url")
+    if url is not None and url not in built_in_urls():
+        problems.append(f"data.url={url!r} is not a built-in corpus: a run started from the page downloads only "
+                        f"the built-in corpora (resume that run from a shell)")
+    elif url is not None:
+        pins.append(f"data.url='{url}'")
+    path = data.get("path")
+    if path is None:
+        pins.append("data.path=null")
+    else:
+        try:
+            pins.append(f"data.path='{policy.data_path(str(path), f'data.path={path!r}')}'")
+        except LaunchError as err:
+            problems.append(str(err))
+    try:
+        pins.append(policy.parse("nproc", str(parallel.get("nproc_per_node"))))
+    except LaunchError as err:
+        problems.append(str(err))
+    return problems, pins
 
 
 def installed_script(name: str) -> str | None:
@@ -121,12 +358,13 @@ def runner_command() -> list[str]:
 
 
 def check_command() -> list[str]:
-    return [sys.executable, "-m", "nanogpt_runner.check"]
+    return [sys.executable, "-m", "nanogpt_runner.check", "--json"]
 
 
 @dataclass
 class Launched:
     process: subprocess.Popen
+    name: str
     overrides: list[str]
     log: Path
     started: float
@@ -137,72 +375,98 @@ class Launched:
         return "running" if code is None else ("finished" if code == 0 else f"exited with code {code}")
 
     def describe(self) -> str:
-        name = next((o.split("=", 1)[1] for o in self.overrides if o.startswith("run.name=")), "run")
         started = time.strftime("%H:%M:%S", time.localtime(self.started))
-        return f"pid {self.process.pid} · {name} · started {started} · {self.state}"
+        return f"pid {self.process.pid} · {self.name} · started {started} · {self.state}"
 
 
 class Launcher:
     """Validates and starts nanogpt-run processes for one runs root, and stops the ones it started."""
 
-    def __init__(self, root: Path, runner: list[str] | None = None, checker: list[str] | None = None):
-        self.root = Path(root).resolve()
+    def __init__(self, root: Path, data_dirs: tuple[Path, ...] = (), runner: list[str] | None = None,
+                 checker: list[str] | None = None):
+        self.policy = PagePolicy(Path(root), tuple(data_dirs))
+        self.root = self.policy.runs_root
         self._runner = runner
         self.checker = checker or check_command()
         self.processes: dict[int, Launched] = {}
         self.log_dir = Path(tempfile.mkdtemp(prefix="nanogpt-view-"))
         self._lock = threading.Lock()
 
-    def validate(self, overrides: list[str]) -> list[str]:
-        """The runner's own verdict on these overrides: an empty list when it would start."""
+    def check(self, overrides: list[str]) -> tuple[list[str], dict]:
+        """The runner's own verdict: (problems, the config it would run with) — no problems when it would start."""
         try:
             done = subprocess.run([*self.checker, *overrides], capture_output=True, text=True,
                                   timeout=CHECK_TIMEOUT_S, stdin=subprocess.DEVNULL)
         except (OSError, subprocess.TimeoutExpired) as err:
-            return [f"could not run the runner's check ({' '.join(self.checker)}): {err}"]
+            return [f"could not run the runner's check ({' '.join(self.checker)}): {err}"], {}
         if done.returncode == 0:
-            return []
+            try:
+                effective = json.loads(done.stdout.strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                return [f"the runner's check answered without the config it would run: {done.stdout[-300:]!r}"], {}
+            return [], effective if isinstance(effective, dict) else {}
         text = (done.stderr.strip() or done.stdout.strip()).splitlines()
         if any("No module named nanogpt_runner.check" in line for line in text):
             return ["this environment has no nanogpt_runner.check, so the overrides cannot be validated: "
-                    "update the project (pip install -e .)"]
+                    "update the project (pip install -e .)"], {}
         # The runner prints "error: invalid config:" and then one "  - problem" line each.
         problems = [line.strip().removeprefix("error:").strip().removeprefix("- ") for line in text]
         return [p for p in problems if p and not p.endswith(":")] or [
-            f"the check failed with exit code {done.returncode}: {' '.join(text)[-500:] or 'no message'}"]
+            f"the check failed with exit code {done.returncode}: {' '.join(text)[-500:] or 'no message'}"], {}
+
+    def validate(self, overrides: list[str]) -> list[str]:
+        """Every problem with these overrides, the runner's and the page's (empty when it would start)."""
+        return self.plan(overrides)[0]
+
+    def plan(self, overrides: list[str]) -> tuple[list[str], list[str]]:
+        """(problems, the full argument list for nanogpt-run)."""
+        problems, effective = self.check(overrides)
+        if problems:
+            return problems, []
+        problems, pins = effective_problems(effective, self.policy)
+        pinned_keys = {pin.split("=", 1)[0] for pin in pins}
+        return problems, [o for o in overrides if o.split("=", 1)[0] not in pinned_keys] + pins
 
     def start(self, form: dict, extra: str = "") -> Launched:
         """Check, then start one run; raises LaunchError with every problem when it may not start."""
-        overrides = build_overrides(form, extra, self.root)
+        overrides = build_overrides(form, extra, self.policy)
         runner = self._runner or runner_command()
-        problems = self.validate(overrides)
+        problems, arguments = self.plan(overrides)
         if problems:
             raise LaunchError("\n".join(problems))
+        name = str(form.get("name") or "").strip() or "run"
         with self._lock:
             log = self.log_dir / f"launch-{time.strftime('%Y%m%d-%H%M%S')}-{len(self.processes)}.log"
             with open(log, "wb") as out:
-                process = subprocess.Popen([*runner, *overrides], stdout=out, stderr=subprocess.STDOUT,
+                # Its own session: Stop can signal the whole group (nanogpt-run, torchrun, every rank).
+                process = subprocess.Popen([*runner, *arguments], stdout=out, stderr=subprocess.STDOUT,
                                            stdin=subprocess.DEVNULL, start_new_session=True)
-            launched = Launched(process, overrides, log, time.time())
+            launched = Launched(process, name, arguments, log, time.time())
             self.processes[process.pid] = launched
         return launched
 
     def stop(self, pid: int) -> str:
-        """SIGTERM to a process this viewer started; anything else is refused."""
+        """SIGTERM to the process group of a run this viewer started; anything else is refused."""
         launched = self.processes.get(pid)
         if launched is None:
             raise LaunchError(f"pid {pid} was not started by this viewer: only runs launched here can be stopped here")
         if launched.process.poll() is not None:
             return f"pid {pid} already ended ({launched.state})"
-        launched.process.send_signal(signal.SIGTERM)
-        return f"sent SIGTERM to pid {pid}: the run checkpoints and is marked interrupted"
+        try:
+            os.killpg(launched.process.pid, signal.SIGTERM)  # the group id is the pid: it leads its session
+        except ProcessLookupError:
+            return f"pid {pid} already ended"
+        return (f"sent SIGTERM to pid {pid} and its process group (torchrun and every rank): the run checkpoints "
+                f"and is marked interrupted")
 
     def log_tail(self, pid: int, max_bytes: int = 4000) -> str:
         launched = self.processes.get(pid)
         if launched is None:
             return ""
         try:
-            data = launched.log.read_bytes()[-max_bytes:]
+            with open(launched.log, "rb") as f:
+                f.seek(max(0, os.path.getsize(launched.log) - max_bytes))
+                data = f.read(max_bytes)
         except OSError:
             return ""
         return data.decode("utf-8", errors="replace")

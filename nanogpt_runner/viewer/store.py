@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nanogpt_runner.analysis import RunRecord
-from nanogpt_runner.runs import METRICS_FILE, RUN_FILE, MetricsTail, RunReader, find_runs, read_run
+from nanogpt_runner.runs import METRICS_FILE, RUN_FILE, MetricsTail, RunReader, find_runs, open_regular, read_run
 
 # How much of a metrics file's end to read for its newest train line (a line is about 250 bytes).
 TAIL_BYTES = 4 * 1024
@@ -82,7 +82,8 @@ class RunStore:
         entry.stamp = stamp
         info = read_run(entry.record.path)
         if info is None:
-            entry.notes = ["run.json is unreadable (not a JSON object); showing what was last read"]
+            entry.notes = ["run.json is unreadable (not a regular file holding a JSON object of a run); showing what "
+                           "was last read"]
             if not entry.record.info:
                 entry.record.info = {"name": Path(run_id).name, "status": "unknown"}
         else:
@@ -150,11 +151,11 @@ def _needs_curves(info: dict) -> bool:
 def _stamp(run_dir: Path) -> tuple | None:
     """What a run's files look like now; None when run.json is gone."""
     try:
-        meta = os.stat(run_dir / RUN_FILE)
+        meta = os.lstat(run_dir / RUN_FILE)
     except OSError:
         return None
     try:
-        metrics = os.stat(run_dir / METRICS_FILE)
+        metrics = os.lstat(run_dir / METRICS_FILE)
         metrics_stamp = (metrics.st_size, metrics.st_ino)
     except OSError:
         metrics_stamp = (-1, 0)
@@ -180,8 +181,11 @@ def _records_from(path: Path, start: int) -> list[dict]:
     """The whole lines of ``path`` from byte ``start`` on (the cut line at ``start`` skipped)."""
     tail = MetricsTail(path)
     if start:
+        f = open_regular(path)
+        if f is None:
+            return []
         try:
-            with open(path, "rb") as f:
+            with f:
                 f.seek(start)
                 head = f.read(TAIL_BYTES)
         except OSError:

@@ -16,7 +16,7 @@ import gradio as gr
 from nanogpt_runner.config import PRECISIONS
 from nanogpt_runner.viewer.curves import PLOTS, X_TITLES, log_scaled, plot_title
 from nanogpt_runner.viewer.dashboard import BARS, STATUSES, Dashboard, export_report
-from nanogpt_runner.viewer.launcher import FORM_KEYS, Launcher, LaunchError, presets
+from nanogpt_runner.viewer.launcher import FORM_FIELDS, Launcher, LaunchError, presets
 from nanogpt_runner.viewer.sampler import Sampler
 
 CSS = "#runs-table {font-size: 0.85em} .analysis li {margin-bottom: 0.2em}"
@@ -151,15 +151,15 @@ def _launch_tab():
             "learning rate", "batch size", "grad accumulation", "iterations"))
         recompute = gr.Checkbox(False, label="activation recomputation")
         compile_ = gr.Checkbox(False, label="torch.compile")
-    extra = gr.Textbox(label="extra overrides (key=value, space-separated)", elem_id="extra-overrides",
-                       placeholder="optimizer.warmup_iters=10 data.path=/path/to/input.txt")
+    extra = gr.Textbox(label="extra settings (key=value, space-separated; the README lists the keys)",
+                       elem_id="extra-overrides", placeholder="optimizer.warmup_iters=10 experiment=baby_cpu")
     launch = gr.Button("Check and start", variant="primary", elem_id="launch-button")
     status = gr.Markdown(elem_id="launch-status")
     with gr.Row():
         procs = gr.Dropdown([], label="runs started from this page", elem_id="launched", scale=3)
         stop = gr.Button("Stop (SIGTERM)", variant="stop", scale=1)
     log = gr.Textbox(label="launcher output (last lines)", lines=8, max_lines=8, autoscroll=True)
-    form = dict(zip(FORM_KEYS, [model, n_layer, n_head, n_embd, block_size, dropout, lr, batch_size, grad_accum,
+    form = dict(zip(FORM_FIELDS, [model, n_layer, n_head, n_embd, block_size, dropout, lr, batch_size, grad_accum,
                                 max_iters, precision, recompute, compile_, parallel, nproc, name], strict=True))
     return form, extra, launch, status, procs, stop, log
 
@@ -190,7 +190,7 @@ def _wire_launch(demo, launcher: Launcher, dashboard: Dashboard, timer, form, ex
             return "Pick a run started from this page first."
         try:
             return launcher.stop(int(pid))
-        except LaunchError as err:
+        except (LaunchError, TypeError, ValueError) as err:  # the page may send anything as the pid
             return str(err)
 
     stop.click(stop_run, [procs], [status], **PRIVATE)
