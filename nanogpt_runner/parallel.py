@@ -2,15 +2,20 @@
 
 A run's ranks form a device mesh ``(pp, dp, tp)``: tensor parallelism innermost (it talks every layer,
 so its ranks should be closest), pipeline outermost (it only passes activations between stages).
-``parallelize`` applies the layout to a freshly built, identically seeded GPT in this order:
+``parallelize`` applies the layout to a freshly built, identically seeded GPT, built on the CPU so that no
+device ever holds the whole model, in this order:
 
 1. pipeline split: keep this stage's blocks; embeddings on the first stage, head on the last;
-2. tensor parallel: DTensor ``parallelize_module`` per block (q/k/v and fc column-wise, the two
+2. placement: without FSDP the stage moves to the device whole; with FSDP it stays on the CPU and
+   ``fully_shard`` moves each unit's parameters to the device as it shards them;
+3. tensor parallel: DTensor ``parallelize_module`` per block (q/k/v and fc column-wise, the two
    output projections row-wise), so attention runs on each rank's own heads;
-3. activation recomputation: per block, non-reentrant (``GPT.recompute``);
-4. compile: per block (``nn.Module.compile`` keeps parameter names: no ``_orig_mod.`` prefixes);
-5. data parallel: FSDP2 ``fully_shard`` per block, then the root (which keeps the tied embedding and
-   head together in one unit), or DDP around the whole (stage) model.
+4. activation recomputation: per block, non-reentrant (``GPT.recompute``);
+5. compile: per block (``nn.Module.compile`` keeps parameter names: no ``_orig_mod.`` prefixes);
+6. data parallel: FSDP2 ``fully_shard`` per block, then the root (which keeps the tied embedding and
+   head together in one unit), with bf16/fp16 parameters for compute and fp32 gradient reduction
+   (``MixedPrecisionPolicy``), or DDP around the whole (stage) model;
+7. the tied embedding/head pair of a pipeline is looked up last, once FSDP has replaced the Parameters.
 
 The order is forced: FSDP must see the final (TP-sharded, compiled) blocks, and the pipeline split
 must come first so that every later step works on the stage alone. ``Parallelized`` is what the
@@ -25,14 +30,17 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
 from nanogpt_runner.config import dp_degree
+from nanogpt_runner.hardware import DTYPES
 from nanogpt_runner.model import GPT
 
 MESH_DIMS = ("pp", "dp", "tp")
@@ -127,23 +135,24 @@ def setup(par, device_kind: str) -> Layout:
     from torch.distributed.device_mesh import init_device_mesh
 
     backend = par.backend if par.backend != "auto" else ("nccl" if device_kind == "cuda" else "gloo")
-    dist.init_process_group(backend=backend, store=_attempt_store(layout), rank=layout.rank, world_size=world,
-                            device_id=device if device_kind == "cuda" else None)
+    # An explicit collective timeout (NCCL's default is 10 minutes): a rank that waits while another writes a
+    # large checkpoint to slow storage must not be killed as hung.
+    timeout = timedelta(minutes=par.timeout_min)
+    dist.init_process_group(backend=backend, store=_attempt_store(layout, timeout), rank=layout.rank,
+                            world_size=world, timeout=timeout, device_id=device if device_kind == "cuda" else None)
     layout.mesh = init_device_mesh(device.type, (layout.pp, layout.dp, layout.tp), mesh_dim_names=MESH_DIMS)
     return layout
 
 
-def _attempt_store(layout: Layout):
+def _attempt_store(layout: Layout, timeout: timedelta):
     """torchrun's key-value store, with a key prefix per attempt.
 
     After an elastic restart (parallel.max_restarts) torchrun hands the new workers the same store, which
     still holds the failed attempt's keys: gloo then dials the dead ranks' ports and fails. Prefixing every
     key with the restart count keeps the attempts apart."""
-    from datetime import timedelta
-
     agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), layout.world,
-                          is_master=not agent_store and layout.rank == 0, timeout=timedelta(minutes=10))
+                          is_master=not agent_store and layout.rank == 0, timeout=timeout)
     return dist.PrefixStore(f"nanogpt/attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
@@ -156,11 +165,31 @@ def broadcast_object(layout: Layout, obj):
     return box[0]
 
 
-def shutdown() -> None:
-    """Leave the process group cleanly: without the barrier gloo ranks sometimes abort at exit."""
+def shutdown(completed: bool) -> None:
+    """Leave the process group, however the run ended (call it in a ``finally``).
+
+    After a completed run every rank meets at a barrier first: without it gloo ranks sometimes abort at exit.
+    After a failure there is no barrier: a rank that died, or one stopped at another step, would never come
+    to it, and the survivors would hang until the collective timeout."""
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if completed:
+            dist.barrier()
         dist.destroy_process_group()
+
+
+def seed_micro_batch(seed: int, step: int, index: int, device: torch.device) -> None:
+    """Seed this rank's generator for one micro-batch: dropout masks become a function of (seed, step, index
+    of the micro-batch in the global batch), as a different seed per data-parallel rank (nanoGPT's offset)
+    would make them differ between replicas, but independent of how the global batch is split. So a
+    data-parallel run with dropout equals the single process that takes the same micro-batches one after
+    the other, tensor-parallel ranks of one replica (same index) draw the same masks, and a resumed run
+    continues with the masks it would have drawn. Only this rank's device is seeded: a CPU run never
+    initialises CUDA."""
+    value = int(np.random.SeedSequence([seed, step, index]).generate_state(1, np.uint64)[0] >> 1)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(value)
+    else:
+        torch.default_generator.manual_seed(value)
 
 
 class Parallelized:
@@ -273,6 +302,14 @@ class Parallelized:
         return total
 
     # -- reductions and records -------------------------------------------------------------------
+    def max_over_ranks(self, values: list[float]) -> list[float]:
+        """Each number's maximum over all ranks (memory: the busiest rank is what must fit a device)."""
+        if self.layout.world == 1:
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.layout.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return tensor.tolist()
+
     def mean_over_replicas(self, value: torch.Tensor) -> torch.Tensor:
         """The mean of a per-replica number (a loss) over the data-parallel replicas.
 
@@ -300,10 +337,11 @@ class Parallelized:
             shapes[name] = list(local.shape)
         return shapes
 
-    def write_layout(self, run_dir: Path) -> None:
-        """Rank 0 writes layout.json: every rank's mesh coordinates and local parameter shapes."""
+    def write_layout(self, run_dir: Path, **per_rank) -> None:
+        """Rank 0 writes layout.json: every rank's mesh coordinates, local parameter shapes and ``per_rank``
+        values (each rank its own, e.g. its peak memory). Collective: every rank calls it."""
         mine = {"rank": self.layout.rank, "coords": {d: self.layout.coord(d) for d in MESH_DIMS},
-                "params": self.local_shapes()}
+                "params": self.local_shapes(), **per_rank}
         ranks = [mine]
         if self.layout.world > 1:
             ranks = [None] * self.layout.world
@@ -317,24 +355,29 @@ def _unique_parameters(module: nn.Module) -> list[nn.Parameter]:
     return list({id(p): p for p in module.parameters()}.values())
 
 
-def parallelize(model: GPT, layout: Layout, cfg) -> Parallelized:
-    """Apply the layout to ``model`` (built identically on every rank): pipeline split -> tensor parallel
-    -> activation recomputation -> compile -> FSDP2 (per block, then root) or DDP."""
+def parallelize(model: GPT, layout: Layout, cfg, precision: str) -> Parallelized:
+    """Apply the layout to ``model`` (built identically on every rank, on the CPU): pipeline split ->
+    placement -> tensor parallel -> activation recomputation -> compile -> FSDP2 (per block, then root) or
+    DDP -> the tied pair of a pipeline."""
     par = Parallelized(model, layout, cfg)
+    fsdp = layout.dp > 1 and layout.dp_mode == "fsdp"
     if layout.pp > 1:
-        _split_pipeline_stage(par, cfg)
+        _split_pipeline_stage(par)
+    if not fsdp:
+        model.to(layout.device)
     if layout.tp > 1:
         _apply_tensor_parallel(model, layout.mesh["tp"])
     model.recompute = cfg.train.recompute
     if cfg.train.compile:
         for block in model.blocks.values():
             block.compile()
-    if layout.dp > 1 and layout.dp_mode == "fsdp":
+    if fsdp:
         from torch.distributed.fsdp import fully_shard
 
+        options = fsdp_options(precision, pipeline=layout.pp > 1)
         for block in model.blocks.values():
-            fully_shard(block, mesh=layout.mesh["dp"])
-        fully_shard(model, mesh=layout.mesh["dp"])
+            fully_shard(block, mesh=layout.mesh["dp"], **options)
+        fully_shard(model, mesh=layout.mesh["dp"], **options)
     elif layout.dp > 1 and layout.dp_mode == "ddp" and layout.pp == 1:
         par.train_module = nn.parallel.DistributedDataParallel(model, process_group=layout.group("dp"))
     elif layout.dp > 1 and layout.dp_mode == "ddp":
@@ -343,16 +386,30 @@ def parallelize(model: GPT, layout: Layout, cfg) -> Parallelized:
         # replicas average their gradients with one bucketed all-reduce per step instead, DDP's arithmetic.
         par.average_gradients = True
     if layout.pp > 1:
+        if cfg.model.tie_weights:
+            _tie_pipeline_ends(par)
         _build_schedule(par, cfg)
     return par
 
 
-def _split_pipeline_stage(par: Parallelized, cfg) -> None:
+def fsdp_options(precision: str, pipeline: bool) -> dict:
+    """``fully_shard``'s options, as torchtitan sets them.
+
+    Mixed precision: parameters are all-gathered and computed in bf16/fp16 and gradients reduce-scattered
+    in fp32 (autocast alone would all-gather the fp32 shards: twice the bytes). Under a pipeline the
+    parameters stay gathered after forward: each pipeline micro-batch would otherwise all-gather them again."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    policy = MixedPrecisionPolicy() if precision == "fp32" else \
+        MixedPrecisionPolicy(param_dtype=DTYPES[precision], reduce_dtype=torch.float32)
+    return {"mp_policy": policy, "reshard_after_forward": not pipeline}
+
+
+def _split_pipeline_stage(par: Parallelized) -> None:
     """Keep this stage's contiguous share of blocks; embeddings on the first stage, ln_f + head on the last.
 
     Tied weights (Megatron's way): the first stage keeps the token embedding, the last keeps the head
-    whose weight is the same tensor at init (same seed everywhere); their gradients are summed after
-    each step, so both copies take identical optimizer updates and stay equal to the single model.
+    whose weight is the same tensor at init (same seed everywhere); see ``_tie_pipeline_ends``.
     """
     model, layout = par.module, par.layout
     per_stage = len(model.blocks) // layout.pp
@@ -365,11 +422,21 @@ def _split_pipeline_stage(par: Parallelized, cfg) -> None:
     if not layout.last_stage:
         model.ln_f = None
         model.lm_head = None
-    if cfg.model.tie_weights:
-        par.tied = model.tok_emb.weight if layout.first_stage else model.lm_head.weight if layout.last_stage else None
-        par._tie_group = _tie_group(layout)
     # A stage passes a tensor on: drop the (output, loss) tuple; the schedule computes the loss itself.
     model.register_forward_hook(lambda _module, _args, output: output[0])
+
+
+def _tie_pipeline_ends(par: Parallelized) -> None:
+    """The first stage's embedding and the last stage's head are two copies of the tied weight: their
+    gradients are summed after each step, so both take identical updates and stay equal to the single model.
+
+    Looked up after everything else: ``fully_shard`` replaces each Parameter with a new (DTensor) one, and a
+    Parameter found before it would be a stale object whose gradient is never summed (the copies drift apart,
+    and clipping counts the weight twice). Under FSDP both ends are sharded alike over the same dp mesh, so
+    the local shards of one (dp, tp) coordinate hold the same rows."""
+    model, layout = par.module, par.layout
+    par.tied = model.tok_emb.weight if layout.first_stage else model.lm_head.weight if layout.last_stage else None
+    par._tie_group = _tie_group(layout)
 
 
 def _tie_group(layout: Layout):

@@ -18,7 +18,9 @@ def rng_state() -> dict:
     np_state = np.random.get_state(legacy=False)
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # This rank's GPU only (the current device): never another rank's, and nothing on a CPU run, which
+        # must not initialise CUDA on a GPU machine.
+        "cuda_device": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else torch.empty(0, dtype=torch.uint8),
         "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
                   "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
                   "gauss": float(np_state["gauss"])},
@@ -27,10 +29,11 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    """Restore what ``rng_state`` captured; CUDA states only when the same number of devices is present."""
+    """Restore what ``rng_state`` captured; the CUDA state onto this rank's GPU when both have one."""
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda_state = state.get("cuda_device")
+    if cuda_state is not None and cuda_state.numel() and torch.cuda.is_initialized():
+        torch.cuda.set_rng_state(cuda_state)
     n = state["numpy"]
     np.random.set_state({"bit_generator": "MT19937", "state": {"key": n["key"].numpy().astype(np.uint32),
                          "pos": n["pos"]}, "has_gauss": n["has_gauss"], "gauss": n["gauss"]})

@@ -34,7 +34,7 @@ class CheckpointError(RunStopped):
 
 
 class Interrupted(RunStopped):
-    """SIGTERM or SIGINT arrived; the last completed step was checkpointed."""
+    """SIGTERM, SIGINT or SIGUSR2 arrived; the last completed step was checkpointed."""
 
     status = "interrupted"
 
@@ -53,13 +53,15 @@ class NonFiniteLoss(RunStopped):
 
 
 class StopSignals:
-    """SIGTERM and SIGINT become a request that the loop polls at step boundaries, so the run can save
+    """SIGTERM, SIGINT and SIGUSR2 become a request the loop polls at step boundaries, so the run can save
     the last completed step and stop cleanly. A second SIGINT stops at once (KeyboardInterrupt).
 
     ``agree`` turns this process's flag into the group's decision (e.g. an all-reduce of the flag, so
     every rank stops at the same step); without it the flag is local."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    # SIGUSR2: SLURM's warning before the time limit (the slurm_torchrun preset asks for it signal_delay_s
+    # ahead), forwarded to every rank by torchrun (nanogpt_runner.torchrun); it ends in a checkpoint too.
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 
     def __init__(self, agree: Callable[[bool], bool] | None = None):
         self.received: int | None = None

@@ -5,12 +5,19 @@ child process: ``python -m torch.distributed.run ... -m nanogpt_runner.worker RU
 the resolved config from the run directory, never from Hydra (which would make one output dir per rank).
 One node uses a standalone rendezvous (a fresh free port each time, so sweep jobs never collide); several
 nodes meet at a c10d rendezvous on ``parallel.rdzv_endpoint``. No torch import: this runs in the parent.
+
+Stop signals: torchrun runs in its own session, so the parent alone hears SIGINT/SIGTERM/SIGUSR2 (a terminal,
+SLURM's warning before the time limit, a requeue) and forwards each to torchrun exactly once; torchrun
+forwards it to every rank (SIGUSR2 included), whose loop saves a checkpoint at the next step boundary and
+stops, and gives them ``parallel.timeout_min`` to do so. The parent waits for that, then lets the signal do
+what it would have done to it (submitit's requeue handler, or the default).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -24,9 +31,14 @@ def threads_per_rank(par) -> int:
     return par.threads_per_rank or max((os.cpu_count() or 1) // par.nproc_per_node, 1)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
+
+
 def torchrun_command(par, run_dir: Path) -> list[str]:
+    handled = ",".join(sorted({"SIGHUP", "SIGQUIT", *(sig.name for sig in STOP_SIGNALS)}))
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={par.nproc_per_node}",
-           f"--nnodes={par.nnodes}", f"--max-restarts={par.max_restarts}", "--monitor-interval=0.5"]
+           f"--nnodes={par.nnodes}", f"--max-restarts={par.max_restarts}", "--monitor-interval=0.5",
+           f"--signals-to-handle={handled}", f"--shutdown-timeout={60 * par.timeout_min}"]
     if par.nnodes == 1:
         cmd.append("--standalone")
     else:
@@ -37,8 +49,33 @@ def torchrun_command(par, run_dir: Path) -> list[str]:
 def run_group(par, run_dir: Path) -> int:
     """Run the process group to its end; returns its exit code after recording a failure in run.json."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads_per_rank(par)))
-    code = subprocess.run(torchrun_command(par, run_dir), env=env).returncode
-    return record_group_failure(run_dir, code)
+    group = subprocess.Popen(torchrun_command(par, run_dir), env=env, start_new_session=True)
+    code, received = _wait_forwarding_signals(group)
+    code = record_group_failure(run_dir, code)
+    if received is not None:
+        signal.raise_signal(received)  # now that the ranks have checkpointed: what the signal meant for us
+    return code
+
+
+def _wait_forwarding_signals(group: subprocess.Popen) -> tuple[int, int | None]:
+    """Wait for torchrun, forwarding each stop signal to it; returns its exit code and the first signal."""
+    received: list[int] = []
+
+    def forward(signum: int, _frame) -> None:
+        received.append(signum)
+        group.send_signal(signum)
+
+    previous = {}
+    try:
+        previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
+    except ValueError:  # not the main thread: signals cannot be caught here, torchrun keeps its own session
+        pass
+    try:
+        code = group.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return code, received[0] if received else None
 
 
 def record_group_failure(run_dir: Path, code: int) -> int:
@@ -53,6 +90,8 @@ def record_group_failure(run_dir: Path, code: int) -> int:
         return code
     if record.get("status") == "completed":
         return 0
+    if record.get("status") == "interrupted":  # stopped by a signal after a checkpoint: rank 0 said so
+        return code
     traces = rank_tracebacks(run_dir)
     own = record.get("error")
     parts = [f"rank {rank}: {trace}" for rank, trace in traces.items()]
@@ -84,6 +123,23 @@ def rank_tracebacks(run_dir: Path) -> dict[int, str]:
         if start >= 0:
             traces[rank] = text[start:].strip()
     return traces
+
+
+def hidden_gpus_problem(cfg, env: dict | None = None, gpus_present: bool | None = None) -> str | None:
+    """Why a submitit_local job would silently train on the CPU, or None.
+
+    submitit's local executor sets CUDA_VISIBLE_DEVICES to the first ``gpus_per_node`` GPUs, which Hydra's
+    submitit_local leaves unset (0): the job sees no GPU, and train.device=auto would pick the CPU."""
+    env = os.environ if env is None else env
+    if env.get("SUBMITIT_EXECUTOR") != "local" or env.get("CUDA_VISIBLE_DEVICES") != "" or cfg.train.device != "auto":
+        return None
+    if gpus_present is None:
+        gpus_present = any(Path("/proc/driver/nvidia/gpus").glob("*"))
+    if not gpus_present:
+        return None
+    return (f"hydra/launcher=submitit_local hides this machine's GPUs from its jobs unless "
+            f"hydra.launcher.gpus_per_node is set, so train.device=auto would train on the CPU: add "
+            f"hydra.launcher.gpus_per_node={cfg.parallel.nproc_per_node}, or train.device=cpu to use the CPU.")
 
 
 def fill_cluster_rendezvous(cfg) -> None:
