@@ -20,7 +20,9 @@ Why it is shaped this way:
   replaced. A crash at any instant leaves the previous checkpoint complete and pointed to.
 - Every load checks the manifest first, so a truncated or corrupted file is named in a clear message and
   the previous good checkpoint is used instead of a half-trained surprise or a pickle traceback.
-- Tensors are read with ``torch.load(weights_only=True)`` and the rest is JSON: a checkpoint cannot run code.
+- Tensors are read with ``torch.load(weights_only=True)``, DCP folders through dcp_read (their pickled
+  metadata by an allowlist, their other entries weights-only), and the rest is JSON: a checkpoint cannot
+  run code.
 - State dicts come from ``torch.distributed.checkpoint.state_dict``: the keys are the plain parameter
   names whatever wraps the model (torch.compile, DDP, FSDP, activation checkpointing), so a checkpoint
   saved by one layout loads into another. A full layout is one file per part (rank 0 writes it); a sharded
@@ -43,7 +45,7 @@ import re
 import shutil
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +53,8 @@ import torch
 
 from nanogpt_runner.rng import rng_state, set_rng_state
 from nanogpt_runner.run_control import CheckpointError
-from nanogpt_runner.runs import CHECKPOINT_DIR
+from nanogpt_runner.runs import CHECKPOINT_DIR, open_regular
+from nanogpt_runner.safe_pickle import UnsafePickleError, weights_only_refusal
 
 FORMAT = "nanogpt-runner-checkpoint"
 VERSION = 1
@@ -145,7 +148,7 @@ def _torch_load(path: Path):
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(f"{path} holds objects other than tensors and plain data; refusing to load it "
-                              f"({str(err).splitlines()[0]})") from err
+                              f"({weights_only_refusal(err)})") from err
 
 
 def _sha256(path: Path) -> str:
@@ -156,9 +159,25 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _manifest(folder: Path) -> dict[str, dict]:
-    return {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
-            for p in sorted(folder.iterdir()) if p.is_file() and p.name != META_FILE}
+def _manifest(folder: Path, rank: int = 0, world: int = 1) -> dict[str, dict]:
+    """Size and sha256 of every file in ``folder`` but meta.json, on rank 0 (empty on the others).
+
+    Each rank hashes the files it wrote (its RNG state and its DCP shards ``__{rank}_*.distcp``; rank 0 also
+    the rest) and rank 0 gathers the parts: a large sharded save is hashed in parallel, and no rank waits in a
+    collective past its timeout while rank 0 alone hashes every shard."""
+    def writer(name: str) -> int:
+        match = re.fullmatch(r"rng-rank(\d+)\.pt|__(\d+)_\d+\.distcp", name)
+        return int(match.group(1) or match.group(2)) if match else 0
+
+    mine = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
+            for p in sorted(folder.iterdir()) if p.is_file() and p.name != META_FILE and writer(p.name) == rank}
+    if world == 1:
+        return mine
+    import torch.distributed as dist
+
+    parts = [None] * world if rank == 0 else None
+    dist.gather_object(mine, parts, dst=0)
+    return dict(sorted(item for part in parts or [] for item in part.items()))
 
 
 def _remove(path: Path) -> None:
@@ -176,10 +195,10 @@ def save_checkpoint(
     ckpt_dir: Path,
     state: TrainState,
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | Iterable[torch.optim.Optimizer],
     *,
     config: dict,
-    vocab: list[str] | tuple[str, ...],
+    vocab: list | tuple | dict,  # the data tokenizer's description (nanogpt_runner.tokenizer): how to decode
     scaler: torch.amp.GradScaler | None = None,
     val_loss: float | None = None,
     sharded: bool | None = None,
@@ -188,7 +207,8 @@ def save_checkpoint(
 
     Call it on every rank: the state-dict gathers are collective. ``sharded`` (default: when a process
     group of more than one rank exists) writes each rank's shards through torch.distributed.checkpoint;
-    otherwise rank 0 writes full state dicts. Each rank always writes its own RNG states.
+    otherwise rank 0 writes full state dicts. Each rank always writes its own RNG states. ``optimizer`` may
+    be several (optim.Optimizers): their states are merged into one dict keyed by parameter name.
     """
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
@@ -220,6 +240,7 @@ def save_checkpoint(
         _save_tensors(optim_sd, tmp / OPTIMIZER_FILE)
     _save_tensors(rng_state(), tmp / f"rng-rank{rank}.pt")
     _barrier()
+    files = _manifest(tmp, rank, world)
 
     if rank == 0:
         meta = {
@@ -227,7 +248,7 @@ def save_checkpoint(
             "val_loss": val_loss, "best_val_loss": state.best_val_loss if math.isfinite(state.best_val_loss) else None,
             "skipped_steps": state.skipped_steps, "scaler": scaler.state_dict() if scaler is not None else {},
             "layout": "sharded" if sharded else "full", "world_size": world, "time": time.time(),
-            "torch": torch.__version__, "config": config, "vocab": list(vocab), "files": _manifest(tmp),
+            "torch": torch.__version__, "config": config, "vocab": vocab, "files": files,
         }
         with open(tmp / META_FILE, "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=1)
@@ -242,25 +263,49 @@ def save_checkpoint(
     return final
 
 
+@contextlib.contextmanager
+def _refused_if_unsafe(path: Path):
+    """Turn dcp_read's refusal of a crafted DCP folder into the CheckpointError a user sees."""
+    try:
+        yield
+    except UnsafePickleError as err:
+        raise CheckpointError(f"{path} holds data that torch.distributed.checkpoint never writes; refusing to load "
+                              f"it ({err})") from err
+
+
+def _load_sharded(state: dict, path: Path) -> None:
+    """Fill ``state`` in place from the DCP folder ``path``, through dcp_read (no code from the folder runs)."""
+    from nanogpt_runner import dcp_read
+
+    with _refused_if_unsafe(path), _dcp_quietly():
+        dcp_read.load(state, path)
+
+
 def read_meta(path: Path, verify: bool = True) -> dict:
     """A checkpoint folder's meta.json, after checking every file against its manifest.
 
     Raises CheckpointError naming the damage: missing folder or file, wrong size (truncated), wrong
     hash (corrupted), unreadable meta (the folder is not a checkpoint or was cut short)."""
     path = Path(path)
+    meta_file = open_regular(path / META_FILE)  # a FIFO or a link out of the folder would be read as if ours
+    if meta_file is None:
+        raise CheckpointError(f"{path} is not a checkpoint: it has no {META_FILE} (a regular file)")
     try:
-        meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise CheckpointError(f"{path} is not a checkpoint: it has no {META_FILE}") from err
-    except (OSError, ValueError) as err:
+        with meta_file:
+            meta = json.loads(meta_file.read().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as err:
         raise CheckpointError(f"checkpoint {path} is damaged: {META_FILE} is unreadable ({err})") from err
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a nanogpt-runner checkpoint ({META_FILE} has no format {FORMAT!r})")
     if meta.get("version", 0) > VERSION:
         raise CheckpointError(f"checkpoint {path} has format version {meta['version']}, newer than this "
                               f"nanogpt-runner reads ({VERSION}): upgrade nanogpt-runner")
+    files = meta.get("files")
+    if verify and not (isinstance(files, dict) and all(isinstance(n, str) and n == Path(n).name and
+                                                        isinstance(e, dict) for n, e in files.items())):
+        raise CheckpointError(f"checkpoint {path} is damaged: its {META_FILE} lists files outside its folder")
     if verify:
-        for name, expected in meta["files"].items():
+        for name, expected in files.items():
             file = path / name
             if not file.is_file():
                 raise CheckpointError(f"checkpoint {path} is damaged: {name} is missing")
@@ -350,21 +395,18 @@ def load_model_state(path: Path, meta: dict) -> dict[str, torch.Tensor]:
     path = Path(path)
     if meta["layout"] == "full":
         return _torch_load(path / MODEL_FILE)
-    import torch.distributed.checkpoint as dcp
+    from nanogpt_runner import dcp_read
 
-    reader = dcp.FileSystemReader(str(path))
-    keys = [k for k in reader.read_metadata().state_dict_metadata if k.startswith("model.")]
-    shapes = reader.read_metadata().state_dict_metadata
-    state = {"model": {k[len("model."):]: torch.empty(shapes[k].size, dtype=shapes[k].properties.dtype) for k in keys}}
-    with _dcp_quietly():
-        dcp.load(state, storage_reader=reader)
+    with _refused_if_unsafe(path):
+        state = {"model": dcp_read.empty_tensors(path, "model.")}
+    _load_sharded(state, path)
     return state["model"]
 
 
 def load_checkpoint(
     path: Path,
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer | None = None,
+    optimizer: torch.optim.Optimizer | Iterable[torch.optim.Optimizer] | None = None,
     scaler: torch.amp.GradScaler | None = None,
     *,
     meta: dict | None = None,
@@ -395,13 +437,10 @@ def load_checkpoint(
             optim_sd = _torch_load(path / OPTIMIZER_FILE) if load else {}
             set_optimizer_state_dict(model, optimizer, optim_sd, options=options)
     else:
-        import torch.distributed.checkpoint as dcp
-
         state = {"model": get_model_state_dict(model)}
         if optimizer is not None:
             state["optimizer"] = get_optimizer_state_dict(model, optimizer)
-        with _dcp_quietly():
-            dcp.load(state, checkpoint_id=path)
+        _load_sharded(state, path)
         set_model_state_dict(model, state["model"])
         if optimizer is not None:
             set_optimizer_state_dict(model, optimizer, state["optimizer"])

@@ -1,7 +1,9 @@
-"""Corpora and batches.
+"""Prepared corpora and the batches drawn from them.
 
-A corpus is prepared once into a cache folder: ``train.bin`` and ``val.bin`` (uint16 token ids,
-read through memmaps) and ``meta.json`` (the character vocabulary and where the text came from).
+A prepared corpus (nanogpt_runner.prepare makes one) is a folder with ``train.bin`` and ``val.bin`` (token ids,
+uint16 when the vocabulary fits, else uint32, read through memmaps), ``tokenizer.json`` and ``meta.json``
+(where the text came from, the id dtype, tokens and UTF-8 bytes per split). A nanoGPT folder used as it is
+(``data=bin``) has its meta.json and tokenizer.json here and its .bin files where they are.
 
 Batches are a pure function of (seed, split, step): sequence ``i`` of step ``s`` starts at an offset
 given by a counter-based hash of (seed, split, s, i). A micro-step or a data-parallel rank takes a
@@ -11,22 +13,22 @@ the same sequences, and a resumed run sees exactly the data an uninterrupted one
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import sys
-import sysconfig
-import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from nanogpt_runner import tokenizer as tokenizers
 from nanogpt_runner.config import DataConfig
 
-PYSTDLIB_MAX_BYTES = 4_000_000
+SPLITS = ("train", "val")
 SPLIT_IDS = {"train": 1, "val": 2}
+META_FILE = "meta.json"
+FORMAT = 2  # meta.json's layout; a folder of another format is prepared again under a new name
 
 
 class DataError(Exception):
@@ -38,31 +40,32 @@ class PreparedData:
     name: str
     directory: Path
     source: str
-    vocab: tuple[str, ...]
+    tokenizer: tokenizers.Tokenizer = field(repr=False)
+    tokens: dict[str, int]
+    text_bytes: dict[str, int]  # UTF-8 bytes of text per split (end-of-text tokens count none)
+    dtype: np.dtype
+    bin_dir: Path  # where train.bin and val.bin are: ``directory``, or a nanoGPT folder used in place
 
     @property
     def vocab_size(self) -> int:
-        return len(self.vocab)
+        return self.tokenizer.vocab_size
+
+    @cached_property
+    def token_bytes(self) -> np.ndarray:
+        """UTF-8 bytes each id stands for: a loss per token over these is bits per byte."""
+        return self.tokenizer.token_bytes()
+
+    def split_path(self, split: str) -> Path:
+        return self.bin_dir / f"{split}.bin"
 
     def split_sizes(self) -> dict[str, int]:
-        return {split: (self.directory / f"{split}.bin").stat().st_size // 2 for split in SPLIT_IDS}
-
-    def encode(self, text: str) -> list[int]:
-        index = {ch: i for i, ch in enumerate(self.vocab)}
-        unknown = sorted({ch for ch in text if ch not in index})
-        if unknown:
-            raise DataError(
-                f"characters not in this run's vocabulary: {' '.join(repr(c) for c in unknown)}; "
-                f"remove them from the prompt"
-            )
-        return [index[ch] for ch in text]
-
-    def decode(self, ids) -> str:
-        return "".join(self.vocab[i] for i in ids)
+        return dict(self.tokens)
 
     def as_record(self) -> dict:
         return {"name": self.name, "dir": str(self.directory), "source": self.source,
-                "vocab_size": self.vocab_size, "tokens": self.split_sizes()}
+                "tokenizer": self.tokenizer.kind, "vocab_size": self.vocab_size, "tokens": self.tokens,
+                "bytes": self.text_bytes,
+                "bytes_per_token": {s: self.text_bytes[s] / max(self.tokens[s], 1) for s in SPLITS}}
 
 
 def default_cache_dir() -> Path:
@@ -75,118 +78,21 @@ def cache_dir(cfg: DataConfig) -> Path:
 
 
 def load_prepared(directory: Path) -> PreparedData:
+    """The prepared corpus in ``directory``; a DataError naming the fix when it is unreadable."""
     try:
-        meta = json.loads((directory / "meta.json").read_text())
-        return PreparedData(meta["name"], directory, meta["source"], tuple(meta["vocab"]))
-    except (OSError, ValueError, KeyError) as err:
+        meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"format {meta.get('format')!r}, this version reads {FORMAT}")
+        tokenizer = tokenizers.load(directory)
+        return PreparedData(meta["name"], directory, meta["source"], tokenizer,
+                            {s: int(meta["tokens"][s]) for s in SPLITS}, {s: int(meta["bytes"][s]) for s in SPLITS},
+                            np.dtype(meta["dtype"]), Path(meta.get("bin_dir") or directory))
+    except tokenizers.TokenizerUnavailable as err:
+        raise DataError(str(err)) from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, tokenizers.TokenizerError) as err:
         raise DataError(
             f"prepared data in {directory} is unreadable ({err}); delete that folder to rebuild it"
         ) from err
-
-
-def prepare(cfg: DataConfig, announce=print) -> PreparedData:
-    """Find or build the prepared corpus that ``cfg`` names; ``announce`` receives user-visible warnings.
-
-    shakespeare_char resolves, in order: already prepared, ``data.path``, a download from ``data.url``,
-    and finally the offline fallback (pystdlib_char), announced and recorded as the data actually used.
-    """
-    root = cache_dir(cfg)
-    if cfg.name == "text_file":
-        if cfg.path is None:
-            raise DataError("data=text_file needs data.path=FILE_OR_FOLDER")
-        path = Path(cfg.path).expanduser().resolve()
-        key = hashlib.sha1(f"{path}|{_fingerprint(path)}|{cfg.val_fraction}".encode()).hexdigest()[:12]
-        return _prepared_or_build(root / f"text_file-{key}", "text_file", lambda: (_read_text(path), str(path)), cfg)
-    if cfg.name == "pystdlib_char":
-        return _prepared_or_build(root / f"pystdlib_char-py{sys.version_info[0]}.{sys.version_info[1]}",
-                                  "pystdlib_char", _pystdlib_text, cfg)
-    directory = root / "shakespeare_char"
-    if (directory / "meta.json").exists():
-        return load_prepared(directory)
-    if cfg.path is not None:
-        path = Path(cfg.path).expanduser().resolve()
-        return _prepared_or_build(directory, "shakespeare_char", lambda: (_read_text(path), str(path)), cfg)
-    try:
-        text = _download(cfg.url, cfg.download_timeout_s)
-    except OSError as err:
-        announce(
-            f"WARNING: tiny-shakespeare is not prepared, data.path is unset and the download from {cfg.url} "
-            f"failed ({err}). Training on the offline fallback corpus pystdlib_char (this Python's standard "
-            f"library source) instead; pass data.path=/path/to/input.txt to use tiny-shakespeare."
-        )
-        return prepare(DataConfig(name="pystdlib_char", cache_dir=cfg.cache_dir, val_fraction=cfg.val_fraction))
-    return _prepared_or_build(directory, "shakespeare_char", lambda: (text, cfg.url), cfg)
-
-
-def _prepared_or_build(directory: Path, name: str, read_text, cfg: DataConfig) -> PreparedData:
-    if (directory / "meta.json").exists():
-        return load_prepared(directory)
-    text, source = read_text()
-    return write_prepared(directory, name, text, source, cfg.val_fraction)
-
-
-def write_prepared(directory: Path, name: str, text: str, source: str, val_fraction: float) -> PreparedData:
-    """Tokenize ``text`` by character and write the split memmaps; the folder appears atomically."""
-    vocab = tuple(sorted(set(text)))
-    if len(vocab) > 65535:
-        raise DataError(f"{source} has {len(vocab)} distinct characters; uint16 tokens allow 65535")
-    if len(text) < 4:
-        raise DataError(f"{source} holds only {len(text)} characters: give it more text")
-    index = {ch: i for i, ch in enumerate(vocab)}
-    ids = np.fromiter((index[ch] for ch in text), dtype=np.uint16, count=len(text))
-    cut = int(len(ids) * (1 - val_fraction))
-    tmp = directory.with_name(f"{directory.name}.tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    ids[:cut].tofile(tmp / "train.bin")
-    ids[cut:].tofile(tmp / "val.bin")
-    (tmp / "meta.json").write_text(json.dumps({"name": name, "source": source, "vocab": list(vocab)}))
-    try:
-        tmp.rename(directory)
-    except OSError:  # another process prepared it first
-        for f in tmp.iterdir():
-            f.unlink()
-        tmp.rmdir()
-    return load_prepared(directory)
-
-
-def _fingerprint(path: Path) -> str:
-    files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
-    return ";".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
-
-
-def _read_text(path: Path) -> str:
-    if not path.exists():
-        raise DataError(f"data.path={path} does not exist: point it at a UTF-8 text file or a folder of .txt files")
-    files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
-    if not files:
-        raise DataError(f"data.path={path} is a folder with no .txt files in it")
-    parts = []
-    for f in files:
-        try:
-            parts.append(f.read_text(encoding="utf-8"))
-        except UnicodeDecodeError as err:
-            raise DataError(f"{f} is not UTF-8 text ({err.reason} at byte {err.start}): convert it to UTF-8") from err
-    return "\n".join(parts)
-
-
-def _download(url: str, timeout_s: float) -> str:
-    with urllib.request.urlopen(url, timeout=timeout_s) as response:
-        return response.read().decode("utf-8")
-
-
-def _pystdlib_text() -> tuple[str, str]:
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    parts, total = [], 0
-    for f in sorted(stdlib.glob("*.py")):
-        try:
-            text = f.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            continue
-        parts.append(text)
-        total += len(text)
-        if total >= PYSTDLIB_MAX_BYTES:
-            break
-    return "".join(parts), f"python {sys.version.split()[0]} standard library ({stdlib})"
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
@@ -212,7 +118,7 @@ class Batches:
     of that step's global batch: micro-steps and ranks ask for their own slice."""
 
     def __init__(self, data: PreparedData, split: str, block_size: int, seed: int, device: torch.device):
-        self.tokens = np.memmap(data.directory / f"{split}.bin", dtype=np.uint16, mode="r")
+        self.tokens = np.memmap(data.split_path(split), dtype=data.dtype, mode="r")
         self.split, self.block_size, self.seed, self.device = split, block_size, seed, device
         self._window = np.arange(block_size + 1)
 
@@ -220,7 +126,8 @@ class Batches:
         offsets = sequence_offsets(self.seed, self.split, step, np.arange(start, start + count),
                                    len(self.tokens), self.block_size)
         chunk = torch.from_numpy(self.tokens[offsets[:, None] + self._window].astype(np.int64))
-        x, y = chunk[:, :-1], chunk[:, 1:]
         if self.device.type == "cuda":
-            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
-        return x.contiguous(), y.contiguous()
+            # One pinned copy of the contiguous chunk, sliced on the device: pinning the x/y slices (views)
+            # would copy each through an unpinned temporary first.
+            chunk = chunk.pin_memory().to(self.device, non_blocking=True)
+        return chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()

@@ -7,6 +7,7 @@ directory and returns, and the sweep summary (nanogpt_runner.sweep) decides the 
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -16,16 +17,21 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from nanogpt_runner.config import data_problems, layout_warnings, register_schema, validate
+from nanogpt_runner.config import config_warnings, data_problems, register_schema, validate
 from nanogpt_runner.console import error
-from nanogpt_runner.data import DataError, PreparedData, prepare
+from nanogpt_runner.data import DataError, PreparedData
+from nanogpt_runner.prepare import prepare
+from nanogpt_runner.pretrained import apply_init_from, vocabulary_problems
 from nanogpt_runner.resume import plan_resume
 from nanogpt_runner.run_control import CheckpointError
 from nanogpt_runner.runs import CONFIG_FILE, RUN_FILE, RunWriter
-from nanogpt_runner.torchrun import fill_cluster_rendezvous, run_group
+from nanogpt_runner.sweep import SKIPPED, SweepMismatch, forget_outcome, job_objective, previous_attempt, record_action
+from nanogpt_runner.torchrun import fill_cluster_rendezvous, hidden_gpus_problem, run_group
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 EXIT_INVALID_CONFIG = 2
@@ -36,13 +42,15 @@ def check(cfg: DictConfig, announce=print) -> tuple[list[str], PreparedData | No
     from nanogpt_runner.hardware import device_caps
 
     problems = validate(cfg, device_caps(cfg.train.device))
+    if hidden := hidden_gpus_problem(cfg):
+        problems.append(hidden)
     if problems:
         return problems, None
     try:
         data = prepare(cfg.data, announce=announce)
     except DataError as err:
         return [str(err)], None
-    problems = data_problems(cfg, data.split_sizes())
+    problems = data_problems(cfg, data.split_sizes()) + vocabulary_problems(cfg, data.tokenizer)
     return problems, None if problems else data
 
 
@@ -75,7 +83,10 @@ def run_job(cfg: DictConfig) -> int:
     else:
         if plan is not None:
             cfg, run_dir = plan.cfg, plan.run_dir
+        # A new run that starts from weights takes their architecture (a resumed run has its own).
+        cfg, init_problems = apply_init_from(cfg, list(hydra_cfg.overrides.task), CONF_DIR)
         problems, data = check(cfg)
+        problems = init_problems + problems
     if problems:
         message = "invalid config:\n" + "\n".join(f"  - {p}" for p in problems)
         error(message)
@@ -93,7 +104,7 @@ def run_job(cfg: DictConfig) -> int:
     writer = RunWriter(run_dir, plan.run_record() if plan else _identity(cfg, run_dir, hydra_cfg))
     writer.update(status="queued", dataset=data.as_record())
     writer.close()
-    for warning in layout_warnings(cfg):
+    for warning in config_warnings(cfg):
         print(f"warning: {warning}", file=sys.stderr)
     if cfg.parallel.nproc_per_node * cfg.parallel.nnodes > 1:
         code = run_group(cfg.parallel, run_dir)  # a torchrun process group; run.json records a failure
@@ -141,10 +152,48 @@ def _identity(cfg: DictConfig, run_dir: Path, hydra_cfg) -> dict:
 register_schema()
 
 
+def run_sweep_job(cfg: DictConfig) -> float:
+    """One job of a sweep; returns its objective, the number a search sweeper optimizes (NaN: it failed).
+
+    Re-running a sweep in the same hydra.sweep.dir skips the jobs that completed and continues the
+    others (from their latest checkpoint when they have one); run.json's sweep.action says which."""
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    try:
+        action = previous_attempt(run_dir, list(hydra_cfg.overrides.task))
+    except SweepMismatch as err:
+        error(str(err))
+        sys.exit(EXIT_INVALID_CONFIG)
+    if action != SKIPPED:
+        forget_outcome(run_dir)
+        run_job(cfg)
+    record_action(run_dir, action)
+    return job_objective(run_dir)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def _hydra_main(cfg: DictConfig) -> int:
-    return run_job(cfg)
+def _hydra_main(cfg: DictConfig) -> float | None:
+    """A single run exits with its outcome; a sweep job returns its objective to the sweeper."""
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        return run_sweep_job(cfg)
+    run_job(cfg)
+    return None
+
+
+def composition_error(err: Exception) -> str:
+    """Hydra's composition error and the OmegaConf error under it as one line (what, where, the fix)."""
+    parts = [str(err), str(err.__cause__ or "")]
+    lines = [line.strip().rstrip(".") for part in parts for line in part.splitlines()]
+    return "; ".join(line for line in lines if line and not line.startswith(
+        ("full_key:", "reference_type=", "object_type=", "Set the environment variable HYDRA_FULL_ERROR")))
 
 
 def main() -> None:
-    _hydra_main()
+    # Hydra would print its own multi-line report of a bad override and exit 1: take its errors here
+    # instead, and say what is wrong in one line with the invalid-config exit code.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        _hydra_main()
+    except (HydraException, OmegaConfBaseException) as err:
+        error(f"invalid config: {composition_error(err)}")
+        sys.exit(EXIT_INVALID_CONFIG)

@@ -30,6 +30,7 @@ from nanogpt_runner.checkpoint import (
 )
 from nanogpt_runner.run_control import CheckpointError
 from nanogpt_runner.runs import CHECKPOINT_DIR, METRICS_FILE, read_run
+from nanogpt_runner.tokenizer import vocab_size_of
 
 # Config fields a resumed run cannot change. The architecture must match the saved tensors; the data
 # identity and the seed decide which sequences every step trains on (and so what "step k" means). The
@@ -42,6 +43,7 @@ FIXED_FIELDS = {
     "model.block_size": "architecture comes from the checkpoint",
     "model.bias": "architecture comes from the checkpoint",
     "model.tie_weights": "architecture comes from the checkpoint",
+    "optimizer.name": "the optimizer state in the checkpoint is that optimizer's",
     "data.name": "the vocabulary and the data come from the checkpoint's run",
     "data.val_fraction": "it moves the train/val split the run was trained and evaluated on",
     "train.seed": "it changes which data every step trains on",
@@ -198,7 +200,9 @@ class Checkpointer:
         from omegaconf import OmegaConf
 
         self.run_dir, self.dir = Path(run_dir), checkpoint_dir(run_dir)
-        self.cfg, self.vocab, self.writer, self.say = cfg, tuple(vocab), writer, say
+        # The data tokenizer's description: characters as a list (JSON has no tuples), a BPE as a dict.
+        self.vocab = list(vocab) if isinstance(vocab, (list, tuple)) else vocab
+        self.cfg, self.writer, self.say = cfg, writer, say
         self.model, self.optimizer, self.scaler = model, optimizer, scaler
         self.config = OmegaConf.to_container(cfg, resolve=True)
         self.rank = rank_world()[0]
@@ -219,9 +223,10 @@ class Checkpointer:
             if self.rank == 0 and metrics.exists() and metrics.stat().st_size:
                 self.writer.event("resume", step=0, checkpoint=None)  # an attempt that saved nothing: start over
             return TrainState()
-        if tuple(meta["vocab"]) != self.vocab:
-            raise CheckpointError(f"{path} was trained on a different vocabulary ({len(meta['vocab'])} symbols) than "
-                                  f"this run's data ({len(self.vocab)}): resume with the data config it was saved with")
+        if meta["vocab"] != self.vocab:
+            raise CheckpointError(f"{path} was trained on a different vocabulary ({vocab_size_of(meta['vocab'])} "
+                                  f"tokens) than this run's data ({vocab_size_of(self.vocab)}): resume with the data "
+                                  f"config it was saved with")
         changes, problems = config_changes(meta["config"], self.config)
         if problems:
             raise CheckpointError(f"cannot resume from {path}: " + "; ".join(problems))
@@ -239,10 +244,15 @@ class Checkpointer:
         return state
 
     def after_step(self, state: TrainState, val_loss: float | None = None, final: bool = False) -> Path | None:
-        """Save if step ``state.step`` is due (interval, last step, or a new best val loss)."""
+        """Save if step ``state.step`` is due (interval, last step, or a new best val loss; only the last
+        with train.ckpt_only_on_improvement)."""
         interval = self.cfg.train.ckpt_interval
         best = val_loss is not None and val_loss < self.best_saved
-        reason = "end" if final else "best" if best else "interval" if interval and state.step % interval == 0 else None
+        if self.cfg.train.ckpt_only_on_improvement:
+            reason = "best" if best else None
+        else:
+            reason = "end" if final else "best" if best else "interval" if interval and state.step % interval == 0 \
+                else None
         if reason is None:
             return None
         return self.save(state, reason, val_loss)

@@ -74,6 +74,10 @@ METRICS: tuple[Metric, ...] = (
     Metric("val_loss", (EVAL, EVENT), "val loss", better="lower", plot="loss", log_scale=True,
            summary="best_val_loss", aggregate="best", column="best val loss"),
     Metric("train_loss", (EVAL,), "train loss (eval)", better="lower"),
+    # Bits per UTF-8 byte of the evaluated text: comparable between runs with different tokenizers.
+    Metric("val_bpb", (EVAL,), "val bits per byte", better="lower", plot="bits per byte", summary="best_val_bpb",
+           aggregate="best", column="best val bpb"),
+    Metric("train_bpb", (EVAL,), "train bits per byte (eval)", better="lower", plot="bits per byte"),
     Metric("lr", (TRAIN,), "learning rate", plot="learning rate"),
     Metric("grad_norm", (TRAIN, EVENT), "grad norm"),
     Metric("tok_per_s", (TRAIN,), "tokens/s", better="higher", plot="tokens/s", smooth=True, summary="tok_per_s",

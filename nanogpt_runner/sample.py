@@ -4,8 +4,9 @@
         temperature=0.8 top_k=200 seed=7 which=best
 
 The checkpoint is the run's best-by-val one (``which=latest`` for the newest), or the checkpoint folder
-given. Everything the model needs comes from the checkpoint (architecture, vocabulary), so a copied
-checkpoint folder samples the same as the run it came from. With the same seed the text is the same.
+given. Everything the model needs comes from the checkpoint (architecture, the run's tokenizer: characters,
+GPT-2's BPE or the BPE trained on its corpus), so a copied checkpoint folder samples the same as the run it
+came from; only a character vocabulary refuses a prompt (a character it does not have). With the same seed the text is the same.
 Samples go to stdout, separated by a dashed line; a problem is one ``error:`` line on stderr and exit
 code 2. The viewer calls ``sample()`` through this command.
 """
@@ -87,7 +88,8 @@ def _convert(key: str, value: str):
 
 
 def sample(target: Path, options: SampleOptions, announce=lambda message: print(message, file=sys.stderr)) -> list[str]:
-    """``options.num_samples`` texts, each the prompt followed by ``max_new_tokens`` sampled characters.
+    """``options.num_samples`` texts, each the prompt followed by ``max_new_tokens`` sampled tokens, encoded
+    and decoded with the tokenizer the checkpoint records (its run's).
 
     Raises SampleError (or CheckpointError) with a message fit to show a user."""
     import torch
@@ -95,30 +97,32 @@ def sample(target: Path, options: SampleOptions, announce=lambda message: print(
     from nanogpt_runner.checkpoint import load_model_state, resolve
     from nanogpt_runner.config import ModelConfig
     from nanogpt_runner.model import GPT
+    from nanogpt_runner.tokenizer import TokenizerError, TokenizerUnavailable, from_description
 
     path, meta = resolve(target, options.which, announce)
-    vocab = meta["vocab"]
-    index = {ch: i for i, ch in enumerate(vocab)}
-    unknown = sorted({ch for ch in options.prompt if ch not in index})
-    if unknown:
-        raise SampleError(f"the prompt has characters outside this model's vocabulary of {len(vocab)}: "
-                          f"{' '.join(repr(c) for c in unknown)}; remove or replace them")
+    try:
+        tokenizer = from_description(meta["vocab"])
+        prompt = tokenizer.encode(options.prompt)
+    except TokenizerUnavailable as err:
+        raise SampleError(str(err)) from None
+    except TokenizerError as err:  # only a character vocabulary refuses text
+        raise SampleError(f"the prompt has {err}; remove or replace them") from None
     if options.device == "cuda" and not torch.cuda.is_available():
         raise SampleError("device=cuda but no CUDA GPU is visible: use device=cpu or auto")
     device = torch.device("cuda" if options.device != "cpu" and torch.cuda.is_available() else "cpu")
 
     saved = meta["config"]["model"]
     model_cfg = ModelConfig(**{f.name: saved[f.name] for f in fields(ModelConfig) if f.name in saved})
-    model = GPT(model_cfg, len(vocab))
+    model = GPT(model_cfg, tokenizer.vocab_size)
     model.load_state_dict(load_model_state(path, meta))
     model.to(device).eval()
 
     generator = torch.Generator(device=device).manual_seed(options.seed)
-    context = torch.tensor([[index[ch] for ch in options.prompt]], dtype=torch.long, device=device)
+    context = torch.as_tensor(prompt, dtype=torch.long, device=device)[None]
     texts = []
     for _ in range(options.num_samples):
         out = model.generate(context, options.max_new_tokens, options.temperature, options.top_k, generator)
-        texts.append("".join(vocab[i] for i in out[0].tolist()))
+        texts.append(tokenizer.decode(out[0].tolist()))
     return texts
 
 

@@ -17,64 +17,51 @@ from pathlib import Path
 
 import torch
 
-from nanogpt_runner import hardware, memory, parallel
+from nanogpt_runner import autotune, hardware, memory, parallel
 from nanogpt_runner.checkpoint import TrainState
-from nanogpt_runner.config import OptimizerConfig
 from nanogpt_runner.console import RunConsole
 from nanogpt_runner.data import Batches, PreparedData, cache_dir
 from nanogpt_runner.model import GPT
+from nanogpt_runner.optim import build_optimizers
+from nanogpt_runner.pretrained import load_initial_weights
 from nanogpt_runner.resume import Checkpointer
 from nanogpt_runner.run_control import Interrupted, NonFiniteGuard, StopSignals
 from nanogpt_runner.runs import RunWriter
-
-
-def lr_at(step: int, opt: OptimizerConfig, max_iters: int) -> float:
-    """Learning rate for optimizer update ``step`` (0-based): linear warm-up, cosine decay to min_lr."""
-    decay_iters = opt.decay_iters or max_iters
-    if step < opt.warmup_iters:
-        return opt.lr * (step + 1) / (opt.warmup_iters + 1)
-    if step >= decay_iters:
-        return opt.min_lr
-    progress = (step - opt.warmup_iters) / max(decay_iters - opt.warmup_iters, 1)
-    return opt.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (opt.lr - opt.min_lr)
-
-
-def build_optimizer(model: torch.nn.Module, opt: OptimizerConfig) -> torch.optim.AdamW:
-    """AdamW with nanoGPT's groups: matrices (embeddings, linear weights) decayed; biases and norms not."""
-    params = [p for p in {id(p): p for p in model.parameters()}.values() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": opt.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    kwargs = {"lr": opt.lr, "betas": tuple(opt.betas)}
-    if any(hasattr(p, "device_mesh") for p in params):
-        # DTensor parameters (FSDP, TP): the fused and foreach kernels refuse a mix of DTensors and tensors.
-        return torch.optim.AdamW(groups, foreach=False, **kwargs)
-    try:
-        return torch.optim.AdamW(groups, fused=True, **kwargs)
-    except (RuntimeError, TypeError):  # fused AdamW is not available for this device or dtype
-        return torch.optim.AdamW(groups, **kwargs)
+from nanogpt_runner.stopping import Stopper
 
 
 @torch.no_grad()
 def evaluate(par: parallel.Parallelized, splits: dict[str, Batches], eval_iters: int, batch_size: int, accum: int,
-             autocast) -> dict[str, float]:
-    """Mean loss over the same ``eval_iters`` global batches of each split every time (less noise between evals).
+             autocast, token_bytes: torch.Tensor) -> dict[str, float]:
+    """Mean loss over the same ``eval_iters`` global batches of each split every time (less noise between evals),
+    and bits per byte: the summed loss of the evaluated targets in bits over their UTF-8 bytes
+    (``token_bytes[id]`` each), a number runs with different tokenizers share.
 
     Every data-parallel rank evaluates its own slice, as in training, and the means are all-reduced: the
     number does not depend on the layout, and no rank idles while another evaluates."""
     par.module.eval()
-    losses = {}
+    results = {}
     for split, batches in splits.items():
         total = torch.zeros((), device=par.layout.device)
+        text_bytes = torch.zeros((), device=par.layout.device, dtype=torch.float64)
         for i in range(eval_iters):
             for micro in range(accum):
                 start = (par.layout.dp_rank * accum + micro) * batch_size
                 x, y = batches.get(step=i, start=start, count=batch_size)
                 total += par.eval_loss(x, y, autocast).float()
-        losses[f"{split}_loss"] = par.mean_over_replicas(total).item() / (eval_iters * accum)
+                if par.layout.last_stage:  # counted where the loss is, like the loss (see mean_over_replicas)
+                    text_bytes += token_bytes[y].sum()
+        loss = par.mean_over_replicas(total).item() / (eval_iters * accum)
+        results[f"{split}_loss"] = loss
+        targets = eval_iters * accum * batch_size * batches.block_size  # per replica, as text_bytes
+        results[f"{split}_bpb"] = bits_per_byte(loss * targets, par.mean_over_replicas(text_bytes).item())
     par.module.train()
-    return losses
+    return results
+
+
+def bits_per_byte(loss_nats: float, text_bytes: float) -> float:
+    """A summed cross-entropy (nats) over the UTF-8 bytes of the text it predicted, in bits per byte."""
+    return loss_nats / math.log(2) / text_bytes if text_bytes else math.nan
 
 
 @dataclass
@@ -89,6 +76,7 @@ class Summary:
     peak_mem_gb: float
     elapsed_s: float
     skipped_steps: int = 0
+    stop_reason: str = "max_iters"  # a stopping.STOP_REASONS entry: the limit or early stop that ended the run
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -112,31 +100,51 @@ def run_record(device: torch.device, precision: str, model: GPT, data: PreparedD
 
 
 def train(cfg, run_dir: Path, data: PreparedData, writer: RunWriter) -> Summary:
+    """Join the process group (if any), train, and leave the group however the run ends."""
+    layout = parallel.setup(cfg.parallel, hardware.device_kind(cfg.train.device))
+    completed = False
+    try:
+        summary = _train(cfg, run_dir, data, writer, layout)
+        completed = True
+        return summary
+    finally:
+        parallel.shutdown(completed)
+
+
+def _train(cfg, run_dir: Path, data: PreparedData, writer: RunWriter, layout: parallel.Layout) -> Summary:
     t = cfg.train
-    caps = hardware.device_caps(t.device)
-    layout = parallel.setup(cfg.parallel, caps.kind)
     device = layout.device
+    caps = hardware.device_caps(t.device, device)  # this rank's GPU, asked after setup selected it
     memory_baseline_gb = hardware.memory_gb(device)[0]  # what the estimate's growth is measured from
     cache = cache_dir(cfg.data)
-    # Rank 0 decides (``auto`` measures matmul speed, which could differ between ranks) and tells the rest.
-    precision = parallel.broadcast_object(
-        layout, hardware.resolve_precision(t.precision, device, caps, cache) if layout.is_main else None)
+    # Rank 0 decides (``auto`` times this model in each precision the device runs natively) and tells the rest.
+    precision, precision_probe = parallel.broadcast_object(
+        layout, autotune.resolve_precision(cfg, data.vocab_size, device, caps, cache) if layout.is_main else None)
+    hardware.configure_matmul(device, precision, t.tf32)
     torch.manual_seed(t.seed)
-    full_model = GPT(cfg.model, data.vocab_size).to(device)
+    full_model = GPT(cfg.model, data.vocab_size)  # on the CPU: parallelize places this rank's part on the device
     record = run_record(device, precision, full_model, data, layout)
+    if (init_from := load_initial_weights(full_model, cfg)) is not None:  # before the layout splits the model
+        record["init_from"] = init_from
+    if precision_probe is not None:
+        record["precision_probe"] = precision_probe.as_record()
     estimate = memory.estimate(cfg, data.vocab_size, device.type, precision)
     record["memory_estimate"] = {**estimate.as_record(), "baseline_gb": round(memory_baseline_gb, 4),
                                  "expected_peak_gb": round(memory_baseline_gb + estimate.total / memory.GB, 4)}
     flops_per_token = full_model.flops_per_token()
-    par = parallel.parallelize(full_model, layout, cfg)
+    par = parallel.parallelize(full_model, layout, cfg, precision)
+    hardware.reset_peak_memory(device)  # the peak of training, not of the full model built before sharding
     model = par.module  # this rank's part: a pipeline stage, sharded or wrapped as the layout says
-    optimizer = build_optimizer(model, cfg.optimizer)
+    optimizers = build_optimizers(model, cfg.optimizer)  # one object, however many torch optimizers
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     autocast = hardware.autocast(device.type, precision)
-    peak = hardware.peak_flops(device, precision, cache) if layout.is_main else math.inf
+    # MFU divides the group's tokens/s by the group's peak: every rank's device (or its share of the cores).
+    peak = layout.world * hardware.peak_flops(device, hardware.matmul_precision(device, precision), cache) \
+        if layout.is_main else math.inf
 
     train_batches = Batches(data, "train", cfg.model.block_size, t.seed, device)
     eval_splits = {s: Batches(data, s, cfg.model.block_size, t.seed, device) for s in ("train", "val")}
+    token_bytes = torch.as_tensor(data.token_bytes, dtype=torch.float64, device=device)
     # Global batch = dp x batch_size x grad_accum; data-parallel rank r takes micro-batches
     # [r*accum, (r+1)*accum) of it, so the model sees the same data under every layout.
     global_batch = layout.dp * t.batch_size * t.grad_accum
@@ -159,22 +167,26 @@ def train(cfg, run_dir: Path, data: PreparedData, writer: RunWriter) -> Summary:
             f"{cfg.model.name}: {record['n_params'] / 1e6:.2f}M parameters, {precision} on {record['layout']}, "
             f"{hardware.describe(device)}, data {data.name} ({data.vocab_size} symbols), run dir {run_dir}"
         )
+        if precision_probe is not None:
+            console.line(precision_probe.describe())
         if layout.is_main and (warning := hardware.precision_warning(precision, device, cache)):
             console.line(warning)
 
         def run_eval(step: int) -> float:
             nonlocal best_val, eval_seconds
             eval_start = time.perf_counter()
-            losses = evaluate(par, eval_splits, t.eval_iters, t.batch_size, t.grad_accum, autocast)
+            losses = evaluate(par, eval_splits, t.eval_iters, t.batch_size, t.grad_accum, autocast, token_bytes)
             best_val = min(best_val, losses["val_loss"])
             writer.log("eval", step=step, tokens=step * tokens_per_step, **losses,
                        elapsed_s=time.perf_counter() - start)
-            console.line(f"eval step {step}: train loss {losses['train_loss']:.4f}, val loss {losses['val_loss']:.4f}")
+            console.line(f"eval step {step}: train loss {losses['train_loss']:.4f}, val loss {losses['val_loss']:.4f}, "
+                         f"val {losses['val_bpb']:.4f} bits/byte")
             eval_seconds += time.perf_counter() - eval_start
             return losses["val_loss"]
 
         # Resume (train.resume / resume=PATH) restores model, optimizer, scaler, RNG and progress in place.
-        ckpt = Checkpointer(run_dir, cfg, data.vocab, model, optimizer, scaler, writer, say=console.line)
+        ckpt = Checkpointer(run_dir, cfg, data.tokenizer.describe(), model, optimizers, scaler, writer,
+                            say=console.line)
         resumed = ckpt.restore()
         guard = NonFiniteGuard(t.nan_policy, writer, scaler.is_enabled(), resumed.skipped_steps)
         best_val = resumed.best_val_loss
@@ -182,40 +194,42 @@ def train(cfg, run_dir: Path, data: PreparedData, writer: RunWriter) -> Summary:
         def progress(s: int) -> TrainState:
             return TrainState(s, resumed.tokens + (s - resumed.step) * tokens_per_step, best_val, guard.skipped)
 
+        # The steps the budgets allow (the lr schedule spans them), the time budget and the early stops.
+        stopper = Stopper(t, tokens_per_step, flops_per_token, best_val,
+                          agree=lambda value: parallel.broadcast_object(layout, value))
         if resumed.step == 0:
             run_eval(0)
-        window_start, eval_seconds = time.perf_counter(), 0.0
-        for step in range(resumed.step + 1, t.max_iters + 1):
+        window_start, eval_seconds, step = time.perf_counter(), 0.0, resumed.step
+        for step in range(resumed.step + 1, stopper.steps + 1):
             if stop.requested():  # SIGTERM/SIGINT: save the last completed step, then stop
                 raise Interrupted(stop.signum, step - 1, ckpt.save(progress(step - 1), "signal"))
-            lr = lr_at(step - 1, cfg.optimizer, t.max_iters)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            lr = optimizers.set_lr(stopper.schedule_step(step - 1), stopper.steps)
             step_loss = torch.zeros((), device=device)
             for micro in range(t.grad_accum):
                 x, y = train_batches.get(step, start=(first_micro + micro) * t.batch_size, count=t.batch_size)
+                parallel.seed_micro_batch(t.seed, step, first_micro + micro, device)  # dropout masks
                 # Gradients are synchronised across replicas only on the last micro-step.
                 loss = par.forward_backward(x, y, 1 / t.grad_accum, micro == t.grad_accum - 1, autocast, scaler)
                 step_loss += loss / t.grad_accum
             par.finish_gradients()
-            scaler.unscale_(optimizer)
+            optimizers.unscale_(scaler)
             grad_norm = par.clip_grad_norm(t.grad_clip)
             # The replicas' mean loss, so every rank takes the same decision (a non-finite one stops or skips).
             skip = guard.skip(step, par.mean_over_replicas(step_loss), grad_norm)
             if not skip:
-                scaler.step(optimizer)
+                optimizers.step(scaler)
                 loss_sum += step_loss
             scaler.update()
-            optimizer.zero_grad(set_to_none=True)
+            optimizers.zero_grad()
             window_steps += 1
 
-            if step % t.log_interval == 0 or step == t.max_iters:
+            if step % t.log_interval == 0 or step == stopper.steps:
                 last_loss = guard.window_mean(par.mean_over_replicas(loss_sum).item(), window_steps)
                 elapsed = time.perf_counter() - window_start - eval_seconds
                 train_time += elapsed
                 steps_timed += window_steps
                 tok_per_s = window_steps * tokens_per_step / elapsed
-                mem, peak_mem = hardware.memory_gb(device)
+                mem, peak_mem = par.max_over_ranks(list(hardware.memory_gb(device)))  # the busiest rank's
                 mfu = flops_per_token * tok_per_s / peak
                 writer.log("train", step=step, tokens=step * tokens_per_step, loss=last_loss, lr=lr,
                            grad_norm=grad_norm.item(), tok_per_s=tok_per_s, step_ms=1000 * elapsed / window_steps,
@@ -225,17 +239,29 @@ def train(cfg, run_dir: Path, data: PreparedData, writer: RunWriter) -> Summary:
                 console.progress(step, step, f"loss {last_loss:.4f} | {tok_per_s:,.0f} tok/s | mfu {mfu:.1%}")
                 window_start, eval_seconds, window_steps = time.perf_counter(), 0.0, 0
                 loss_sum = torch.zeros((), device=device)
-            val_loss = run_eval(step) if step % t.eval_interval == 0 or step == t.max_iters else None
-            ckpt.after_step(progress(step), val_loss, final=step == t.max_iters)
+                stopper.after_log(time.perf_counter() - start)
+            last = step == stopper.steps or stopper.stopping
+            val_loss = run_eval(step) if step % t.eval_interval == 0 or last else None
+            if val_loss is not None:
+                stopper.after_eval(val_loss)
+            ckpt.after_step(progress(step), val_loss, final=last or stopper.stopping)
+            if stopper.stopping:
+                break
+        if stopper.stop_reason != "max_iters":  # a budget or an early stop ended the run
+            writer.event("early_stop", step=step, stop_reason=stopper.stop_reason, best_val_loss=best_val)
+            console.line(f"stopped at step {step}: {stopper.describe()}")
 
         tok_per_s = steps_timed * tokens_per_step / train_time if train_time else 0.0
+        rank_peak_gb = hardware.memory_gb(device)[1]
+        par.write_layout(run_dir, peak_mem_gb=rank_peak_gb)  # each rank's peak; the summary has the maximum
         summary = Summary(
-            status="completed", steps=t.max_iters, tokens=t.max_iters * tokens_per_step, best_val_loss=best_val,
+            status="completed", steps=step, tokens=progress(step).tokens, best_val_loss=best_val,
             final_train_loss=last_loss, tok_per_s=tok_per_s, mfu=flops_per_token * tok_per_s / peak,
-            peak_mem_gb=hardware.memory_gb(device)[1], elapsed_s=time.perf_counter() - start,
-            skipped_steps=guard.skipped,
+            peak_mem_gb=par.max_over_ranks([rank_peak_gb])[0], elapsed_s=time.perf_counter() - start,
+            skipped_steps=guard.skipped, stop_reason=stopper.stop_reason,
         )
         console.summary(f"{cfg.run.name}: completed", {
+            "stopped by": stopper.describe(),
             "best val loss": f"{summary.best_val_loss:.4f}",
             "final train loss": f"{summary.final_train_loss:.4f}",
             "time": f"{summary.elapsed_s:.1f} s",
@@ -244,5 +270,4 @@ def train(cfg, run_dir: Path, data: PreparedData, writer: RunWriter) -> Summary:
             "peak memory": f"{summary.peak_mem_gb:.2f} GB",
             "run dir": str(run_dir),
         })
-    parallel.shutdown()
     return summary

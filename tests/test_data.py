@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from nanogpt_runner.config import DataConfig
-from nanogpt_runner.data import Batches, DataError, prepare, sequence_offsets
+from nanogpt_runner.data import Batches, DataError, sequence_offsets
+from nanogpt_runner.prepare import prepare
+from nanogpt_runner.tokenizer import TokenizerError
 
 CPU = torch.device("cpu")
 UNREACHABLE = "http://127.0.0.1:9/input.txt"  # the discard port: refused at once, never the network
@@ -21,25 +23,39 @@ def test_local_copy_of_tiny_shakespeare_is_prepared_once(tmp_path, corpus_path):
     data = prepare(cfg)
     sizes = data.split_sizes()
     text = corpus_path.read_text()
-    assert data.name == "shakespeare_char" and data.vocab == tuple(sorted(set(text)))
+    assert data.name == "shakespeare_char" and data.tokenizer.describe() == sorted(set(text))
     assert sizes["train"] + sizes["val"] == len(text)
     assert sizes["val"] == pytest.approx(0.1 * len(text), abs=1)
-    assert data.decode(np.fromfile(data.directory / "train.bin", dtype=np.uint16)[:50]) == text[:50]
-    # Prepared data wins over everything else, so a second run needs neither the file nor the network.
-    again = prepare(DataConfig(url=UNREACHABLE, cache_dir=str(tmp_path)))
+    assert data.tokenizer.decode(np.fromfile(data.directory / "train.bin", dtype=np.uint16)[:50]) == text[:50]
+    again = prepare(cfg, announce=pytest.fail)  # prepared once: found again without a word
     assert again.directory == data.directory and again.source == str(corpus_path.resolve())
 
 
-def test_download_is_used_when_there_is_no_local_copy(tmp_path, corpus_path):
-    data = prepare(DataConfig(url=corpus_path.as_uri(), cache_dir=str(tmp_path)))
-    assert data.name == "shakespeare_char" and data.source == corpus_path.as_uri()
+def test_a_download_is_prepared_once_and_then_needs_no_network(tmp_path, corpus_path):
+    copy = tmp_path / "served.txt"
+    copy.write_text(corpus_path.read_text()[:20_000])
+    data = prepare(DataConfig(url=copy.as_uri(), cache_dir=str(tmp_path)))
+    assert data.name == "shakespeare_char" and data.source == copy.as_uri()
+    copy.unlink()  # the "server" is gone: the prepared entry for that URL is used
+    assert prepare(DataConfig(url=copy.as_uri(), cache_dir=str(tmp_path))).directory == data.directory
+
+
+def test_two_sources_never_share_a_cache_entry(tmp_path, corpus_path):
+    """A download must never overwrite (or stand in for) data prepared from another source."""
+    local = prepare(DataConfig(path=str(corpus_path), cache_dir=str(tmp_path)))
+    other = tmp_path / "other.txt"
+    other.write_text("a different text " * 100)
+    downloaded = prepare(DataConfig(url=other.as_uri(), cache_dir=str(tmp_path)))
+    assert downloaded.directory != local.directory
+    assert prepare(DataConfig(path=str(corpus_path), cache_dir=str(tmp_path))).tokenizer.vocab_size > 26
 
 
 def test_offline_fallback_is_announced_and_recorded(tmp_path):
     messages = []
     data = prepare(DataConfig(url=UNREACHABLE, download_timeout_s=2, cache_dir=str(tmp_path)), announce=messages.append)
     assert data.name == "pystdlib_char" and "standard library" in data.source
-    assert len(messages) == 1 and "offline fallback" in messages[0] and "data.path=" in messages[0]
+    warnings = [m for m in messages if m.startswith("WARNING")]
+    assert len(warnings) == 1 and "offline fallback" in warnings[0] and "data.path=" in warnings[0]
     assert data.as_record()["name"] == "pystdlib_char"
     assert min(data.split_sizes().values()) > 100_000
 
@@ -49,10 +65,10 @@ def test_text_file_accepts_a_folder_of_txt_files(tmp_path):
     folder.mkdir()
     (folder / "a.txt").write_text("hello world\n" * 50)
     (folder / "b.txt").write_text("goodbye moon\n" * 50)
-    (folder / "skip.md").write_text("ignored: not .txt")
+    (folder / "skip.csv").write_text("ignored: not a text, .jsonl or .parquet file")
     data = prepare(DataConfig(name="text_file", path=str(folder), cache_dir=str(tmp_path / "cache")))
-    assert set(data.vocab) == set("hello world goodbye moon\n")
-    assert sum(data.split_sizes().values()) == 12 * 50 + 13 * 50 + 1
+    assert set(data.tokenizer.describe()) == set("hello world goodbye moon\n")
+    assert sum(data.split_sizes().values()) == 12 * 50 + 13 * 50 + 1  # the files, joined by a newline
 
 
 def test_a_changed_text_file_is_prepared_again(tmp_path):
@@ -62,7 +78,7 @@ def test_a_changed_text_file_is_prepared_again(tmp_path):
     first = prepare(cfg)
     path.write_text("xyz" * 200)
     second = prepare(cfg)
-    assert first.directory != second.directory and set(second.vocab) == set("xyz")
+    assert first.directory != second.directory and set(second.tokenizer.describe()) == set("xyz")
 
 
 def test_non_utf8_text_gets_a_clear_error(tmp_path):
@@ -80,10 +96,10 @@ def test_unreadable_prepared_data_names_the_fix(tmp_path, corpus_path):
 
 
 def test_unknown_characters_are_named_when_encoding(tmp_path, corpus_path):
-    data = prepare(DataConfig(path=str(corpus_path), cache_dir=str(tmp_path)))
-    assert data.decode(data.encode("ROMEO:")) == "ROMEO:"
-    with pytest.raises(DataError, match="'€'"):
-        data.encode("ROMEO€")
+    tokenizer = prepare(DataConfig(path=str(corpus_path), cache_dir=str(tmp_path))).tokenizer
+    assert tokenizer.decode(tokenizer.encode("ROMEO:")) == "ROMEO:"
+    with pytest.raises(TokenizerError, match="'€'"):
+        tokenizer.encode("ROMEO€")
 
 
 @pytest.fixture

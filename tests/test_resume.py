@@ -19,9 +19,9 @@ from conftest import compose_config, run_cli
 
 from nanogpt_runner import checkpoint as ck
 from nanogpt_runner import resume, run_control
-from nanogpt_runner.data import prepare
 from nanogpt_runner.launch import CONF_DIR
 from nanogpt_runner.model import GPT
+from nanogpt_runner.prepare import prepare
 from nanogpt_runner.runs import METRICS_FILE, RunReader, read_run
 from nanogpt_runner.worker import execute
 

@@ -52,7 +52,7 @@ def test_best_and_latest_are_different_checkpoints(run_dir):
 
 
 def test_a_prompt_outside_the_vocabulary_names_the_characters(run_dir):
-    with pytest.raises(SampleError, match=r"outside this model's vocabulary of \d+: 'Z' 'é'"):
+    with pytest.raises(SampleError, match=r"outside this vocabulary of \d+: 'Z' 'é'"):
         sample(run_dir, SampleOptions(prompt="éZé ROMEO"))
 
 
@@ -83,7 +83,7 @@ def test_cli_prints_samples_and_reports_errors_in_one_line(run_dir):
     result = cli(run_dir, "prompt=Zoë")
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr.strip().splitlines() == [
-        "error: the prompt has characters outside this model's vocabulary of 39: 'Z' 'ë'; remove or replace them"]
+        "error: the prompt has characters outside this vocabulary of 39: 'Z' 'ë'; remove or replace them"]
 
 
 @pytest.mark.parametrize("where, message", [("missing", "does not exist"), (".", "has no checkpoint yet")])

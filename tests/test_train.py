@@ -1,5 +1,5 @@
-"""The training loop: the schedule, nanoGPT's decay groups, gradient accumulation that trains exactly
-like the larger batch, and the metrics lines a run leaves."""
+"""The training loop: gradient accumulation that trains exactly like the larger batch, and the metrics
+lines a run leaves (the schedule and the optimizers: test_optim.py)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,9 @@ import math
 import pytest
 from conftest import compose_config
 
-from nanogpt_runner.config import OptimizerConfig
-from nanogpt_runner.data import prepare
-from nanogpt_runner.model import GPT
+from nanogpt_runner.prepare import prepare
 from nanogpt_runner.runs import RunReader, RunWriter
-from nanogpt_runner.train import build_optimizer, lr_at, train
+from nanogpt_runner.train import train
 
 
 def train_in_process(tiny_overrides, run_dir, *extra):
@@ -23,30 +21,6 @@ def train_in_process(tiny_overrides, run_dir, *extra):
     reader = RunReader(run_dir)
     reader.refresh()
     return summary, reader.metrics
-
-
-def test_schedule_warms_up_linearly_then_decays_by_cosine_to_min_lr():
-    opt = OptimizerConfig(lr=1e-3, min_lr=1e-4, warmup_iters=10)
-    lrs = [lr_at(step, opt, max_iters=100) for step in range(120)]
-    assert lrs[0] == pytest.approx(1e-3 / 11) and lrs[9] == pytest.approx(1e-3 * 10 / 11)
-    assert lrs[10] == pytest.approx(1e-3)
-    assert lrs[55] == pytest.approx(1e-4 + 0.5 * 0.9e-3)  # halfway through the decay
-    assert all(a >= b for a, b in zip(lrs[10:-1], lrs[11:], strict=True))
-    assert lrs[100:] == [1e-4] * 20
-
-
-def test_decay_iters_ends_the_decay_early():
-    opt = OptimizerConfig(lr=1e-3, min_lr=1e-4, warmup_iters=0, decay_iters=50)
-    assert lr_at(50, opt, max_iters=100) == 1e-4 and lr_at(25, opt, max_iters=100) > 1e-4
-
-
-def test_matrices_are_decayed_and_biases_and_norms_are_not():
-    cfg = compose_config(["model=tiny", "model.bias=true"]).model
-    model = GPT(cfg, 65)
-    decayed, plain = build_optimizer(model, OptimizerConfig(weight_decay=0.1)).param_groups
-    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
-    assert all(p.dim() == 2 for p in decayed["params"]) and all(p.dim() == 1 for p in plain["params"])
-    assert sum(p.numel() for p in decayed["params"] + plain["params"]) == model.num_params(False)
 
 
 def test_accumulation_trains_exactly_like_the_larger_batch(tmp_path, tiny_overrides):
