@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import run_cli
 
 from nanogpt_runner.runs import find_runs, read_run
@@ -37,10 +38,15 @@ def test_an_invalid_config_is_refused_before_anything_runs(tmp_path, tiny_overri
     assert not any((tmp_path / "outputs").rglob("*"))  # not even an empty date folder
 
 
-def test_an_unknown_key_is_refused_by_hydra(tmp_path, tiny_overrides):
-    result = run_cli(tiny_overrides + ["train.max_iter=5"], cwd=tmp_path)
-    assert result.returncode != 0 and "max_iter" in result.stderr
-    assert "Traceback" not in result.stderr
+@pytest.mark.parametrize("override, words", [
+    ("train.max_iter=5", "Key 'max_iter' not in 'TrainConfig'"),
+    ("train.precision=fp8", "Invalid value 'fp8', expected one of [fp32, bf16, fp16, auto]"),
+])
+def test_an_unknown_key_or_choice_is_refused_by_hydra_in_one_line(tmp_path, tiny_overrides, override, words):
+    result = run_cli(tiny_overrides + [override], cwd=tmp_path)
+    assert result.returncode == 2 and words in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_a_text_file_that_is_not_utf8_is_refused_with_the_fix(tmp_path, tiny_overrides):

@@ -9,7 +9,7 @@ from nanogpt_runner import hardware
 from nanogpt_runner.config import DeviceCaps
 
 CPU = torch.device("cpu")
-CPU_CAPS = DeviceCaps(kind="cpu", bf16=True, fp16_fast=False, cuda_available=False)
+CPU_CAPS = DeviceCaps(kind="cpu", bf16=True, cuda_available=False)
 
 
 def fake_peaks(monkeypatch, fp32: float, bf16: float) -> list[str]:

@@ -168,7 +168,7 @@ def test_validate_refuses_impossible_layouts_with_the_reason(overrides, phrase, 
     from nanogpt_runner.config import DeviceCaps
 
     cfg = compose_config(tiny_overrides + overrides)
-    problems = validate(cfg, DeviceCaps(kind="cpu", bf16=True, fp16_fast=False, cuda_available=False))
+    problems = validate(cfg, DeviceCaps(kind="cpu", bf16=True, cuda_available=False))
     layout = layout_problems(cfg)
     if phrase is None:
         assert problems == [] and layout == []
