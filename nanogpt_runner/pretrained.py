@@ -68,7 +68,7 @@ class Source:
 
     def as_record(self) -> dict:
         """run.json's ``init_from``: where the run started from."""
-        return {"spec": self.spec, "kind": self.kind, "path": str(self.path)}
+        return {"spec": self.spec, "kind": self.kind, "path": str(self.path.resolve())}
 
 
 def tokenizer_files(folder: Path) -> list[Path]:
@@ -175,6 +175,8 @@ def _huggingface(spec: str, folder: Path) -> Source:
         raise WeightsError(f"model.init_from={spec}: {folder / HF_CONFIG} is unreadable ({err})") from err
     if not isinstance(config, dict):
         raise WeightsError(f"model.init_from={spec}: {folder / HF_CONFIG} is not a JSON object")
+    if (folder / HF_BIN) == _hf_weights_file(folder):
+        _load_weights_only(folder / HF_BIN, mmap=True)  # refused now, before any run exists, if it holds code
     return Source(spec, "huggingface", folder, hf_architecture(config, str(folder / HF_CONFIG)))
 
 
@@ -233,10 +235,12 @@ def architecture_problems(model_cfg, source: Source, user_set: list[str]) -> lis
     than the weights have, or a block_size larger than their position table."""
     problems = []
     for name in ARCHITECTURE_FIELDS:
-        if _named(f"model.{name}", user_set) and model_cfg[name] != getattr(source.arch, name):
+        via = _named(f"model.{name}", user_set)
+        if via and model_cfg[name] != getattr(source.arch, name):
             problems.append(
-                f"model.{name}={model_cfg[name]} conflicts with model.init_from={source.spec}, whose weights have "
-                f"{name}={getattr(source.arch, name)} (the architecture comes from the weights): drop that override")
+                f"model.{name}={model_cfg[name]}{'' if via == f'model.{name}' else f' (from {via}=...)'} conflicts "
+                f"with model.init_from={source.spec}, whose weights have {name}={getattr(source.arch, name)} (the "
+                f"architecture comes from the weights): drop that override")
     if _named("model.block_size", user_set) and model_cfg.block_size > source.arch.block_size:
         problems.append(
             f"model.block_size={model_cfg.block_size} is larger than the {source.arch.block_size} positions "
@@ -305,9 +309,9 @@ def vocabulary_problem(source: Source, tokenizer) -> str | None:
             f"the way the weights were{hint}")
 
 
-def _named(field: str, user_set: list[str]) -> bool:
-    """Whether a command-line path (``model.n_layer``, or a group such as ``model``) sets ``field``."""
-    return any(field == path or field.startswith(path + ".") for path in user_set)
+def _named(field: str, user_set: list[str]) -> str | None:
+    """The command-line path (``model.n_layer``, or a group such as ``model``) that sets ``field``, if any."""
+    return next((path for path in user_set if field == path or field.startswith(path + ".")), None)
 
 
 # ------------------------------------------------------------------------------------- the weights
