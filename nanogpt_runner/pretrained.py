@@ -124,9 +124,9 @@ def _download(name: str, announce) -> Path | None:
 def _not_cached(name: str) -> WeightsError:
     return WeightsError(
         f"model.init_from={name}: {name}'s weights are not in the Hugging Face cache ({hub_cache_dir()}) and could "
-        f"not be downloaded: on a machine with network run `huggingface-cli download {name} {' '.join(HUB_FILES[:4])}` "
-        f"(pip install huggingface_hub) and copy its models--{name} folder into {hub_cache_dir()} here, or pass "
-        f"model.init_from=/path/to/a/gpt2/folder")
+        f"not be downloaded: on a machine with network run `hf download {name} {' '.join(HUB_FILES[:4])}` "
+        f"(pip install huggingface_hub; older versions: huggingface-cli download) and copy its models--{name} "
+        f"folder into {hub_cache_dir()} here, or pass model.init_from=/path/to/a/gpt2/folder")
 
 
 # ------------------------------------------------------------------------------------------ sources

@@ -43,6 +43,7 @@ FIXED_FIELDS = {
     "model.block_size": "architecture comes from the checkpoint",
     "model.bias": "architecture comes from the checkpoint",
     "model.tie_weights": "architecture comes from the checkpoint",
+    "model.activation": "architecture comes from the checkpoint",
     "optimizer.name": "the optimizer state in the checkpoint is that optimizer's",
     "data.name": "the vocabulary and the data come from the checkpoint's run",
     "data.val_fraction": "it moves the train/val split the run was trained and evaluated on",

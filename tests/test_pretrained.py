@@ -28,6 +28,8 @@ from nanogpt_runner.pretrained import (
     resolve_source,
 )
 from nanogpt_runner.runs import read_run
+from nanogpt_runner.viewer.dashboard import Dashboard
+from nanogpt_runner.viewer.store import RunStore
 
 transformers = pytest.importorskip("transformers")
 
@@ -142,8 +144,8 @@ def test_weights_for_another_vocabulary_are_refused_before_a_run_dir_exists(tmp_
 def test_gpt2_shorthand_resolves_through_the_hugging_face_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(WeightsError, match=r"gpt2's weights are not in the Hugging Face cache .*huggingface-cli "
-                                           r"download gpt2"):
+    with pytest.raises(WeightsError, match=r"gpt2's weights are not in the Hugging Face cache .*`hf download gpt2 "
+                                           r"config.json model.safetensors"):
         resolve_source("gpt2")
     repo = tmp_path / "hub" / "models--openai-community--gpt2"
     save_hf_model(repo / "snapshots" / "0123abc", 65)
@@ -224,6 +226,8 @@ def test_fine_tune_lowers_the_loss_resumes_exactly_and_never_reads_init_from_aga
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.1
     saves = [e for e in metrics(run, "event") if e["event"] == "checkpoint"]
     assert saves and all(e["reason"] == "best" for e in saves)  # train.ckpt_only_on_improvement
+    table, _ = Dashboard(RunStore(tmp_path / "straight", min_rescan_s=0.0), min_poll_s=0.0).table()
+    assert table["model.init_from"].tolist() == [str(tmp_path / "hf")]  # the viewer's runs table says it too
 
     first = run_cli([*finetune, "run.root=resumed", "train.max_iters=2"], cwd=tmp_path)
     assert first.returncode == 0, first.stderr

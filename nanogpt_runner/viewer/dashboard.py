@@ -31,6 +31,7 @@ MAX_TABLE_ROWS = 500  # more rows make the page slow to update; the filter narro
 MAX_CONFIG_COLUMNS = 8
 DEFAULT_SELECTED = 5
 BARS = {  # bar plot -> (summary field, axis title)
+INIT_FROM = "model.init_from"  # the weights a run started from (config.ModelConfig.init_from)
     **{name: (field, axis_title(METRIC[field])) for name, field in
        (("time", "elapsed_s"), ("memory", "peak_mem_gb"), ("throughput", "tok_per_s"))},
     "to_target": ("time_to_target_s", "time to target val loss (s)"),
@@ -85,6 +86,8 @@ class Dashboard:
         keys = differing_keys(shown)[:MAX_CONFIG_COLUMNS]
         rows = []
         for record in shown:
+        if INIT_FROM not in keys and any(self._row(r)[1].get(INIT_FROM, "scratch") != "scratch" for r in shown):
+            keys.append(INIT_FROM)  # where fine-tuned runs started from, even when they all started from one
             summary, config = self._row(record)
             row = {"name": summary["name"], "sweep": summary["sweep"], "status": summary["status"]}
             row.update({key: _cell(config.get(key)) for key in keys})
