@@ -44,7 +44,7 @@ from nanogpt_runner.data import FORMAT, META_FILE, SPLITS, DataError, PreparedDa
 from nanogpt_runner.safe_pickle import UnsafePickleError, load_plain
 
 CHUNK_BYTES = 4 << 20
-SCAN_TOKENS = 1 << 24  # ids read at a time when copying or scanning a token file
+SCAN_TOKENS = 1 << 20  # ids read at a time when copying or scanning a token file
 PROGRESS_FILE = "progress.json"
 TOKENS_FILE = "tokens.bin"
 SHAKESPEARE = ("shakespeare_char", "shakespeare")
