@@ -28,7 +28,13 @@ from nanogpt_runner.runs import (
 )
 
 # Keys that say where or how a run was stored, not what it trained: never a "difference" between runs.
-IGNORED_KEY_PREFIXES = ("run.", "data.cache_dir", "data.url", "data.download_timeout_s")
+IGNORED_KEY_PREFIXES = ("run.", "data.cache_dir", "data.url", "data.download_timeout_s", "sweep.", "resume")
+# Runs whose configs differ only in this key are one configuration tried with several seeds (a seed group).
+SEED_KEY = "train.seed"
+# A difference between two seed groups counts as real when it is at least this many standard errors.
+SIGNIFICANT_STANDARD_ERRORS = 2.0
+# The budgets two runs are compared at: the x column of the eval lines, and how to say an amount of it.
+BUDGETS = {"tokens": "{:,.0f} tokens", "elapsed_s": "{:.1f} s", "flops": "{:.3g} FLOPs"}
 # Settings whose cost in time and memory is the point of comparing runs; listed first when they differ.
 LEVERS = {"train.recompute": "recompute", "train.grad_accum": "grad_accum", "train.precision": "precision",
           "train.compile": "compile", "parallel.name": "layout", "parallel.nproc_per_node": "processes"}
@@ -73,6 +79,8 @@ class RunRecord:
             frame = pd.DataFrame.from_records(lines, columns=columns) if lines else pd.DataFrame(
                 columns=columns, dtype=float)
             frame = frame.apply(pd.to_numeric, errors="coerce").astype(float)
+            if "tokens" in frame:  # compute spent: tokens x the model's training FLOPs per token (run.json)
+                frame["flops"] = frame.tokens * (_number(self.info.get("flops_per_token")) or math.nan)
             loss = LOSS_FIELD[kind]
             frame["diverged"] = np.array([_non_finite(line.get(loss)) for line in lines], dtype=bool)
             cached = (key, frame)
@@ -300,21 +308,17 @@ def _cost_note(record: RunRecord, s: dict) -> str:
 
 def compare_notes(records: list[RunRecord], target: float | None = None,
                   summaries: dict[str, dict] | None = None) -> list[str]:
-    """Which run did best, which got to the target first, and what each differing setting changed.
+    """Which run (or seed group) did best, which got to the target first, how wide each seed group's
+    spread is, and what each differing setting changed: in memory and speed, in loss at the end and at
+    equal budgets, and whether the loss difference is larger than the seed noise.
 
     ``summaries`` maps run id to ``summarize(run, target)`` when the caller already has them.
     """
     if len(records) < 2:
         return []
     rows = summaries or {r.id: summarize(r, target) for r in records}
-    notes = []
-    finished = [r for r in records if finite(rows[r.id]["best_val_loss"])]
-    if finished:
-        best = min(finished, key=lambda r: rows[r.id]["best_val_loss"])
-        runner_up = sorted(rows[r.id]["best_val_loss"] for r in finished)[1:2]
-        lead = runner_up[0] - rows[best.id]["best_val_loss"] if runner_up else None
-        margin = "" if lead is None else ", tied with the next" if lead < 5e-5 else f", {lead:.4f} ahead of the next"
-        notes.append(f"best val loss: {best.label} with {rows[best.id]['best_val_loss']:.4f}{margin}.")
+    groups = seed_groups(records)
+    notes = [_best_note(groups, rows)] if any(finite(rows[r.id]["best_val_loss"]) for r in records) else []
     if target is not None:
         reached = [r for r in records if finite(rows[r.id]["time_to_target_s"])]
         if reached:
@@ -328,38 +332,62 @@ def compare_notes(records: list[RunRecord], target: float | None = None,
     if len(fast) > 1:
         top = max(fast, key=lambda r: rows[r.id]["tok_per_s"])
         notes.append(f"highest throughput: {top.label} at {rows[top.id]['tok_per_s']:,.0f} tokens/s.")
-    for base, other, keys in closest_pairs(records):
-        notes.append(_effect_note(base, other, keys, rows[base.id], rows[other.id]))
+    for group in groups:
+        if len(group.runs) > 1:
+            loss = group.stats(lambda r: rows[r.id]["best_val_loss"])
+            notes.append(f"seed group {group.label}: best val loss {loss.mean_std('.4f')} over {len(group.runs)} "
+                         f"seeds (range {loss.range('.4f')}).")
+    for base, other, keys in closest_pairs(groups):
+        notes.append(_effect_note(base, other, keys, rows))
     return notes
 
 
-def closest_pairs(records: list[RunRecord]) -> list[tuple[RunRecord, RunRecord, list[str]]]:
-    """For each run, its closest other run (fewest differing config keys), as (baseline, run, keys).
+def _best_note(groups: list[Group], rows: dict[str, dict]) -> str:
+    """The lowest best val loss: of a run when each configuration ran once, else of a seed group's mean."""
+    def loss(group: Group) -> Spread:
+        return group.stats(lambda r: rows[r.id]["best_val_loss"])
 
-    The baseline of a pair is the run with the plainer setting (no recomputation, less accumulation,
+    ranked = sorted((g for g in groups if loss(g).n), key=lambda g: loss(g).mean)
+    best = ranked[0]
+    if all(len(g.runs) == 1 for g in groups):
+        name, value = best.runs[0].label, f"{loss(best).mean:.4f}"
+    else:
+        name, value = f"seed group {best.label}", f"{loss(best).mean_std('.4f')} ({loss(best).n} seeds)"
+    if len(ranked) < 2:
+        return f"best val loss: {name} with {value}."
+    lead = loss(ranked[1]).mean - loss(best).mean
+    margin = ", tied with the next" if lead < 5e-5 else f", {lead:.4f} ahead of the next"
+    return f"best val loss: {name} with {value}{margin} ({significance(loss(best), loss(ranked[1]))})."
+
+
+def closest_pairs(groups: list[Group]) -> list[tuple[Group, Group, list[str]]]:
+    """For each seed group, its closest other group (fewest differing config keys, the seed aside), as
+    (baseline, other, keys).
+
+    The baseline of a pair is the group with the plainer setting (no recomputation, less accumulation,
     one process, fp32), so effects read as "turning X on changed Y". Pairs that differ in more than
     MAX_PAIR_DIFFERENCES keys are left out: too many causes to name one.
     """
-    configs = {r.id: r.config for r in records}
-    pairs: dict[tuple[str, str], tuple[RunRecord, RunRecord, list[str]]] = {}
-    for record in records:
-        best: tuple[int, RunRecord, list[str]] | None = None
-        for other in records:
-            if other is record:
+    configs = {id(g): g.runs[0].config for g in groups}
+    pairs: dict[tuple[int, int], tuple[Group, Group, list[str]]] = {}
+    for group in groups:
+        best: tuple[int, Group, list[str]] | None = None
+        for other in groups:
+            if other is group:
                 continue
-            keys = _diff(configs[record.id], configs[other.id])
+            keys = _diff(configs[id(group)], configs[id(other)])
             if keys and (best is None or len(keys) < best[0]):
                 best = (len(keys), other, keys)
         if best is None or best[0] > MAX_PAIR_DIFFERENCES:
             continue
         _, other, keys = best
-        base, run = sorted((record, other), key=lambda r: [_plainness(configs[r.id].get(k)) for k in keys])
-        pairs.setdefault(tuple(sorted((base.id, run.id))), (base, run, keys))
-    return sorted(pairs.values(), key=lambda p: (not any(k in LEVERS for k in p[2]), p[0].id, p[1].id))
+        base, run = sorted((group, other), key=lambda g: [_plainness(configs[id(g)].get(k)) for k in keys])
+        pairs.setdefault(tuple(sorted((id(base), id(run)))), (base, run, keys))
+    return sorted(pairs.values(), key=lambda p: (not any(k in LEVERS for k in p[2]), p[0].key, p[1].key))
 
 
 def _diff(a: dict, b: dict) -> list[str]:
-    keys = {k for k in a.keys() | b.keys() if meaningful(k) and repr(a.get(k)) != repr(b.get(k))}
+    keys = {k for k in a.keys() | b.keys() if meaningful(k) and k != SEED_KEY and repr(a.get(k)) != repr(b.get(k))}
     return sorted(keys, key=lambda k: (k not in LEVERS, k))
 
 
@@ -373,16 +401,25 @@ def _plainness(value) -> tuple:
     return (not plain, 1, 0.0, str(value))
 
 
-def _effect_note(base: RunRecord, run: RunRecord, keys: list[str], b: dict, r: dict) -> str:
-    change = ", ".join(f"{k} {base.config.get(k)} → {run.config.get(k)}" for k in keys)
+def _effect_note(base: Group, run: Group, keys: list[str], rows: dict[str, dict]) -> str:
+    """What changing ``keys`` did: memory, speed and time (seed means), the loss at the end and at equal
+    budgets, and whether the loss difference stands out of the seed noise."""
+    first, other = base.runs[0], run.runs[0]
+    change = ", ".join(f"{k} {first.config.get(k)} → {other.config.get(k)}" for k in keys)
+
+    def mean(group: Group, field: str) -> float:
+        return group.stats(lambda r: rows[r.id][field]).mean
+
     effects = [
-        _relative("peak memory", b["peak_mem_gb"], r["peak_mem_gb"], "{:.2f} GB"),
-        _relative("tokens/s", b["tok_per_s"], r["tok_per_s"], "{:,.0f}"),
-        _relative("total time", b["elapsed_s"], r["elapsed_s"], "{:.1f} s"),
+        _relative("peak memory", mean(base, "peak_mem_gb"), mean(run, "peak_mem_gb"), "{:.2f} GB"),
+        _relative("tokens/s", mean(base, "tok_per_s"), mean(run, "tok_per_s"), "{:,.0f}"),
+        _relative("total time", mean(base, "elapsed_s"), mean(run, "elapsed_s"), "{:.1f} s"),
     ]
-    if finite(b["best_val_loss"]) and finite(r["best_val_loss"]):
-        effects.append(f"best val loss {b['best_val_loss']:.4f} → {r['best_val_loss']:.4f} "
-                       f"({r['best_val_loss'] - b['best_val_loss']:+.4f})")
+    b_loss, r_loss = (g.stats(lambda r: rows[r.id]["best_val_loss"]) for g in (base, run))
+    if b_loss.n and r_loss.n:
+        effects.append(f"best val loss {b_loss.mean_std('.4f')} → {r_loss.mean_std('.4f')} "
+                       f"({r_loss.mean - b_loss.mean:+.4f}; {significance(b_loss, r_loss)})")
+    effects += equal_budget_notes(base, run)
     effects = [e for e in effects if e] or ["no comparable numbers yet"]
     return f"{change} ({run.label} vs {base.label}): {'; '.join(effects)}."
 
@@ -391,6 +428,128 @@ def _relative(what: str, before, after, fmt: str) -> str:
     if not (finite(before) and finite(after)) or before == 0:
         return ""
     return f"{what} {fmt.format(before)} → {fmt.format(after)} ({(after - before) / before:+.0%})"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Seeds, budgets and objectives
+
+
+@dataclass
+class Spread:
+    """Numbers of one quantity over the runs of a seed group (the finite ones)."""
+
+    values: list[float]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values)) if self.values else math.nan
+
+    @property
+    def std(self) -> float:
+        """The sample standard deviation (ddof 1); 0 for one value, NaN for none."""
+        return float(np.std(self.values, ddof=1)) if self.n > 1 else 0.0 if self.n else math.nan
+
+    def mean_std(self, fmt: str) -> str:
+        """"1.8840 ± 0.0120" (one value: the value alone; none: "-")."""
+        if not self.n:
+            return "-"
+        return format(self.mean, fmt) + (f" ± {format(self.std, fmt)}" if self.n > 1 else "")
+
+    def range(self, fmt: str) -> str:
+        return f"{format(min(self.values), fmt)} – {format(max(self.values), fmt)}" if self.n else "-"
+
+
+@dataclass
+class Group:
+    """Runs of one configuration: their configs differ only by train.seed, or they share run.group."""
+
+    key: str
+    label: str
+    runs: list[RunRecord]
+
+    def stats(self, value) -> Spread:
+        """``value(run)`` over the group's runs, the non-finite left out."""
+        return Spread([float(v) for v in (value(r) for r in self.runs) if finite(v)])
+
+
+def group_key(record: RunRecord) -> str:
+    """run.group when set, else the config without the seed and the keys that do not change training."""
+    config = record.config
+    if config.get("run.group"):
+        return f"group {config['run.group']}"
+    if not config:  # nothing known about it: a group of its own
+        return f"run {record.id}"
+    return repr(sorted((k, repr(v)) for k, v in config.items() if meaningful(k) and k != SEED_KEY))
+
+
+def seed_groups(records: list[RunRecord]) -> list[Group]:
+    """The records as seed groups, in order of first appearance. A group is labelled by run.group, else
+    by its overrides that are neither the seed nor shared by every record (else by its first run)."""
+    overrides = [[o for o in r.info.get("overrides") or [] if not o.startswith(f"{SEED_KEY}=")] for r in records]
+    common = set.intersection(*(set(o) for o in overrides)) if overrides else set()
+    groups: dict[str, Group] = {}
+    for record, own in zip(records, overrides, strict=True):
+        key = group_key(record)
+        if key not in groups:
+            label = str(record.config.get("run.group") or " ".join(o for o in own if o not in common) or record.name)
+            groups[key] = Group(key, label, [])
+        groups[key].runs.append(record)
+    return list(groups.values())
+
+
+def significance(a: Spread, b: Spread) -> str:
+    """Whether the means of two groups differ by more than their seeds scatter: the difference in standard
+    errors (Welch's), "one seed: cannot tell" when a group has a single run."""
+    if a.n < 2 or b.n < 2:
+        return "one seed: cannot tell"
+    error = math.sqrt(a.std**2 / a.n + b.std**2 / b.n)
+    if error == 0:
+        return "no seed spread at all: cannot tell"
+    ratio = abs(b.mean - a.mean) / error
+    verdict = "larger than" if ratio >= SIGNIFICANT_STANDARD_ERRORS else "within"
+    return f"{verdict} the seed noise: {ratio:.1f} standard errors"
+
+
+def loss_within(record: RunRecord, budget: str, amount: float) -> float | None:
+    """The best val loss among the evals done within ``amount`` of ``budget`` (tokens, elapsed_s or flops)."""
+    evals = record.frame(EVAL)
+    if budget not in evals:
+        return None
+    return _finite_stat(evals.val_loss[evals[budget] <= amount], "min")
+
+
+def equal_budget_notes(base: Group, run: Group) -> list[str]:
+    """The loss each group reached by the smaller budget of the two (tokens, time, FLOPs): a run that simply
+    trained longer does not win by that alone."""
+    notes = []
+    for budget, fmt in BUDGETS.items():
+        spent = [_finite_stat(r.frame(EVAL)[budget], "max") if budget in r.frame(EVAL) else None
+                 for r in base.runs + run.runs]
+        if not all(finite(s) for s in spent):
+            continue
+        amount = min(spent)
+        b, r = (g.stats(lambda rec, on=budget, most=amount: loss_within(rec, on, most)) for g in (base, run))
+        if b.n and r.n:
+            notes.append(f"at equal {fmt.format(amount)}: val loss {b.mean:.4f} → {r.mean:.4f}")
+    return notes
+
+
+def objective_value(record: RunRecord) -> float | None:
+    """The run's value of its ``sweep.objective`` (val_loss, val_bpb: the best eval; tok_per_s: steady
+    throughput; time_to_target: seconds to the first eval at or below train.target_loss)."""
+    config = record.config
+    objective = config.get("sweep.objective") or "val_loss"
+    if objective == "time_to_target":
+        return time_to_target(record, _number(config.get("train.target_loss")))
+    if objective == "val_bpb":
+        evals = record.frame(EVAL)
+        return _finite_stat(evals.val_bpb, "min") if "val_bpb" in evals else None
+    summary = summarize(record)
+    return summary["tok_per_s"] if objective == "tok_per_s" else summary["best_val_loss"]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 
@@ -14,6 +15,7 @@ from nanogpt_runner.analysis import (
     diverged_at,
     load_runs,
     run_notes,
+    seed_groups,
     summarize,
 )
 from nanogpt_runner.runs import RunWriter
@@ -122,10 +124,10 @@ def test_differing_keys_list_levers_first_and_ignore_where_runs_were_stored(tmp_
 def test_the_closest_pair_puts_the_plain_setting_first(tmp_path):
     write_run(tmp_path / "a", 10, cfg=config(**{"train.recompute": True})).close()
     write_run(tmp_path / "b", 10, cfg=config()).close()
-    write_run(tmp_path / "c", 10, cfg=config(**{"model.n_layer": 8, "optimizer.lr": 1.0, "train.seed": 1,
+    write_run(tmp_path / "c", 10, cfg=config(**{"model.n_layer": 8, "optimizer.lr": 1.0, "train.grad_clip": 0.5,
                                                  "train.batch_size": 2})).close()
-    pairs = closest_pairs(load_runs(tmp_path))
-    assert [(base.id, run.id, keys) for base, run, keys in pairs] == [("b", "a", ["train.recompute"])]
+    pairs = closest_pairs(seed_groups(load_runs(tmp_path)))
+    assert [(base.runs[0].id, run.runs[0].id, keys) for base, run, keys in pairs] == [("b", "a", ["train.recompute"])]
 
 
 def test_across_runs_names_the_best_the_fastest_and_what_recomputation_cost(tmp_path):
@@ -153,3 +155,56 @@ def test_load_runs_skips_folders_whose_run_json_is_unreadable(tmp_path):
     (tmp_path / "bad" / "run.json").write_text("{not json")
     assert [r.id for r in load_runs(tmp_path)] == ["good"]
     assert math.isfinite(summarize(load_runs(tmp_path)[0])["best_val_loss"])
+
+
+def seeds(root, name: str, floors: list[float], steps: int = 100, **changes):
+    """One configuration run once per seed; ``floors`` sets where each seed's loss levels off."""
+    for seed, floor in enumerate(floors):
+        write_run(root / f"{name}{seed}", steps, cfg=config(**changes, **{"train.seed": seed}), loss_floor=floor,
+                  start_time=len(list(root.iterdir())) if root.exists() else 0).close()
+
+
+def test_runs_that_differ_only_by_seed_form_a_group_with_mean_and_spread(tmp_path):
+    seeds(tmp_path, "base", [1.50, 1.52, 1.54])
+    seeds(tmp_path, "lr", [1.50, 1.52, 1.54], **{"optimizer.lr": 3e-3})
+    groups = seed_groups(load_runs(tmp_path))
+    assert [sorted(r.id for r in g.runs) for g in groups] == [["base0", "base1", "base2"], ["lr0", "lr1", "lr2"]]
+    loss = groups[0].stats(lambda r: summarize(r)["best_val_loss"])
+    assert loss.n == 3 and loss.mean == pytest.approx(statistics.mean(loss.values))
+    assert loss.std == pytest.approx(statistics.stdev(loss.values)) and loss.std > 0
+    assert loss.mean_std(".3f") == f"{loss.mean:.3f} ± {loss.std:.3f}"
+
+
+def test_a_difference_inside_the_seed_spread_is_not_called_a_win(tmp_path):
+    seeds(tmp_path, "base", [1.50, 1.53, 1.56])
+    seeds(tmp_path, "lr", [1.49, 1.52, 1.55], **{"optimizer.lr": 3e-3})
+    notes = compare_notes(load_runs(tmp_path))
+    effect = next(n for n in notes if n.startswith("optimizer.lr"))
+    assert "within the seed noise" in effect
+    assert any(n.startswith("seed group") and "over 3 seeds" in n for n in notes)
+
+
+def test_a_difference_far_outside_the_seed_spread_is_real(tmp_path):
+    seeds(tmp_path, "base", [1.50, 1.51, 1.52])
+    seeds(tmp_path, "lr", [1.80, 1.81, 1.82], **{"optimizer.lr": 3e-3})
+    effect = next(n for n in compare_notes(load_runs(tmp_path)) if n.startswith("optimizer.lr"))
+    assert "larger than the seed noise" in effect
+
+
+def test_one_seed_each_cannot_tell(tmp_path):
+    seeds(tmp_path, "base", [1.50])
+    seeds(tmp_path, "lr", [1.80], **{"optimizer.lr": 3e-3})
+    effect = next(n for n in compare_notes(load_runs(tmp_path)) if n.startswith("optimizer.lr"))
+    assert "one seed: cannot tell" in effect
+
+
+def test_runs_are_compared_at_equal_budgets_not_only_at_their_ends(tmp_path):
+    """The longer run's end is not a fair win: at the shorter run's tokens and time, both losses are shown."""
+    write_run(tmp_path / "short", 100, cfg=config(), start_time=1).close()
+    write_run(tmp_path / "long", 400, cfg=config(**{"train.max_iters": 400}), start_time=2).close()
+    effect = next(n for n in compare_notes(load_runs(tmp_path)) if n.startswith("train.max_iters"))
+    tokens = 100 * 12 * 32  # the shorter run's tokens (batch 12 x block 32 per step)
+    assert f"at equal {tokens:,} tokens: val loss" in effect and "at equal 1.0 s: val loss" in effect
+    short, long = (float(x) for x in effect.split(f"at equal {tokens:,} tokens: val loss ")[1].split(";")[0]
+                   .split(" → "))
+    assert short == pytest.approx(long)  # the same curve: equal at equal tokens
