@@ -18,9 +18,9 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from nanogpt_runner.config import register_schema
+from nanogpt_runner.config import CONF_DIR, register_schema
 from nanogpt_runner.console import error
-from nanogpt_runner.launch import CONF_DIR, EXIT_INVALID_CONFIG, check, composition_error
+from nanogpt_runner.launch import EXIT_INVALID_CONFIG, check, composition_error
 from nanogpt_runner.pretrained import apply_init_from
 from nanogpt_runner.resume import plan_resume
 from nanogpt_runner.run_control import CheckpointError

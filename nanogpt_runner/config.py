@@ -17,6 +17,7 @@ run.json see plain strings.
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import re
 import stat
@@ -26,6 +27,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from omegaconf import MISSING
+
+
+# The shipped configs, found through the package: nanogpt_runner.conf is the top-level conf/ (pyproject.toml
+# maps it), so an editable install reads edits there at once and a wheel carries the files inside the package.
+CONF_DIR = Path(str(importlib.resources.files("nanogpt_runner.conf")))
 
 
 class Choice(str, Enum):

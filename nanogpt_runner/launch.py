@@ -22,7 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from nanogpt_runner.config import config_warnings, data_problems, register_schema, validate
+from nanogpt_runner.config import CONF_DIR, config_warnings, data_problems, register_schema, validate
 from nanogpt_runner.console import error
 from nanogpt_runner.data import DataError, PreparedData
 from nanogpt_runner.prepare import prepare
@@ -33,7 +33,6 @@ from nanogpt_runner.runs import CONFIG_FILE, RUN_FILE, RunWriter
 from nanogpt_runner.sweep import SKIPPED, SweepMismatch, forget_outcome, job_objective, previous_attempt, record_action
 from nanogpt_runner.torchrun import fill_cluster_rendezvous, hidden_gpus_problem, run_group
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 EXIT_INVALID_CONFIG = 2
 
 
@@ -57,7 +56,7 @@ def check(cfg: DictConfig, announce=print) -> tuple[list[str], PreparedData | No
 def git_commit() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=CONF_DIR.parent, capture_output=True, text=True, timeout=5
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5
         )
     except (OSError, subprocess.SubprocessError):
         return None

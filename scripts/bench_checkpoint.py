@@ -21,16 +21,15 @@ import torch
 from omegaconf import OmegaConf
 
 from nanogpt_runner import checkpoint as ck
-from nanogpt_runner.config import ModelConfig, OptimizerConfig
+from nanogpt_runner.config import CONF_DIR, ModelConfig, OptimizerConfig
 from nanogpt_runner.model import GPT
 from nanogpt_runner.train import build_optimizer
 
-CONF = Path(__file__).resolve().parent.parent / "conf" / "model"
 VOCAB = tuple(chr(c) for c in range(32, 97))
 
 
 def build(preset: str) -> tuple[GPT, torch.optim.Optimizer]:
-    cfg = ModelConfig(**OmegaConf.to_container(OmegaConf.load(CONF / f"{preset}.yaml")))
+    cfg = ModelConfig(**OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / f"{preset}.yaml")))
     model = GPT(cfg, len(VOCAB))
     optimizer = build_optimizer(model, OptimizerConfig())
     for p in model.parameters():

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from nanogpt_runner.config import register_schema
-from nanogpt_runner.launch import CONF_DIR
+from nanogpt_runner.config import CONF_DIR, register_schema
 
 SHARED_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from nanogpt_runner.config import (
     ATTENTION_IMPLEMENTATIONS,
     BACKENDS,
+    CONF_DIR,
     DP_MODES,
     NAN_POLICIES,
     PP_SCHEDULES,
@@ -44,7 +45,6 @@ from nanogpt_runner.config import (
 )
 
 CHECK_TIMEOUT_S = 180
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 RUN_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # Characters a path from the page may contain: enough for real file names, nothing Hydra's override grammar
 # gives a meaning to (quotes, $, \, commas, brackets, =, :) and no control characters.
