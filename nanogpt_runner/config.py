@@ -28,7 +28,6 @@ from urllib.parse import urlsplit
 
 from omegaconf import MISSING
 
-
 # The shipped configs, found through the package: nanogpt_runner.conf is the top-level conf/ (pyproject.toml
 # maps it), so an editable install reads edits there at once and a wheel carries the files inside the package.
 CONF_DIR = Path(str(importlib.resources.files("nanogpt_runner.conf")))
@@ -48,7 +47,7 @@ class Precision(Choice):
     fp32 = "fp32"
     bf16 = "bf16"
     fp16 = "fp16"
-    auto = "auto"  # bf16 where this machine runs it fast, else fp32
+    auto = "auto"  # the faster of fp32 and bf16 for this model, timed on this machine (nanogpt_runner.autotune)
 
 
 class Device(Choice):
@@ -65,6 +64,11 @@ class ResumeMode(Choice):
 class NanPolicy(Choice):
     stop = "stop"  # fail at a non-finite loss or grad norm
     skip_step = "skip_step"  # drop that update (counted)
+
+
+class PlanMode(Choice):
+    off = "off"  # train with the settings as given
+    auto = "auto"  # time candidate settings first (nanogpt-plan, cached) and train with the fastest that fits
 
 
 class Attention(Choice):
@@ -208,6 +212,7 @@ class TrainConfig:
     nan_policy: NanPolicy = NanPolicy.stop
     device: Device = Device.auto
     tf32: bool = True  # precision=fp32 on an Ampere+ GPU: TF32 tensor cores for matmuls; false: IEEE fp32
+    plan: PlanMode = PlanMode.off
     # Early stops and budgets (None: off). Each ends the run as completed, with its stop_reason in run.json.
     target_loss: float | None = None  # stop at the first eval whose val loss is at or below this
     early_stop_patience: int | None = None  # stop after this many evals without a new best val loss
@@ -215,6 +220,11 @@ class TrainConfig:
     max_time_s: float | None = None  # training wall-clock budget (the lr schedule follows the time used)
     max_tokens: int | None = None  # token budget: the run trains min(max_iters, the steps that fit) steps
     max_flops: float | None = None  # FLOPs budget (tokens x the model's training FLOPs per token), like max_tokens
+
+
+@dataclass
+class PlanConfig:
+    budget_s: float = 8.0  # seconds nanogpt-plan (and train.plan=auto) may spend timing candidate settings
 
 
 @dataclass
@@ -238,7 +248,21 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
     resume: str | None = None  # a run dir or checkpoint folder to continue in place (README: Checkpoints and resume)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    """{"train": {"lr": 1}} -> {"train.lr": 1}: configs compared and shown field by field (lists and empty
+    sections stay values)."""
+    flat = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, path + "."))
+        else:
+            flat[path] = value
+    return flat
 
 
 def register_schema() -> None:
@@ -339,6 +363,8 @@ def validate(cfg, device: DeviceCaps | None = None) -> list[str]:
     if t.keep_last < 1:
         problems.append(f"train.keep_last={t.keep_last} must be 1 or more: resuming needs the latest checkpoint.")
     problems += _stop_problems(t, cfg.sweep)
+    if cfg.plan.budget_s <= 0:
+        problems.append(f"plan.budget_s={cfg.plan.budget_s} must be positive: the seconds the plan may spend, e.g. 8.")
     if device is not None:
         problems += _precision_problems(t.precision, device)
     if t.device == "cuda" and device is not None and not device.cuda_available:
@@ -454,6 +480,22 @@ def dp_degree(par) -> int:
     return max(par.nproc_per_node * par.nnodes // max(par.tp * par.pp, 1), 1)
 
 
+def available_cores() -> int:
+    """The CPUs this process may run on: a SLURM job's or a container's share (its affinity), not the node's."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on this OS (macOS)
+        return os.cpu_count() or 1
+
+
+def threads_per_rank(par, cores: int | None = None) -> int:
+    """CPU threads each rank uses: ``parallel.threads_per_rank``, or the available cores shared by the node's
+    ranks (ranks x threads above the cores ran 2-6x slower)."""
+    return par.threads_per_rank or max((cores or available_cores()) // par.nproc_per_node, 1)
+
+
 def layout_problems(cfg, device: DeviceCaps | None = None) -> list[str]:
     """Why a parallel layout cannot run as asked, one sentence per problem (empty when it can)."""
     par, m, t = cfg.parallel, cfg.model, cfg.train
@@ -562,11 +604,9 @@ def config_warnings(cfg, cpu_count: int | None = None) -> list[str]:
 
 def layout_warnings(cfg, cpu_count: int | None = None) -> list[str]:
     """Layouts that run but probably not as the user hopes: more CPU threads than cores."""
-    import os
-
     par = cfg.parallel
-    cores = cpu_count or os.cpu_count() or 1
-    threads = par.threads_per_rank or max(cores // par.nproc_per_node, 1)
+    cores = cpu_count or available_cores()
+    threads = threads_per_rank(par, cores)
     if cfg.train.device != "cuda" and par.nproc_per_node * threads > cores:
         return [
             f"{par.nproc_per_node} ranks x {threads} threads on {cores} CPU cores: the ranks compete for cores and "

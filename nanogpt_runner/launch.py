@@ -38,7 +38,7 @@ EXIT_INVALID_CONFIG = 2
 
 def check(cfg: DictConfig, announce=print) -> tuple[list[str], PreparedData | None]:
     """Every problem with ``cfg``, data included; the prepared data when there is none."""
-    from nanogpt_runner.hardware import device_caps
+    from nanogpt_runner.hardware import device_caps, memory_refusal
 
     problems = validate(cfg, device_caps(cfg.train.device))
     if hidden := hidden_gpus_problem(cfg):
@@ -50,6 +50,8 @@ def check(cfg: DictConfig, announce=print) -> tuple[list[str], PreparedData | No
     except DataError as err:
         return [str(err)], None
     problems = data_problems(cfg, data.split_sizes()) + vocabulary_problems(cfg, data.tokenizer)
+    if not problems and cfg.train.plan != "auto" and (refused := memory_refusal(cfg, data.vocab_size)):
+        problems.append(refused)  # (a plan picks a setting that fits, or says that none does)
     return problems, None if problems else data
 
 
@@ -70,7 +72,7 @@ def run_job(cfg: DictConfig) -> int:
     fill_cluster_rendezvous(cfg)
     # Resume (resume=PATH, or train.resume=auto in a run dir with checkpoints) continues an existing run
     # in place, with the checkpoint's config plus the allowed overrides; Hydra's new dir is then unused.
-    fresh_dir, fresh_root, plan = run_dir, Path(cfg.run.root), None
+    fresh_dir, fresh_root, plan, speed_plan = run_dir, Path(cfg.run.root), None, None
     try:
         if sweep and cfg.resume:
             raise CheckpointError(
@@ -86,6 +88,10 @@ def run_job(cfg: DictConfig) -> int:
         cfg, init_problems = apply_init_from(cfg, list(hydra_cfg.overrides.task), CONF_DIR)
         problems, data = check(cfg)
         problems = init_problems + problems
+        if not problems and cfg.train.plan == "auto":  # the fastest setting that fits, timed here (cached)
+            from nanogpt_runner.plan import plan_run
+
+            cfg, speed_plan, problems = plan_run(cfg, data.vocab_size)
     if problems:
         message = "invalid config:\n" + "\n".join(f"  - {p}" for p in problems)
         error(message)
@@ -101,7 +107,7 @@ def run_job(cfg: DictConfig) -> int:
 
     (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     writer = RunWriter(run_dir, plan.run_record() if plan else _identity(cfg, run_dir, hydra_cfg))
-    writer.update(status="queued", dataset=data.as_record())
+    writer.update(status="queued", dataset=data.as_record(), **({"plan": speed_plan.as_record()} if speed_plan else {}))
     writer.close()
     for warning in config_warnings(cfg):
         print(f"warning: {warning}", file=sys.stderr)

@@ -18,19 +18,19 @@ from nanogpt_runner import checkpoint as ck
 from nanogpt_runner import resume, run_control
 from nanogpt_runner.config import ModelConfig, OptimizerConfig
 from nanogpt_runner.model import GPT
+from nanogpt_runner.optim import Optimizers, build_optimizers
 from nanogpt_runner.runs import RunWriter
-from nanogpt_runner.train import build_optimizer
 
 VOCAB = tuple(chr(c) for c in range(32, 97))
 
 
-def tiny_model(seed: int = 0) -> tuple[GPT, torch.optim.Optimizer]:
+def tiny_model(seed: int = 0) -> tuple[GPT, Optimizers]:
     torch.manual_seed(seed)
     model = GPT(ModelConfig(name="tiny", n_layer=2, n_head=2, n_embd=32, block_size=16, dropout=0.1), len(VOCAB))
-    return model, build_optimizer(model, OptimizerConfig())
+    return model, build_optimizers(model, OptimizerConfig())
 
 
-def train_steps(model: GPT, optimizer: torch.optim.Optimizer, steps: int) -> list[float]:
+def train_steps(model: GPT, optimizer: Optimizers, steps: int) -> list[float]:
     """A few real updates (dropout on, so they draw from the torch RNG); returns the losses."""
     losses = []
     for step in range(steps):
@@ -38,7 +38,7 @@ def train_steps(model: GPT, optimizer: torch.optim.Optimizer, steps: int) -> lis
         _, loss = model(x, x)
         loss.backward()
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         losses.append(loss.item())
     return losses
 

@@ -10,8 +10,7 @@ from conftest import compose_config
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from nanogpt_runner.config import Config, DeviceCaps, data_problems, validate
-from nanogpt_runner.launch import CONF_DIR
+from nanogpt_runner.config import CONF_DIR, Config, DeviceCaps, data_problems, validate
 
 CPU = DeviceCaps(kind="cpu", bf16=True, cuda_available=False)
 OLD_GPU = DeviceCaps(kind="cuda", bf16=False, cuda_available=True)
