@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import platform
 import re
 import resource
@@ -20,7 +19,9 @@ from pathlib import Path
 
 import torch
 
+from nanogpt_runner import memory
 from nanogpt_runner.config import DeviceCaps
+from nanogpt_runner.fsutil import write_json_atomic
 
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -148,9 +149,7 @@ def peak_flops(device: torch.device, precision: str, cache_dir: Path) -> float:
     if key not in cache:
         cache[key] = measure_matmul_flops(device, DTYPES[precision])
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(cache, indent=1))
-        tmp.replace(cache_file)
+        write_json_atomic(cache_file, cache)
     return cache[key]
 
 
@@ -226,6 +225,26 @@ def _proc_status() -> dict[str, int]:
         return {}
     fields = (line.split(":", 1) for line in lines if line.startswith("Vm"))
     return {name: int(value.split()[0]) * 1024 for name, value in fields if value.strip().endswith("kB")}
+
+
+def available_memory(kind: str) -> float:
+    """Bytes one rank can use: a GPU's total memory (from its properties, so no CUDA context is opened in the
+    launcher), or the RAM the kernel can still give without swapping (MemAvailable), which a machine's ranks
+    share."""
+    if kind == "cuda":
+        return float(torch.cuda.get_device_properties(0).total_memory)
+    return memory.available_ram()
+
+
+def memory_refusal(cfg, vocab_size: int) -> str | None:
+    """Why ``cfg`` cannot train here (its memory estimate exceeds the device's memory, naming what would
+    fit), or None. On a CPU the ranks share the RAM, and each torchrun worker loads its own torch too (about
+    this process's resident set)."""
+    kind = device_kind(cfg.train.device)
+    ranks_here = cfg.parallel.nproc_per_node
+    per_process = memory_gb(torch.device("cpu"))[0] * 1e9 if kind == "cpu" and ranks_here > 1 else 0.0
+    return memory.refusal(cfg, vocab_size, kind, available_memory(kind), ranks_here if kind == "cpu" else 1,
+                          per_process)
 
 
 def describe(device: torch.device) -> str:

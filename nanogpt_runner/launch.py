@@ -30,6 +30,7 @@ from nanogpt_runner.pretrained import apply_init_from, vocabulary_problems
 from nanogpt_runner.resume import plan_resume
 from nanogpt_runner.run_control import CheckpointError
 from nanogpt_runner.runs import CONFIG_FILE, RUN_FILE, RunWriter
+from nanogpt_runner.search import register_sweeper
 from nanogpt_runner.sweep import SKIPPED, SweepMismatch, forget_outcome, job_objective, previous_attempt, record_action
 from nanogpt_runner.torchrun import fill_cluster_rendezvous, hidden_gpus_problem, run_group
 
@@ -155,6 +156,7 @@ def _identity(cfg: DictConfig, run_dir: Path, hydra_cfg) -> dict:
 
 
 register_schema()
+register_sweeper()
 
 
 def run_sweep_job(cfg: DictConfig) -> float:

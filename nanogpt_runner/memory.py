@@ -247,6 +247,6 @@ def refusal(cfg, vocab_size: int, device_kind: str, available: float, ranks_here
             f"activations {est.activations / GB:.2f} GB), more than {where} ({available / GB:.2f} GB): {fix}.")
 
 
-def table_rows(est: MemoryEstimate) -> list[tuple[str, str]]:
-    """(part, GB) rows for a console table."""
-    return [(name, f"{value / GB:.3f} GB") for name, value in est.parts().items()]
+def size(nbytes: float) -> str:
+    """A byte count as people read it: MB below a gigabyte, GB above."""
+    return f"{nbytes / 1e6:,.1f} MB" if nbytes < GB else f"{nbytes / GB:,.2f} GB"

@@ -23,22 +23,31 @@ def fake_peaks(monkeypatch, fp32: float, bf16: float) -> list[str]:
     return measured
 
 
-def test_auto_picks_bf16_on_a_cpu_only_where_it_is_clearly_faster(monkeypatch, tmp_path):
-    fake_peaks(monkeypatch, fp32=100e9, bf16=400e9)
-    assert hardware.resolve_precision("auto", CPU, CPU_CAPS, tmp_path / "fast") == "bf16"
+def test_auto_times_bf16_on_a_cpu_unless_the_cpu_emulates_it(monkeypatch, tmp_path):
+    fake_peaks(monkeypatch, fp32=100e9, bf16=80e9)  # native but not faster at matmul: the model decides
+    assert hardware.precision_candidates(CPU, CPU_CAPS, tmp_path / "native") == (["fp32", "bf16"], {})
     fake_peaks(monkeypatch, fp32=100e9, bf16=1e9)  # emulated bf16, as on CPUs without AVX512-BF16/AMX
-    assert hardware.resolve_precision("auto", CPU, CPU_CAPS, tmp_path / "slow") == "fp32"
+    candidates, skipped = hardware.precision_candidates(CPU, CPU_CAPS, tmp_path / "slow")
+    assert candidates == ["fp32"] and "emulated" in skipped["bf16"]
 
 
-def test_an_explicit_precision_is_kept(tmp_path):
-    assert hardware.resolve_precision("bf16", CPU, CPU_CAPS, tmp_path) == "bf16"
-    assert hardware.resolve_precision("fp32", CPU, CPU_CAPS, tmp_path) == "fp32"
+def test_an_explicit_precision_is_kept_and_auto_asks_the_chooser(tmp_path):
+    def choose(candidates, skipped):
+        raise AssertionError("an explicit precision needs no probe")
 
-
-def test_auto_on_gpus_prefers_bf16_then_fp16(tmp_path):
+    assert hardware.resolve_precision("bf16", CPU, CPU_CAPS, tmp_path, choose) == "bf16"
+    assert hardware.resolve_precision("fp32", CPU, CPU_CAPS, tmp_path, choose) == "fp32"
     cuda = torch.device("cuda")
-    assert hardware.resolve_precision("auto", cuda, DeviceCaps("cuda", True, True, True), tmp_path) == "bf16"
-    assert hardware.resolve_precision("auto", cuda, DeviceCaps("cuda", False, True, True), tmp_path) == "fp16"
+    caps = DeviceCaps(kind="cuda", bf16=True, cuda_available=True)
+    assert hardware.resolve_precision("auto", cuda, caps, tmp_path, lambda c, s: c[-1]) == "fp32"
+
+
+def test_auto_on_gpus_times_bf16_or_fp16_against_fp32(tmp_path):
+    cuda = torch.device("cuda")
+    with_bf16 = DeviceCaps(kind="cuda", bf16=True, cuda_available=True)
+    without_bf16 = DeviceCaps(kind="cuda", bf16=False, cuda_available=True)
+    assert hardware.precision_candidates(cuda, with_bf16, tmp_path) == (["bf16", "fp32"], {})
+    assert hardware.precision_candidates(cuda, without_bf16, tmp_path)[0] == ["fp16", "fp32"]
 
 
 def test_the_cpu_peak_is_measured_once_and_cached(monkeypatch, tmp_path):
@@ -73,3 +82,32 @@ def test_explicit_bf16_on_a_cpu_that_emulates_it_is_warned_about(monkeypatch, tm
     assert hardware.precision_warning("fp32", CPU, tmp_path / "slow") is None
     fake_peaks(monkeypatch, fp32=100e9, bf16=400e9)
     assert hardware.precision_warning("bf16", CPU, tmp_path / "fast") is None
+
+
+def test_the_gpu_peak_table_tells_variants_apart():
+    bf16 = {name: hardware.gpu_table_peak(name, "bf16") for name in (
+        "NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA H100 NVL", "NVIDIA A10G", "NVIDIA A10",
+        "NVIDIA A100-SXM4-80GB")}
+    assert bf16 == {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100 PCIe": 756e12, "NVIDIA H100 NVL": 835e12,
+                    "NVIDIA A10G": 70e12, "NVIDIA A10": 125e12, "NVIDIA A100-SXM4-80GB": 312e12}
+    assert hardware.gpu_table_peak("NVIDIA H100 80GB HBM3", "tf32") == 495e12  # fp32 runs with TF32 on
+    assert hardware.gpu_table_peak("Some Future GPU", "bf16") is None  # measured instead, as on a CPU
+
+
+def test_the_peak_memory_starts_over_after_a_reset():
+    """Reset after parallelizing: the full model built before sharding is not what training needs."""
+    ballast = torch.ones(64, 1024, 1024)  # 256 MB resident
+    ballast.add_(1)
+    _, before = hardware.memory_gb(CPU)
+    del ballast
+    hardware.reset_peak_memory(CPU)
+    current, after = hardware.memory_gb(CPU)
+    assert after < before - 0.2 and current <= after
+
+
+def test_a_cpu_run_never_touches_cuda_settings():
+    before = torch.backends.cuda.matmul.fp32_precision
+    hardware.configure_matmul(CPU, "fp32", tf32=True)
+    assert torch.backends.cuda.matmul.fp32_precision == before
+    assert hardware.matmul_precision(CPU, "fp32") == "fp32"
+    assert hardware.device_kind("cpu") == "cpu" and hardware.device_caps("cpu").kind == "cpu"

@@ -1,0 +1,348 @@
+"""``nanogpt-plan OVERRIDES`` (or ``python -m nanogpt_runner.plan``): the fastest way to compute this run here.
+
+The plan never changes the math: the global batch, the learning rate, the schedule and the data stay the
+same, so the loss curve is the same run's. What it may change is how each step is computed:
+
+- precision (``train.precision=auto`` only: fp32 and bf16 where the device runs it natively),
+- attention (``sdpa`` or explicit ``math``; which wins depends on the machine and the dtype),
+- the split of each rank's batch into micro-batch x accumulation (``batch_size`` x ``grad_accum``),
+- CPU threads per rank (``parallel.threads_per_rank``),
+- recomputation, tried only when nothing fits without it (it saves memory and always costs time),
+- compile, tried only when the budget leaves room for its first-step compilation (``COMPILE_SECONDS``).
+
+First it prints the memory estimate (``--estimate-only`` stops there). Then it times candidates one
+dimension at a time from the config as given (a coordinate search: every dimension's alternatives are
+timed with the best of the others so far), within ``plan.budget_s`` seconds, and drops those whose
+memory estimate exceeds the device's memory. The table shows each candidate's tokens/s, estimated and
+measured memory, and the winner. Plans are cached per (device, threads, model shape, batch, budget) in
+``<data cache>/autotune.json``; ``train.plan=auto`` runs the plan (or reads it) and trains with the winner,
+and run.json records both. With several ranks the plan times one rank's share (its threads, its
+micro-batch) in one process; it does not compare layouts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from nanogpt_runner import autotune, hardware, memory
+from nanogpt_runner.autotune import Setting, StepTiming
+
+COMPILE_SECONDS = 30.0  # a cold torch.compile of the blocks takes 20-30 s on a CPU: probed only with this left
+MEASURED, OVER_MEMORY, OVER_BUDGET = "measured", "over memory", "over budget"
+
+
+@dataclass
+class Candidate:
+    setting: Setting
+    threads: int
+    estimate_bytes: float
+    status: str = OVER_BUDGET
+    step_ms: float | None = None
+    tok_per_s: float | None = None
+    measured_bytes: float | None = None
+    error: str | None = None
+
+    def as_record(self) -> dict:
+        return {**dataclasses.asdict(self), "setting": self.overrides()}
+
+    def overrides(self) -> list[str]:
+        return [*self.setting.overrides(), f"parallel.threads_per_rank={self.threads}"]
+
+    def describe(self) -> str:
+        s = self.setting
+        extras = [name for name, on in (("recompute", s.recompute), ("compile", s.compile)) if on]
+        return ", ".join([s.precision, s.attention, f"{s.batch_size} x {s.grad_accum}", f"{self.threads} thr", *extras])
+
+
+@dataclass
+class Plan:
+    candidates: list[Candidate]
+    winner: int  # index into candidates
+    budget_s: float
+    spent_s: float
+    cached: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def best(self) -> Candidate:
+        return self.candidates[self.winner]
+
+    def as_record(self) -> dict:
+        """run.json's ``plan``: the winner's overrides, every candidate, the time it took."""
+        return {"winner": self.best.overrides(), "tok_per_s": self.best.tok_per_s, "budget_s": self.budget_s,
+                "spent_s": round(self.spent_s, 2), "cached": self.cached, "notes": self.notes,
+                "candidates": [c.as_record() for c in self.candidates]}
+
+    @classmethod
+    def from_record(cls, record: dict) -> Plan:
+        candidates = [Candidate(**{**c, "setting": _setting_from_overrides(c["setting"])})
+                      for c in record["candidates"]]
+        winner = next(i for i, c in enumerate(candidates) if c.overrides() == record["winner"])
+        return cls(candidates, winner, record["budget_s"], record["spent_s"], True, record["notes"])
+
+    def apply(self, cfg):
+        """``cfg`` computing as the winner does (the same config otherwise)."""
+        out = self.best.setting.apply(cfg)
+        out.parallel.threads_per_rank = self.best.threads
+        return out
+
+
+def _setting_from_overrides(overrides: list[str]) -> Setting:
+    values = dict(o.split("=", 1) for o in overrides)
+    return Setting(values["train.precision"], values["model.attention"], values["train.compile"] == "true",
+                   values["train.recompute"] == "true", int(values["train.batch_size"]),
+                   int(values["train.grad_accum"]))
+
+
+def batch_splits(cfg) -> list[tuple[int, int]]:
+    """(micro-batch, accumulation) splits of the same per-rank batch: the config's own, and accumulation 1, 2, 4,
+    ... while it divides the batch (a pipeline needs a micro-batch its ``parallel.microbatches`` divide)."""
+    t = cfg.train
+    total = t.batch_size * t.grad_accum
+    divisor = cfg.parallel.microbatches if cfg.parallel.pp > 1 else 1
+    accums = {t.grad_accum} | {2**i for i in range(total.bit_length()) if total % 2**i == 0}
+    return [(total // k, k) for k in sorted(accums) if (total // k) % divisor == 0]
+
+
+def default_threads(cfg) -> int:
+    return cfg.parallel.threads_per_rank or max((os.cpu_count() or 1) // cfg.parallel.nproc_per_node, 1)
+
+
+def make_plan(cfg, vocab_size: int, device: torch.device, available: float, say=print,
+              measure=autotune.time_steps) -> Plan:
+    """Time candidate settings (coordinate search from the config as given) within ``plan.budget_s``."""
+    budget = cfg.plan.budget_s
+    started = time.perf_counter()
+    caps = hardware.device_caps(cfg.train.device, device)
+    if cfg.train.precision == "auto":
+        precisions, skipped = hardware.precision_candidates(device, caps, autotune_cache(cfg))
+    else:
+        precisions, skipped = [cfg.train.precision], {}
+    notes = [f"{p} not tried: {why}" for p, why in skipped.items()]
+    ranks_here = cfg.parallel.nproc_per_node
+    tried: dict[tuple, Candidate] = {}
+
+    def candidate(setting: Setting, threads: int) -> Candidate:
+        key = (setting, threads)
+        if key not in tried:
+            est = memory.estimate(setting.apply(cfg), vocab_size, device.type).total
+            tried[key] = Candidate(setting, threads, est, OVER_MEMORY if ranks_here * est > available else OVER_BUDGET)
+        return tried[key]
+
+    def run(c: Candidate) -> None:
+        if c.status != OVER_BUDGET or c.step_ms is not None:
+            return
+        left = budget - (time.perf_counter() - started)
+        if left <= 0 or (c.setting.compile and left < COMPILE_SECONDS):
+            return
+        seconds = min(max(left / 8, 0.2), 2.0)
+        say(f"plan: timing {' '.join(c.overrides())}")
+        try:
+            with _threads(c.threads):
+                timing: StepTiming = measure(cfg, vocab_size, device, c.setting, seconds)
+        except (RuntimeError, torch.OutOfMemoryError) as err:  # a candidate that cannot run is dropped, not fatal
+            c.status, c.error = "failed", f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+            return
+        c.status, c.step_ms, c.measured_bytes = MEASURED, timing.step_ms, timing.peak_bytes
+        c.tok_per_s = 1000 * c.setting.batch_size * c.setting.grad_accum * cfg.model.block_size / timing.step_ms
+
+    def best_of(options: list[Candidate]) -> Candidate | None:
+        for c in options:
+            run(c)
+        measured = [c for c in options if c.status == MEASURED]
+        return max(measured, key=lambda c: c.tok_per_s) if measured else None
+
+    threads = default_threads(cfg)
+    base = Setting.of(cfg, precisions[0])
+    splits = batch_splits(cfg)
+    # Recomputation only when nothing fits without it: it never makes a step faster.
+    recompute = cfg.train.recompute or all(
+        candidate(dataclasses.replace(base, batch_size=b, grad_accum=k), threads).status == OVER_MEMORY
+        for b, k in splits)
+    if recompute and not cfg.train.recompute:
+        notes.append("recomputation on: no split of the batch fits in memory without it")
+    best = candidate(dataclasses.replace(base, recompute=recompute), threads)
+    dimensions = [
+        lambda s, n: [(dataclasses.replace(s, precision=p), n) for p in precisions],
+        lambda s, n: [(dataclasses.replace(s, attention=a), n) for a in ("sdpa", "math")],
+        lambda s, n: [(dataclasses.replace(s, batch_size=b, grad_accum=k), n) for b, k in splits],
+        lambda s, n: [(s, k) for k in sorted({threads, max(threads // 2, 1)}, reverse=True)] if device.type == "cpu"
+        else [(s, n)],
+        lambda s, n: [(dataclasses.replace(s, compile=c), n) for c in (False, True)],
+    ]
+    for alternatives in dimensions:
+        winner = best_of([candidate(s, n) for s, n in alternatives(best.setting, best.threads)])
+        best = winner or best
+    if best.status != MEASURED:
+        raise PlanError(_nothing_fits(cfg, vocab_size, device, available, tried))
+    candidates = list(tried.values())
+    return Plan(candidates, candidates.index(best), budget, time.perf_counter() - started, notes=notes)
+
+
+class PlanError(Exception):
+    """No candidate could be measured: nothing fits in memory, or every candidate failed."""
+
+
+def _nothing_fits(cfg, vocab_size, device, available, tried) -> str:
+    failed = [c.error for c in tried.values() if c.error]
+    if failed:
+        return f"no candidate setting could train: {failed[0]}"
+    smallest = min(tried.values(), key=lambda c: c.estimate_bytes)
+    return (f"nothing fits: the smallest candidate ({' '.join(smallest.overrides())}) needs about "
+            f"{smallest.estimate_bytes / memory.GB:.2f} GB per rank, {'RAM' if device.type == 'cpu' else 'GPU'} "
+            f"available {available / memory.GB:.2f} GB; use a smaller model or shard it (parallel=fsdp, tp or pp).")
+
+
+class _threads:
+    """Run a candidate with ``n`` CPU threads, then restore the process's setting."""
+
+    def __init__(self, n: int):
+        self.n, self.before = n, torch.get_num_threads()
+
+    def __enter__(self):
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.before)
+
+
+def autotune_cache(cfg):
+    from nanogpt_runner.data import cache_dir
+
+    return cache_dir(cfg.data)
+
+
+def plan_key(cfg, vocab_size: int, device: torch.device) -> str:
+    t, par = cfg.train, cfg.parallel
+    return autotune.cache_key(cfg, vocab_size, device, "plan") + (
+        f"|batch {t.batch_size * t.grad_accum}|precision {t.precision}|recompute {int(t.recompute)}"
+        f"|threads {default_threads(cfg)}|ranks {par.nproc_per_node}|pp {par.pp}x{par.microbatches}"
+        f"|budget {cfg.plan.budget_s:g}")
+
+
+def cached_plan(cfg, vocab_size: int, device: torch.device, available: float, say=print) -> Plan:
+    """The plan for this config on this machine: read from the cache, or made and cached."""
+    cache = autotune_cache(cfg)
+    key = plan_key(cfg, vocab_size, device)
+    if (record := autotune.read_cache(cache).get(key)) is not None:
+        try:
+            return Plan.from_record(record)
+        except (KeyError, TypeError, ValueError, StopIteration):
+            say("plan: the cached plan is unreadable; planning again")
+    plan = make_plan(cfg, vocab_size, device, available, say)
+    autotune.write_cache(cache, key, plan.as_record())
+    return plan
+
+
+def plan_device(kind: str) -> torch.device:
+    return torch.device("cuda", 0) if kind == "cuda" else torch.device("cpu")
+
+
+def available_memory(cfg) -> float:
+    return hardware.available_memory(hardware.device_kind(cfg.train.device))
+
+
+def plan_run(cfg, vocab_size: int) -> tuple[object, Plan | None, list[str]]:
+    """``train.plan=auto`` before a run: (the config computing as the winner, the plan, problems). The table
+    goes to the console; nothing that fits is a problem that refuses the run."""
+    device = plan_device(hardware.device_kind(cfg.train.device))
+    try:
+        plan = cached_plan(cfg, vocab_size, device, available_memory(cfg))
+    except PlanError as err:
+        return cfg, None, [str(err)]
+    Console(highlight=False).print(plan_table(plan))
+    return plan.apply(cfg), plan, []
+
+
+def plan_table(plan: Plan) -> Table:
+    title = (f"plan: {len(plan.candidates)} candidates, {plan.spent_s:.1f} s of plan.budget_s={plan.budget_s:g}"
+             + (" (cached)" if plan.cached else ""))
+    table = Table(title=title, title_justify="left")
+    table.add_column("candidate")
+    for column in ("tokens/s", "est. memory", "measured"):
+        table.add_column(column, justify="right")
+    table.add_column("chosen")
+    for i, c in enumerate(plan.candidates):
+        table.add_row(c.describe(), f"{c.tok_per_s:,.0f}" if c.tok_per_s else c.error or c.status,
+                      memory.size(c.estimate_bytes),
+                      memory.size(c.measured_bytes) if c.measured_bytes is not None else "",
+                      "<- chosen" if i == plan.winner else "")
+    return table
+
+
+def estimate_table(est: memory.MemoryEstimate, available: float, device_kind: str) -> Table:
+    table = Table(title=f"memory estimate: {est.precision}, {est.where}", title_justify="left")
+    table.add_column("part")
+    table.add_column("memory", justify="right")
+    for name, value in est.parts().items():
+        table.add_row(name, memory.size(value))
+    table.add_row(f"available ({'RAM' if device_kind == 'cpu' else 'GPU'})", memory.size(available))
+    return table
+
+
+def _compose(overrides: list[str], say) -> tuple[object, list[str]]:
+    """The config nanogpt-run would train with these overrides (a new run: init_from's architecture)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from nanogpt_runner.config import CONF_DIR, register_schema
+    from nanogpt_runner.launch import composition_error
+    from nanogpt_runner.pretrained import apply_init_from
+
+    register_schema()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        return None, [composition_error(err)]
+    return apply_init_from(cfg, overrides, CONF_DIR, say)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nanogpt_runner.console import error
+    from nanogpt_runner.launch import EXIT_INVALID_CONFIG, check
+
+    args = sys.argv[1:] if argv is None else argv
+    estimate_only = "--estimate-only" in args
+    overrides = [a for a in args if a != "--estimate-only"]
+    console = Console(highlight=False)
+
+    def say(message: str) -> None:
+        print(message, file=sys.stderr)
+
+    cfg, problems = _compose(overrides, say)
+    if not problems:
+        cfg.train.plan = "auto"  # the plan finds what fits: the memory refusal is its job here
+        problems, data = check(cfg, announce=say)
+    if problems:
+        error("invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
+        return EXIT_INVALID_CONFIG
+    kind = hardware.device_kind(cfg.train.device)
+    available = available_memory(cfg)
+    console.print(estimate_table(memory.estimate(cfg, data.vocab_size, kind), available, kind))
+    if estimate_only:
+        return 0
+    device = plan_device(kind)
+    try:
+        plan = cached_plan(cfg, data.vocab_size, device, available, say)
+    except PlanError as err:
+        error(str(err))
+        return 1
+    console.print(plan_table(plan))
+    for note in plan.notes:
+        console.print(f"note: {note}")
+    console.print(f"winner: nanogpt-run {' '.join([*overrides, *plan.best.overrides()])}", soft_wrap=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

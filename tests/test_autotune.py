@@ -1,0 +1,62 @@
+"""precision=auto by probe: the fastest measured precision wins, the result is cached, an emulated dtype is never
+timed, and timing does not change what the run draws from the RNG."""
+
+from __future__ import annotations
+
+import torch
+
+from nanogpt_runner import autotune
+from tests.conftest import compose_config
+
+CPU = torch.device("cpu")
+
+
+def fake_measure(step_ms: dict[str, float]):
+    """A stand-in for timing real steps: returns the given time per precision and records each call."""
+    calls = []
+
+    def measure(cfg, vocab_size, device, setting, seconds):
+        calls.append(setting.precision)
+        return autotune.StepTiming(step_ms[setting.precision], steps=3, peak_bytes=1e6)
+
+    return measure, calls
+
+
+def test_the_fastest_precision_is_chosen_and_cached(tmp_path):
+    cfg = compose_config(["model=tiny"])
+    measure, calls = fake_measure({"fp32": 30.0, "bf16": 12.0})
+    probe = autotune.probe_precision(cfg, 65, CPU, ["fp32", "bf16"], {}, tmp_path, measure)
+    assert (probe.choice, probe.step_ms, probe.cached) == ("bf16", {"fp32": 30.0, "bf16": 12.0}, False)
+    assert calls == ["fp32", "bf16"]
+    again = autotune.probe_precision(cfg, 65, CPU, ["fp32", "bf16"], {}, tmp_path, measure)
+    assert (again.choice, again.cached) == ("bf16", True) and calls == ["fp32", "bf16"]  # not measured again
+    assert "bf16 12.0 ms/step, fp32 30.0 ms/step, cached" in again.describe()
+
+
+def test_a_slower_bf16_loses_and_the_cache_is_per_micro_batch(tmp_path):
+    measure, calls = fake_measure({"fp32": 10.0, "bf16": 14.0})  # nanoGPT's baby model on an AMX CPU
+    small = autotune.probe_precision(compose_config(["model=tiny", "train.batch_size=4"]), 65, CPU,
+                                     ["fp32", "bf16"], {}, tmp_path, measure)
+    assert small.choice == "fp32"
+    autotune.probe_precision(compose_config(["model=tiny", "train.batch_size=8"]), 65, CPU, ["fp32", "bf16"], {},
+                             tmp_path, measure)
+    assert calls == ["fp32", "bf16", "fp32", "bf16"]
+
+
+def test_one_candidate_is_not_timed_and_the_skip_is_reported(tmp_path):
+    measure, calls = fake_measure({})
+    probe = autotune.probe_precision(compose_config(["model=tiny"]), 65, CPU, ["fp32"],
+                                     {"bf16": "emulated on this CPU"}, tmp_path, measure)
+    assert probe.choice == "fp32" and calls == []
+    assert "bf16 skipped: emulated on this CPU" in probe.describe()
+    assert probe.as_record()["skipped"] == {"bf16": "emulated on this CPU"}
+
+
+def test_timing_real_steps_leaves_the_rng_alone():
+    cfg = compose_config(["model=tiny", "train.batch_size=2"])
+    torch.manual_seed(1)
+    expected = torch.rand(3)
+    torch.manual_seed(1)
+    timing = autotune.time_steps(cfg, 65, CPU, autotune.Setting.of(cfg, "fp32"), seconds=0.0)
+    assert torch.equal(torch.rand(3), expected)
+    assert timing.step_ms > 0 and timing.steps == 2 and timing.peak_bytes > 0
