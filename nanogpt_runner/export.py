@@ -41,14 +41,14 @@ def export(target: Path, out_dir: Path, fmt: str, which: str = "best", say=print
     """Write checkpoint ``target`` (a run directory or checkpoint folder) to ``out_dir`` in format ``fmt``;
     returns the warnings (differences the format cannot express). Raises WeightsError or CheckpointError."""
     from nanogpt_runner.checkpoint import load_model_state, resolve
-    from nanogpt_runner.pretrained import checkpoint_architecture, checkpoint_tokenizer
+    from nanogpt_runner.pretrained import checkpoint_architecture, tokenizer_kind
 
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise WeightsError(f"{out_dir} already exists and is not empty: choose a new OUT_DIR (nothing is overwritten)")
     path, meta = resolve(Path(target), which, say)
-    tokenizer = checkpoint_tokenizer(meta)
-    arch = checkpoint_architecture(meta, tokenizer)
+    tokenizer = tokenizer_kind(meta["vocab"])
+    arch = checkpoint_architecture(meta)
     dropout = meta["config"]["model"].get("dropout", 0.0)
     nanogpt_state = ours_to_nanogpt(load_model_state(path, meta), arch)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
@@ -68,17 +68,18 @@ def export(target: Path, out_dir: Path, fmt: str, which: str = "best", say=print
     return warnings
 
 
-def _write_hf(folder: Path, state: dict, arch: Architecture, dropout: float, meta: dict, tokenizer,
+def _write_hf(folder: Path, state: dict, arch: Architecture, dropout: float, meta: dict, tokenizer: str,
               say) -> list[str]:
     from safetensors.torch import save_file
 
-    gpt2_bpe = tokenizer.kind == "gpt2"
+    gpt2_bpe = tokenizer == "gpt2"
     save_file(nanogpt_to_hf(state, arch), folder / "model.safetensors", metadata={"format": "pt"})
-    (folder / "config.json").write_text(json.dumps(hf_config(arch, dropout, gpt2_bpe), indent=2) + "\n")
+    end_of_text = arch.vocab_size - 1 if gpt2_bpe else None  # GPT-2's <|endoftext|> is its last id (50256)
+    (folder / "config.json").write_text(json.dumps(hf_config(arch, dropout, end_of_text), indent=2) + "\n")
     if not arch.bias:
         say("note: the model has no biases; GPT-2 always has them, so they are written as zeros (the same logits)")
     if not gpt2_bpe:
-        say(f"note: the run's tokenizer ({tokenizer.kind}, {arch.vocab_size} ids, described in the checkpoint's "
+        say(f"note: the run's tokenizer ({tokenizer}, {arch.vocab_size} ids, described in the checkpoint's "
             f"meta.json) is not GPT-2's BPE, so no Hugging Face tokenizer files are written")
         return []
     files = _gpt2_tokenizer_files(meta)
@@ -107,7 +108,7 @@ def _gpt2_tokenizer_files(meta: dict) -> list[Path]:
     return next((files for folder in folders if folder and (files := tokenizer_files(folder))), [])
 
 
-def _write_nanogpt(folder: Path, state: dict, arch: Architecture, dropout: float, meta: dict, tokenizer,
+def _write_nanogpt(folder: Path, state: dict, arch: Architecture, dropout: float, meta: dict, tokenizer: str,
                    say) -> list[str]:
     import torch
 
@@ -128,8 +129,8 @@ def _write_nanogpt(folder: Path, state: dict, arch: Architecture, dropout: float
         "config": {"dataset": data["name"], "nanogpt_runner": meta["config"]},
     }
     torch.save(checkpoint, folder / "ckpt.pt")
-    if tokenizer.kind == "char":  # nanoGPT decodes GPT-2's BPE itself, and knows no other tokenizer
-        vocab = list(tokenizer.chars)
+    if tokenizer == "char":  # nanoGPT decodes GPT-2's BPE itself, and knows no other tokenizer
+        vocab = list(meta["vocab"])
         with open(folder / "meta.pkl", "wb") as f:
             pickle.dump({"vocab_size": len(vocab), "itos": dict(enumerate(vocab)),
                          "stoi": {s: i for i, s in enumerate(vocab)}}, f)

@@ -63,7 +63,6 @@ HF_UNSUPPORTED = {
     "scale_attn_by_inverse_layer_idx": (False, "attention scaled by 1/layer index"),
     "add_cross_attention": (False, "cross-attention layers"),
 }
-GPT2_EOS = 50256  # <|endoftext|>, GPT-2's bos and eos token
 
 
 class WeightsError(Exception):
@@ -204,9 +203,10 @@ def hf_architecture(config: dict, where: str) -> Architecture:
     )
 
 
-def hf_config(arch: Architecture, dropout: float, gpt2_tokenizer: bool) -> dict:
+def hf_config(arch: Architecture, dropout: float, end_of_text: int | None) -> dict:
     """A GPT2LMHeadModel config.json for ``arch``: the same computation, biases on (zeros where the model
-    had none), the model's activation under Hugging Face's name."""
+    had none), the model's activation under Hugging Face's name; ``end_of_text`` is GPT-2's bos and eos
+    token when the model reads GPT-2's BPE."""
     config = {
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
         "n_layer": arch.n_layer, "n_head": arch.n_head, "n_embd": arch.n_embd, "n_positions": arch.block_size,
@@ -216,8 +216,8 @@ def hf_config(arch: Architecture, dropout: float, gpt2_tokenizer: bool) -> dict:
         "tie_word_embeddings": arch.tie_weights, "scale_attn_weights": True, "initializer_range": 0.02,
         "torch_dtype": "float32",
     }
-    if gpt2_tokenizer:
-        config.update(bos_token_id=GPT2_EOS, eos_token_id=GPT2_EOS)
+    if end_of_text is not None:
+        config.update(bos_token_id=end_of_text, eos_token_id=end_of_text)
     return config
 
 

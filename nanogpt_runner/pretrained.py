@@ -57,14 +57,14 @@ ARCHITECTURE_FIELDS = ("n_layer", "n_head", "n_embd", "bias", "tie_weights", "ac
 @dataclass(frozen=True)
 class Source:
     """Resolved ``model.init_from``: what the user wrote, which format, where, and its architecture.
-    ``tokenizer`` describes the tokenizer of a run of this runner (None for GPT-2 and nanoGPT weights,
-    which record only a vocabulary size)."""
+    ``tokenizer`` is the tokenizer description of a run of this runner (nanogpt_runner.tokenizer; None for
+    GPT-2 and nanoGPT weights, which record only a vocabulary size)."""
 
     spec: str
     kind: str  # huggingface | nanogpt | runner
     path: Path
     arch: Architecture
-    tokenizer: dict | None = None
+    tokenizer: list | dict | None = None
 
     def as_record(self) -> dict:
         """run.json's ``init_from``: where the run started from."""
@@ -207,25 +207,25 @@ def _runner(spec: str, path: Path, announce) -> Source:
         checkpoint, meta = resolve(path, "best", announce)
     except Exception as err:  # CheckpointError: not a run, no usable checkpoint; its message says which
         raise WeightsError(f"model.init_from={spec}: {err}") from None
-    tokenizer = checkpoint_tokenizer(meta)
-    return Source(spec, "runner", checkpoint, checkpoint_architecture(meta, tokenizer), tokenizer.describe())
+    return Source(spec, "runner", checkpoint, checkpoint_architecture(meta), meta["vocab"])
 
 
-def checkpoint_tokenizer(meta: dict):
-    """The tokenizer a runner checkpoint was trained with (its meta.json records the description)."""
-    from nanogpt_runner.tokenizer import from_description
+def checkpoint_architecture(meta: dict) -> Architecture:
+    """The Architecture a runner checkpoint was trained with (its config, and the vocabulary size its
+    tokenizer description records)."""
+    from nanogpt_runner.tokenizer import vocab_size_of
 
-    return from_description(meta["vocab"])
-
-
-def checkpoint_architecture(meta: dict, tokenizer) -> Architecture:
-    """The Architecture a runner checkpoint was trained with."""
     model = meta["config"]["model"]
     return Architecture(
         n_layer=model["n_layer"], n_head=model["n_head"], n_embd=model["n_embd"], block_size=model["block_size"],
-        vocab_size=tokenizer.vocab_size, bias=model["bias"], tie_weights=model["tie_weights"],
+        vocab_size=vocab_size_of(meta["vocab"]), bias=model["bias"], tie_weights=model["tie_weights"],
         activation=model.get("activation", "gelu"),
     )
+
+
+def tokenizer_kind(description: list | dict) -> str:
+    """char, gpt2 or bpe, from a tokenizer description (a character vocabulary is a plain list)."""
+    return "char" if isinstance(description, list) else str(description.get("kind"))
 
 
 # ------------------------------------------------------------------------------- config and checks
@@ -272,8 +272,8 @@ def vocabulary_problems(cfg, tokenizer) -> list[str]:
         return []
     try:
         problem = vocabulary_problem(resolve_source(cfg.model.init_from, download=False), tokenizer)
-    except WeightsError as err:
-        return [str(err)]
+    except WeightsError:
+        return []  # apply_init_from, which runs first, has reported why the weights cannot be used
     return [problem] if problem else []
 
 
@@ -297,8 +297,8 @@ def vocabulary_problem(source: Source, tokenizer) -> str | None:
     if source.tokenizer is not None:
         if source.tokenizer == tokenizer.describe():
             return None
-        detail = (f"its {source.tokenizer.get('kind')} tokenizer ({source.arch.vocab_size:,} tokens) is not the "
-                  f"data's {tokenizer.kind} tokenizer ({size:,})")
+        detail = (f"its {tokenizer_kind(source.tokenizer)} tokenizer ({source.arch.vocab_size:,} tokens) is not "
+                  f"the data's {tokenizer.kind} tokenizer ({size:,})")
     elif source.arch.vocab_size in (size, padded_vocab_size(size)):
         return None
     else:

@@ -14,7 +14,8 @@ import torch
 from conftest import compose_config, run_cli
 from safetensors.torch import load_file
 
-from nanogpt_runner.checkpoint import load_model_state, resolve
+from nanogpt_runner import tokenizer as tokenizers
+from nanogpt_runner.checkpoint import TrainState, checkpoint_dir, load_model_state, resolve, save_checkpoint
 from nanogpt_runner.config import ModelConfig
 from nanogpt_runner.export import export
 from nanogpt_runner.gpt2_weights import Architecture, WeightsError, nanogpt_to_hf, ours_to_nanogpt
@@ -22,10 +23,11 @@ from nanogpt_runner.launch import CONF_DIR, check
 from nanogpt_runner.model import GPT
 from nanogpt_runner.pretrained import (
     apply_init_from,
-    checkpoint_tokenizer,
+    checkpoint_architecture,
     initialize,
     load_state,
     resolve_source,
+    vocabulary_problem,
 )
 from nanogpt_runner.runs import read_run
 from nanogpt_runner.viewer.dashboard import Dashboard
@@ -260,7 +262,7 @@ def sharded_run(tmp_path_factory, corpus_path) -> Path:
 def checkpoint_model(run: Path) -> tuple[GPT, dict]:
     path, meta = resolve(run, "best")
     assert meta["layout"] == "sharded"
-    model = GPT(ModelConfig(**meta["config"]["model"]), checkpoint_tokenizer(meta).vocab_size).eval()
+    model = GPT(ModelConfig(**meta["config"]["model"]), checkpoint_architecture(meta).vocab_size).eval()
     model.load_state_dict(load_model_state(path, meta))
     return model, meta
 
@@ -277,12 +279,37 @@ def test_export_hf_from_a_sharded_checkpoint_loads_in_transformers_with_the_same
         export(sharded_run, tmp_path / "hf", "hf", say=lambda message: None)
 
 
+def test_export_hf_of_a_gpt2_bpe_run_ships_gpt2s_tokenizer_files(tmp_path, monkeypatch):
+    from test_prepare import small_gpt2_encoding  # GPT-2's BPE in miniature: no files, no network
+
+    monkeypatch.setattr(tokenizers, "gpt2_encoding", small_gpt2_encoding)
+    tokenizer = tokenizers.Gpt2Tokenizer()
+    hf = save_hf_model(tmp_path / "hf", tokenizer.vocab_size)
+    for name in ("vocab.json", "merges.txt"):  # what save_pretrained of GPT-2's tokenizer writes beside the weights
+        (tmp_path / "hf" / name).write_text(f"GPT-2's {name}\n")
+    source = resolve_source(str(tmp_path / "hf"))
+    assert vocabulary_problem(source, tokenizer) is None
+    assert "made for another vocabulary" in vocabulary_problem(source, tokenizers.CharTokenizer(list("ab")))
+
+    model, run = runner_model(source), tmp_path / "run"
+    model_config = {"name": "gpt2", **source.arch.model_fields(), "dropout": 0.0, "init_from": str(tmp_path / "hf")}
+    config = {"model": model_config, "data": {"name": "shakespeare", "tokenizer": "gpt2"}}
+    save_checkpoint(checkpoint_dir(run), TrainState(1, 64, 1.0), model, torch.optim.AdamW(model.parameters()),
+                    config=config, vocab=tokenizer.describe(), val_loss=1.0)
+    export(run, tmp_path / "out", "hf", say=lambda message: None)
+    assert (tmp_path / "out" / "merges.txt").read_text() == "GPT-2's merges.txt\n"
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["eos_token_id"] == tokenizer.eot_id
+    tokens = torch.randint(0, tokenizer.vocab_size, (1, 16), generator=torch.Generator().manual_seed(4))
+    exported = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out").eval()
+    torch.testing.assert_close(hf_logits(exported, tokens), hf_logits(hf, tokens), atol=1e-5, rtol=0)
+
+
 def test_export_nanogpt_has_nanogpts_names_and_loads_back(tmp_path, sharded_run):
     export(sharded_run, tmp_path / "nano", "nanogpt", say=lambda message: None)
     model, meta = checkpoint_model(sharded_run)
     ckpt = torch.load(tmp_path / "nano" / "ckpt.pt", weights_only=True)  # what nanoGPT's sample.py does
     assert ckpt["model_args"] == {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32, "bias": False,
-                                  "vocab_size": checkpoint_tokenizer(meta).vocab_size, "dropout": 0.0}
+                                  "vocab_size": checkpoint_architecture(meta).vocab_size, "dropout": 0.0}
     assert ckpt["iter_num"] == meta["step"] and ckpt["config"]["dataset"] == meta["config"]["data"]["name"]
     per_block = ["ln_1.weight", "attn.c_attn.weight", "attn.c_proj.weight", "ln_2.weight", "mlp.c_fc.weight",
                  "mlp.c_proj.weight"]
