@@ -23,9 +23,10 @@ from nanogpt_runner import hardware
 from nanogpt_runner.config import CONF_DIR, register_schema
 from nanogpt_runner.data import Batches
 from nanogpt_runner.model import GPT
+from nanogpt_runner.optim import build_optimizers
 from nanogpt_runner.prepare import prepare
 from nanogpt_runner.runs import RunReader, RunWriter
-from nanogpt_runner.train import build_optimizer, train
+from nanogpt_runner.train import train
 
 
 def config(overrides: list[str]):
@@ -38,7 +39,7 @@ def bare_loop(cfg, data, precision: str, steps: int) -> float:
     """The smallest loop that trains like the runner: forward, backward, clip, AdamW. Returns tokens/s."""
     torch.manual_seed(cfg.train.seed)
     model = GPT(cfg.model, data.vocab_size)
-    optimizer = build_optimizer(model, cfg.optimizer)
+    optimizers = build_optimizers(model, cfg.optimizer)
     batches = Batches(data, "train", cfg.model.block_size, cfg.train.seed, torch.device("cpu"))
     autocast = hardware.autocast("cpu", precision)
     batch = cfg.train.batch_size
@@ -51,8 +52,8 @@ def bare_loop(cfg, data, precision: str, steps: int) -> float:
             _, loss = model(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizers.step()
+        optimizers.zero_grad()
     return steps * batch * cfg.model.block_size / (time.perf_counter() - start)
 
 

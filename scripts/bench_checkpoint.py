@@ -23,19 +23,19 @@ from omegaconf import OmegaConf
 from nanogpt_runner import checkpoint as ck
 from nanogpt_runner.config import CONF_DIR, ModelConfig, OptimizerConfig
 from nanogpt_runner.model import GPT
-from nanogpt_runner.train import build_optimizer
+from nanogpt_runner.optim import Optimizers, build_optimizers
 
 VOCAB = tuple(chr(c) for c in range(32, 97))
 
 
-def build(preset: str) -> tuple[GPT, torch.optim.Optimizer]:
+def build(preset: str) -> tuple[GPT, Optimizers]:
     cfg = ModelConfig(**OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / f"{preset}.yaml")))
     model = GPT(cfg, len(VOCAB))
-    optimizer = build_optimizer(model, OptimizerConfig())
+    optimizer = build_optimizers(model, OptimizerConfig())
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad()
     return model, optimizer
 
 

@@ -14,8 +14,8 @@ import torch
 from nanogpt_runner import checkpoint as ck
 from nanogpt_runner.config import ModelConfig, OptimizerConfig
 from nanogpt_runner.model import GPT
+from nanogpt_runner.optim import build_optimizers
 from nanogpt_runner.sample import SampleError, SampleOptions, main, parse_args, sample
-from nanogpt_runner.train import build_optimizer
 
 VOCAB = tuple(sorted(set("\n !,.:?ABCDEHIMNORST abcdefghilmnorstuwy")))
 MODEL = {"name": "tiny", "n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 16, "dropout": 0.0,
@@ -30,7 +30,7 @@ def run_dir(tmp_path) -> Path:
     for step, val_loss, seed in [(1, 1.0, 0), (2, 2.0, 1)]:
         torch.manual_seed(seed)
         model = GPT(ModelConfig(**MODEL), len(VOCAB))
-        optimizer = build_optimizer(model, OptimizerConfig())
+        optimizer = build_optimizers(model, OptimizerConfig())
         ck.save_checkpoint(ck.checkpoint_dir(run), ck.TrainState(step, step * 64, val_loss), model, optimizer,
                            config={"model": MODEL}, vocab=VOCAB, val_loss=val_loss)
     return run
