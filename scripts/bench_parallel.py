@@ -2,11 +2,13 @@
 
     python scripts/bench_parallel.py                 # 4 layers, n_embd 128, block 128, global batch 16
     python scripts/bench_parallel.py --n-embd 256 --steps 40
+    python scripts/bench_parallel.py --device cuda --precision bf16     # on GPUs (one rank per GPU)
 
 Every layout trains the same model on the same 16 sequences a step (dp x batch_size x grad_accum),
-fp32, and reports the runner's own tokens/s (optimizer steps only: evaluation and checkpoints are
-excluded) and the launch overhead: from starting ``nanogpt-run`` to the end of the first training step
-(Python and torch imports, data check, torchrun and the process group, model build, the step-0 eval).
+fp32 unless --precision says otherwise, and reports the runner's own tokens/s (optimizer steps only:
+evaluation and checkpoints are excluded) and the launch overhead: from starting ``nanogpt-run`` to the end
+of the first training step (Python and torch imports, data check, torchrun and the process group, model
+build, the step-0 eval).
 Single-process runs use every core; a rank of a 2-process layout gets one thread each (cores / ranks).
 A benchmark, not a test: the numbers depend on the machine and on whatever else it is running.
 """
@@ -44,7 +46,8 @@ def bench(name: str, overrides: list[str], args, work: Path) -> dict:
     cmd = [str(Path(sys.executable).parent / "nanogpt-run"), *overrides, "model=tiny",
            f"model.n_layer={args.n_layer}", f"model.n_head={args.n_head}", f"model.n_embd={args.n_embd}",
            f"model.block_size={args.block_size}", f"train.max_iters={args.steps}", f"train.eval_interval={args.steps}",
-           "train.eval_iters=1", f"train.log_interval={max(args.steps // 4, 1)}", "train.precision=fp32",
+           "train.eval_iters=1", f"train.log_interval={max(args.steps // 4, 1)}", f"train.precision={args.precision}",
+           f"train.device={args.device}",
            "train.ckpt_interval=0", "optimizer.warmup_iters=2", "run.progress=false",
            f"data.cache_dir={work / 'cache'}", f"hydra.run.dir={run_dir}"]
     cmd += [f"data.path={args.data}"] if args.data else []
@@ -72,6 +75,8 @@ def main() -> None:
     parser.add_argument("--data", default=str(CORPUS) if CORPUS.exists() else None,
                         help="tiny-shakespeare input.txt (default: ../shared copy if present, else the download)")
     parser.add_argument("--only", nargs="*", help="layout names to run (prefixes: single ddp fsdp tp pp)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     args = parser.parse_args()
     args.global_batch = 16
     with tempfile.TemporaryDirectory(prefix="bench_parallel_") as tmp:
@@ -82,7 +87,9 @@ def main() -> None:
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else "?"
     import torch
 
-    print(f"machine: {cpu}, {os.cpu_count()} cores; torch {torch.__version__}; fp32; model {args.n_layer} layers, "
+    machine = f"{cpu}, {os.cpu_count()} cores" if args.device == "cpu" else \
+        f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    print(f"machine: {machine}; torch {torch.__version__}; {args.precision}; model {args.n_layer} layers, "
           f"n_embd {args.n_embd}, block {args.block_size}; global batch {args.global_batch} x {args.block_size} "
           f"tokens; {args.steps} steps")
     print(f"| {'layout':<38} | {'tokens/s':>9} | {'ms/step':>8} | {'start to first step':>19} |")

@@ -49,6 +49,15 @@ def test_an_unknown_key_or_choice_is_refused_by_hydra_in_one_line(tmp_path, tiny
     assert not (tmp_path / "outputs").exists()
 
 
+def test_a_key_added_with_plus_that_the_schema_lacks_is_refused_before_any_run_dir(tmp_path, tiny_overrides):
+    """Hydra's ``+`` forces a key even into a schema-typed node; validation names it instead of the worker
+    failing with a traceback after the run directory was made."""
+    result = run_cli(tiny_overrides + ["+model.something=1"], cwd=tmp_path)
+    assert result.returncode == 2 and "model.something is not a setting" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not any((tmp_path / "outputs").rglob("*"))
+
+
 def test_a_text_file_that_is_not_utf8_is_refused_with_the_fix(tmp_path, tiny_overrides):
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"\xff\xfe not utf8 " * 100)

@@ -1,6 +1,7 @@
 """Every parallel layout is real: each trains through the real CLI (torchrun, gloo, 2 or 4 processes) and
 matches the single-process run on the same global batch — loss at every step, eval losses and final
-parameters — and its layout.json shows the sharding (each rank's local parameter shapes).
+parameters — and its layout.json shows the sharding (each rank's local parameter shapes) and each rank's
+peak memory. MFU is the group's: tokens/s x FLOPs per token over world x one rank's peak.
 
 One single-process reference (batch 4 x accumulation 2 = 8 sequences a step) serves every layout: each
 layout below also trains on 8 sequences a step (dp x batch_size x grad_accum), split its own way.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ import torch
 from conftest import compose_config, run_cli
 
 from nanogpt_runner.checkpoint import load_model_state, resolve
-from nanogpt_runner.config import layout_problems, layout_warnings, validate
+from nanogpt_runner.config import DeviceCaps, layout_problems, layout_warnings, validate
 from nanogpt_runner.parallel import LAYOUT_FILE
 from nanogpt_runner.runs import find_runs, read_run
 
@@ -105,6 +107,12 @@ def _ddp_pp(shapes, rank):
     _stages(shapes, rank // 2)  # mesh (pp, dp): ranks 0-1 stage 0, ranks 2-3 stage 1
 
 
+def _fsdp_pp(shapes, rank):
+    _stages(shapes, rank // 2)
+    tied = shapes["tok_emb.weight"] if rank < 2 else shapes["lm_head.weight"]
+    assert tied == [33 if rank % 2 == 0 else 32, 32]  # each stage's copy of the tied weight, sharded over dp
+
+
 LAYOUTS = {
     "ddp": (["parallel=ddp", "train.batch_size=2", "train.grad_accum=2"], 2, _full),
     "fsdp": (["parallel=fsdp", "train.batch_size=2", "train.grad_accum=2"], 2, _fsdp),
@@ -113,7 +121,20 @@ LAYOUTS = {
     "pp_1f1b": (["parallel=pp", "parallel.pp_schedule=1f1b", "train.batch_size=4", "train.grad_accum=2"], 2, _pp),
     "fsdp_tp": (["parallel=fsdp_tp", "train.batch_size=2", "train.grad_accum=2"], 4, _fsdp_tp),
     "ddp_pp": (["parallel=ddp_pp", "train.batch_size=2", "train.grad_accum=2"], 4, _ddp_pp),
+    "fsdp_pp": (["parallel=ddp_pp", "parallel.dp=fsdp", "train.batch_size=2", "train.grad_accum=2"], 4, _fsdp_pp),
 }
+
+
+def _check_mfu_is_the_groups(run_dir: Path, run: dict, cache: Path) -> None:
+    """Each train line's MFU = tokens/s x FLOPs per token / (world x the peak of one rank's threads)."""
+    threads = re.search(r"\((\d+) threads\)", run["device_name"]).group(1)
+    peaks = json.loads((cache / "peak_flops.json").read_text())
+    [rank_peak] = [flops for key, flops in peaks.items() if key.startswith("cpu|") and f"|{threads}|fp32|" in key]
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["kind"] == "train":
+            expected = run["flops_per_token"] * record["tok_per_s"] / (run["world_size"] * rank_peak)
+            assert math.isclose(record["mfu"], expected, rel_tol=1e-6), (record["mfu"], expected)
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
@@ -142,12 +163,38 @@ def test_layout_matches_single_process_and_shards(name, workspace, reference):
         check_shapes(record["params"], record["rank"])
     assert sorted(p.name for p in run_dir.glob("rank*.log")) == [f"rank{r}.log" for r in range(1, world)]
 
+    rank_peaks = [record["peak_mem_gb"] for record in layout["ranks"]]
+    assert all(peak > 0 for peak in rank_peaks)
+    assert math.isclose(run["summary"]["peak_mem_gb"], max(rank_peaks))  # the busiest rank's
+    _check_mfu_is_the_groups(run_dir, run, workspace[0] / "cache")
+
+
+DROPOUT = ["model.dropout=0.2", "train.batch_size=2"]
+
+
+@pytest.fixture(scope="module")
+def dropout_single(workspace) -> dict[int, float]:
+    return _curves(_train(*workspace, "dropout_single", DROPOUT + ["train.grad_accum=4"]))[0]
+
+
+@pytest.mark.parametrize("layout", ["ddp", "fsdp"])
+def test_dropout_masks_follow_the_micro_batch_so_data_parallel_equals_single(layout, workspace, reference,
+                                                                           dropout_single):
+    """Each micro-batch of the global batch draws its own masks (not the same masks on every rank), so a
+    data-parallel run with dropout equals one process taking the same micro-batches in turn."""
+    (ref_train, _), _ = reference
+    replicas = _curves(_train(*workspace, f"dropout_{layout}", DROPOUT + [f"parallel={layout}", "train.grad_accum=2"]))
+    for step, loss in dropout_single.items():
+        assert math.isclose(replicas[0][step], loss, rel_tol=1e-4), (step, replicas[0][step], loss)
+    assert not math.isclose(dropout_single[1], ref_train[1], rel_tol=1e-4)  # dropout really changed the loss
+
 
 LAYOUT_CASES = [
     # (overrides, a phrase the refusal must contain; None: the layout is accepted)
     (["parallel=ddp"], None),
     (["parallel=fsdp_tp"], None),
     (["parallel=ddp_pp", "train.batch_size=4"], None),
+    (["parallel=ddp_pp", "parallel.dp=fsdp", "train.batch_size=4"], None),
     (["parallel=ddp", "parallel.nproc_per_node=3", "parallel.tp=2"], "not a multiple of tp*pp"),
     (["parallel=tp", "parallel.nproc_per_node=4"], "parallel.dp=none but world size 4"),
     (["parallel=tp", "parallel.tp=3", "parallel.nproc_per_node=3"], "model.n_head=2 is not divisible by parallel.tp=3"),
@@ -157,7 +204,6 @@ LAYOUT_CASES = [
     (["parallel=pp", "parallel.microbatches=1"], "needs parallel.microbatches >= pp"),
     (["parallel=pp", "parallel.tp=2", "parallel.nproc_per_node=4"], "tp>1 together with parallel.pp>1"),
     (["parallel=ddp", "parallel.backend=nccl"], "backend=nccl needs CUDA"),
-    (["parallel=ddp", "parallel.dp=zero"], "parallel.dp='zero' is unknown"),
     (["parallel=ddp", "parallel.nnodes=2"], "needs parallel.rdzv_endpoint"),
     (["parallel=fsdp", "train.precision=fp16", "train.device=cuda"], "fp16 needs loss scaling"),
 ]
@@ -174,6 +220,25 @@ def test_validate_refuses_impossible_layouts_with_the_reason(overrides, phrase, 
         assert problems == [] and layout == []
     else:
         assert any(phrase in p for p in problems), problems
+
+
+GPU = DeviceCaps(kind="cuda", bf16=True, cuda_available=True)
+PRE_AMPERE_GPU = DeviceCaps(kind="cuda", bf16=False, cuda_available=True)
+
+
+@pytest.mark.parametrize("layout", ["fsdp", "tp", "pp"])
+def test_gloo_on_gpus_is_refused_where_its_collectives_cannot_run(layout, tiny_overrides):
+    cfg = compose_config(tiny_overrides + [f"parallel={layout}", "parallel.backend=gloo"])
+    assert any("backend=gloo on CUDA GPUs" in p for p in validate(cfg, GPU))
+    assert validate(compose_config(tiny_overrides + [f"parallel={layout}", "parallel.backend=nccl"]), GPU) == []
+    assert validate(compose_config(tiny_overrides + ["parallel=ddp", "parallel.backend=gloo"]), GPU) == []
+
+
+def test_precision_auto_is_checked_as_what_it_resolves_to(tiny_overrides):
+    """On a GPU without bf16, auto means fp16, which the sharded layouts cannot scale."""
+    cfg = compose_config([o for o in tiny_overrides if "precision" not in o] + ["parallel=pp"])
+    assert any("precision=auto picks fp16" in p for p in validate(cfg, PRE_AMPERE_GPU))
+    assert validate(cfg, GPU) == []
 
 
 def test_oversubscribing_the_cores_is_a_warning_not_an_error(tiny_overrides):

@@ -50,3 +50,24 @@ def test_a_multi_node_slurm_job_meets_on_its_first_node(tiny_overrides, monkeypa
     command = torchrun_command(cfg.parallel, "RUN")
     assert "--nnodes=2" in command and "--rdzv-backend=c10d" in command and "--standalone" not in command
     assert command[-3:] == ["-m", "nanogpt_runner.worker", "RUN"]
+
+
+def test_torchrun_forwards_sigusr2_to_the_ranks_and_gives_them_time_to_checkpoint(tiny_overrides):
+    cfg = compose_config([*tiny_overrides, "parallel=ddp", "parallel.timeout_min=20"])
+    command = torchrun_command(cfg.parallel, "RUN")
+    [handled] = [arg for arg in command if arg.startswith("--signals-to-handle=")]
+    assert {"SIGTERM", "SIGINT", "SIGUSR2"} <= set(handled.split("=", 1)[1].split(","))
+    assert "--shutdown-timeout=1200" in command
+
+
+def test_submitit_local_hiding_the_gpus_is_said_not_silently_trained_on_cpu(tiny_overrides):
+    from nanogpt_runner.torchrun import hidden_gpus_problem
+
+    cfg = compose_config([*tiny_overrides, "train.device=auto", "parallel=ddp"])
+    hidden = {"SUBMITIT_EXECUTOR": "local", "CUDA_VISIBLE_DEVICES": ""}
+    problem = hidden_gpus_problem(cfg, env=hidden, gpus_present=True)
+    assert "hydra.launcher.gpus_per_node=2" in problem and "train.device=cpu" in problem
+    assert hidden_gpus_problem(cfg, env=hidden, gpus_present=False) is None  # a CPU machine: nothing hidden
+    assert hidden_gpus_problem(cfg, env={**hidden, "CUDA_VISIBLE_DEVICES": "0,1"}, gpus_present=True) is None
+    cpu = compose_config([*tiny_overrides, "train.device=cpu", "parallel=ddp"])
+    assert hidden_gpus_problem(cpu, env=hidden, gpus_present=True) is None  # the CPU on purpose
