@@ -19,6 +19,7 @@ import pytest
 import tiktoken
 import torch
 import torch.nn.functional as F
+from conftest import run_cli
 from worker_killer import KilledByKILL
 
 from nanogpt_runner import corpus as corpus_module
@@ -29,6 +30,8 @@ from nanogpt_runner.data import Batches, DataError, load_prepared
 from nanogpt_runner.model import GPT
 from nanogpt_runner.parallel import Layout
 from nanogpt_runner.prepare import prepare
+from nanogpt_runner.runs import RunReader, find_runs
+from nanogpt_runner.sample import SampleOptions, sample
 from nanogpt_runner.train import evaluate
 
 CPU = torch.device("cpu")
@@ -325,3 +328,22 @@ def test_bits_per_byte_is_the_summed_loss_in_bits_over_the_bytes_of_the_targets(
             text_bytes += sum(len(data.tokenizer.decode(row.tolist()).encode("utf-8")) for row in y)
     assert result["val_bpb"] == pytest.approx(nats / math.log(2) / text_bytes, rel=1e-5)
     assert result["val_bpb"] < result["val_loss"] / math.log(2)  # a BPE token holds more than one byte
+
+
+# ------------------------------------------------------------------------------------- the whole path
+
+def test_the_bpe_preset_trains_offline_and_samples_with_its_tokenizer(tmp_path, tiny_overrides):
+    """+experiment=shakespeare_gpt2_bpe: the tokenizer is trained on the text, every eval records bits per
+    byte, run.json the tokenizer and token counts, and nanogpt-sample encodes and decodes with the BPE (so a
+    character no training text had is fine in a prompt)."""
+    result = run_cli(["+experiment=shakespeare_gpt2_bpe", *tiny_overrides, "data.vocab_size=512"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = find_runs(tmp_path / "outputs")
+    reader = RunReader(run_dir)
+    reader.refresh()
+    dataset = reader.info["dataset"]
+    assert dataset["tokenizer"] == "bpe" and dataset["vocab_size"] == 512
+    assert dataset["tokens"]["train"] > 8 * dataset["tokens"]["val"] > 0 and dataset["bytes_per_token"]["val"] > 1.5
+    assert reader.metrics.eval and all(0 < line["val_bpb"] < line["val_loss"] for line in reader.metrics.eval)
+    (text,) = sample(run_dir, SampleOptions(prompt="ROMEO € ", max_new_tokens=20, seed=1))
+    assert text.startswith("ROMEO € ") and len(text) > len("ROMEO € ")
