@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from nanogpt_runner.config import flatten
 from nanogpt_runner.runs import (
     EVAL,
     TRAIN,
@@ -130,17 +131,6 @@ def load_runs(root: Path) -> list[RunRecord]:
             records.append(RunRecord(str(path.relative_to(root)), path, reader.info, reader.metrics,
                                      train[-1] if train else None))
     return sorted(records, key=lambda r: (_number(r.info.get("start_time")) or 0.0, r.id))
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    """{"train": {"lr": 1}} -> {"train.lr": 1}; lists stay values."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def meaningful(key: str) -> bool:

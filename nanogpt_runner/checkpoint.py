@@ -51,6 +51,7 @@ from pathlib import Path
 
 import torch
 
+from nanogpt_runner.fsutil import TMP_PREFIX, fsync_dir, write_atomic
 from nanogpt_runner.rng import rng_state, set_rng_state
 from nanogpt_runner.run_control import CheckpointError
 from nanogpt_runner.runs import CHECKPOINT_DIR, open_regular
@@ -63,7 +64,6 @@ MODEL_FILE = "model.pt"
 OPTIMIZER_FILE = "optimizer.pt"
 LATEST = "latest"
 BEST = "best"
-TMP_PREFIX = ".tmp-"
 NAME_RE = re.compile(r"^step_(\d+)$")
 
 
@@ -114,31 +114,11 @@ def _barrier() -> None:
 
 # ------------------------------------------------------------------------------------ files and bytes
 
-def _fsync_dir(path: Path) -> None:
-    """Make a rename or a new file in ``path`` durable (the directory entry itself lives in the folder)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _save_tensors(obj, path: Path) -> None:
     with open(path, "wb") as f:
         torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Atomically replace ``path``: temp name, fsync, rename, fsync the folder."""
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _torch_load(path: Path):
@@ -254,11 +234,11 @@ def save_checkpoint(
             json.dump(meta, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         _remove(final)  # the same step saved again (a run resumed from an earlier checkpoint)
         os.replace(tmp, final)
-        _fsync_dir(ckpt_dir)
-        _write_text(ckpt_dir / LATEST, name + "\n")
+        fsync_dir(ckpt_dir)
+        write_atomic(ckpt_dir / LATEST, name + "\n")
     _barrier()
     return final
 
@@ -473,13 +453,13 @@ def prune(ckpt_dir: Path, keep_last: int) -> list[str]:
     for name in removed:
         _remove(Path(ckpt_dir) / name)
     if best_path is not None and _pointer(ckpt_dir, BEST) != best_path:
-        _write_text(Path(ckpt_dir) / BEST, best_path.name + "\n")
+        write_atomic(Path(ckpt_dir) / BEST, best_path.name + "\n")
     return removed
 
 
 def mark_latest(path: Path) -> None:
     """Point its folder's ``latest`` at checkpoint ``path`` (a resume from an older one makes it the newest)."""
-    _write_text(Path(path).parent / LATEST, Path(path).name + "\n")
+    write_atomic(Path(path).parent / LATEST, Path(path).name + "\n")
 
 
 def discard_after(ckpt_dir: Path, step: int) -> list[str]:

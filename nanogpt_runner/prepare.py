@@ -41,6 +41,7 @@ from nanogpt_runner import tokenizer as tokenizers
 from nanogpt_runner.config import DataConfig
 from nanogpt_runner.corpus import Piece, Source, download, file_source, pystdlib_source, text_source
 from nanogpt_runner.data import FORMAT, META_FILE, SPLITS, DataError, PreparedData, cache_dir, load_prepared
+from nanogpt_runner.fsutil import write_atomic
 from nanogpt_runner.safe_pickle import UnsafePickleError, load_plain
 
 CHUNK_BYTES = 4 << 20
@@ -129,9 +130,7 @@ def _read_progress(work: Path) -> Progress | None:
 
 
 def _write_progress(work: Path, progress: Progress) -> None:
-    tmp = work / f"{PROGRESS_FILE}.tmp"
-    tmp.write_text(json.dumps(asdict(progress)))
-    os.replace(tmp, work / PROGRESS_FILE)
+    write_atomic(work / PROGRESS_FILE, json.dumps(asdict(progress)))
 
 
 def _build(entry: Path, source: Source, cfg: DataConfig, announce, chunk_bytes: int) -> None:

@@ -28,6 +28,7 @@ from nanogpt_runner.checkpoint import (
     resolve,
     save_checkpoint,
 )
+from nanogpt_runner.config import flatten
 from nanogpt_runner.run_control import CheckpointError
 from nanogpt_runner.runs import CHECKPOINT_DIR, METRICS_FILE, read_run
 from nanogpt_runner.tokenizer import vocab_size_of
@@ -51,18 +52,6 @@ FIXED_FIELDS = {
 }
 # Fields that never count as a change of the run (where it resumes from is the point of resuming).
 IGNORED_FIELDS = {"resume"}
-
-
-def flatten(config: dict, prefix: str = "") -> dict[str, object]:
-    """{"a": {"b": 1}} -> {"a.b": 1}: configs compared field by field."""
-    flat = {}
-    for key, value in config.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, path + "."))
-        else:
-            flat[path] = value
-    return flat
 
 
 def config_changes(saved: dict, current: dict) -> tuple[dict[str, list], list[str]]:
@@ -194,16 +183,18 @@ class Checkpointer:
     Saves after step ``s`` when ``s`` is a multiple of ``train.ckpt_interval``, at the last step, when an
     evaluation sets a new best val loss (so the best model is always on disk), and on request (a signal).
     After each save it keeps the newest ``train.keep_last`` plus the best-by-val checkpoint. Every save
-    is logged as a ``checkpoint`` event; a restore as a ``resume`` event."""
+    is logged as a ``checkpoint`` event; a restore as a ``resume`` event. ``before_save`` runs on every
+    rank before each save and may refuse it by raising (the loop's non-finite check: a checkpoint is only
+    written once the updates in it are known to be finite)."""
 
     def __init__(self, run_dir: Path, cfg, vocab, model, optimizer, scaler, writer,
-                 say: Callable[[str], None] = print):
+                 say: Callable[[str], None] = print, before_save: Callable[[], None] = lambda: None):
         from omegaconf import OmegaConf
 
         self.run_dir, self.dir = Path(run_dir), checkpoint_dir(run_dir)
         # The data tokenizer's description: characters as a list (JSON has no tuples), a BPE as a dict.
         self.vocab = list(vocab) if isinstance(vocab, (list, tuple)) else vocab
-        self.cfg, self.writer, self.say = cfg, writer, say
+        self.cfg, self.writer, self.say, self.before_save = cfg, writer, say, before_save
         self.model, self.optimizer, self.scaler = model, optimizer, scaler
         self.config = OmegaConf.to_container(cfg, resolve=True)
         self.rank = rank_world()[0]
@@ -262,6 +253,7 @@ class Checkpointer:
         """Save now (``reason`` is recorded in the event); None when this step is already saved or is 0."""
         if state.step == self.last_saved_step or state.step == 0:
             return None
+        self.before_save()
         start = time.perf_counter()
         path = save_checkpoint(self.dir, state, self.model, self.optimizer, config=self.config, vocab=self.vocab,
                                scaler=self.scaler, val_loss=val_loss)

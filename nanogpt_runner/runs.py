@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nanogpt_runner.fsutil import write_json_atomic
+
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
@@ -128,16 +130,6 @@ def axis_title(metric: Metric) -> str:
 def summarized() -> list[Metric]:
     """The metrics that give a run a summary number (summary.csv, the runs table), in registry order."""
     return [m for m in METRICS if m.summary is not None]
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write to a temporary name, fsync, rename: a reader sees the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, default=str, allow_nan=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _json_safe(value):

@@ -7,6 +7,8 @@ import json
 import sys
 import time
 
+import pytest
+
 from nanogpt_runner.runs import (
     METRICS_FILE,
     STALE_AFTER_S,
@@ -150,3 +152,16 @@ def test_runs_module_imports_no_torch(tmp_path):
     code = "import sys, nanogpt_runner.runs; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_temporary_file(tmp_path):
+    from nanogpt_runner.fsutil import write_atomic, write_json_atomic
+
+    write_json_atomic(tmp_path / "run.json", {"status": "running"})
+    write_atomic(tmp_path / "run.json", '{"status": "completed"}')
+    assert read_run(tmp_path) == {"status": "completed"}
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "inside").write_text("x")
+    with pytest.raises(OSError):
+        write_atomic(tmp_path / "folder", "text")  # the rename fails: a folder cannot be replaced by a file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "run.json"]
