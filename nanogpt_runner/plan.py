@@ -23,7 +23,6 @@ micro-batch) in one process; it does not compare layouts.
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from rich.table import Table
 
 from nanogpt_runner import autotune, hardware, memory
 from nanogpt_runner.autotune import Setting, StepTiming
+from nanogpt_runner.config import threads_per_rank
 
 COMPILE_SECONDS = 30.0  # a cold torch.compile of the blocks takes 20-30 s on a CPU: probed only with this left
 MEASURED, OVER_MEMORY, OVER_BUDGET = "measured", "over memory", "over budget"
@@ -112,10 +112,6 @@ def batch_splits(cfg) -> list[tuple[int, int]]:
     return [(total // k, k) for k in sorted(accums) if (total // k) % divisor == 0]
 
 
-def default_threads(cfg) -> int:
-    return cfg.parallel.threads_per_rank or max((os.cpu_count() or 1) // cfg.parallel.nproc_per_node, 1)
-
-
 def make_plan(cfg, vocab_size: int, device: torch.device, available: float, say=print,
               measure=autotune.time_steps) -> Plan:
     """Time candidate settings (coordinate search from the config as given) within ``plan.budget_s``."""
@@ -160,7 +156,7 @@ def make_plan(cfg, vocab_size: int, device: torch.device, available: float, say=
         measured = [c for c in options if c.status == MEASURED]
         return max(measured, key=lambda c: c.tok_per_s) if measured else None
 
-    threads = default_threads(cfg)
+    threads = threads_per_rank(cfg.parallel)
     base = Setting.of(cfg, precisions[0])
     splits = batch_splits(cfg)
     # Recomputation only when nothing fits without it: it never makes a step faster.
@@ -224,7 +220,7 @@ def plan_key(cfg, vocab_size: int, device: torch.device) -> str:
     t, par = cfg.train, cfg.parallel
     return autotune.cache_key(cfg, vocab_size, device, "plan") + (
         f"|batch {t.batch_size * t.grad_accum}|precision {t.precision}|recompute {int(t.recompute)}"
-        f"|threads {default_threads(cfg)}|ranks {par.nproc_per_node}|pp {par.pp}x{par.microbatches}"
+        f"|threads {threads_per_rank(cfg.parallel)}|ranks {par.nproc_per_node}|pp {par.pp}x{par.microbatches}"
         f"|budget {cfg.plan.budget_s:g}")
 
 

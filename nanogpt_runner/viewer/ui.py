@@ -122,7 +122,7 @@ def build_app(dashboard: Dashboard, launcher: Launcher, refresh_s: float = 2.0,
             return [str(p) for p in export_report(runs, out_dir, target_value)]
 
         export.click(export_files, [selection, target], [files], **PRIVATE)
-        _wire_launch(demo, launcher, dashboard, timer, form, extra, launch, launch_status, procs, stop, log)
+        _wire_launch(launcher, dashboard, timer, form, extra, launch, launch_status, procs, stop, log)
         if sampler is not None:
             _wire_sample(sampler, dashboard, timer, sample_run, prompt, max_tokens, sample_button, sample_out)
         _api(dashboard)
@@ -164,7 +164,7 @@ def _launch_tab():
     return form, extra, launch, status, procs, stop, log
 
 
-def _wire_launch(demo, launcher: Launcher, dashboard: Dashboard, timer, form, extra, launch, status, procs, stop, log):
+def _wire_launch(launcher: Launcher, dashboard: Dashboard, timer, form, extra, launch, status, procs, stop, log):
     fields = list(form)
 
     def processes(selected_pid):
