@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from nanogpt_runner import hardware, parallel
-from nanogpt_runner.config import DeviceCaps
+from nanogpt_runner.config import Config, DeviceCaps
 from nanogpt_runner.model import GPT
 from nanogpt_runner.optim import build_optimizers
 from nanogpt_runner.runs import write_json_atomic
@@ -222,7 +222,7 @@ def probe_precision(cfg, vocab_size: int, device: torch.device, candidates: list
     return PrecisionProbe(choice, step_ms, skipped)
 
 
-def resolve_precision(cfg, vocab_size: int, device: torch.device, caps: DeviceCaps,
+def resolve_precision(cfg: Config, vocab_size: int, device: torch.device, caps: DeviceCaps,
                       cache_dir: Path) -> tuple[str, PrecisionProbe | None]:
     """``train.precision`` as this run will train: an explicit one as given; ``auto`` by probing (the probe is
     returned for the console and run.json)."""

@@ -312,7 +312,7 @@ def data_source_problems(data) -> list[str]:
     return problems
 
 
-def validate(cfg, device: DeviceCaps | None = None) -> list[str]:
+def validate(cfg: Config, device: DeviceCaps | None = None) -> list[str]:
     """Every meaning problem in ``cfg`` as one sentence each; empty when the config is runnable."""
     problems: list[str] = unknown_keys(cfg)
     m, o, t, d = cfg.model, cfg.optimizer, cfg.train, cfg.data
@@ -438,7 +438,7 @@ def _stop_problems(t, sweep) -> list[str]:
     return problems
 
 
-def unknown_keys(cfg) -> list[str]:
+def unknown_keys(cfg: Config) -> list[str]:
     """Keys the schema does not have, one sentence each.
 
     Composition cannot refuse them all: Hydra applies a ``+key=value`` override with ``force_add``, which
@@ -496,7 +496,7 @@ def threads_per_rank(par, cores: int | None = None) -> int:
     return par.threads_per_rank or max((cores or available_cores()) // par.nproc_per_node, 1)
 
 
-def layout_problems(cfg, device: DeviceCaps | None = None) -> list[str]:
+def layout_problems(cfg: Config, device: DeviceCaps | None = None) -> list[str]:
     """Why a parallel layout cannot run as asked, one sentence per problem (empty when it can)."""
     par, m, t = cfg.parallel, cfg.model, cfg.train
     problems = [
@@ -590,7 +590,7 @@ def layout_problems(cfg, device: DeviceCaps | None = None) -> list[str]:
     return problems
 
 
-def config_warnings(cfg, cpu_count: int | None = None) -> list[str]:
+def config_warnings(cfg: Config, cpu_count: int | None = None) -> list[str]:
     """What runs but is probably not what the user meant: printed before training, never refused."""
     o, t = cfg.optimizer, cfg.train
     found = []
@@ -602,7 +602,7 @@ def config_warnings(cfg, cpu_count: int | None = None) -> list[str]:
     return found + layout_warnings(cfg, cpu_count)
 
 
-def layout_warnings(cfg, cpu_count: int | None = None) -> list[str]:
+def layout_warnings(cfg: Config, cpu_count: int | None = None) -> list[str]:
     """Layouts that run but probably not as the user hopes: more CPU threads than cores."""
     par = cfg.parallel
     cores = cpu_count or available_cores()
@@ -615,7 +615,7 @@ def layout_warnings(cfg, cpu_count: int | None = None) -> list[str]:
     return []
 
 
-def data_problems(cfg, split_sizes: dict[str, int]) -> list[str]:
+def data_problems(cfg: Config, split_sizes: dict[str, int]) -> list[str]:
     """Problems only visible once the dataset is prepared: a block that does not fit a split."""
     needed = cfg.model.block_size + 1
     return [

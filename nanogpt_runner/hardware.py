@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from nanogpt_runner import memory
-from nanogpt_runner.config import DeviceCaps
+from nanogpt_runner.config import Config, DeviceCaps
 from nanogpt_runner.fsutil import write_json_atomic
 
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -236,7 +236,7 @@ def available_memory(kind: str) -> float:
     return memory.available_ram()
 
 
-def memory_refusal(cfg, vocab_size: int) -> str | None:
+def memory_refusal(cfg: Config, vocab_size: int) -> str | None:
     """Why ``cfg`` cannot train here (its memory estimate exceeds the device's memory, naming what would
     fit), or None. On a CPU the ranks share the RAM, and each torchrun worker loads its own torch too (about
     this process's resident set)."""

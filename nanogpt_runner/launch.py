@@ -19,10 +19,10 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from nanogpt_runner.config import CONF_DIR, config_warnings, data_problems, register_schema, validate
+from nanogpt_runner.config import CONF_DIR, Config, config_warnings, data_problems, register_schema, validate
 from nanogpt_runner.console import error
 from nanogpt_runner.data import DataError, PreparedData
 from nanogpt_runner.prepare import prepare
@@ -37,7 +37,7 @@ from nanogpt_runner.torchrun import fill_cluster_rendezvous, hidden_gpus_problem
 EXIT_INVALID_CONFIG = 2
 
 
-def check(cfg: DictConfig, announce=print) -> tuple[list[str], PreparedData | None]:
+def check(cfg: Config, announce=print) -> tuple[list[str], PreparedData | None]:
     """Every problem with ``cfg``, data included; the prepared data when there is none."""
     from nanogpt_runner.hardware import device_caps, memory_refusal
 
@@ -66,7 +66,7 @@ def git_commit() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def run_job(cfg: DictConfig) -> int:
+def run_job(cfg: Config) -> int:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
@@ -141,7 +141,7 @@ def _remove_run_dir(run_dir: Path, root: Path) -> None:
         parent = parent.parent
 
 
-def _identity(cfg: DictConfig, run_dir: Path, hydra_cfg) -> dict:
+def _identity(cfg: Config, run_dir: Path, hydra_cfg) -> dict:
     return {
         "id": uuid.uuid4().hex[:12],
         "name": cfg.run.name,
@@ -159,7 +159,7 @@ register_schema()
 register_sweeper()
 
 
-def run_sweep_job(cfg: DictConfig) -> float:
+def run_sweep_job(cfg: Config) -> float:
     """One job of a sweep; returns its objective, the number a search sweeper optimizes (NaN: it failed).
 
     Re-running a sweep in the same hydra.sweep.dir skips the jobs that completed and continues the
@@ -179,7 +179,7 @@ def run_sweep_job(cfg: DictConfig) -> float:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def _hydra_main(cfg: DictConfig) -> float | None:
+def _hydra_main(cfg: Config) -> float | None:
     """A single run exits with its outcome; a sweep job returns its objective to the sweeper."""
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         return run_sweep_job(cfg)

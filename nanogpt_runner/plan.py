@@ -33,7 +33,7 @@ from rich.table import Table
 
 from nanogpt_runner import autotune, hardware, memory
 from nanogpt_runner.autotune import Setting, StepTiming
-from nanogpt_runner.config import threads_per_rank
+from nanogpt_runner.config import Config, threads_per_rank
 
 COMPILE_SECONDS = 30.0  # a cold torch.compile of the blocks takes 20-30 s on a CPU: probed only with this left
 MEASURED, OVER_MEMORY, OVER_BUDGET = "measured", "over memory", "over budget"
@@ -112,7 +112,7 @@ def batch_splits(cfg) -> list[tuple[int, int]]:
     return [(total // k, k) for k in sorted(accums) if (total // k) % divisor == 0]
 
 
-def make_plan(cfg, vocab_size: int, device: torch.device, available: float, say=print,
+def make_plan(cfg: Config, vocab_size: int, device: torch.device, available: float, say=print,
               measure=autotune.time_steps) -> Plan:
     """Time candidate settings (coordinate search from the config as given) within ``plan.budget_s``."""
     budget = cfg.plan.budget_s
@@ -246,7 +246,7 @@ def available_memory(cfg) -> float:
     return hardware.available_memory(hardware.device_kind(cfg.train.device))
 
 
-def plan_run(cfg, vocab_size: int) -> tuple[object, Plan | None, list[str]]:
+def plan_run(cfg: Config, vocab_size: int) -> tuple[object, Plan | None, list[str]]:
     """``train.plan=auto`` before a run: (the config computing as the winner, the plan, problems). The table
     goes to the console; nothing that fits is a problem that refuses the run."""
     device = plan_device(hardware.device_kind(cfg.train.device))

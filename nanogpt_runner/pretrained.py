@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from nanogpt_runner.config import Config
 from nanogpt_runner.gpt2_weights import (
     HF_BUFFERS,
     Architecture,
@@ -249,7 +250,7 @@ def architecture_problems(model_cfg, source: Source, user_set: list[str]) -> lis
     return problems
 
 
-def apply_init_from(cfg, overrides: list[str], conf_dir: Path, announce=print) -> tuple[object, list[str]]:
+def apply_init_from(cfg: Config, overrides: list[str], conf_dir: Path, announce=print) -> tuple[object, list[str]]:
     """For a new run: ``cfg`` with the architecture of the weights ``model.init_from`` names, and the
     problems (an unusable source, a command-line override that contradicts the weights). ``cfg`` is
     returned as it is for scratch and for a resumed run (which continues from its own checkpoint)."""

@@ -28,7 +28,7 @@ from nanogpt_runner.checkpoint import (
     resolve,
     save_checkpoint,
 )
-from nanogpt_runner.config import flatten
+from nanogpt_runner.config import Config, flatten
 from nanogpt_runner.run_control import CheckpointError
 from nanogpt_runner.runs import CHECKPOINT_DIR, METRICS_FILE, read_run
 from nanogpt_runner.tokenizer import vocab_size_of
@@ -133,7 +133,7 @@ class ResumePlan:
         return {"config": OmegaConf.to_container(self.cfg, resolve=True), "resumes": [*previous, entry]}
 
 
-def plan_resume(cfg, run_dir: Path, overrides: list[str], conf_dir: Path,
+def plan_resume(cfg: Config, run_dir: Path, overrides: list[str], conf_dir: Path,
                 announce: Callable[[str], None] = print) -> ResumePlan | None:
     """Decide whether this launch continues a run, and with which config; None for a fresh run.
 
@@ -187,7 +187,7 @@ class Checkpointer:
     rank before each save and may refuse it by raising (the loop's non-finite check: a checkpoint is only
     written once the updates in it are known to be finite)."""
 
-    def __init__(self, run_dir: Path, cfg, vocab, model, optimizer, scaler, writer,
+    def __init__(self, run_dir: Path, cfg: Config, vocab, model, optimizer, scaler, writer,
                  say: Callable[[str], None] = print, before_save: Callable[[], None] = lambda: None):
         from omegaconf import OmegaConf
 

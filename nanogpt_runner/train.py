@@ -19,6 +19,7 @@ import torch
 
 from nanogpt_runner import autotune, hardware, memory, parallel
 from nanogpt_runner.checkpoint import TrainState
+from nanogpt_runner.config import Config
 from nanogpt_runner.console import RunConsole
 from nanogpt_runner.data import Batches, PreparedData, cache_dir
 from nanogpt_runner.model import GPT
@@ -99,7 +100,7 @@ def run_record(device: torch.device, precision: str, model: GPT, data: PreparedD
     }
 
 
-def train(cfg, run_dir: Path, data: PreparedData, writer: RunWriter) -> Summary:
+def train(cfg: Config, run_dir: Path, data: PreparedData, writer: RunWriter) -> Summary:
     """Join the process group (if any), train, and leave the group however the run ends."""
     layout = parallel.setup(cfg.parallel, hardware.device_kind(cfg.train.device))
     completed = False
@@ -111,7 +112,7 @@ def train(cfg, run_dir: Path, data: PreparedData, writer: RunWriter) -> Summary:
         parallel.shutdown(completed)
 
 
-def _train(cfg, run_dir: Path, data: PreparedData, writer: RunWriter, layout: parallel.Layout) -> Summary:
+def _train(cfg: Config, run_dir: Path, data: PreparedData, writer: RunWriter, layout: parallel.Layout) -> Summary:
     t = cfg.train
     device = layout.device
     caps = hardware.device_caps(t.device, device)  # this rank's GPU, asked after setup selected it

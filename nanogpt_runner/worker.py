@@ -22,7 +22,7 @@ from nanogpt_runner.runs import CONFIG_FILE, LOG_FILE, RunWriter, read_run
 from nanogpt_runner.train import train
 
 
-def execute(cfg, run_dir: Path, data: PreparedData) -> int:
+def execute(cfg: Config, run_dir: Path, data: PreparedData) -> int:
     """Train and record the outcome; returns the process exit code (0 only for a completed run)."""
     # Under torchrun only rank 0 writes run.json and metrics.jsonl; the others log to rank{N}.log.
     rank = env_rank()
