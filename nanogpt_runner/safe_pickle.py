@@ -89,3 +89,12 @@ def load_dcp_metadata(source: Path | bytes):
     if not isinstance(metadata, Metadata):
         raise UnsafePickleError(f"it holds a {type(metadata).__name__}, not checkpoint metadata")
     return metadata
+
+
+def weights_only_refusal(err: Exception) -> str:
+    """The part of a ``torch.load(weights_only=True)`` error that says what was refused (torch's own first
+    line suggests retrying with weights_only=False, which is exactly what must not be done here)."""
+    for line in str(err).splitlines():
+        if line.startswith("WeightsUnpickler error:"):
+            return line.removeprefix("WeightsUnpickler error:").strip()
+    return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}"

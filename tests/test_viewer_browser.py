@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium i
 
 
 @pytest.fixture
-def page_url(tmp_path, monkeypatch):
+def page_url(tmp_path, monkeypatch, corpus_path):
     from nanogpt_runner.viewer.app import free_port, serve
 
     root = tmp_path / "outputs"
@@ -27,7 +27,8 @@ def page_url(tmp_path, monkeypatch):
     write_run(root / "recompute", 80, cfg=config(**{"train.recompute": True}), mem_gb=0.7, start_time=2).close()
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # where runs started from the page cache data
-    demo, url = serve(root, port=free_port("127.0.0.1", 7890), refresh_s=1.0, block=False)
+    demo, url = serve(root, port=free_port("127.0.0.1", 7890), refresh_s=1.0, block=False,
+                      data_dirs=(corpus_path.parent,))  # the page trains on files from --data-dir folders only
     yield url
     demo.close()
 
@@ -78,10 +79,10 @@ def test_dashboard_shows_compares_and_launches_runs(page, corpus_path):
     row(page, "base").first.locator("[role=gridcell]").first.click()
     expect(page.locator("#selection .token")).to_have_count(1)
 
-    # A launch that is not a plain override is refused in the page, and nothing starts.
+    # A launch with a setting outside the page's allowlist is refused in the page, and nothing starts.
     launch(page, "refused", "-m hydra/launcher=basic")
     expect(page.locator("#launch-status")).to_contain_text("Not started")
-    expect(page.locator("#launch-status")).to_contain_text("'-m' is not a key=value override")
+    expect(page.locator("#launch-status")).to_contain_text("'-m' is not a setting the page may change")
 
     tiny = (f"model=tiny train.eval_iters=2 train.batch_size=4 train.precision=fp32 optimizer.warmup_iters=5 "
             f"data.path={corpus_path}")

@@ -7,6 +7,7 @@ page then leaves that part alone (no re-render, no flicker, no bytes sent).
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +27,13 @@ from nanogpt_runner.runs import METRIC, axis_title, summarized
 from nanogpt_runner.viewer.curves import PLOTS, join, log_scaled, run_frame
 from nanogpt_runner.viewer.store import RunStore
 
+MARKDOWN_SPECIAL = re.compile(r"([\\`\[\]!])")  # what can start a link, an image or a code span
 STATUSES = ["running", "queued", "completed", "failed", "interrupted", "stalled"]
 MAX_TABLE_ROWS = 500  # more rows make the page slow to update; the filter narrows them
 MAX_CONFIG_COLUMNS = 8
+INIT_FROM = "model.init_from"  # the weights a run started from (config.ModelConfig.init_from)
 DEFAULT_SELECTED = 5
 BARS = {  # bar plot -> (summary field, axis title)
-INIT_FROM = "model.init_from"  # the weights a run started from (config.ModelConfig.init_from)
     **{name: (field, axis_title(METRIC[field])) for name, field in
        (("time", "elapsed_s"), ("memory", "peak_mem_gb"), ("throughput", "tok_per_s"))},
     "to_target": ("time_to_target_s", "time to target val loss (s)"),
@@ -84,10 +86,10 @@ class Dashboard:
         records = self.listed(text, statuses)
         shown = records[:MAX_TABLE_ROWS]
         keys = differing_keys(shown)[:MAX_CONFIG_COLUMNS]
-        rows = []
-        for record in shown:
         if INIT_FROM not in keys and any(self._row(r)[1].get(INIT_FROM, "scratch") != "scratch" for r in shown):
             keys.append(INIT_FROM)  # where fine-tuned runs started from, even when they all started from one
+        rows = []
+        for record in shown:
             summary, config = self._row(record)
             row = {"name": summary["name"], "sweep": summary["sweep"], "status": summary["status"]}
             row.update({key: _cell(config.get(key)) for key in keys})
@@ -103,7 +105,7 @@ class Dashboard:
         note = f"{len(records)} of {total} runs match"
         if len(records) > len(shown):
             note += f"; showing the newest {len(shown)} (type in the filter to narrow)"
-        note += f" · root {self.store.root} · updated {time.strftime('%H:%M:%S')}"
+        note += f" · root {markdown_text(self.store.root)} · updated {time.strftime('%H:%M:%S')}"
         return pd.DataFrame(rows, columns=columns), note
 
     def choices(self, text: str = "", statuses: list[str] | None = None, selected: list[str] = ()) -> list:
@@ -201,14 +203,24 @@ def analysis_markdown(runs: list[RunRecord], target: float | None, summaries: di
     parts = []
     for run in runs:
         summary = summaries[run.id]
-        parts.append(f"**{run.label}** — {summary['status']}, {format_duration(summary['elapsed_s'])}")
-        parts += [f"- {note}" for note in (notes[run.id] if notes else run_notes(run, summary))]
+        parts.append(f"**{markdown_text(run.label)}** — {markdown_text(summary['status'])}, "
+                     f"{format_duration(summary['elapsed_s'])}")
+        parts += [f"- {markdown_text(note)}" for note in (notes[run.id] if notes else run_notes(run, summary))]
         parts.append("")
     across = compare_notes(runs, target, summaries)
     if across:
         parts.append("**Across the selected runs**")
-        parts += [f"- {note}" for note in across]
+        parts += [f"- {markdown_text(note)}" for note in across]
     return "\n".join(parts)
+
+
+def markdown_text(value) -> str:
+    """``value`` as literal text on one line of Markdown. Names, config values and notes come from run
+    folders anyone may have written: no line breaks (new blocks), no brackets or ``!`` (links, images
+    fetched when the tab opens), no backticks, and HTML's ``<``, ``>``, ``&`` as entities."""
+    text = "".join(ch if ch.isprintable() else " " for ch in str(value))
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
 def _haystack(record: RunRecord) -> str:

@@ -41,11 +41,11 @@ from nanogpt_runner.config import (
     NAN_POLICIES,
     PP_SCHEDULES,
     PRECISIONS,
+    RUN_NAME,
     DataConfig,
 )
 
 CHECK_TIMEOUT_S = 180
-RUN_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # Characters a path from the page may contain: enough for real file names, nothing Hydra's override grammar
 # gives a meaning to (quotes, $, \, commas, brackets, =, :) and no control characters.
 PATH_CHARS = re.compile(r"^[\w ./+@%-]{1,4096}$")

@@ -8,6 +8,7 @@ callable through the Gradio API); the read-only views are offered to scripts as 
 
 from __future__ import annotations
 
+import html
 import tempfile
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import gradio as gr
 
 from nanogpt_runner.config import PRECISIONS
 from nanogpt_runner.viewer.curves import PLOTS, X_TITLES, log_scaled, plot_title
-from nanogpt_runner.viewer.dashboard import BARS, STATUSES, Dashboard, export_report
+from nanogpt_runner.viewer.dashboard import BARS, STATUSES, Dashboard, export_report, markdown_text
 from nanogpt_runner.viewer.launcher import FORM_FIELDS, Launcher, LaunchError, presets
 from nanogpt_runner.viewer.sampler import Sampler
 
@@ -177,7 +178,7 @@ def _wire_launch(launcher: Launcher, dashboard: Dashboard, timer, form, extra, l
         try:
             launched = launcher.start(form_values, values[-1])
         except LaunchError as err:
-            return ("**Not started:**\n\n" + "\n".join(f"- {line}" for line in str(err).splitlines()),
+            return ("**Not started:**\n\n" + "\n".join(f"- {markdown_text(line)}" for line in str(err).splitlines()),
                     *processes(None))
         dashboard.store.rescan_soon()
         return (f"Started pid {launched.process.pid}: `nanogpt-run {' '.join(launched.overrides)}`",
@@ -223,7 +224,7 @@ def _wire_sample(sampler: Sampler, dashboard: Dashboard, timer, run, prompt, max
         try:
             return sampler.sample(entry.record.path, prompt_text or "", int(tokens or 1))
         except LaunchError as err:
-            raise gr.Error(str(err)) from err
+            raise gr.Error(html.escape(str(err))) from err  # gr.Error renders HTML; the text names run folders
 
     button.click(generate, [run, prompt, max_tokens], [out], concurrency_limit=1, **PRIVATE)
 
