@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,7 @@ from nanogpt_runner.pretrained import (
     vocabulary_problem,
 )
 from nanogpt_runner.runs import read_run
+from nanogpt_runner.sample import SampleOptions, sample
 from nanogpt_runner.viewer.dashboard import Dashboard
 from nanogpt_runner.viewer.store import RunStore
 
@@ -228,8 +231,12 @@ def test_fine_tune_lowers_the_loss_resumes_exactly_and_never_reads_init_from_aga
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.1
     saves = [e for e in metrics(run, "event") if e["event"] == "checkpoint"]
     assert saves and all(e["reason"] == "best" for e in saves)  # train.ckpt_only_on_improvement
-    table, _ = Dashboard(RunStore(tmp_path / "straight", min_rescan_s=0.0), min_poll_s=0.0).table()
+    board = Dashboard(RunStore(tmp_path / "straight", min_rescan_s=0.0), min_poll_s=0.0)
+    board.refresh()
+    table, _ = board.table()
     assert table["model.init_from"].tolist() == [str(tmp_path / "hf")]  # the viewer's runs table says it too
+    (text,) = sample(run, SampleOptions(prompt="ROMEO:", max_new_tokens=8, seed=1), announce=lambda message: None)
+    assert text.startswith("ROMEO:") and len(text) == 14  # decoded with the run's own (character) tokenizer
 
     first = run_cli([*finetune, "run.root=resumed", "train.max_iters=2"], cwd=tmp_path)
     assert first.returncode == 0, first.stderr
@@ -323,6 +330,17 @@ def test_export_nanogpt_has_nanogpts_names_and_loads_back(tmp_path, sharded_run)
     tokens = torch.randint(0, model.vocab_size, (2, 32), generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(ours_logits(runner_model(source), tokens), ours_logits(model, tokens), atol=1e-6,
                                rtol=0)
+
+
+def test_the_export_command_reports_a_problem_in_one_line(tmp_path, sharded_run):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "file").write_text("mine")
+    result = subprocess.run([str(Path(sys.executable).parent / "nanogpt-export"), str(sharded_run),
+                             str(tmp_path / "taken"), "--format", "hf"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'taken'} already exists and is not empty: "
+                                                  f"choose a new OUT_DIR (nothing is overwritten)"]
+    assert (tmp_path / "taken" / "file").read_text() == "mine"
 
 
 def test_export_refuses_what_nanogpt_cannot_express(tmp_path, sharded_run):
