@@ -26,6 +26,7 @@ import multiprocessing
 import os
 import pickle
 import shutil
+import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -48,6 +49,7 @@ CHUNK_BYTES = 4 << 20
 SCAN_TOKENS = 1 << 20  # ids read at a time when copying or scanning a token file
 PROGRESS_FILE = "progress.json"
 TOKENS_FILE = "tokens.bin"
+HF_PARALLELISM = "TOKENIZERS_PARALLELISM"  # Hugging Face tokenizers' own thread pool
 SHAKESPEARE = ("shakespeare_char", "shakespeare")
 
 
@@ -215,9 +217,11 @@ def _encoded(tokenizer: tokenizers.Tokenizer, chunks: Iterator[list[Piece]], wor
     if workers <= 1:
         yield from (tokenizers.encode_chunk(chunk, tokenizer) for chunk in chunks)
         return
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=tokenizers.init_worker, initargs=(tokenizer,))
+    pool = ProcessPoolExecutor(workers, mp_context=_worker_context(), initializer=tokenizers.init_worker,
+                               initargs=(tokenizer,))
     pending = deque()
+    parallelism = os.environ.get(HF_PARALLELISM)
+    os.environ[HF_PARALLELISM] = "false"  # one thread per worker: the processes are the parallelism
     try:
         for chunk in chunks:
             pending.append(pool.submit(tokenizers.encode_chunk, chunk))
@@ -231,6 +235,17 @@ def _encoded(tokenizer: tokenizers.Tokenizer, chunks: Iterator[list[Piece]], wor
                         f"with a lower data.num_proc if memory is short") from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        if parallelism is None:
+            os.environ.pop(HF_PARALLELISM, None)
+        else:
+            os.environ[HF_PARALLELISM] = parallelism
+
+
+def _worker_context():
+    """fork on Linux: a worker starts in milliseconds with the tokenizer already in memory, where spawn would
+    re-import the program that called prepare (nanogpt-run: torch and Hydra) in every worker."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if sys.platform == "linux" and "fork" in methods else "spawn")
 
 
 def _finish(work: Path, entry: Path, source: Source, tokenizer: tokenizers.Tokenizer, progress: Progress,
