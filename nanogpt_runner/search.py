@@ -129,3 +129,14 @@ def write_results(study, sweep_dir: Path) -> Path | None:
     print(f"best of {len(study.trials)} trials: {best.params} -> {best.value:.4g} (written to {path})")
     return path
 
+
+
+def register_sweeper() -> None:
+    """Make ``hydra/sweeper=optuna`` known to Hydra however the package is installed: Hydra finds sweepers by
+    walking the hydra_plugins namespace, and an editable install of an explicit package list hides our
+    part of that namespace from the walk (the import itself still works)."""
+    from hydra_plugins.nanogpt_optuna_sweeper import OptunaSweeper
+
+    plugins = Plugins.instance()
+    if f"{OptunaSweeper.__module__}.{OptunaSweeper.__name__}" not in plugins.class_name_to_class:
+        plugins.register(OptunaSweeper)
