@@ -99,10 +99,11 @@ def _trainable(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
 def _adamw(groups: list[dict], opt: OptimizerConfig) -> torch.optim.AdamW:
     params = [p for group in groups for p in group["params"]]
     kwargs = {"lr": opt.lr, "betas": tuple(opt.betas)}
-    if any(hasattr(p, "device_mesh") for p in params):
-        # DTensor parameters (FSDP, TP): the fused and foreach kernels refuse a mix of DTensors and tensors.
+    if len({getattr(p, "device_mesh", None) for p in params}) > 1:
+        # Plain tensors next to DTensors (tp's replicated embeddings) or DTensors on two meshes (fsdp x tp): the
+        # fused and foreach kernels refuse the mix, so one parameter at a time.
         return torch.optim.AdamW(groups, foreach=False, **kwargs)
-    try:
+    try:  # all plain tensors, or all DTensors on one mesh (fsdp): DTensor shards the fused kernel too
         return torch.optim.AdamW(groups, fused=True, **kwargs)
     except (RuntimeError, TypeError):  # fused AdamW is not available for this device or dtype
         return torch.optim.AdamW(groups, **kwargs)

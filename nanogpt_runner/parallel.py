@@ -39,7 +39,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nanogpt_runner.config import dp_degree
+from nanogpt_runner.config import dp_degree, threads_per_rank
 from nanogpt_runner.hardware import DTYPES
 from nanogpt_runner.model import GPT
 
@@ -119,7 +119,7 @@ def setup(par, device_kind: str) -> Layout:
     if world != expected:
         raise RuntimeError(f"{world} processes started but parallel.* asks for {expected}: start runs with nanogpt-run")
     if device_kind == "cpu" and (par.threads_per_rank or local_world > 1):
-        torch.set_num_threads(par.threads_per_rank or max((os.cpu_count() or 1) // local_world, 1))
+        torch.set_num_threads(threads_per_rank(par))
     if device_kind == "cuda":
         if local_world > torch.cuda.device_count():
             raise RuntimeError(f"parallel.nproc_per_node={local_world} but this node has {torch.cuda.device_count()} "

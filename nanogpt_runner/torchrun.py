@@ -9,8 +9,8 @@ nodes meet at a c10d rendezvous on ``parallel.rdzv_endpoint``. No torch import: 
 Stop signals: torchrun runs in its own session, so the parent alone hears SIGINT/SIGTERM/SIGUSR2 (a terminal,
 SLURM's warning before the time limit, a requeue) and forwards each to torchrun exactly once; torchrun
 forwards it to every rank (SIGUSR2 included), whose loop saves a checkpoint at the next step boundary and
-stops, and gives them ``parallel.timeout_min`` to do so. The parent waits for that, then lets the signal do
-what it would have done to it (submitit's requeue handler, or the default).
+stops, and gives them ``parallel.timeout_min`` to do so. The parent waits for that, then lets SIGTERM or
+SIGUSR2 do what it would have done to it (submitit's requeue handler, or the default: end the process).
 """
 
 from __future__ import annotations
@@ -23,13 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from nanogpt_runner.config import threads_per_rank
 from nanogpt_runner.runs import LOG_FILE, RunWriter, read_run
-
-
-def threads_per_rank(par) -> int:
-    """CPU threads each rank may use: the configured number, or the cores shared by this node's ranks."""
-    return par.threads_per_rank or max((os.cpu_count() or 1) // par.nproc_per_node, 1)
-
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 
@@ -52,9 +47,9 @@ def run_group(par, run_dir: Path) -> int:
     group = subprocess.Popen(torchrun_command(par, run_dir), env=env, start_new_session=True)
     code, received = _wait_forwarding_signals(group)
     code = record_group_failure(run_dir, code)
-    if received is not None:
+    if received in (signal.SIGTERM, signal.SIGUSR2):
         signal.raise_signal(received)  # now that the ranks have checkpointed: what the signal meant for us
-    return code
+    return code  # after Ctrl-C: the exit code, and run.json says interrupted
 
 
 def _wait_forwarding_signals(group: subprocess.Popen) -> tuple[int, int | None]:
