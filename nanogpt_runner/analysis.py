@@ -34,6 +34,9 @@ IGNORED_KEY_PREFIXES = ("run.", "data.cache_dir", "data.url", "data.download_tim
 SEED_KEY = "train.seed"
 # A difference between two seed groups counts as real when it is at least this many standard errors.
 SIGNIFICANT_STANDARD_ERRORS = 2.0
+# Where each sweep.objective (config.OBJECTIVES) is found among summarize()'s numbers.
+OBJECTIVE_SUMMARY = {"val_loss": "best_val_loss", "val_bpb": "best_val_bpb", "tok_per_s": "tok_per_s",
+                     "time_to_target": "time_to_target_s"}
 # The budgets two runs are compared at: the x column of the eval lines, and how to say an amount of it.
 BUDGETS = {"tokens": "{:,.0f} tokens", "elapsed_s": "{:.1f} s", "flops": "{:.3g} FLOPs"}
 # Settings whose cost in time and memory is the point of comparing runs; listed first when they differ.
@@ -168,6 +171,8 @@ def summarize(record: RunRecord, target: float | None = None) -> dict:
         for metric in summarized():
             out[metric.summary] = _first(summary.get(metric.summary), out[metric.summary])
         out["last_train_loss"] = _first(summary.get("final_train_loss"), out["last_train_loss"])
+    stop = summary.get("stop_reason") if isinstance(summary, dict) else None
+    out["stop_reason"] = stop if isinstance(stop, str) else None  # the limit or early stop that ended the run
     if out["steps"] is None:
         out["steps"] = _number(info.get("step"))
     out["start_time"] = _number(info.get("start_time"))
@@ -308,7 +313,10 @@ def compare_notes(records: list[RunRecord], target: float | None = None,
         return []
     rows = summaries or {r.id: summarize(r, target) for r in records}
     groups = seed_groups(records)
-    notes = [_best_note(groups, rows)] if any(finite(rows[r.id]["best_val_loss"]) for r in records) else []
+    metric, label = comparison_metric(records)
+    notes = [_best_note(groups, rows, metric, label)] if any(finite(rows[r.id][metric]) for r in records) else []
+    if metric != "best_val_loss":
+        notes.append(f"compared by {label}: the runs use different tokenizers, whose losses per token do not compare.")
     if target is not None:
         reached = [r for r in records if finite(rows[r.id]["time_to_target_s"])]
         if reached:
@@ -324,18 +332,25 @@ def compare_notes(records: list[RunRecord], target: float | None = None,
         notes.append(f"highest throughput: {top.label} at {rows[top.id]['tok_per_s']:,.0f} tokens/s.")
     for group in groups:
         if len(group.runs) > 1:
-            loss = group.stats(lambda r: rows[r.id]["best_val_loss"])
-            notes.append(f"seed group {group.label}: best val loss {loss.mean_std('.4f')} over {len(group.runs)} "
+            loss = group.stats(lambda r: rows[r.id][metric])
+            notes.append(f"seed group {group.label}: best {label} {loss.mean_std('.4f')} over {len(group.runs)} "
                          f"seeds (range {loss.range('.4f')}).")
     for base, other, keys in closest_pairs(groups):
-        notes.append(_effect_note(base, other, keys, rows))
+        notes.append(_effect_note(base, other, keys, rows, metric, label))
     return notes
 
 
-def _best_note(groups: list[Group], rows: dict[str, dict]) -> str:
-    """The lowest best val loss: of a run when each configuration ran once, else of a seed group's mean."""
+def comparison_metric(records: list[RunRecord]) -> tuple[str, str]:
+    """The summary column runs are ranked by, and its name: the best val loss while every run has the same
+    tokenizer (a loss per token compares only then), else the best val bits per byte, which any two share."""
+    tokenizers = {repr([(r.info.get("dataset") or {}).get(k) for k in ("tokenizer", "vocab_size")]) for r in records}
+    return ("best_val_loss", "val loss") if len(tokenizers) == 1 else ("best_val_bpb", "val bits per byte")
+
+
+def _best_note(groups: list[Group], rows: dict[str, dict], metric: str, label: str) -> str:
+    """The lowest ``metric``: of a run when each configuration ran once, else of a seed group's mean."""
     def loss(group: Group) -> Spread:
-        return group.stats(lambda r: rows[r.id]["best_val_loss"])
+        return group.stats(lambda r: rows[r.id][metric])
 
     ranked = sorted((g for g in groups if loss(g).n), key=lambda g: loss(g).mean)
     best = ranked[0]
@@ -344,10 +359,10 @@ def _best_note(groups: list[Group], rows: dict[str, dict]) -> str:
     else:
         name, value = f"seed group {best.label}", f"{loss(best).mean_std('.4f')} ({loss(best).n} seeds)"
     if len(ranked) < 2:
-        return f"best val loss: {name} with {value}."
+        return f"best {label}: {name} with {value}."
     lead = loss(ranked[1]).mean - loss(best).mean
     margin = ", tied with the next" if lead < 5e-5 else f", {lead:.4f} ahead of the next"
-    return f"best val loss: {name} with {value}{margin} ({significance(loss(best), loss(ranked[1]))})."
+    return f"best {label}: {name} with {value}{margin} ({significance(loss(best), loss(ranked[1]))})."
 
 
 def closest_pairs(groups: list[Group]) -> list[tuple[Group, Group, list[str]]]:
@@ -391,7 +406,7 @@ def _plainness(value) -> tuple:
     return (not plain, 1, 0.0, str(value))
 
 
-def _effect_note(base: Group, run: Group, keys: list[str], rows: dict[str, dict]) -> str:
+def _effect_note(base: Group, run: Group, keys: list[str], rows: dict[str, dict], metric: str, label: str) -> str:
     """What changing ``keys`` did: memory, speed and time (seed means), the loss at the end and at equal
     budgets, and whether the loss difference stands out of the seed noise."""
     first, other = base.runs[0], run.runs[0]
@@ -405,9 +420,9 @@ def _effect_note(base: Group, run: Group, keys: list[str], rows: dict[str, dict]
         _relative("tokens/s", mean(base, "tok_per_s"), mean(run, "tok_per_s"), "{:,.0f}"),
         _relative("total time", mean(base, "elapsed_s"), mean(run, "elapsed_s"), "{:.1f} s"),
     ]
-    b_loss, r_loss = (g.stats(lambda r: rows[r.id]["best_val_loss"]) for g in (base, run))
+    b_loss, r_loss = (g.stats(lambda r: rows[r.id][metric]) for g in (base, run))
     if b_loss.n and r_loss.n:
-        effects.append(f"best val loss {b_loss.mean_std('.4f')} → {r_loss.mean_std('.4f')} "
+        effects.append(f"best {label} {b_loss.mean_std('.4f')} → {r_loss.mean_std('.4f')} "
                        f"({r_loss.mean - b_loss.mean:+.4f}; {significance(b_loss, r_loss)})")
     effects += equal_budget_notes(base, run)
     effects = [e for e in effects if e] or ["no comparable numbers yet"]
@@ -477,18 +492,25 @@ def group_key(record: RunRecord) -> str:
 
 
 def seed_groups(records: list[RunRecord]) -> list[Group]:
-    """The records as seed groups, in order of first appearance. A group is labelled by run.group, else
-    by its overrides that are neither the seed nor shared by every record (else by its first run)."""
+    """The records as seed groups, in order of first appearance. A group is labelled by run.group, else by
+    its overrides that are neither the seed nor shared by every record, else by the config values that set
+    it apart from the other groups, else by its run's name."""
     overrides = [[o for o in r.info.get("overrides") or [] if not o.startswith(f"{SEED_KEY}=")] for r in records]
     common = set.intersection(*(set(o) for o in overrides)) if overrides else set()
     groups: dict[str, Group] = {}
     for record, own in zip(records, overrides, strict=True):
         key = group_key(record)
         if key not in groups:
-            label = str(record.config.get("run.group") or " ".join(o for o in own if o not in common) or record.name)
+            label = str(record.config.get("run.group") or " ".join(o for o in own if o not in common))
             groups[key] = Group(key, label, [])
         groups[key].runs.append(record)
-    return list(groups.values())
+    found = list(groups.values())
+    keys = [k for k in differing_keys([g.runs[0] for g in found]) if k != SEED_KEY]
+    for group in found:
+        if not group.label:
+            config = group.runs[0].config
+            group.label = " ".join(f"{k}={config.get(k)}" for k in keys) or group.runs[0].name
+    return found
 
 
 def significance(a: Spread, b: Spread) -> str:
@@ -529,17 +551,12 @@ def equal_budget_notes(base: Group, run: Group) -> list[str]:
 
 
 def objective_value(record: RunRecord) -> float | None:
-    """The run's value of its ``sweep.objective`` (val_loss, val_bpb: the best eval; tok_per_s: steady
-    throughput; time_to_target: seconds to the first eval at or below train.target_loss)."""
+    """The run's value of its ``sweep.objective``: the best val loss or val bits per byte, the steady
+    tokens/s, or the seconds to the first eval at or below train.target_loss (time_to_target)."""
     config = record.config
     objective = config.get("sweep.objective") or "val_loss"
-    if objective == "time_to_target":
-        return time_to_target(record, _number(config.get("train.target_loss")))
-    if objective == "val_bpb":
-        evals = record.frame(EVAL)
-        return _finite_stat(evals.val_bpb, "min") if "val_bpb" in evals else None
-    summary = summarize(record)
-    return summary["tok_per_s"] if objective == "tok_per_s" else summary["best_val_loss"]
+    summary = summarize(record, _number(config.get("train.target_loss")))
+    return summary.get(OBJECTIVE_SUMMARY.get(objective, "best_val_loss"))
 
 
 # ---------------------------------------------------------------------------------------------------

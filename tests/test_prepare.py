@@ -25,6 +25,7 @@ from worker_killer import KilledByKILL
 from nanogpt_runner import corpus as corpus_module
 from nanogpt_runner import prepare as prep
 from nanogpt_runner import tokenizer as tokenizers
+from nanogpt_runner.analysis import RunRecord, comparison_metric
 from nanogpt_runner.config import DataConfig, ModelConfig
 from nanogpt_runner.data import Batches, DataError, load_prepared
 from nanogpt_runner.model import GPT
@@ -347,3 +348,12 @@ def test_the_bpe_preset_trains_offline_and_samples_with_its_tokenizer(tmp_path, 
     assert reader.metrics.eval and all(0 < line["val_bpb"] < line["val_loss"] for line in reader.metrics.eval)
     (text,) = sample(run_dir, SampleOptions(prompt="ROMEO € ", max_new_tokens=20, seed=1))
     assert text.startswith("ROMEO € ") and len(text) > len("ROMEO € ")
+
+
+def test_runs_with_different_tokenizers_are_compared_by_bits_per_byte():
+    def run(tokenizer: str, vocab_size: int) -> RunRecord:
+        return RunRecord(tokenizer, Path(tokenizer), {"dataset": {"tokenizer": tokenizer, "vocab_size": vocab_size}})
+
+    assert comparison_metric([run("char", 65), run("char", 65)]) == ("best_val_loss", "val loss")
+    assert comparison_metric([run("char", 65), run("bpe", 4096)]) == ("best_val_bpb", "val bits per byte")
+    assert comparison_metric([run("bpe", 512), run("bpe", 4096)])[0] == "best_val_bpb"
