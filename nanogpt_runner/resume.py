@@ -52,6 +52,9 @@ FIXED_FIELDS = {
 }
 # Fields that never count as a change of the run (where it resumes from is the point of resuming).
 IGNORED_FIELDS = {"resume"}
+# Where this launch's processes meet: always this command line's, never a checkpoint's. torchrun's
+# rendezvous store unpickles what it is sent, so a checkpoint copied from someone must not pick the address.
+LOCAL_FIELDS = ("parallel.nnodes", "parallel.rdzv_endpoint", "parallel.rdzv_id")
 
 
 def config_changes(saved: dict, current: dict) -> tuple[dict[str, list], list[str]]:
@@ -139,8 +142,8 @@ def plan_resume(cfg: Config, run_dir: Path, overrides: list[str], conf_dir: Path
 
     ``resume=PATH`` continues the run that PATH (a run directory or a checkpoint folder) belongs to, in
     place. Otherwise ``train.resume=auto`` continues ``run_dir`` when it already has checkpoints (the user
-    passed hydra.run.dir=THAT_DIR). The config is the checkpoint's; only the fields the command line names
-    are taken from ``cfg``; a change to a FIXED_FIELDS entry is refused with CheckpointError."""
+    passed hydra.run.dir=THAT_DIR). The config is the checkpoint's; only the fields the command line names,
+    and LOCAL_FIELDS, are taken from ``cfg``; a change to a FIXED_FIELDS entry is refused with CheckpointError."""
     from omegaconf import OmegaConf
 
     from nanogpt_runner.config import Config
@@ -162,7 +165,7 @@ def plan_resume(cfg: Config, run_dir: Path, overrides: list[str], conf_dir: Path
 
     composed = OmegaConf.to_container(cfg, resolve=True)
     effective = OmegaConf.merge(OmegaConf.structured(Config), meta["config"])
-    for path in _override_paths(overrides, conf_dir):
+    for path in [*LOCAL_FIELDS, *_override_paths(overrides, conf_dir)]:
         patch = OmegaConf.create()
         OmegaConf.update(patch, path, OmegaConf.select(OmegaConf.create(composed), path, default=None))
         effective = OmegaConf.merge(effective, patch)

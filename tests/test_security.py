@@ -165,6 +165,25 @@ def test_metadata_shapes_larger_than_the_files_are_refused_before_allocating(sha
         dcp_read.empty_tensors(run / "checkpoints" / "step_0000006", "model.")
 
 
+def test_a_checkpoint_never_chooses_where_the_processes_meet(sharded_run, tmp_path):
+    """torchrun's rendezvous store unpickles what it is sent: a resumed run takes nnodes and the rendezvous
+    from its own command line, whatever the checkpoint's config says."""
+    from nanogpt_runner.launch import CONF_DIR
+    from nanogpt_runner.resume import plan_resume
+
+    def rendezvous_elsewhere(folder: Path, marker: Path) -> None:
+        meta = json.loads((folder / "meta.json").read_text())
+        meta["config"]["parallel"].update(nnodes=2, nproc_per_node=1, rdzv_endpoint="attacker.example:29400",
+                                          rdzv_id="x")  # two nodes of one rank: the world it was saved with
+        (folder / "meta.json").write_text(json.dumps(meta))
+
+    run, _ = hostile_copy(sharded_run, tmp_path, rendezvous_elsewhere)
+    overrides = [f"resume={run}", "train.max_iters=9", "train.batch_size=8"]  # one rank now: same global batch
+    plan = plan_resume(compose_config(overrides), tmp_path / "new", overrides, CONF_DIR, announce=lambda _: None)
+    parallel = plan.cfg.parallel
+    assert (parallel.nnodes, parallel.rdzv_endpoint, parallel.rdzv_id) == (1, None, "nanogpt")
+
+
 def test_dcp_metadata_unpickler_admits_only_what_dcp_writes(tmp_path):
     from nanogpt_runner.safe_pickle import UnsafePickleError, load_dcp_metadata
 
