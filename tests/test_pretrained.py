@@ -116,6 +116,30 @@ def test_hf_weights_give_hf_logits_and_export_back_to_the_same_tensors(tmp_path)
         assert torch.equal(exported[name], tensor), name
 
 
+@pytest.mark.parametrize("layout", ["hub safetensors", "pytorch_model.bin", "sharded safetensors"])
+def test_the_hubs_own_file_layouts_load(tmp_path, layout):
+    """The hub's gpt2 files name GPT2Model's weights (no ``transformer.`` prefix, no lm_head) and older ones
+    carry the causal-mask buffers; pytorch_model.bin is read weights-only; big models come in shards."""
+    from safetensors.torch import save_file
+
+    hf = save_hf_model(tmp_path / "hf", 65)
+    folder = tmp_path / "hf"
+    state = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    if layout == "hub safetensors":
+        hub = {k.removeprefix("transformer."): v for k, v in state.items() if k != "lm_head.weight"}
+        hub["h.0.attn.bias"] = torch.ones(1, 1, 64, 64)
+        save_file(hub, folder / "model.safetensors", metadata={"format": "pt"})
+    elif layout == "pytorch_model.bin":
+        torch.save(state, folder / "pytorch_model.bin")
+    else:
+        hf.save_pretrained(folder, max_shard_size="20KB")
+        assert (folder / "model.safetensors.index.json").is_file()
+    tokens = torch.randint(0, 65, (2, 20), generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(ours_logits(runner_model(resolve_source(str(folder))), tokens), hf_logits(hf, tokens),
+                               atol=1e-5, rtol=0)
+
+
 def test_architecture_comes_from_the_weights_and_a_contradicting_override_is_refused(tmp_path, tiny_overrides):
     save_hf_model(tmp_path / "hf", 65)
     init = f"model.init_from={tmp_path / 'hf'}"
