@@ -1,6 +1,6 @@
 """Runner overhead and precision, measured side by side in one process.
 
-    python scripts/bench.py --data /path/to/input.txt [--model baby] [--steps 200] [--rounds 3]
+    python scripts/bench.py --data /path/to/input.txt [--model baby] [--steps 200] [--rounds 3] [--device cuda]
 
 1. The runner's training loop (nanogpt_runner.train.train, with its logging, evaluation off) against a
    bare hand-written loop over the same model, batch and dtype: tokens/s, MFU and the ratio
@@ -35,17 +35,18 @@ def config(overrides: list[str]):
         return compose(config_name="config", overrides=overrides)
 
 
-def bare_loop(cfg, data, precision: str, steps: int) -> float:
+def bare_loop(cfg, data, precision: str, steps: int, device: torch.device) -> float:
     """The smallest loop that trains like the runner: forward, backward, clip, AdamW. Returns tokens/s."""
     torch.manual_seed(cfg.train.seed)
-    model = GPT(cfg.model, data.vocab_size)
+    model = GPT(cfg.model, data.vocab_size).to(device)
     optimizers = build_optimizers(model, cfg.optimizer)
-    batches = Batches(data, "train", cfg.model.block_size, cfg.train.seed, torch.device("cpu"))
-    autocast = hardware.autocast("cpu", precision)
+    batches = Batches(data, "train", cfg.model.block_size, cfg.train.seed, device)
+    autocast = hardware.autocast(device.type, precision)
     batch = cfg.train.batch_size
     warmup = 5
     for step in range(1, steps + warmup + 1):  # the runner's steps are 1-based too: same batches
         if step == warmup + 1:
+            _synchronize(device)
             start = time.perf_counter()
         x, y = batches.get(step, 0, batch)
         with autocast:
@@ -54,7 +55,13 @@ def bare_loop(cfg, data, precision: str, steps: int) -> float:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
         optimizers.step()
         optimizers.zero_grad()
+    _synchronize(device)
     return steps * batch * cfg.model.block_size / (time.perf_counter() - start)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def runner_loop(cfg, data, workdir: Path) -> float:
@@ -77,22 +84,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--precision-steps", type=int, default=20)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: the first GPU")
     args = parser.parse_args()
     data_override = [f"data.path={args.data}"] if args.data else []
     workdir = Path(tempfile.mkdtemp(prefix="nanogpt-bench-"))
     cfg = config([f"model={args.model}", "train.precision=fp32", f"train.max_iters={args.steps + 5}",
                   f"train.eval_interval={args.steps * 10}", "train.eval_iters=1", "train.log_interval=5",
-                  "run.progress=false", *data_override])
+                  "run.progress=false", f"train.device={args.device}", *data_override])
     data = prepare(cfg.data)
-    device = torch.device("cpu")
-    peak = hardware.peak_flops(device, "fp32", workdir)
+    device = torch.device("cuda", 0) if args.device == "cuda" else torch.device("cpu")
+    hardware.configure_matmul(device, "fp32", cfg.train.tf32)  # as the runner does: both loops alike
+    peak = hardware.peak_flops(device, hardware.matmul_precision(device, "fp32"), workdir)
     flops = GPT(cfg.model, data.vocab_size).flops_per_token()
     print(f"machine: {hardware.describe(device)}; torch {torch.__version__}; fp32 matmul peak {peak / 1e9:.0f} GFLOP/s")
     print(f"model={args.model}, batch {cfg.train.batch_size} x block {cfg.model.block_size}, {args.steps} steps/round")
 
     bare, runner = [], []
     for _ in range(args.rounds):
-        bare.append(bare_loop(cfg, data, "fp32", args.steps))
+        bare.append(bare_loop(cfg, data, "fp32", args.steps, device))
         runner.append(runner_loop(cfg, data, workdir))
     b, r = statistics.median(bare), statistics.median(runner)
     print(f"{'loop':<8}{'tokens/s':>12}{'MFU':>8}   (median of {args.rounds} alternating rounds)")
@@ -107,7 +116,7 @@ def main() -> None:
         print(f"bf16 matmul peak here is {bf16_peak / 1e9:.1f} GFLOP/s vs fp32 {peak / 1e9:.0f} GFLOP/s: this CPU "
               f"emulates bf16 (no AVX512-BF16/AMX), so precision=auto picks fp32; timed bf16 run skipped.")
         return
-    results = {p: bare_loop(big, data, p, args.precision_steps) for p in ("fp32", "bf16")}
+    results = {p: bare_loop(big, data, p, args.precision_steps, device) for p in ("fp32", "bf16")}
     for precision, tps in results.items():
         print(f"{precision:<6}{tps:>10,.0f} tokens/s")
     print(f"bf16 / fp32 = {results['bf16'] / results['fp32']:.2f}")
