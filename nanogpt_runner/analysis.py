@@ -226,6 +226,25 @@ def run_notes(record: RunRecord, summary: dict | None = None) -> list[str]:
         notes += _overfit_notes(record)
         notes += _throughput_notes(record)
     notes.append(_cost_note(record, summary or summarize(record)))
+    return notes + _speed_choice_notes(record.info)
+
+
+def _speed_choice_notes(info: dict) -> list[str]:
+    """How the run chose how to compute: train.plan=auto's winner, precision=auto's measured step times."""
+    notes = []
+    plan = info.get("plan")
+    if isinstance(plan, dict) and isinstance(plan.get("winner"), list):
+        winner = " ".join(o for o in plan["winner"] if isinstance(o, str))
+        candidates = plan.get("candidates") if isinstance(plan.get("candidates"), list) else []
+        timed = sum(1 for c in candidates if isinstance(c, dict) and c.get("status") == "measured")
+        speed = plan.get("tok_per_s")
+        rate = f", {speed:,.0f} tokens/s" if isinstance(speed, (int, float)) and finite(speed) else ""
+        notes.append(f"plan: trained with {winner} (the fastest of {timed} timed candidates{rate}).")
+    probe = info.get("precision_probe")
+    if isinstance(probe, dict) and isinstance(probe.get("choice"), str) and isinstance(probe.get("step_ms"), dict):
+        times = ", ".join(f"{name} {ms:.1f} ms" for name, ms in probe["step_ms"].items()
+                          if isinstance(ms, (int, float)) and finite(ms))
+        notes.append(f"precision=auto chose {probe['choice']}" + (f" ({times} per step)." if times else "."))
     return notes
 
 
@@ -426,7 +445,7 @@ def _effect_note(base: Group, run: Group, keys: list[str], rows: dict[str, dict]
                        f"({r_loss.mean - b_loss.mean:+.4f}; {significance(b_loss, r_loss)})")
     effects += equal_budget_notes(base, run)
     effects = [e for e in effects if e] or ["no comparable numbers yet"]
-    return f"{change} ({run.label} vs {base.label}): {'; '.join(effects)}."
+    return f"{change} ({run.title} vs {base.title}): {'; '.join(effects)}."
 
 
 def _relative(what: str, before, after, fmt: str) -> str:
@@ -475,6 +494,11 @@ class Group:
     key: str
     label: str
     runs: list[RunRecord]
+
+    @property
+    def title(self) -> str:
+        """How notes name it: its run's label when it is one run, else its label and the number of seeds."""
+        return self.runs[0].label if len(self.runs) == 1 else f"{self.label} ({len(self.runs)} seeds)"
 
     def stats(self, value) -> Spread:
         """``value(run)`` over the group's runs, the non-finite left out."""

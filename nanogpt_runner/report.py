@@ -1,4 +1,6 @@
-"""``nanogpt-report RUNS_DIR``: the comparison of every run as files: summary.csv and comparison.png.
+"""``nanogpt-report RUNS_DIR``: the comparison of every run as files: summary.csv and comparison.png, plus
+groups.csv and seeds.png when runs repeat a configuration over seeds, and hyperparameters.png when
+runs differ in settings (a sweep).
 
 The same numbers and sentences as the viewer's Compare tab (both come from nanogpt_runner.analysis),
 for a notebook, a paper or a machine without a browser. matplotlib draws real log axes, which the
@@ -12,14 +14,28 @@ import csv
 import sys
 from pathlib import Path
 
-from nanogpt_runner.analysis import RunRecord, compare_notes, differing_keys, finite, load_runs, run_notes, summarize
+from nanogpt_runner.analysis import (
+    RunRecord,
+    compare_notes,
+    differing_keys,
+    finite,
+    load_runs,
+    run_notes,
+    seed_groups,
+    summarize,
+)
 from nanogpt_runner.runs import METRIC, axis_title, summarized
 
 CSV_NAME = "summary.csv"
 PNG_NAME = "comparison.png"
+GROUPS_CSV_NAME = "groups.csv"
+SEEDS_PNG_NAME = "seeds.png"
+HYPERPARAMETERS_PNG_NAME = "hyperparameters.png"
 # One column per summarized metric of the registry (nanogpt_runner.runs.METRICS).
 CSV_FIELDS = ["run", "name", "sweep", "status", *(m.summary for m in summarized()), "time_to_target_s",
-              "diverged_at"]
+              "diverged_at", "stop_reason", "group"]
+# The numbers a seed group is summarized by (mean, std, min, max over its seeds): those with a better direction.
+GROUP_FIELDS = [m.summary for m in summarized() if m.better]
 
 
 def write_csv(runs: list[RunRecord], path: Path, target: float | None = None) -> Path:
@@ -28,10 +44,28 @@ def write_csv(runs: list[RunRecord], path: Path, target: float | None = None) ->
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_FIELDS + keys)
+        group_of = {run.id: group.label for group in seed_groups(runs) for run in group.runs}
         for run in runs:
-            summary = summarize(run, target)
+            summary = {**summarize(run, target), "group": group_of[run.id]}
             config = run.config
             writer.writerow([run.id] + [summary.get(k) for k in CSV_FIELDS[1:]] + [config.get(k) for k in keys])
+    return path
+
+
+def write_groups_csv(runs: list[RunRecord], path: Path, target: float | None = None) -> Path:
+    """One row per seed group (runs that differ only by train.seed, or share run.group): how many runs, their
+    seeds, then each number's mean, sample standard deviation, min and max over the runs."""
+    summaries = {run.id: summarize(run, target) for run in runs}
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["group", "runs", "seeds"] + [f"{field}_{stat}" for field in GROUP_FIELDS
+                                                      for stat in ("mean", "std", "min", "max")])
+        for group in seed_groups(runs):
+            row = [group.label, len(group.runs), " ".join(str(r.config.get("train.seed")) for r in group.runs)]
+            for field in GROUP_FIELDS:
+                spread = group.stats(lambda r, name=field: summaries[r.id][name])
+                row += [spread.mean, spread.std, min(spread.values), max(spread.values)] if spread.n else [None] * 4
+            writer.writerow(row)
     return path
 
 
@@ -74,9 +108,21 @@ def write_png(runs: list[RunRecord], path: Path, target: float | None = None) ->
 
 
 def write_report(runs: list[RunRecord], out_dir: Path, target: float | None = None) -> list[Path]:
+    """summary.csv and comparison.png; groups.csv and seeds.png when a configuration ran with several seeds;
+    hyperparameters.png when the runs differ in settings."""
+    from nanogpt_runner.figures import hyperparameter_figure, seed_band_figure
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [write_csv(runs, out_dir / CSV_NAME, target), write_png(runs, out_dir / PNG_NAME, target)]
+    paths = [write_csv(runs, out_dir / CSV_NAME, target), write_png(runs, out_dir / PNG_NAME, target)]
+    if any(len(group.runs) > 1 for group in seed_groups(runs)):
+        paths.append(write_groups_csv(runs, out_dir / GROUPS_CSV_NAME, target))
+        seed_band_figure(runs, "tokens").savefig(out_dir / SEEDS_PNG_NAME, dpi=110)
+        paths.append(out_dir / SEEDS_PNG_NAME)
+    if (figure := hyperparameter_figure(runs)) is not None:
+        figure.savefig(out_dir / HYPERPARAMETERS_PNG_NAME, dpi=110)
+        paths.append(out_dir / HYPERPARAMETERS_PNG_NAME)
+    return paths
 
 
 def notes_text(runs: list[RunRecord], target: float | None = None) -> str:

@@ -90,6 +90,9 @@ METRICS: tuple[Metric, ...] = (
     Metric("mem_gb", (TRAIN,), "memory", "GB", better="lower", plot="memory (GB)"),
     Metric("peak_mem_gb", (TRAIN,), "peak memory", "GB", better="lower", summary="peak_mem_gb", aggregate="max",
            column="peak mem (GB)", decimals=3),
+    # nanogpt_runner.memory's estimate of the peak (the process's baseline added on a CPU), beside the measured one.
+    Metric("est_peak_mem_gb", (TRAIN,), "estimated peak memory", "GB", summary="est_peak_mem_gb", aggregate="max",
+           column="est. mem (GB)", decimals=3),
     Metric("mfu", (TRAIN,), "MFU", "%", better="higher", summary="mfu", aggregate="steady", column="MFU %",
            decimals=2),
     Metric("skipped_steps", (TRAIN,), "skipped steps", better="lower"),
@@ -103,6 +106,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("seconds", (EVENT,), "checkpoint save time", "s"),
     Metric("removed", (EVENT,), "checkpoints pruned"),
     Metric("action", (EVENT,), "what a non-finite step did"),
+    Metric("stop_reason", (EVENT,), "why the run stopped early (a budget or an early stop; early_stop events)"),
 )
 METRIC = {metric.name: metric for metric in METRICS}
 

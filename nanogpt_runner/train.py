@@ -130,8 +130,9 @@ def _train(cfg: Config, run_dir: Path, data: PreparedData, writer: RunWriter, la
     if precision_probe is not None:
         record["precision_probe"] = precision_probe.as_record()
     estimate = memory.estimate(cfg, data.vocab_size, device.type, precision)
+    expected_peak_gb = round(memory_baseline_gb + estimate.total / memory.GB, 4)  # beside the measured peak
     record["memory_estimate"] = {**estimate.as_record(), "baseline_gb": round(memory_baseline_gb, 4),
-                                 "expected_peak_gb": round(memory_baseline_gb + estimate.total / memory.GB, 4)}
+                                 "expected_peak_gb": expected_peak_gb}
     flops_per_token = full_model.flops_per_token()
     par = parallel.parallelize(full_model, layout, cfg, precision)
     hardware.reset_peak_memory(device)  # the peak of training, not of the full model built before sharding
@@ -160,9 +161,10 @@ def _train(cfg: Config, run_dir: Path, data: PreparedData, writer: RunWriter, la
 
     # Rank 0 owns the console and train.log; every other rank logs the same lines quietly to rank{N}.log.
     log_path = run_dir / "train.log" if layout.is_main else run_dir / f"rank{layout.rank}.log"
-    # Every rank stops at the same step boundary when any rank got the signal (par.any_rank all-reduces).
+    # Every rank stops at the same step boundary when any rank got the signal (par.any_rank all-reduces,
+    # once every log_interval steps: no collective, so no device sync, on the other steps).
     with RunConsole(log_path, t.max_iters, live=cfg.run.progress and layout.is_main) as console, \
-            StopSignals(agree=par.any_rank) as stop:
+            StopSignals(agree=par.any_rank if layout.world > 1 else None, every=t.log_interval) as stop:
         console.console.quiet = not layout.is_main
         console.line(
             f"{cfg.model.name}: {record['n_params'] / 1e6:.2f}M parameters, {precision} on {record['layout']}, "
@@ -175,6 +177,7 @@ def _train(cfg: Config, run_dir: Path, data: PreparedData, writer: RunWriter, la
 
         def run_eval(step: int) -> float:
             nonlocal best_val, eval_seconds
+            guard.check()  # a non-finite update since the last check stops the run here
             eval_start = time.perf_counter()
             losses = evaluate(par, eval_splits, t.eval_iters, t.batch_size, t.grad_accum, autocast, token_bytes)
             best_val = min(best_val, losses["val_loss"])
@@ -185,11 +188,15 @@ def _train(cfg: Config, run_dir: Path, data: PreparedData, writer: RunWriter, la
             eval_seconds += time.perf_counter() - eval_start
             return losses["val_loss"]
 
+        # nan_policy: a non-finite update is noted on the device and read at the next metrics line, evaluation
+        # or checkpoint (stop), or read every step (skip_step, which must decide before the update).
+        guard = NonFiniteGuard(t.nan_policy, writer, scaler.is_enabled(), replicas_mean=par.mean_over_replicas,
+                               agree=par.max_over_ranks)
         # Resume (train.resume / resume=PATH) restores model, optimizer, scaler, RNG and progress in place.
         ckpt = Checkpointer(run_dir, cfg, data.tokenizer.describe(), model, optimizers, scaler, writer,
-                            say=console.line)
+                            say=console.line, before_save=guard.check)
         resumed = ckpt.restore()
-        guard = NonFiniteGuard(t.nan_policy, writer, scaler.is_enabled(), resumed.skipped_steps)
+        guard.skipped = resumed.skipped_steps
         best_val = resumed.best_val_loss
 
         def progress(s: int) -> TrainState:
@@ -215,9 +222,7 @@ def _train(cfg: Config, run_dir: Path, data: PreparedData, writer: RunWriter, la
             par.finish_gradients()
             optimizers.unscale_(scaler)
             grad_norm = par.clip_grad_norm(t.grad_clip)
-            # The replicas' mean loss, so every rank takes the same decision (a non-finite one stops or skips).
-            skip = guard.skip(step, par.mean_over_replicas(step_loss), grad_norm)
-            if not skip:
+            if not guard.observe(step, step_loss, grad_norm):  # True only under skip_step, for a non-finite update
                 optimizers.step(scaler)
                 loss_sum += step_loss
             scaler.update()
@@ -225,6 +230,7 @@ def _train(cfg: Config, run_dir: Path, data: PreparedData, writer: RunWriter, la
             window_steps += 1
 
             if step % t.log_interval == 0 or step == stopper.steps:
+                guard.check()
                 last_loss = guard.window_mean(par.mean_over_replicas(loss_sum).item(), window_steps)
                 elapsed = time.perf_counter() - window_start - eval_seconds
                 train_time += elapsed
@@ -234,8 +240,8 @@ def _train(cfg: Config, run_dir: Path, data: PreparedData, writer: RunWriter, la
                 mfu = flops_per_token * tok_per_s / peak
                 writer.log("train", step=step, tokens=step * tokens_per_step, loss=last_loss, lr=lr,
                            grad_norm=grad_norm.item(), tok_per_s=tok_per_s, step_ms=1000 * elapsed / window_steps,
-                           mfu=mfu, mem_gb=mem, peak_mem_gb=peak_mem, elapsed_s=time.perf_counter() - start,
-                           skipped_steps=guard.skipped)
+                           mfu=mfu, mem_gb=mem, peak_mem_gb=peak_mem, est_peak_mem_gb=expected_peak_gb,
+                           elapsed_s=time.perf_counter() - start, skipped_steps=guard.skipped)
                 writer.update(step=step)
                 console.progress(step, step, f"loss {last_loss:.4f} | {tok_per_s:,.0f} tok/s | mfu {mfu:.1%}")
                 window_start, eval_seconds, window_steps = time.perf_counter(), 0.0, 0
@@ -249,7 +255,7 @@ def _train(cfg: Config, run_dir: Path, data: PreparedData, writer: RunWriter, la
             if stopper.stopping:
                 break
         if stopper.stop_reason != "max_iters":  # a budget or an early stop ended the run
-            writer.event("early_stop", step=step, stop_reason=stopper.stop_reason, best_val_loss=best_val)
+            writer.event("early_stop", step=step, stop_reason=stopper.stop_reason)
             console.line(f"stopped at step {step}: {stopper.describe()}")
 
         tok_per_s = steps_timed * tokens_per_step / train_time if train_time else 0.0

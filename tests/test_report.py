@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import statistics
 
 import pytest
 
@@ -22,7 +23,29 @@ def test_report_writes_csv_and_png_next_to_the_runs_and_prints_the_analysis(tmp_
     assert (runs / "report" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
     assert "train.grad_accum 1 → 4 (accum vs base)" in out and "tokens/s 20,000 → 15,000 (-25%)" in out
-    assert out.rstrip().endswith("comparison.png")
+    assert "comparison.png" in out.splitlines()[-1]
+    assert (runs / "report" / "hyperparameters.png").read_bytes()[:4] == b"\x89PNG"  # the runs differ in a setting
+
+
+def test_runs_that_differ_only_by_seed_are_reported_as_a_group_with_mean_and_std(tmp_path, capsys):
+    runs = tmp_path / "outputs"
+    for seed, floor in enumerate([1.50, 1.55, 1.60]):
+        write_run(runs / f"base{seed}", 60, cfg=config(**{"train.seed": seed}), loss_floor=floor,
+                  start_time=seed).close()
+    write_run(runs / "lr", 60, cfg=config(**{"optimizer.lr": 3e-3}), start_time=9).close()
+    main([str(runs)])
+    rows = list(csv.DictReader(open(runs / "report" / "summary.csv")))
+    assert [r["group"] for r in rows] == ["optimizer.lr=0.001"] * 3 + ["optimizer.lr=0.003"]
+    groups = list(csv.DictReader(open(runs / "report" / "groups.csv")))
+    assert [(g["group"], g["runs"], g["seeds"]) for g in groups] == [("optimizer.lr=0.001", "3", "0 1 2"),
+                                                                     ("optimizer.lr=0.003", "1", "1337")]
+    losses = [float(r["best_val_loss"]) for r in rows[:3]]
+    assert float(groups[0]["best_val_loss_mean"]) == pytest.approx(statistics.mean(losses))
+    assert float(groups[0]["best_val_loss_std"]) == pytest.approx(statistics.stdev(losses))
+    assert float(groups[0]["best_val_loss_min"]) == min(losses) and float(groups[1]["best_val_loss_std"]) == 0
+    assert (runs / "report" / "seeds.png").read_bytes()[:4] == b"\x89PNG"
+    out = capsys.readouterr().out
+    assert "seed group optimizer.lr=0.001: best val loss" in out and "one seed: cannot tell" in out
 
 
 @pytest.mark.parametrize("make, message", [
