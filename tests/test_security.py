@@ -149,6 +149,21 @@ def test_a_real_sharded_checkpoint_still_samples(sharded_run):
     assert done.stdout.startswith("ROMEO:")
 
 
+def test_the_page_resumes_a_real_sharded_run_by_its_folder_in_the_runs_folder(sharded_run, tmp_path, corpus_path):
+    """The legitimate path: resume= relative to the runs folder, the checkpoint's data file inside a --data-dir."""
+    from nanogpt_runner.viewer.launcher import Launcher
+
+    root = tmp_path / "outputs"
+    run = root / "copied_run"
+    shutil.copytree(sharded_run, run)
+    launcher = Launcher(root, data_dirs=(corpus_path.parent,))
+    launched = launcher.start({"parallel": "single", "batch_size": "8", "max_iters": "8"}, "resume=copied_run")
+    assert launched.process.wait(timeout=600) == 0, launcher.log_tail(launched.process.pid)
+    assert f"resume='{run}'" in launched.overrides and f"data.path='{corpus_path.resolve()}'" in launched.overrides
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "completed" and record["resumes"][-1]["step"] == 6
+
+
 def test_metadata_shapes_larger_than_the_files_are_refused_before_allocating(sharded_run, tmp_path):
     import torch
 

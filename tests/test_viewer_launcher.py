@@ -96,8 +96,9 @@ def test_keys_outside_the_allowlist_are_refused(policy, extra):
     ("resume=../data", "only runs inside the runs folder"),
     ("data.path=/etc/passwd", "outside the data folders"),
     ("data.path=../runs/a_run", "outside the data folders"),
-    ("data.path=/a$HOME", "letters, digits, spaces"),
-    ("data.path='/x\\y'", "letters, digits, spaces"),
+    ("data.path=input.txt$HOME", "holds a quote, a backslash, a $"),
+    ("data.path='input.txt\\y'", "holds a quote, a backslash, a $"),
+    ("data.path=\"input'x\"", "holds a quote, a backslash, a $"),
     ("train.seed=3 train.seed=4", "set twice"),
 ])
 def test_values_are_parsed_by_type_and_range_and_refused_with_the_reason(policy, extra, why):
@@ -136,11 +137,13 @@ def test_the_config_the_runner_would_use_is_checked_and_its_source_pinned(policy
     assert effective_problems(good, policy) == ([], [
         f"data.url='{good['data']['url']}'", f"data.path='{tmp_path / 'data' / 'input.txt'}'",
         "parallel.nproc_per_node=2"])
+    assert effective_problems({**good, "model": {"init_from": "gpt2"}}, policy) == effective_problems(good, policy)
     hostile = {"data": {"url": "http://169.254.169.254/latest", "path": "/etc/passwd"},
-               "parallel": {"nproc_per_node": 4096}}
+               "parallel": {"nproc_per_node": 4096}, "model": {"init_from": "/etc/weights.pt"}}
     problems, _ = effective_problems(hostile, policy)
-    assert len(problems) == 3 and "is not a built-in corpus" in problems[0]
+    assert len(problems) == 4 and "is not a built-in corpus" in problems[0]
     assert "outside the data folders" in problems[1] and "from 1 to 64" in problems[2]
+    assert "model.init_from='/etc/weights.pt' is outside the runs folder" in problems[3]
 
 
 def test_presets_come_from_conf():

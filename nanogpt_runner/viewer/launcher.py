@@ -46,9 +46,6 @@ from nanogpt_runner.config import (
 )
 
 CHECK_TIMEOUT_S = 180
-# Characters a path from the page may contain: enough for real file names, nothing Hydra's override grammar
-# gives a meaning to (quotes, $, \, commas, brackets, =, :) and no control characters.
-PATH_CHARS = re.compile(r"^[\w ./+@%-]{1,4096}$")
 TOKEN = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*)=(.*)$", re.DOTALL)
 MAX_DATA_FILES = 10_000  # a data folder is checked file by file (symlinks out of the allowed folders)
 
@@ -183,14 +180,14 @@ class PagePolicy:
         if field.kind == "name":
             if not RUN_NAME.match(text):
                 raise LaunchError(f"run name {text!r}: use 1-64 letters, digits, '.', '_' or '-'")
-            return f"{field.key}='{text}'"  # quoted: a name such as 1e3 or null stays that name
+            return f"{field.key}={quoted(text)}"  # quoted: a name such as 1e3 or null stays that name
         if field.kind == "runs_path":
-            return f"{field.key}='{self.runs_path(text, label)}'"
-        return f"{field.key}='{self.data_path(text, label)}'"
+            return f"{field.key}={quoted(self.runs_path(text, label))}"
+        return f"{field.key}={quoted(self.data_path(text, label))}"
 
     def runs_path(self, text: str, label: str) -> Path:
         """A path in the runs folder (relative ones taken from it), resolved as the runner will open it."""
-        path = self._resolve(text, self.runs_root, label)
+        path = self._resolve(text, self.runs_root)
         if not path.is_relative_to(self.runs_root):
             raise LaunchError(f"{label}: the page resumes only runs inside the runs folder {self.runs_root}")
         return path
@@ -200,7 +197,7 @@ class PagePolicy:
         if not self.data_dirs:
             raise LaunchError(f"{label}: this viewer trains only on the built-in corpora; start it with "
                               f"--data-dir FOLDER to allow data from that folder")
-        path = self._resolve(text, self.data_dirs[0], label)
+        path = self._resolve(text, self.data_dirs[0])
         if not self.in_data_dirs(path):
             raise LaunchError(f"{label} is outside the data folders {', '.join(map(str, self.data_dirs))}: use a "
                               f"file in one of them (or start the viewer with --data-dir for another folder)")
@@ -214,11 +211,18 @@ class PagePolicy:
         return any(path.is_relative_to(d) for d in self.data_dirs)
 
     @staticmethod
-    def _resolve(text: str, base: Path, label: str) -> Path:
-        if not PATH_CHARS.match(text):
-            raise LaunchError(f"{label}: a path from the page may hold letters, digits, spaces and . / _ - + @ % "
-                              f"only; rename the file or folder")
+    def _resolve(text: str, base: Path) -> Path:
         return (base / Path(text).expanduser()).resolve()
+
+
+def quoted(value: str | Path) -> str:
+    """``value`` as a single-quoted Hydra override value. Inside quotes Hydra still gives ``'``, ``\\`` and
+    ``${`` a meaning, so a value holding any of them (or a control character) is refused, not escaped."""
+    text = str(value)
+    if any(ch in text for ch in "'\\$") or not text.isprintable():
+        raise LaunchError(f"{text!r} holds a quote, a backslash, a $ or a control character, which the page never "
+                          f"passes to the runner: rename it, or start the run from a shell")
+    return f"'{text}'"
 
 
 def _parse_int(text: str, field: Field, label: str) -> int:
@@ -312,14 +316,15 @@ def build_overrides(form: dict, extra: str, policy: PagePolicy) -> list[str]:
 def pinned_overrides(policy: PagePolicy) -> list[str]:
     """What a page-started run never chooses: its runs folder, one node without a rendezvous (torchrun's
     store unpickles what it is sent), the default data cache, no progress bar."""
-    return [f"run.root='{policy.runs_root}'", "run.progress=false", "parallel.nnodes=1",
+    return [f"run.root={quoted(policy.runs_root)}", "run.progress=false", "parallel.nnodes=1",
             "parallel.rdzv_endpoint=null", "data.cache_dir=null"]
 
 
 def effective_problems(effective: dict, policy: PagePolicy) -> tuple[list[str], list[str]]:
     """(problems, pins) for the config the runner will use (after a resume took its checkpoint's): the data
-    source must be a built-in one or lie in a data folder, the process count in the page's range. The
-    pins fix those values on the command line, so the run uses what was checked here."""
+    source must be a built-in one or lie in a data folder, weights to start from in the runs or data
+    folders, the process count in the page's range. The pins fix those values on the command line, so the
+    run uses what was checked here."""
     data, parallel = effective.get("data") or {}, effective.get("parallel") or {}
     problems, pins = [], []
     url = data.get("url")
@@ -327,19 +332,27 @@ def effective_problems(effective: dict, policy: PagePolicy) -> tuple[list[str], 
         problems.append(f"data.url={url!r} is not a built-in corpus: a run started from the page downloads only "
                         f"the built-in corpora (resume that run from a shell)")
     elif url is not None:
-        pins.append(f"data.url='{url}'")
+        pins.append(f"data.url={quoted(url)}")
     path = data.get("path")
     if path is None:
         pins.append("data.path=null")
     else:
         try:
-            pins.append(f"data.path='{policy.data_path(str(path), f'data.path={path!r}')}'")
+            pins.append(f"data.path={quoted(policy.data_path(str(path), f'data.path={path!r}'))}")
         except LaunchError as err:
             problems.append(str(err))
     try:
         pins.append(policy.parse("nproc", str(parallel.get("nproc_per_node"))))
     except LaunchError as err:
         problems.append(str(err))
+    init_from = (effective.get("model") or {}).get("init_from")
+    if isinstance(init_from, str) and ("/" in init_from or Path(init_from).exists()):  # a path, not a model name
+        weights = Path(init_from).expanduser().resolve()  # the runner starts in this process's folder
+        if weights.is_relative_to(policy.runs_root) or policy.in_data_dirs(weights):
+            pins.append(f"model.init_from={quoted(weights)}")
+        else:
+            problems.append(f"model.init_from={init_from!r} is outside the runs folder and the data folders: "
+                            f"start that run from a shell")
     return problems, pins
 
 
