@@ -3,9 +3,10 @@
     python scripts/bench_prepare.py [--mb 100] [--tokenizers char,bpe,gpt2] [--num-proc N] [--dir /tmp/bench]
 
 Writes a corpus of ``--mb`` megabytes (this Python's standard library source, repeated), then for each
-tokenizer prepares it twice, each in a fresh child process so that its peak resident memory is its own:
+tokenizer prepares it the naive way and streaming with 1 and ``--num-proc`` processes, each in a fresh
+child process so that its peak resident memory is its own:
 
-    streaming   nanogpt_runner.prepare.prepare (chunks, ``--num-proc`` tokenizer processes, ids appended)
+    streaming   nanogpt_runner.prepare.prepare (chunks, N tokenizer processes, ids appended as they come)
     naive       the whole text read into memory, the tokenizer fitted on it and called on it once, the
                 ids written with numpy (what a prepare.py script usually does)
 
@@ -118,7 +119,7 @@ def main() -> None:
             except TokenizerUnavailable:
                 print("gpt2      skipped: GPT-2's BPE files are not in tiktoken's cache on this machine")
                 continue
-        for way, procs in (("naive", 1), ("streaming", args.num_proc)):
+        for way, procs in (("naive", 1), *(("streaming", n) for n in sorted({1, args.num_proc}))):
             r = measure(way, tokenizer, corpus, work, procs)
             rate = size_mb / r["seconds"]
             worker = f"{r['worker_rss_mb']:.0f}" if way == "streaming" and procs > 1 else "-"
