@@ -56,16 +56,18 @@ class StopSignals:
     """SIGTERM, SIGINT and SIGUSR2 become a request the loop polls at step boundaries, so the run can save
     the last completed step and stop cleanly. A second SIGINT stops at once (KeyboardInterrupt).
 
-    ``agree`` turns this process's flag into the group's decision (e.g. an all-reduce of the flag, so
-    every rank stops at the same step); without it the flag is local."""
+    ``agree`` turns this process's flag into the group's decision (an all-reduce of the flag, so every
+    rank stops at the same step); without it the flag is local and read at every poll. The group is asked
+    only every ``every``-th poll (a collective is a device sync on a GPU): every rank polls at the same
+    steps, so all still agree, at most ``every - 1`` steps after the signal."""
 
     # SIGUSR2: SLURM's warning before the time limit (the slurm_torchrun preset asks for it signal_delay_s
     # ahead), forwarded to every rank by torchrun (nanogpt_runner.torchrun); it ends in a checkpoint too.
     SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
 
-    def __init__(self, agree: Callable[[bool], bool] | None = None):
+    def __init__(self, agree: Callable[[bool], bool] | None = None, every: int = 1):
         self.received: int | None = None
-        self._agree = agree
+        self._agree, self._every, self._polls = agree, max(every, 1), 0
         self._previous: dict = {}
 
     def __enter__(self) -> StopSignals:
@@ -86,7 +88,10 @@ class StopSignals:
     def requested(self) -> bool:
         """Poll at a step boundary: True when the run should save and stop now."""
         flag = self.received is not None
-        return self._agree(flag) if self._agree is not None else flag
+        if self._agree is None:
+            return flag
+        self._polls += 1
+        return self._agree(flag) if (self._polls - 1) % self._every == 0 else False
 
     @property
     def signum(self) -> int:
@@ -94,16 +99,30 @@ class StopSignals:
 
 
 class NonFiniteGuard:
-    """Checks each update's loss and gradient norm before the optimizer applies it.
+    """Watches each update's loss and gradient norm for NaN or infinity, without stopping the device for it.
 
-    ``policy="stop"`` raises NonFiniteLoss (nothing is saved: the last checkpoint is the last good
-    state); ``"skip_step"`` drops the update and counts it. Either way a ``nan`` event names the step and
-    values. With fp16 loss scaling an infinite gradient norm is the scaler's business (it skips the step
-    and lowers the scale), so only the loss is checked then."""
+    ``policy="stop"``: each step folds its finiteness into a small device tensor (the first non-finite
+    step and its values), and ``check()`` reads it where the loop reads the host anyway: a metrics line,
+    an evaluation, and before every checkpoint (the Checkpointer calls it). A non-finite update is applied
+    like any other, so the run stops at the next check, up to ``train.log_interval - 1`` steps after the bad
+    one, raising NonFiniteLoss that names the first bad step; nothing after it is ever saved, so the last
+    checkpoint is the last good state. The ranks agree at the check (``agree``: each number's maximum
+    over the ranks), so they all stop together.
 
-    def __init__(self, policy: str, writer, scaler_enabled: bool = False, skipped: int = 0):
+    ``policy="skip_step"``: a bad update must not be applied, so the decision is read on the host every
+    step (one device-to-host copy per step, and the replicas' mean loss through ``replicas_mean``, a
+    collective, so every rank decides alike: the price of skipping). The update is dropped and counted.
+
+    Either way a ``nan`` event names the step and values. With fp16 loss scaling an infinite gradient norm
+    is the scaler's business (it skips the step and lowers the scale), so only the loss is checked then."""
+
+    def __init__(self, policy: str, writer, scaler_enabled: bool = False, skipped: int = 0,
+                 replicas_mean: Callable[[torch.Tensor], torch.Tensor] = lambda loss: loss,
+                 agree: Callable[[list[float]], list[float]] = lambda values: values):
         self.policy, self.writer, self.scaler_enabled, self.skipped = policy, writer, scaler_enabled, skipped
+        self._replicas_mean, self._agree = replicas_mean, agree
         self._window_skipped = 0
+        self._first_bad: torch.Tensor | None = None  # (step, loss, grad norm); step 0 while every update was finite
 
     def window_mean(self, loss_sum: float, window_steps: int) -> float:
         """Mean loss of a log window over the updates that were applied (skipped ones add nothing to the
@@ -111,21 +130,48 @@ class NonFiniteGuard:
         applied, self._window_skipped = window_steps - self._window_skipped, 0
         return loss_sum / applied if applied > 0 else math.nan
 
-    def skip(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
-        """True when this update must not be applied; raises under policy ``stop``."""
-        values = torch.stack([loss.detach().float().reshape(()), grad_norm.detach().float().reshape(())])
-        finite = torch.isfinite(values).tolist()
-        if finite[0] and (finite[1] or self.scaler_enabled):
-            return False
-        loss_value, norm_value = values.tolist()
-        action = "stopped" if self.policy == "stop" else "skipped"
+    def _values(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        values = torch.stack([loss.detach().reshape(()), grad_norm.detach().reshape(())]).double()
+        finite = torch.isfinite(values)
+        return values, ~finite[0] | (~finite[1] & (not self.scaler_enabled))
+
+    def observe(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> bool:
+        """Record update ``step``; True when it must not be applied (policy ``skip_step`` only)."""
+        if self.policy == "skip_step":
+            values, bad = self._values(self._replicas_mean(loss), grad_norm)
+            if not bad.item():
+                return False
+            self._report(step, *values.tolist(), action="skipped")
+            self.skipped += 1
+            self._window_skipped += 1
+            return True
+        values, bad = self._values(loss, grad_norm)
+        record = torch.cat([torch.full((1,), float(step), dtype=torch.float64, device=values.device), values])
+        if self._first_bad is None:
+            self._first_bad = torch.zeros_like(record)
+        self._first_bad = torch.where(bad & (self._first_bad[0] == 0), record, self._first_bad)
+        return False
+
+    def check(self) -> None:
+        """Under policy ``stop``: raise NonFiniteLoss when an update since the start was not finite (reads
+        the device once; call it on every rank at the same steps)."""
+        if self._first_bad is None:
+            return
+        local_step, loss, grad_norm = self._first_bad.tolist()
+        [earliest] = self._agree([-local_step if local_step else -math.inf])  # the earliest bad step of any rank
+        if earliest == -math.inf:
+            return
+        step = int(-earliest)
+        if local_step != step:  # another rank's loss was the bad one
+            what, loss, grad_norm = "loss on another rank", math.nan, math.nan
+        else:
+            what = "loss" if not math.isfinite(loss) else "gradient norm"
+        self._report(step, loss, grad_norm, action="stopped")
+        raise NonFiniteLoss(
+            f"non-finite {what} at step {step} (loss {loss}, grad norm {grad_norm}); the last checkpoint holds the "
+            f"last good state. Lower optimizer.lr, use train.precision=bf16 or fp32, or set "
+            f"train.nan_policy=skip_step to skip such updates")
+
+    def _report(self, step: int, loss: float, grad_norm: float, action: str) -> None:
         if self.writer is not None:
-            self.writer.event("nan", step=step, loss=loss_value, grad_norm=norm_value, action=action)
-        if self.policy == "stop":
-            raise NonFiniteLoss(
-                f"non-finite {'loss' if not finite[0] else 'gradient norm'} at step {step} (loss {loss_value}, "
-                f"grad norm {norm_value}); the last checkpoint holds the last good state. Lower optimizer.lr, use "
-                f"train.precision=bf16 or fp32, or set train.nan_policy=skip_step to skip such updates")
-        self.skipped += 1
-        self._window_skipped += 1
-        return True
+            self.writer.event("nan", step=step, loss=loss, grad_norm=grad_norm, action=action)

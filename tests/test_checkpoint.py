@@ -239,20 +239,29 @@ def test_stop_signals_turn_sigterm_into_a_request(tmp_path):
     # The group's decision, e.g. another rank was signalled.
     with run_control.StopSignals(agree=lambda flag: True) as stop:
         assert stop.requested()
+    # A group is asked every `every` polls only (a collective each time), at the same polls on every rank.
+    asked = []
+    with run_control.StopSignals(agree=lambda flag: asked.append(flag) or True, every=3) as stop:
+        assert [stop.requested() for _ in range(7)] == [True, False, False, True, False, False, True]
+    assert len(asked) == 3
 
 
-def test_nan_guard_stops_or_skips(tmp_path):
+def test_nan_guard_stops_at_the_next_check_or_skips_at_once(tmp_path):
     writer = RunWriter(tmp_path)
     finite, nan, inf = torch.tensor(2.0), torch.tensor(math.nan), torch.tensor(math.inf)
     stop = run_control.NonFiniteGuard("stop", writer)
-    assert not stop.skip(1, finite, finite)
+    assert not stop.observe(1, finite, finite)
+    stop.check()  # all finite so far
+    for step, loss in ((7, nan), (8, finite), (9, nan)):  # noted on the device, nothing read yet
+        assert not stop.observe(step, loss, finite)
     with pytest.raises(run_control.NonFiniteLoss, match="non-finite loss at step 7"):
-        stop.skip(7, nan, finite)
+        stop.check()  # the first bad step is named
     skip = run_control.NonFiniteGuard("skip_step", writer)
-    assert skip.skip(8, finite, inf) and skip.skipped == 1
+    assert skip.observe(8, finite, inf) and skip.skipped == 1
     assert skip.window_mean(6.0, 4) == 2.0  # three applied updates in a window of four
     fp16_guard = run_control.NonFiniteGuard("stop", writer, scaler_enabled=True)
-    assert fp16_guard.skip(9, finite, inf) is False  # fp16 overflow: the scaler skips it
+    fp16_guard.observe(9, finite, inf)
+    fp16_guard.check()  # fp16 overflow: the scaler skips it
     writer.close()
     events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(e["event"], e["step"], e["loss"], e["grad_norm"], e["action"]) for e in events] == [
