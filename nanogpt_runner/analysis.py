@@ -34,6 +34,9 @@ IGNORED_KEY_PREFIXES = ("run.", "data.cache_dir", "data.url", "data.download_tim
 SEED_KEY = "train.seed"
 # A difference between two seed groups counts as real when it is at least this many standard errors.
 SIGNIFICANT_STANDARD_ERRORS = 2.0
+# The x axes curves are drawn against: name -> the column of the train and eval lines, and its title.
+X_AXES = {"step": "step", "tokens": "tokens", "time": "elapsed_s", "flops": "flops"}
+X_TITLES = {"step": "step", "tokens": "tokens", "time": "wall time (s)", "flops": "FLOPs (tokens x FLOPs per token)"}
 # Where each sweep.objective (config.OBJECTIVES) is found among summarize()'s numbers.
 OBJECTIVE_SUMMARY = {"val_loss": "best_val_loss", "val_bpb": "best_val_bpb", "tok_per_s": "tok_per_s",
                      "time_to_target": "time_to_target_s"}

@@ -1,0 +1,113 @@
+"""nanogpt-plan and train.plan=auto: candidates that compute the same training are timed, what does not fit is
+dropped, the fastest wins and is cached, and a run trains with it (recorded in run.json)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from nanogpt_runner import autotune, memory, plan
+from tests.conftest import compose_config, run_cli
+
+CPU = torch.device("cpu")
+
+
+def fake_measure(ms_of):
+    """Times from a function of the setting, and the settings measured, in order."""
+    measured = []
+
+    def measure(cfg, vocab_size, device, setting, seconds):
+        measured.append(setting)
+        return autotune.StepTiming(ms_of(setting), steps=3, peak_bytes=2e6)
+
+    return measure, measured
+
+
+def math_and_small_micro_batches_win(setting):
+    return 10.0 + (5.0 if setting.attention == "sdpa" else 0.0) + setting.batch_size / 4 + 20 * setting.compile
+
+
+def test_the_fastest_candidate_wins_and_the_math_stays_the_same(tmp_path):
+    cfg = compose_config(["model=tiny", "train.batch_size=8", "train.grad_accum=1", "train.precision=fp32",
+                          f"data.cache_dir={tmp_path}"])
+    measure, measured = fake_measure(math_and_small_micro_batches_win)
+    result = plan.make_plan(cfg, 65, CPU, math.inf, say=lambda _: None, measure=measure)
+    best = result.best.setting
+    assert (best.attention, best.batch_size, best.grad_accum) == ("math", 1, 8)
+    assert all(s.batch_size * s.grad_accum == 8 for s in measured)  # every candidate trains the same global batch
+    assert not any(s.compile for s in measured)  # 8 s of budget leave no room for a compile
+    assert {c.status for c in result.candidates} == {plan.MEASURED, plan.OVER_BUDGET}
+    applied = result.apply(cfg)
+    assert (applied.model.attention, applied.train.batch_size, applied.train.grad_accum) == ("math", 1, 8)
+    assert applied.optimizer.lr == cfg.optimizer.lr and applied.train.max_iters == cfg.train.max_iters
+    restored = plan.Plan.from_record(json.loads(json.dumps(result.as_record())))
+    assert restored.best.overrides() == result.best.overrides() and restored.cached
+
+
+def test_candidates_over_memory_are_never_timed(tmp_path):
+    cfg = compose_config(["model=shakespeare", "train.batch_size=8", "train.precision=fp32",
+                          f"data.cache_dir={tmp_path}"])
+    split = compose_config(["model=shakespeare", "train.batch_size=2", "train.grad_accum=4"])
+    available = memory.estimate(split, 65, "cpu", "fp32").total * 1.001
+    measure, measured = fake_measure(lambda s: 10.0)
+    result = plan.make_plan(cfg, 65, CPU, available, say=lambda _: None, measure=measure)
+    assert measured and all(s.batch_size <= 2 for s in measured)
+    assert all(c.status == plan.OVER_MEMORY for c in result.candidates if c.setting.batch_size > 2)
+    assert result.best.estimate_bytes <= available
+
+
+def test_nothing_that_fits_is_one_clear_error(tmp_path):
+    cfg = compose_config(["model=tiny", "train.precision=fp32", f"data.cache_dir={tmp_path}"])
+    measure, measured = fake_measure(lambda s: 10.0)
+    with pytest.raises(plan.PlanError, match="nothing fits"):
+        plan.make_plan(cfg, 65, CPU, 1e6, say=lambda _: None, measure=measure)
+    assert measured == []
+
+
+def test_a_plan_is_cached(tmp_path, monkeypatch):
+    cfg = compose_config(["model=tiny", "train.precision=fp32", f"data.cache_dir={tmp_path}"])
+    measure, measured = fake_measure(math_and_small_micro_batches_win)
+    monkeypatch.setattr(autotune, "time_steps", measure)
+    first = plan.cached_plan(cfg, 65, CPU, math.inf, say=lambda _: None)
+    count = len(measured)
+    again = plan.cached_plan(cfg, 65, CPU, math.inf, say=lambda _: None)
+    assert len(measured) == count and again.cached and again.best.overrides() == first.best.overrides()
+    table = plan.plan_table(again)
+    assert table.row_count == len(first.candidates)
+
+
+def test_estimate_only_prints_the_memory_table(tiny_overrides, tmp_path):
+    result = subprocess.run([str(Path(sys.executable).parent / "nanogpt-plan"), "--estimate-only", *tiny_overrides],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for part in ("parameters", "gradients", "optimizer", "activations", "total per rank", "available (RAM)"):
+        assert part in result.stdout
+    assert "plan:" not in result.stdout
+
+
+def test_a_bad_override_is_one_error_line(tmp_path):
+    result = subprocess.run([str(Path(sys.executable).parent / "nanogpt-plan"), "plan.budget_s=0"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 2 and "plan.budget_s=0" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_train_plan_auto_trains_with_the_winner_and_records_the_plan(tiny_overrides, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli([*tiny_overrides, "train.plan=auto", "plan.budget_s=3", "train.max_iters=4",
+                      f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "<- chosen" in result.stdout
+    record = json.loads((run_dir / "run.json").read_text())
+    winner = dict(o.split("=", 1) for o in record["plan"]["winner"])
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert str(config["train"]["batch_size"]) == winner["train.batch_size"]
+    assert config["model"]["attention"] == winner["model.attention"]
+    assert config["train"]["batch_size"] * config["train"]["grad_accum"] == 4  # tiny_overrides: batch 4, accum 1
+    assert any(c["status"] == "measured" for c in record["plan"]["candidates"])
