@@ -184,6 +184,19 @@ def test_gpt2_shorthand_resolves_through_the_hugging_face_cache(tmp_path, monkey
     assert source.path == repo / "snapshots" / "0123abc" and source.arch.n_layer == 2
 
 
+def test_the_finetune_preset_is_nanogpts_and_takes_gpt2s_architecture(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    save_hf_model(tmp_path / "hub" / "models--gpt2" / "snapshots" / "0123abc", GPT2_VOCAB)  # a stand-in for gpt2
+    overrides = ["+experiment=finetune_shakespeare"]
+    cfg, problems = apply_init_from(compose_config(overrides), overrides, CONF_DIR)
+    assert problems == []
+    assert (cfg.model.init_from, cfg.model.n_layer, cfg.model.activation, cfg.data.tokenizer) == \
+        ("gpt2", 2, "gelu_tanh", "gpt2")
+    assert cfg.optimizer.lr == cfg.optimizer.min_lr == 3e-5 and cfg.optimizer.warmup_iters == 0  # constant lr
+    assert (cfg.train.max_iters, cfg.train.batch_size, cfg.train.grad_accum, cfg.train.eval_interval,
+            cfg.train.eval_iters, cfg.train.ckpt_only_on_improvement) == (20, 1, 32, 5, 40, True)
+
+
 @pytest.mark.parametrize("layout", ["huggingface", "nanogpt"])
 def test_a_pickled_program_is_refused_and_never_runs(tmp_path, layout):
     marker = tmp_path / "pwned"
