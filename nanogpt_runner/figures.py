@@ -14,6 +14,8 @@ from matplotlib.figure import Figure
 
 from nanogpt_runner.analysis import (
     SEED_KEY,
+    X_AXES,
+    X_TITLES,
     Group,
     RunRecord,
     differing_keys,
@@ -24,13 +26,12 @@ from nanogpt_runner.analysis import (
 from nanogpt_runner.runs import EVAL
 
 STATUS_COLOURS = {"completed": "tab:green", "failed": "tab:red", "interrupted": "tab:orange", "running": "tab:blue"}
-X_COLUMNS = {"step": "step", "tokens": "tokens", "time": "elapsed_s", "flops": "flops"}
 
 
 def group_curve(group: Group, x: str = "step") -> pd.DataFrame:
     """The group's val loss per evaluation step that every run reached: x (the runs' mean), mean, std, min, max."""
-    frames = [run.frame(EVAL)[["step", X_COLUMNS[x], "val_loss"]].set_axis(["step", "x", "val_loss"], axis=1)
-              for run in group.runs if X_COLUMNS[x] in run.frame(EVAL)]
+    frames = [run.frame(EVAL)[["step", X_AXES[x], "val_loss"]].set_axis(["step", "x", "val_loss"], axis=1)
+              for run in group.runs if X_AXES[x] in run.frame(EVAL)]
     if not frames:
         return pd.DataFrame(columns=["step", "x", "mean", "std", "min", "max"])
     points = pd.concat(frames).dropna()
@@ -51,7 +52,7 @@ def seed_band_figure(records: list[RunRecord], x: str = "step", title: str = "va
         line, = ax.plot(curve.x, curve["mean"], marker=".", label=label)
         if len(group.runs) > 1:
             ax.fill_between(curve.x, curve["min"], curve["max"], color=line.get_color(), alpha=0.2, linewidth=0)
-    ax.set(title=title, xlabel={"time": "wall time (s)", "flops": "FLOPs"}.get(x, x), ylabel="val loss")
+    ax.set(title=title, xlabel=X_TITLES[x], ylabel="val loss")
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)

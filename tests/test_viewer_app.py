@@ -112,7 +112,7 @@ def test_the_api_lists_runs_and_explains_a_comparison(client):
 
 def test_nothing_that_starts_a_process_is_on_the_api(client):
     endpoints = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    assert endpoints == {"/runs", "/analysis"}
+    assert endpoints == {"/runs", "/analysis", "/groups"}
     for hidden in ["/start", "/stop_run", "/generate", "/update"]:
         with pytest.raises(ValueError):
             client.predict(api_name=hidden)

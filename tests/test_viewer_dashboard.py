@@ -8,6 +8,7 @@ import csv
 import pytest
 
 from nanogpt_runner.viewer import dashboard as dashboard_module
+from nanogpt_runner.viewer.curves import PLOTS
 from nanogpt_runner.viewer.dashboard import Dashboard, export_report
 from nanogpt_runner.viewer.store import RunStore
 from nanogpt_runner.viewer.synthetic import config, write_run
@@ -67,7 +68,7 @@ def test_compare_gives_curves_bars_config_diff_and_analysis(runs):
     root, _ = runs
     view = dashboard_of(root).compare(["base", "recompute"], x="tokens", smoothing=0.5, target=3.0)
     assert set(view.curves["loss"].series) == {"base train", "base val", "recompute train", "recompute val"}
-    assert set(view.curves) == {"loss", "lr", "tok_per_s", "mem_gb"}
+    assert set(view.curves) == set(PLOTS) >= {"loss", "lr", "tok_per_s", "mem_gb"}  # one per plot of the registry
     assert list(view.bars["memory"].value) == pytest.approx([1.1, 0.77])
     assert list(view.diff.key) == ["train.recompute"]
     assert "train.recompute False → True (recompute vs base): peak memory 1.10 GB → 0.77 GB (-30%)" in view.analysis
@@ -107,7 +108,8 @@ def test_export_writes_the_report_csv_and_png_for_the_selection(runs, tmp_path_f
     root, _ = runs
     board = dashboard_of(root)
     out = tmp_path_factory.mktemp("report")
-    csv_path, png_path = export_report(board.selected(["base", "recompute"]), out, target=3.0)
+    csv_path, png_path, settings_path = export_report(board.selected(["base", "recompute"]), out, target=3.0)
+    assert settings_path.name == "hyperparameters.png"  # the two runs differ in a setting
     rows = list(csv.DictReader(open(csv_path)))
     assert [r["run"] for r in rows] == ["base", "recompute"] and rows[1]["train.recompute"] == "True"
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -14,12 +14,10 @@ import math
 import numpy as np
 import pandas as pd
 
-from nanogpt_runner.analysis import LOSS_FIELD, RunRecord, diverged_at
+from nanogpt_runner.analysis import LOSS_FIELD, X_AXES, RunRecord, diverged_at
 from nanogpt_runner.runs import EVENT, Metric, plots
 
 MAX_POINTS = 400
-X_AXES = {"step": "step", "tokens": "tokens", "time": "elapsed_s"}
-X_TITLES = {"step": "step", "tokens": "tokens", "time": "wall time (s)"}
 PLOTS = plots()  # plot name -> the registered metrics it draws (nanogpt_runner.runs.METRICS)
 COLUMNS = ["x", "y", "series"]
 

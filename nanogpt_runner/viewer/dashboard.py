@@ -15,12 +15,14 @@ from pathlib import Path
 import pandas as pd
 
 from nanogpt_runner.analysis import (
+    Group,
     RunRecord,
     compare_notes,
     differing_keys,
     finite,
     format_duration,
     run_notes,
+    seed_groups,
     summarize,
 )
 from nanogpt_runner.runs import METRIC, axis_title, summarized
@@ -42,12 +44,20 @@ BARS = {  # bar plot -> (summary field, axis title)
 STAT_COLUMNS = {m.column: m for m in summarized() if m.column}
 
 
+# The seed-group table's numbers: (column, summary field, registry metric for its decimals).
+GROUP_COLUMNS = [("best val loss", "best_val_loss", "val_loss"), ("tokens/s", "tok_per_s", "tok_per_s"),
+                 ("time (s)", "elapsed_s", "elapsed_s")]
+
+
 @dataclass
 class CompareView:
     curves: dict[str, pd.DataFrame]
     bars: dict[str, pd.DataFrame]
     diff: pd.DataFrame
     analysis: str
+    groups: pd.DataFrame  # one row per seed group: mean ± std and the range over its seeds
+    seed_plot: object | None  # matplotlib Figure: val loss mean with the min–max band per group (None: no group)
+    hyperparameters: object | None  # matplotlib Figure: swept keys against the objective (None: nothing swept)
 
 
 class Dashboard:
@@ -89,18 +99,22 @@ class Dashboard:
         if INIT_FROM not in keys and any(self._row(r)[1].get(INIT_FROM, "scratch") != "scratch" for r in shown):
             keys.append(INIT_FROM)  # where fine-tuned runs started from, even when they all started from one
         rows = []
+        spread = {run.id: group for group in seed_groups(shown) if len(group.runs) > 1 for run in group.runs}
         for record in shown:
             summary, config = self._row(record)
-            row = {"name": summary["name"], "sweep": summary["sweep"], "status": summary["status"]}
+            row = {"name": summary["name"], "sweep": summary["sweep"], "status": summary["status"],
+                   "stop": summary["stop_reason"]}
             row.update({key: _cell(config.get(key)) for key in keys})
             for column, metric in STAT_COLUMNS.items():
                 value = summary[metric.summary]
                 row[column] = _rounded(value * 100 if metric.unit == "%" and finite(value) else value, metric.decimals)
+            group = spread.get(record.id)
+            row["seed group val loss"] = group_loss(group, lambda r: self._row(r)[0]) if group else None
             entry = self.store.get(record.id)
             row["note"] = "; ".join(entry.notes if entry else [])
             row["folder"] = record.id
             rows.append(row)
-        columns = ["name", "sweep", "status", *keys, *STAT_COLUMNS, "note", "folder"]
+        columns = ["name", "sweep", "status", *keys, *STAT_COLUMNS, "stop", "seed group val loss", "note", "folder"]
         total = len(self.store.entries)
         note = f"{len(records)} of {total} runs match"
         if len(records) > len(shown):
@@ -156,7 +170,10 @@ class Dashboard:
         bars = {name: pd.DataFrame({"run": labels, "value": [_or_zero(summaries[r.id][field]) for r in runs]})
                 for name, (field, _) in BARS.items()}
         notes = {r.id: self._cached("notes", r, target, lambda r=r: run_notes(r, summaries[r.id])) for r in runs}
-        return CompareView(curves, bars, config_diff(runs), analysis_markdown(runs, target, summaries, notes))
+        groups = seed_groups(runs)
+        figures = _experiment_figures(runs, groups, x)
+        return CompareView(curves, bars, config_diff(runs), analysis_markdown(runs, target, summaries, notes),
+                           group_table(groups, summaries), *figures)
 
     def _curve(self, runs: list[RunRecord], metric: str, x: str, smoothing: float, log_y: bool) -> pd.DataFrame:
         params = (x, smoothing, log_y)
@@ -182,6 +199,42 @@ class Dashboard:
             view = self.compare(*compare_args)
             seen["compare"] = compare_key
         return seen, table, view
+
+
+def group_loss(group: Group, summary_of) -> str:
+    """"1.8840 ± 0.0120 (3 seeds)": the group's best val loss over its seeds, for the runs table."""
+    loss = group.stats(lambda r: summary_of(r)["best_val_loss"])
+    decimals = METRIC["val_loss"].decimals
+    return f"{loss.mean_std(f'.{decimals}f')} ({len(group.runs)} seeds)"
+
+
+def group_table(groups: list[Group], summaries: dict[str, dict]) -> pd.DataFrame:
+    """One row per seed group of the selected runs: its runs and seeds, then mean ± std and min – max of the
+    best val loss, tokens/s and time over the seeds (a single run: its numbers)."""
+    rows = []
+    for group in groups:
+        row = {"group": group.label, "runs": len(group.runs),
+               "seeds": " ".join(str(r.config.get("train.seed")) for r in group.runs)}
+        for column, field, metric in GROUP_COLUMNS:
+            spread = group.stats(lambda r, name=field: summaries[r.id][name])
+            fmt = f",.{METRIC[metric].decimals}f"
+            row[f"{column} mean ± std"] = spread.mean_std(fmt)
+            row[f"{column} min – max"] = spread.range(fmt)
+        rows.append(row)
+    columns = ["group", "runs", "seeds"] + [f"{c} {stat}" for c, _, _ in GROUP_COLUMNS
+                                            for stat in ("mean ± std", "min – max")]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _experiment_figures(runs: list[RunRecord], groups: list[Group], x: str) -> tuple:
+    """The seed-band figure (when a selected configuration ran with several seeds) and the hyperparameter
+    figure (when the selected runs differ in settings); matplotlib is loaded only when one is drawn."""
+    if len(runs) < 2:
+        return None, None
+    from nanogpt_runner.figures import hyperparameter_figure, seed_band_figure
+
+    several_seeds = any(len(group.runs) > 1 for group in groups)
+    return (seed_band_figure(runs, x) if several_seeds else None), hyperparameter_figure(runs)
 
 
 def config_diff(runs: list[RunRecord]) -> pd.DataFrame:

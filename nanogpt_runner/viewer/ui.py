@@ -14,8 +14,9 @@ from pathlib import Path
 
 import gradio as gr
 
+from nanogpt_runner.analysis import X_TITLES
 from nanogpt_runner.config import PRECISIONS
-from nanogpt_runner.viewer.curves import PLOTS, X_TITLES, log_scaled, plot_title
+from nanogpt_runner.viewer.curves import PLOTS, log_scaled, plot_title
 from nanogpt_runner.viewer.dashboard import BARS, STATUSES, Dashboard, export_report, markdown_text
 from nanogpt_runner.viewer.launcher import FORM_FIELDS, Launcher, LaunchError, presets
 from nanogpt_runner.viewer.sampler import Sampler
@@ -58,6 +59,11 @@ def build_app(dashboard: Dashboard, launcher: Launcher, refresh_s: float = 2.0,
                             for name, (_, title) in BARS.items()}
                 diff = gr.Dataframe(interactive=False, label="Config keys that differ between the selected runs")
                 analysis = gr.Markdown(elem_classes=["analysis"], elem_id="analysis")
+                groups = gr.Dataframe(interactive=False, elem_id="seed-groups",
+                                      label="Seed groups (runs that differ only by train.seed, or share run.group)")
+                with gr.Row():
+                    seed_plot = gr.Plot(label="val loss by seed group: mean and min–max band", elem_id="seed-plot")
+                    hyperparameters = gr.Plot(label="swept settings against the objective", elem_id="hyperparameters")
                 with gr.Row():
                     export = gr.Button("Export summary.csv + comparison.png of the selected runs")
                     files = gr.File(label="Report files", file_count="multiple")
@@ -69,7 +75,8 @@ def build_app(dashboard: Dashboard, launcher: Launcher, refresh_s: float = 2.0,
         timer = gr.Timer(refresh_s)
 
         inputs = [seen, text, statuses, selection, x_axis, smoothing, log_y, target]
-        outputs = [seen, note, table, selection, *plots.values(), *bars.values(), diff, analysis]
+        outputs = [seen, note, table, selection, *plots.values(), *bars.values(), diff, analysis, groups, seed_plot,
+                   hyperparameters]
 
         def update(seen_value, text_value, status_value, selected, x, smooth, logy, target_value):
             if seen_value is None and not selected:  # first paint: the newest runs preselected
@@ -98,7 +105,7 @@ def build_app(dashboard: Dashboard, launcher: Launcher, refresh_s: float = 2.0,
             else:
                 result += [view.curves[name] for name in PLOTS]
             result += [view.bars[name] for name in BARS]
-            return result + [view.diff, view.analysis]
+            return result + [view.diff, view.analysis, view.groups, view.seed_plot, view.hyperparameters]
 
         common = {"fn": update, "inputs": inputs, "outputs": outputs, "show_progress": "hidden",
                   "concurrency_id": "dashboard", "concurrency_limit": 1, **PRIVATE}
@@ -230,7 +237,7 @@ def _wire_sample(sampler: Sampler, dashboard: Dashboard, timer, run, prompt, max
 
 
 def _api(dashboard: Dashboard) -> None:
-    """Read-only endpoints for scripts (gradio_client): the runs table and the analysis."""
+    """Read-only endpoints for scripts (gradio_client): the runs table, the analysis and the seed groups."""
 
     def runs(filter_text: str = "", statuses: list[str] | None = None) -> list[dict]:
         """Every listed run's row of the runs table, newest first."""
@@ -243,5 +250,11 @@ def _api(dashboard: Dashboard) -> None:
         dashboard.refresh()
         return dashboard.compare(run_ids, target=target_loss).analysis
 
+    def groups(run_ids: list[str]) -> list[dict]:
+        """The seed groups of these runs: runs, seeds, and each number's mean ± std and range over the seeds."""
+        dashboard.refresh()
+        return dashboard.compare(run_ids).groups.to_dict(orient="records")
+
     gr.api(runs, api_name="runs", concurrency_id="dashboard", concurrency_limit=1)
+    gr.api(groups, api_name="groups", concurrency_id="dashboard", concurrency_limit=1)
     gr.api(analysis, api_name="analysis", concurrency_id="dashboard", concurrency_limit=1)

@@ -1,0 +1,81 @@
+"""The viewer's answers to experiment questions: seed groups (mean ± std in the runs table, the Compare tab
+and the API), why each run stopped, FLOPs as an x axis, and a sweep's settings against its objective."""
+
+from __future__ import annotations
+
+import os
+import statistics
+
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from nanogpt_runner.analysis import load_runs, summarize
+from nanogpt_runner.viewer.dashboard import Dashboard
+from nanogpt_runner.viewer.store import RunStore
+from nanogpt_runner.viewer.synthetic import config, write_run
+
+FLOPS_PER_TOKEN = 1000.0
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """Three seeds of one configuration, one run of another (stopped at a target), and a failed one."""
+    root = tmp_path_factory.mktemp("runs")
+    for seed, floor in enumerate([1.50, 1.55, 1.60]):
+        writer = write_run(root / f"base{seed}", 60, cfg=config(**{"train.seed": seed}), loss_floor=floor,
+                           start_time=seed)
+        writer.update(flops_per_token=FLOPS_PER_TOKEN)
+        writer.close()
+    writer = write_run(root / "lr", 60, cfg=config(**{"optimizer.lr": 3e-3}), start_time=5)
+    writer.update(summary={**writer.record["summary"], "stop_reason": "target_loss"})
+    writer.close()
+    write_run(root / "broken", 10, cfg=config(**{"optimizer.lr": 1.0}), status="failed", start_time=6).close()
+    return root
+
+
+def dashboard_of(root) -> Dashboard:
+    board = Dashboard(RunStore(root, min_rescan_s=0.0), min_poll_s=0.0)
+    board.refresh()
+    return board
+
+
+def test_the_runs_table_shows_each_seed_groups_mean_and_std_and_why_runs_stopped(root):
+    frame = dashboard_of(root).table()[0].set_index("folder")
+    group = frame.loc["base0", "seed group val loss"]
+    assert group.endswith("(3 seeds)") and " ± " in group
+    assert frame.loc["base1", "seed group val loss"] == group and pd.isna(frame.loc["lr", "seed group val loss"])
+    assert frame.loc["lr", "stop"] == "target_loss"
+
+
+def test_compare_lists_the_groups_and_draws_their_bands_and_the_settings_against_the_objective(root):
+    view = dashboard_of(root).compare(["base0", "base1", "base2", "lr", "broken"], x="tokens")
+    groups = view.groups.set_index("group")
+    assert list(groups.runs) == [3, 1, 1] and groups.iloc[0].seeds == "0 1 2"
+    losses = [summarize(run)["best_val_loss"] for run in load_runs(root) if run.id.startswith("base")]
+    expected = f"{statistics.mean(losses):.4f} ± {statistics.stdev(losses):.4f}"
+    assert groups.iloc[0]["best val loss mean ± std"] == expected
+    assert isinstance(view.seed_plot, Figure) and isinstance(view.hyperparameters, Figure)
+    assert "seed group" in view.analysis and "one seed: cannot tell" in view.analysis
+
+
+def test_flops_is_an_x_axis(root):
+    curve = dashboard_of(root).compare(["base0"], x="flops").curves["loss"]
+    tokens = dashboard_of(root).compare(["base0"], x="tokens").curves["loss"]
+    assert list(curve.x) == pytest.approx([t * FLOPS_PER_TOKEN for t in tokens.x])
+
+
+def test_the_api_returns_seed_groups_with_mean_and_std(root):
+    from gradio_client import Client
+
+    from nanogpt_runner.viewer.app import free_port, serve
+
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    demo, url = serve(root, port=free_port("127.0.0.1", 7890), refresh_s=1.0, block=False)
+    try:
+        client = Client(url, verbose=False, download_files=False, analytics_enabled=False)
+        rows = client.predict(["base0", "base1", "base2", "lr"], api_name="/groups")
+    finally:
+        demo.close()
+    assert [(r["runs"], r["seeds"]) for r in rows] == [(3, "0 1 2"), (1, "1337")]
+    assert " ± " in rows[0]["best val loss mean ± std"] and " ± " not in rows[1]["best val loss mean ± std"]
