@@ -11,6 +11,7 @@ keep/save policy. Storage itself (folders, hashes, state dicts) is checkpoint.py
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ FIXED_FIELDS = {
     "data.val_fraction": "it moves the train/val split the run was trained and evaluated on",
     "train.seed": "it changes which data every step trains on",
 }
+# torchrun's attempt number: 0 for the first, n after the group was restarted n times.
+RESTART_COUNT_ENV = "TORCHELASTIC_RESTART_COUNT"
 # Fields that never count as a change of the run (where it resumes from is the point of resuming).
 IGNORED_FIELDS = {"resume"}
 # Where this launch's processes meet: always this command line's, never a checkpoint's. torchrun's
@@ -204,14 +207,27 @@ class Checkpointer:
         self.last_saved_step = -1
         self.best_saved = math.inf
 
-    def restore(self) -> TrainState:
-        """Load the checkpoint this run continues from (``resume`` or, with train.resume=auto, this run
-        directory's latest); a fresh TrainState when there is none. Checkpoints newer than the one
-        loaded are deleted: the resumed run replaces that part of the history."""
+    def source(self) -> tuple[Path, dict] | None:
+        """The checkpoint this attempt continues from, and its meta; None for a fresh start.
+
+        A group that torchrun restarted (parallel.max_restarts) continues from this run directory's
+        latest checkpoint: it is the same run, further along than where it started (its config still
+        names, in ``resume``, the checkpoint the run was first continued from). Otherwise ``resume`` names
+        the checkpoint, and with train.resume=auto this run directory's latest is used."""
         cfg = self.cfg
+        if int(os.environ.get(RESTART_COUNT_ENV, "0")) > 0 and (own := find_latest(self.dir, self.say)) is not None:
+            return own
         if cfg.resume:
-            path, meta = resolve(Path(cfg.resume), "latest", self.say)
-        elif cfg.train.resume == "auto" and (found := find_latest(self.dir, self.say)) is not None:
+            return resolve(Path(cfg.resume), "latest", self.say)
+        if cfg.train.resume == "auto":
+            return find_latest(self.dir, self.say)
+        return None
+
+    def restore(self) -> TrainState:
+        """Load the checkpoint this run continues from (``source``); a fresh TrainState when there is none.
+        Checkpoints newer than the one loaded are deleted: the resumed run replaces that part of the history."""
+        found = self.source()
+        if found is not None:
             path, meta = found
         else:
             metrics = self.run_dir / METRICS_FILE

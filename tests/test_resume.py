@@ -252,3 +252,20 @@ def test_sigint_twice_stops_at_once(tmp_path):
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.requested()
         os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_restarted_group_continues_from_the_runs_latest_checkpoint(tmp_path, tiny_overrides, monkeypatch):
+    """A run continued with resume=RUN runs with a config whose ``resume`` names the checkpoint it was
+    continued from. When torchrun restarts the group (parallel.max_restarts) with that same config, the
+    new attempt continues from the run's latest checkpoint, and the newer checkpoints are kept."""
+    overrides = [*tiny_overrides, "train.ckpt_interval=5", "train.keep_last=10"]
+    code, run_dir = train_in_process(tmp_path, overrides)  # 20 steps: checkpoints 5, 10, 15, 20
+    assert code == 0
+    ckpt_dir = ck.checkpoint_dir(run_dir)
+    first_resumed_from = ckpt_dir / ck.checkpoint_name(10)
+    cfg = compose_config([*overrides, "train.max_iters=25", f"resume={first_resumed_from}"])
+    monkeypatch.setenv(resume.RESTART_COUNT_ENV, "1")  # what torchrun sets in a restarted group
+    assert execute(cfg, run_dir, prepare(cfg.data, announce=print)) == 0
+    events = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
+    assert [e["step"] for e in events if e.get("event") == "resume"] == [20]
+    assert [p.name for p in ck.list_checkpoints(ckpt_dir)] == [ck.checkpoint_name(s) for s in (5, 10, 15, 20, 25)]
