@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nanogpt_runner.config import flatten
+from nanogpt_runner.config import OBJECTIVES, flatten
 from nanogpt_runner.runs import (
     EVAL,
     TRAIN,
@@ -577,13 +577,30 @@ def equal_budget_notes(base: Group, run: Group) -> list[str]:
     return notes
 
 
-def objective_value(record: RunRecord) -> float | None:
+def objective_name(record: RunRecord) -> str:
+    """The run's ``sweep.objective`` (val_loss when its config does not say)."""
+    name = record.config.get("sweep.objective")
+    return name if name in OBJECTIVES else "val_loss"
+
+
+def objective_value(record: RunRecord, summary: dict | None = None) -> float | None:
     """The run's value of its ``sweep.objective``: the best val loss or val bits per byte, the steady
-    tokens/s, or the seconds to the first eval at or below train.target_loss (time_to_target)."""
-    config = record.config
-    objective = config.get("sweep.objective") or "val_loss"
-    summary = summarize(record, _number(config.get("train.target_loss")))
-    return summary.get(OBJECTIVE_SUMMARY.get(objective, "best_val_loss"))
+    tokens/s, or the seconds to the first eval at or below train.target_loss (time_to_target).
+    ``summary`` is the run's ``summarize`` when the caller has it (not used for time_to_target)."""
+    objective = objective_name(record)
+    if summary is None or objective == "time_to_target":
+        summary = summarize(record, _number(record.config.get("train.target_loss")))
+    return summary.get(OBJECTIVE_SUMMARY[objective])
+
+
+def best_run(records: list[RunRecord], summaries: dict[str, dict] | None = None) -> RunRecord | None:
+    """The completed run with the best objective, each judged by its own objective's direction."""
+    scored = []
+    for record in records:
+        value = objective_value(record, (summaries or {}).get(record.id)) if record.status == "completed" else None
+        if finite(value):
+            scored.append((value if OBJECTIVES[objective_name(record)] == "minimize" else -value, record))
+    return min(scored, key=lambda pair: pair[0])[1] if scored else None
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -25,7 +25,15 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from nanogpt_runner.analysis import RunRecord, finite, load_runs, objective_value, seed_groups
+from nanogpt_runner.analysis import (
+    RunRecord,
+    best_run,
+    finite,
+    load_runs,
+    objective_name,
+    objective_value,
+    seed_groups,
+)
 from nanogpt_runner.checkpoint import checkpoint_dir, list_checkpoints
 from nanogpt_runner.config import OBJECTIVES
 from nanogpt_runner.runs import RUN_FILE, read_run, write_json_atomic
@@ -92,11 +100,6 @@ def job_objective(run_dir: Path) -> float:
     return -math.inf if OBJECTIVES[objective_name(records[0])] == "maximize" else math.inf
 
 
-def objective_name(record: RunRecord) -> str:
-    name = record.config.get("sweep.objective")
-    return name if name in OBJECTIVES else "val_loss"
-
-
 # How each objective's numbers are written in the tables.
 OBJECTIVE_FORMATS = {"val_loss": ".4f", "val_bpb": ".4f", "tok_per_s": ",.0f", "time_to_target": ".1f"}
 
@@ -124,14 +127,6 @@ def _number(value, fmt: str) -> str:
     return format(value, fmt) if finite(value) else "-"
 
 
-def best_job(jobs: list[RunRecord]) -> RunRecord | None:
-    """The completed job with the best objective (each job's own objective and direction)."""
-    scored = [(objective_value(job), job) for job in jobs if job.status == "completed"]
-    scored = [(value if OBJECTIVES[objective_name(job)] == "minimize" else -value, job)
-              for value, job in scored if finite(value)]
-    return min(scored, key=lambda pair: pair[0])[1] if scored else None
-
-
 def _common_overrides(jobs: list[RunRecord]) -> list[str]:
     overrides = [job.info.get("overrides") or [] for job in jobs]
     return [o for o in overrides[0] if all(o in job for job in overrides)] if overrides else []
@@ -151,7 +146,7 @@ def summary_table(jobs: list[RunRecord], sweep_dir: Path) -> Table:
         table.add_column(column, justify="right" if numeric else "left", no_wrap=column != "error",
                          overflow="fold" if column == "error" else "ellipsis",
                          max_width=70 if column == "error" else None)
-    best = best_job(jobs)
+    best = best_run(jobs)
     for job in jobs:
         run, summary = job.info, job.info.get("summary") or {}
         start, end = run.get("start_time"), run.get("end_time")
@@ -210,7 +205,7 @@ class SweepSummary(Callback):
         groups = groups_table(jobs)
         if groups is not None:
             console.print(groups)
-        best = best_job(jobs)
+        best = best_run(jobs)
         if best is not None:
             common = _common_overrides(jobs)
             differs = " ".join(o for o in best.info.get("overrides") or [] if o not in common)

@@ -31,6 +31,9 @@ def root(tmp_path_factory):
     writer.update(summary={**writer.record["summary"], "stop_reason": "target_loss"})
     writer.close()
     write_run(root / "broken", 10, cfg=config(**{"optimizer.lr": 1.0}), status="failed", start_time=6).close()
+    for job, rate in enumerate([0.5, 1.5]):  # a sweep: job 1 learns faster, so it has the best objective
+        write_run(root / "sweep" / str(job), 60, cfg=config(**{"optimizer.lr": 1e-3 * (job + 5)}), rate=rate,
+                  sweep={"dir": str(root / "sweep"), "job": job}, start_time=7 + job).close()
     return root
 
 
@@ -79,3 +82,10 @@ def test_the_api_returns_seed_groups_with_mean_and_std(root):
         demo.close()
     assert [(r["runs"], r["seeds"]) for r in rows] == [(3, "0 1 2"), (1, "1337")]
     assert " ± " in rows[0]["best val loss mean ± std"] and " ± " not in rows[1]["best val loss mean ± std"]
+
+
+def test_the_runs_table_stars_each_sweeps_best_job_by_its_objective(root):
+    frame = dashboard_of(root).table()[0].set_index("folder")
+    assert frame.loc["sweep/1", "objective"].startswith("★ ") and frame.loc["sweep/1", "objective"].endswith(
+        "(val_loss)")
+    assert not frame.loc["sweep/0", "objective"].startswith("★") and pd.isna(frame.loc["lr", "objective"])

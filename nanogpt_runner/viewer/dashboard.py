@@ -17,10 +17,13 @@ import pandas as pd
 from nanogpt_runner.analysis import (
     Group,
     RunRecord,
+    best_run,
     compare_notes,
     differing_keys,
     finite,
     format_duration,
+    objective_name,
+    objective_value,
     run_notes,
     seed_groups,
     summarize,
@@ -100,6 +103,7 @@ class Dashboard:
             keys.append(INIT_FROM)  # where fine-tuned runs started from, even when they all started from one
         rows = []
         spread = {run.id: group for group in seed_groups(shown) if len(group.runs) > 1 for run in group.runs}
+        best = self._best_of_sweeps(shown)
         for record in shown:
             summary, config = self._row(record)
             row = {"name": summary["name"], "sweep": summary["sweep"], "status": summary["status"],
@@ -108,19 +112,33 @@ class Dashboard:
             for column, metric in STAT_COLUMNS.items():
                 value = summary[metric.summary]
                 row[column] = _rounded(value * 100 if metric.unit == "%" and finite(value) else value, metric.decimals)
+            if record.sweep:
+                value = objective_value(record, summary)
+                shown_value = f"{value:.4g}" if finite(value) else "-"
+                row["objective"] = f"{'★ ' if record.id in best else ''}{shown_value} ({objective_name(record)})"
             group = spread.get(record.id)
             row["seed group val loss"] = group_loss(group, lambda r: self._row(r)[0]) if group else None
             entry = self.store.get(record.id)
             row["note"] = "; ".join(entry.notes if entry else [])
             row["folder"] = record.id
             rows.append(row)
-        columns = ["name", "sweep", "status", *keys, *STAT_COLUMNS, "stop", "seed group val loss", "note", "folder"]
+        columns = ["name", "sweep", "status", *keys, *STAT_COLUMNS, "objective", "stop", "seed group val loss", "note",
+                   "folder"]
         total = len(self.store.entries)
         note = f"{len(records)} of {total} runs match"
         if len(records) > len(shown):
             note += f"; showing the newest {len(shown)} (type in the filter to narrow)"
         note += f" · root {markdown_text(self.store.root)} · updated {time.strftime('%H:%M:%S')}"
         return pd.DataFrame(rows, columns=columns), note
+
+    def _best_of_sweeps(self, records: list[RunRecord]) -> set[str]:
+        """The ids of each listed sweep's best job by its objective (the sweep table's star)."""
+        sweeps: dict[str, list[RunRecord]] = {}
+        for record in records:
+            if record.sweep:
+                sweeps.setdefault(record.sweep, []).append(record)
+        summaries = {r.id: self._row(r)[0] for r in records}
+        return {best.id for jobs in sweeps.values() if (best := best_run(jobs, summaries)) is not None}
 
     def choices(self, text: str = "", statuses: list[str] | None = None, selected: list[str] = ()) -> list:
         """(label, id) pairs for the selection box: the listed runs plus whatever is already selected."""
