@@ -237,6 +237,7 @@ class RunConfig:
     name: str = "${model.name}"
     root: str = "outputs"
     progress: bool = True  # rich progress bar when the console is a terminal
+    group: str | None = None  # runs sharing a group are one configuration over seeds (null: same config but seed)
 
 
 @dataclass

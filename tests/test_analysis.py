@@ -208,3 +208,11 @@ def test_runs_are_compared_at_equal_budgets_not_only_at_their_ends(tmp_path):
     short, long = (float(x) for x in effect.split(f"at equal {tokens:,} tokens: val loss ")[1].split(";")[0]
                    .split(" → "))
     assert short == pytest.approx(long)  # the same curve: equal at equal tokens
+
+
+def test_runs_sharing_run_group_are_one_group_whatever_else_differs(tmp_path):
+    write_run(tmp_path / "a", 20, cfg=config(**{"run.group": "mine", "optimizer.lr": 1e-3}), start_time=1).close()
+    write_run(tmp_path / "b", 20, cfg=config(**{"run.group": "mine", "optimizer.lr": 2e-3}), start_time=2).close()
+    write_run(tmp_path / "c", 20, cfg=config(**{"optimizer.lr": 2e-3}), start_time=3).close()
+    groups = seed_groups(load_runs(tmp_path))
+    assert [(g.label, [r.id for r in g.runs]) for g in groups] == [("mine", ["a", "b"]), ("optimizer.lr=0.002", ["c"])]
