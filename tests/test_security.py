@@ -120,7 +120,7 @@ def resume_cli(run: Path) -> tuple[int, str]:
 
 
 def viewer_sample(run: Path) -> tuple[int, str]:
-    from nanogpt_runner.viewer.launcher import LaunchError
+    from nanogpt_runner.viewer.page_policy import LaunchError
     from nanogpt_runner.viewer.sampler import Sampler
 
     try:

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from nanogpt_runner.viewer.launcher import (
-    Launcher,
+from nanogpt_runner.viewer.launcher import Launcher
+from nanogpt_runner.viewer.page_policy import (
     LaunchError,
     PagePolicy,
     build_overrides,

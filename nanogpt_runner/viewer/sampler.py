@@ -13,7 +13,8 @@ from pathlib import Path
 
 from nanogpt_runner.analysis import RunRecord
 from nanogpt_runner.runs import CHECKPOINT_DIR
-from nanogpt_runner.viewer.launcher import LaunchError, installed_script
+from nanogpt_runner.viewer.launcher import installed_script
+from nanogpt_runner.viewer.page_policy import LaunchError
 
 SAMPLE_TIMEOUT_S = 300
 MAX_LISTED = 500

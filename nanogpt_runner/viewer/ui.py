@@ -18,7 +18,8 @@ from nanogpt_runner.analysis import X_TITLES
 from nanogpt_runner.config import PRECISIONS
 from nanogpt_runner.viewer.curves import PLOTS, log_scaled, plot_title
 from nanogpt_runner.viewer.dashboard import BARS, STATUSES, Dashboard, export_report, markdown_text
-from nanogpt_runner.viewer.launcher import FORM_FIELDS, Launcher, LaunchError, presets
+from nanogpt_runner.viewer.launcher import Launcher
+from nanogpt_runner.viewer.page_policy import FORM_FIELDS, LaunchError, presets
 from nanogpt_runner.viewer.sampler import Sampler
 
 CSS = "#runs-table {font-size: 0.85em} .analysis li {margin-bottom: 0.2em}"
