@@ -302,6 +302,16 @@ def test_hostile_run_folders_are_skipped_while_the_rest_refresh(tmp_path):
     assert entries["fifo_metrics"].record.info["status"] == "completed"
 
 
+@pytest.mark.parametrize("prompt, tokens", [("\n", 10**9), ("\n", 0), ("x" * 10_001, 5)])
+def test_the_sample_tab_checks_its_own_limits(tmp_path, prompt, tokens):
+    """The browser enforces the token box's maximum; a raw request does not go through the browser."""
+    from nanogpt_runner.viewer.page_policy import LaunchError
+    from nanogpt_runner.viewer.sampler import Sampler
+
+    with pytest.raises(LaunchError, match="at most|from 1 to"):
+        Sampler([sys.executable, "-c", "raise SystemExit('must not start')"]).sample(tmp_path, prompt, tokens)
+
+
 def test_names_and_values_are_escaped_before_markdown():
     from nanogpt_runner.analysis import RunRecord
     from nanogpt_runner.viewer.dashboard import analysis_markdown, markdown_text

@@ -17,6 +17,8 @@ from nanogpt_runner.viewer.launcher import installed_script
 from nanogpt_runner.viewer.page_policy import LaunchError
 
 SAMPLE_TIMEOUT_S = 300
+MAX_NEW_TOKENS = 2000  # the page's limits, checked here: the browser's own checks are not a boundary
+MAX_PROMPT_CHARS = 10_000
 MAX_LISTED = 500
 
 
@@ -35,6 +37,10 @@ class Sampler:
         return [r for r in records[:MAX_LISTED] if _has_checkpoint(r.path)]
 
     def sample(self, run_dir: Path, prompt: str, max_new_tokens: int) -> str:
+        if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+            raise LaunchError(f"new tokens must be a whole number from 1 to {MAX_NEW_TOKENS}")
+        if not isinstance(prompt, str) or len(prompt) > MAX_PROMPT_CHARS:
+            raise LaunchError(f"the prompt must be text of at most {MAX_PROMPT_CHARS:,} characters")
         args = [*self.command, str(run_dir), f"prompt={prompt}", "num_samples=1", f"max_new_tokens={max_new_tokens}"]
         try:
             done = subprocess.run(args, capture_output=True, text=True, timeout=SAMPLE_TIMEOUT_S,

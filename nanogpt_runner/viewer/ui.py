@@ -20,7 +20,7 @@ from nanogpt_runner.viewer.curves import PLOTS, log_scaled, plot_title
 from nanogpt_runner.viewer.dashboard import BARS, STATUSES, Dashboard, export_report, markdown_text
 from nanogpt_runner.viewer.launcher import Launcher
 from nanogpt_runner.viewer.page_policy import FORM_FIELDS, LaunchError, presets
-from nanogpt_runner.viewer.sampler import Sampler
+from nanogpt_runner.viewer.sampler import MAX_NEW_TOKENS, Sampler
 
 CSS = "#runs-table {font-size: 0.85em} .analysis li {margin-bottom: 0.2em}"
 PRIVATE = {"api_visibility": "private"}
@@ -210,7 +210,7 @@ def _sample_tab():
     gr.Markdown("Generate text from a run's latest checkpoint (in a separate process; the viewer loads no model).")
     with gr.Row():
         run = gr.Dropdown([], label="run with a checkpoint", elem_id="sample-run", scale=3)
-        max_tokens = gr.Number(200, precision=0, minimum=1, maximum=2000, label="new tokens")
+        max_tokens = gr.Number(200, precision=0, minimum=1, maximum=MAX_NEW_TOKENS, label="new tokens")
     prompt = gr.Textbox("\n", label="prompt", lines=2)
     button = gr.Button("Generate", variant="primary")
     out = gr.Textbox(label="sample", lines=12, elem_id="sample-out")
@@ -231,7 +231,7 @@ def _wire_sample(sampler: Sampler, dashboard: Dashboard, timer, run, prompt, max
             raise gr.Error("Pick a run from the list.")
         try:
             return sampler.sample(entry.record.path, prompt_text or "", int(tokens or 1))
-        except LaunchError as err:
+        except (LaunchError, TypeError, ValueError) as err:  # the page may send anything as the token count
             raise gr.Error(html.escape(str(err))) from err  # gr.Error renders HTML; the text names run folders
 
     button.click(generate, [run, prompt, max_tokens], [out], concurrency_limit=1, **PRIVATE)
