@@ -142,7 +142,8 @@ def _write_nanogpt(folder: Path, state: dict, arch: Architecture, dropout: float
 def main(argv: list[str] | None = None) -> None:
     from nanogpt_runner.run_control import CheckpointError
 
-    parser = argparse.ArgumentParser(prog="nanogpt-export", description=__doc__.split("\n\n")[0].strip("`"))
+    parser = argparse.ArgumentParser(prog="nanogpt-export", description="Write a run's checkpoint for Hugging Face "
+                                     "transformers (GPT2LMHeadModel) or for nanoGPT's sample.py.")
     parser.add_argument("target", metavar="RUN_OR_CHECKPOINT", help="a run directory or one of its checkpoints")
     parser.add_argument("out_dir", metavar="OUT_DIR", help="a new (or empty) folder to write")
     parser.add_argument("--format", choices=FORMATS, required=True, help="hf: transformers GPT2LMHeadModel; "

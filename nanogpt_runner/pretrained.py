@@ -203,10 +203,11 @@ def _nanogpt(spec: str, path: Path) -> Source:
 
 def _runner(spec: str, path: Path, announce) -> Source:
     from nanogpt_runner.checkpoint import resolve
+    from nanogpt_runner.run_control import CheckpointError
 
     try:
         checkpoint, meta = resolve(path, "best", announce)
-    except Exception as err:  # CheckpointError: not a run, no usable checkpoint; its message says which
+    except CheckpointError as err:  # not a run, or no usable checkpoint: the message says which
         raise WeightsError(f"model.init_from={spec}: {err}") from None
     return Source(spec, "runner", checkpoint, checkpoint_architecture(meta), meta["vocab"])
 

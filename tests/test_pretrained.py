@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -220,21 +221,37 @@ def test_a_pickled_program_is_refused_and_never_runs(tmp_path, layout):
 
 # ----------------------------------------------------------------------------------- nanoGPT in
 
-def nanogpt_checkpoint(hf_model, path: Path) -> None:
+def nanogpt_checkpoint(hf_model, path: Path, vocab_rows: int | None = None) -> None:
     """What nanoGPT's train.py saves after from_pretrained and torch.compile: its names (Linear layout, so
-    the Conv1D weights transposed), the ``_orig_mod.`` prefix, model_args, optimizer, iter_num, config."""
+    the Conv1D weights transposed), the ``_orig_mod.`` prefix, model_args, optimizer, iter_num, config.
+    ``vocab_rows``: the vocabulary padded with random rows, as nanoGPT's own GPT-2-vocabulary models are."""
     conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-    state = {f"_orig_mod.{k}": (v.t() if k.endswith(conv1d) else v).clone()
-             for k, v in hf_model.state_dict().items()}
+    state = {k: (v.t() if k.endswith(conv1d) else v).clone() for k, v in hf_model.state_dict().items()}
     config = hf_model.config
+    if vocab_rows is not None:
+        padding = torch.randn(vocab_rows - config.vocab_size, config.n_embd)
+        state["lm_head.weight"] = state["transformer.wte.weight"] = torch.cat([state["lm_head.weight"], padding])
+    state = {f"_orig_mod.{k}": v for k, v in state.items()}
     torch.save({
         "model": state,
         "model_args": {"n_layer": config.n_layer, "n_head": config.n_head, "n_embd": config.n_embd,
-                       "block_size": config.n_positions, "bias": True, "vocab_size": config.vocab_size,
+                       "block_size": config.n_positions, "bias": True, "vocab_size": vocab_rows or config.vocab_size,
                        "dropout": 0.0},
         "optimizer": {"state": {}, "param_groups": []}, "iter_num": 100, "best_val_loss": torch.tensor(2.5),
         "config": {"dataset": "shakespeare_char", "learning_rate": 6e-4},
     }, path)
+
+
+def test_a_nanogpt_model_with_its_padded_gpt2_vocabulary_loads_for_gpt2_data(tmp_path):
+    hf = save_hf_model(tmp_path / "hf", GPT2_VOCAB, activation="gelu")
+    nanogpt_checkpoint(hf, tmp_path / "ckpt.pt", vocab_rows=50304)  # nanoGPT's from-scratch GPT-2 vocabulary
+    source = resolve_source(str(tmp_path / "ckpt.pt"))
+    assert source.arch.vocab_size == 50304
+    assert vocabulary_problem(source, SimpleNamespace(vocab_size=GPT2_VOCAB, kind="gpt2")) is None
+    model = GPT(ModelConfig(name="t", **source.arch.model_fields()), GPT2_VOCAB).eval()
+    initialize(model, source)
+    tokens = torch.randint(0, GPT2_VOCAB, (1, 16), generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(ours_logits(model, tokens), hf_logits(hf, tokens), atol=1e-5, rtol=0)
 
 
 def test_a_nanogpt_checkpoint_loads_with_its_logits(tmp_path):
@@ -380,16 +397,23 @@ def test_the_export_command_reports_a_problem_in_one_line(tmp_path, sharded_run)
     assert (tmp_path / "taken" / "file").read_text() == "mine"
 
 
-def test_export_refuses_what_nanogpt_cannot_express(tmp_path, sharded_run):
-    untied = tmp_path / "untied"
-    shutil.copytree(sharded_run, untied)
-    path, _ = resolve(untied, "best")
-    meta = json.loads((path / "meta.json").read_text())
-    meta["config"]["model"]["tie_weights"] = False
-    (path / "meta.json").write_text(json.dumps(meta))
+def test_untied_weights_export_to_hf_exactly_and_nanogpt_refuses_them(tmp_path):
+    vocab = list("\n !,.:;?abcdefghijklmnopqrstuvwxyz")
+    fields = {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 16, "bias": False, "tie_weights": False,
+              "activation": "gelu"}
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(name="untied", **fields), len(vocab)).eval()
+    config = {"model": {"name": "untied", **fields, "dropout": 0.0}, "data": {"name": "text_file"}}
+    save_checkpoint(checkpoint_dir(tmp_path / "run"), TrainState(1, 64, 1.0), model,
+                    torch.optim.AdamW(model.parameters()), config=config, vocab=vocab, val_loss=1.0)
+    export(tmp_path / "run", tmp_path / "hf", "hf", say=lambda message: None)
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    assert not hf.config.tie_word_embeddings
+    tokens = torch.randint(0, len(vocab), (2, 16), generator=torch.Generator().manual_seed(6))
+    torch.testing.assert_close(hf_logits(hf, tokens), ours_logits(model, tokens), atol=1e-5, rtol=0)
     with pytest.raises(WeightsError, match="nanoGPT always ties lm_head"):
-        export(path, tmp_path / "out", "nanogpt", say=lambda message: None)
-    assert not (tmp_path / "out").exists()
+        export(tmp_path / "run", tmp_path / "nano", "nanogpt", say=lambda message: None)
+    assert not (tmp_path / "nano").exists()
 
 
 def test_architecture_of_gpt2_is_expressible_both_ways():
