@@ -166,12 +166,11 @@ def _fit_tokenizer(source: Source, cfg: DataConfig, announce) -> tokenizers.Toke
     if cfg.tokenizer == "bpe":
         announce(f"training a byte-level BPE tokenizer of {cfg.vocab_size} ids on {source.description}")
         return tokenizers.BpeTokenizer.train((text for text, _ in source.pieces()), cfg.vocab_size)
-    codes: set[int] = set()
+    seen = np.zeros(sys.maxunicode + 1, dtype=bool)  # by code point
     for text, new_document in source.pieces():
-        codes.update(np.unique(np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)).tolist())
-        if new_document:
-            codes.add(ord("\n"))
-    return tokenizers.CharTokenizer([chr(c) for c in sorted(codes)])
+        seen[np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)] = True
+        seen[ord("\n")] |= new_document
+    return tokenizers.CharTokenizer([chr(c) for c in np.flatnonzero(seen)])
 
 
 def _chunks(pieces: Iterable[Piece], chunk_bytes: int) -> Iterator[list[Piece]]:

@@ -75,20 +75,21 @@ class CharTokenizer(Tokenizer):
             raise TokenizerError("a character vocabulary must be a list of distinct single characters")
         self.chars = tuple(chars)
         self.vocab_size = len(self.chars)
-        codes = np.array([ord(c) for c in self.chars], dtype=np.uint32)
-        self._order = np.argsort(codes, kind="stable")
-        self._sorted_codes = codes[self._order]
+        codes = np.array([ord(c) for c in self.chars], dtype=np.int64)
+        # A table from code point to id (-1: not in the vocabulary): one gather per character.
+        self._ids = np.full(int(codes.max()) + 1, -1, dtype=np.int64)
+        self._ids[codes] = np.arange(self.vocab_size)
         self.separator = self.encode("\n").tolist() if "\n" in self.chars else []
 
     def encode(self, text: str) -> np.ndarray:
-        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-        pos = np.minimum(np.searchsorted(self._sorted_codes, codes), self.vocab_size - 1)
-        unknown = self._sorted_codes[pos] != codes
+        codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        ids = self._ids[np.minimum(codes, len(self._ids) - 1)]
+        unknown = (ids < 0) | (codes >= len(self._ids))
         if unknown.any():
             missing = sorted({chr(c) for c in codes[unknown].tolist()})
             raise TokenizerError(f"characters outside this vocabulary of {self.vocab_size}: "
                                  f"{' '.join(repr(c) for c in missing)}")
-        return self._order[pos].astype(np.int64)
+        return ids
 
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(self.chars[i] for i in ids)
