@@ -29,7 +29,8 @@ from nanogpt_runner.runs import (
 )
 
 # Keys that say where or how a run was stored, not what it trained: never a "difference" between runs.
-IGNORED_KEY_PREFIXES = ("run.", "data.cache_dir", "data.url", "data.download_timeout_s", "sweep.", "resume")
+IGNORED_KEY_PREFIXES = ("run.", "data.cache_dir", "data.url", "data.download_timeout_s", "data.num_proc", "sweep.",
+                        "resume")
 # Runs whose configs differ only in this key are one configuration tried with several seeds (a seed group).
 SEED_KEY = "train.seed"
 # A difference between two seed groups counts as real when it is at least this many standard errors.
