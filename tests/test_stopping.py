@@ -96,6 +96,13 @@ def test_a_target_loss_stops_at_the_first_eval_that_reaches_it(tmp_path, tiny_ov
     assert find_latest(checkpoint_dir(tmp_path), lambda _: None)[1]["step"] == stop_step
 
 
+def test_a_spent_time_budget_stops_at_the_next_metrics_line_after_a_last_eval(tmp_path, tiny_overrides):
+    info, reader = run(tiny_overrides, tmp_path, "train.max_time_s=0.001")
+    assert info["status"] == "completed" and info["summary"]["stop_reason"] == "max_time_s"
+    assert info["summary"]["steps"] == 5  # the first metrics line (train.log_interval=5)
+    assert reader.metrics.eval[-1]["step"] == 5  # evaluated where it stopped, so the best val loss is known
+
+
 def test_stop_settings_are_checked_before_a_run_starts():
     from nanogpt_runner.config import validate
 
