@@ -165,7 +165,11 @@ def make_plan(cfg: Config, vocab_size: int, device: torch.device, available: flo
         for b, k in splits)
     if recompute and not cfg.train.recompute:
         notes.append("recomputation on: no split of the batch fits in memory without it")
-    best = candidate(dataclasses.replace(base, recompute=recompute), threads)
+    # Start from the config's own split, or from the largest micro-batch that fits when it does not.
+    starts = [candidate(dataclasses.replace(base, recompute=recompute, batch_size=b, grad_accum=k), threads)
+              for b, k in splits]
+    own = candidate(dataclasses.replace(base, recompute=recompute), threads)
+    best = own if own.status != OVER_MEMORY else next((c for c in starts if c.status != OVER_MEMORY), own)
     dimensions = [
         lambda s, n: [(dataclasses.replace(s, precision=p), n) for p in precisions],
         lambda s, n: [(dataclasses.replace(s, attention=a), n) for a in ("sdpa", "math")],
