@@ -84,6 +84,7 @@ def time_steps(cfg, vocab_size: int, device: torch.device, setting: Setting, sec
         baseline = _memory_now(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        hardware.configure_matmul(device, setting.precision, cfg.train.tf32)  # fp32 on TF32 cores, as the run would
         model = GPT(cfg.model, vocab_size).to(device)
         par = parallel.parallelize(model, parallel.Layout(device=device), cfg, setting.precision)
         optimizers = build_optimizers(model, cfg.optimizer)
