@@ -101,10 +101,11 @@ def run_record(device: torch.device, precision: str, model: GPT, data: PreparedD
 
 
 def train(cfg: Config, run_dir: Path, data: PreparedData, writer: RunWriter) -> Summary:
-    """Join the process group (if any), train, and leave the group however the run ends."""
-    layout = parallel.setup(cfg.parallel, hardware.device_kind(cfg.train.device))
+    """Join the process group (if any), train, and leave the group however the run ends (a set-up that
+    fails after joining included)."""
     completed = False
     try:
+        layout = parallel.setup(cfg.parallel, hardware.device_kind(cfg.train.device))
         summary = _train(cfg, run_dir, data, writer, layout)
         completed = True
         return summary
