@@ -7,11 +7,11 @@ import math
 from types import SimpleNamespace
 
 import pytest
-from conftest import compose_config
+from conftest import compose_config, run_cli
 
 from nanogpt_runner.checkpoint import checkpoint_dir, find_latest
 from nanogpt_runner.prepare import prepare
-from nanogpt_runner.runs import RunReader
+from nanogpt_runner.runs import RunReader, read_run
 from nanogpt_runner.stopping import Stopper, planned_steps
 from nanogpt_runner.worker import execute
 
@@ -101,6 +101,16 @@ def test_a_spent_time_budget_stops_at_the_next_metrics_line_after_a_last_eval(tm
     assert info["status"] == "completed" and info["summary"]["stop_reason"] == "max_time_s"
     assert info["summary"]["steps"] == 5  # the first metrics line (train.log_interval=5)
     assert reader.metrics.eval[-1]["step"] == 5  # evaluated where it stopped, so the best val loss is known
+
+
+def test_every_rank_of_a_process_group_stops_at_the_same_step(tmp_path, tiny_overrides):
+    """Rank 0's clock decides the time budget for all: a rank that stopped alone would hang the others."""
+    args = [*tiny_overrides, "parallel=ddp", "train.max_time_s=0.001", f"hydra.run.dir={tmp_path / 'r'}"]
+    result = run_cli(args, cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    info = read_run(tmp_path / "r")
+    assert info["status"] == "completed" and info["world_size"] == 2
+    assert info["summary"]["stop_reason"] == "max_time_s" and info["summary"]["steps"] == 5
 
 
 def test_stop_settings_are_checked_before_a_run_starts():
