@@ -123,7 +123,7 @@ def preempt_and_resume(tmp_path: Path, overrides: list[str]) -> None:
     step = int(re.search(r"after step (\d+)", run["error"]).group(1))
     _, meta = resolve(run_dir, "latest", announce=lambda _m: None)
     assert meta["step"] == step and meta["world_size"] == 2
-    assert {f"rng-rank{r}.pt" for r in range(2)} <= set(meta["files"])  # each rank hashed its own files
+    assert {f"rng-rank{r}.pt" for r in range(2)} <= set(meta["files"])  # manifest gathered from every rank
 
     result = run_cli(_overrides(overrides, f"train.max_iters={step + 2}", f"resume={run_dir}"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
