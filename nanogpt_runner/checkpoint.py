@@ -462,6 +462,12 @@ def mark_latest(path: Path) -> None:
     write_atomic(Path(path).parent / LATEST, Path(path).name + "\n")
 
 
+def remove_temporaries(ckpt_dir: Path) -> None:
+    """Delete what interrupted saves left (``.tmp-*`` folders and files): on a full disk, the space."""
+    for stale in Path(ckpt_dir).glob(f"{TMP_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+
+
 def discard_after(ckpt_dir: Path, step: int) -> list[str]:
     """Delete checkpoints newer than ``step``: they belong to the attempt that a resume from ``step``
     replaces (and stale temporary folders of a crashed save). Returns the names deleted."""
@@ -470,8 +476,7 @@ def discard_after(ckpt_dir: Path, step: int) -> list[str]:
         if int(NAME_RE.match(path.name).group(1)) > step:
             _remove(path)
             removed.append(path.name)
-    for stale in Path(ckpt_dir).glob(f"{TMP_PREFIX}*"):
-        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    remove_temporaries(ckpt_dir)
     for pointer in (LATEST, BEST):
         target = _pointer(ckpt_dir, pointer)
         if target is not None and not target.exists():

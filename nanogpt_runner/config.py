@@ -617,11 +617,16 @@ def layout_warnings(cfg: Config, cpu_count: int | None = None) -> list[str]:
 
 
 def data_problems(cfg: Config, split_sizes: dict[str, int]) -> list[str]:
-    """Problems only visible once the dataset is prepared: a block that does not fit a split."""
-    needed = cfg.model.block_size + 1
-    return [
-        f"model.block_size={cfg.model.block_size} needs at least {needed} tokens in every split, but the "
-        f"{split} split has {size}: lower block_size or use more text."
-        for split, size in split_sizes.items()
-        if size < needed
-    ]
+    """Problems only visible once the dataset is prepared: a split too short for one micro-batch.
+
+    A micro-batch is train.batch_size windows of block_size + 1 tokens; a split shorter than that many
+    distinct windows can only repeat its text within every batch (and a block near the split's length
+    makes each step cost as much as a pass over it), so such a run is refused before it starts."""
+    t, block = cfg.train, cfg.model.block_size
+    needed = t.batch_size * (block + 1)
+    size, split = min((size, split) for split, size in split_sizes.items())  # the shortest split decides
+    if size >= needed:
+        return []
+    return [f"model.block_size={block} with train.batch_size={t.batch_size} needs {needed} tokens in every split "
+            f"(one micro-batch of distinct sequences), but the {split} split has {size}: lower block_size or "
+            f"batch_size, or use more text."]

@@ -33,7 +33,19 @@ def write_atomic(path: Path, text: str) -> None:
 
 def write_json_atomic(path: Path, data: dict) -> None:
     """``data`` as indented JSON (values JSON cannot hold written as text), replaced atomically."""
-    write_atomic(path, json.dumps(data, indent=1, default=str, allow_nan=True))
+    write_atomic(path, _json_text(data))
+
+
+def overwrite_json(path: Path, data: dict) -> None:
+    """Rewrite an existing ``path`` in place, not atomically: the last resort on a full disk, where the
+    temporary file of an atomic write cannot be made (a reader may see a torn file meanwhile)."""
+    with open(path, "r+", encoding="utf-8") as f:
+        f.write(_json_text(data))
+        f.truncate()
+
+
+def _json_text(data: dict) -> str:
+    return json.dumps(data, indent=1, default=str, allow_nan=True)
 
 
 def fsync_dir(path: Path) -> None:

@@ -7,10 +7,13 @@ directory and returns, and the sweep summary (nanogpt_runner.sweep) decides the 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -18,8 +21,9 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from nanogpt_runner.config import CONF_DIR, Config, config_warnings, data_problems, register_schema, validate
@@ -35,6 +39,7 @@ from nanogpt_runner.sweep import SKIPPED, SweepMismatch, forget_outcome, job_obj
 from nanogpt_runner.torchrun import fill_cluster_rendezvous, hidden_gpus_problem, run_group
 
 EXIT_INVALID_CONFIG = 2
+LOCK_FILE = ".lock"  # in a run directory: held (flock) by the nanogpt-run training into it
 
 
 def check(cfg: Config, announce=print) -> tuple[list[str], PreparedData | None]:
@@ -105,7 +110,47 @@ def run_job(cfg: Config) -> int:
         return EXIT_INVALID_CONFIG
     if plan is not None and plan.run_dir != fresh_dir.resolve() and not (fresh_dir / RUN_FILE).exists():
         _remove_run_dir(fresh_dir, fresh_root)
+    with run_dir_lock(run_dir, cfg) as busy:
+        if busy:
+            error(busy)
+            if not sweep:
+                sys.exit(EXIT_INVALID_CONFIG)
+            return EXIT_INVALID_CONFIG
+        return _start(cfg, run_dir, data, plan, speed_plan, hydra_cfg, sweep)
 
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path, cfg: Config):
+    """While it is held, no other nanogpt-run trains into ``run_dir``; yields None, or the refusal when
+    another live process holds it.
+
+    An exclusive ``flock`` on RUN_DIR/.lock, held by this launching process for as long as the run
+    (in-process, or its torchrun group or sweep child) lasts. The kernel releases it when the process
+    ends, however it ends, so a crashed or killed run leaves nothing stuck. The node agents of a
+    multi-node run share their run directory by design (their rendezvous admits exactly nnodes), so
+    they take no lock."""
+    if cfg.parallel.nnodes > 1:
+        yield None
+        return
+    with open(run_dir / LOCK_FILE, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            yield (f"{run_dir} is in use: another nanogpt-run (pid {holder}) is training into it; wait for it to "
+                   f"end or stop it, or choose another hydra.run.dir")
+            return
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield None  # closing the file releases the lock
+
+
+def _start(cfg: Config, run_dir: Path, data: PreparedData, plan, speed_plan, hydra_cfg, sweep: bool) -> int:
+    """Record the run as queued in its directory, then train it: here, in a torchrun group, or (a sweep
+    job) in a child process."""
     (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     writer = RunWriter(run_dir, plan.run_record() if plan else _identity(cfg, run_dir, hydra_cfg))
     writer.update(status="queued", dataset=data.as_record(), **({"plan": speed_plan.as_record()} if speed_plan else {}))
@@ -153,6 +198,31 @@ def _identity(cfg: Config, run_dir: Path, hydra_cfg) -> dict:
         "git_commit": git_commit(),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
+
+
+class RunDirCheck(Callback):
+    """Hydra callback: make the run (or sweep) directory before Hydra does, so one that cannot be made or
+    written (under /proc, a read-only disk, a file in the way) is one line naming it and why, exit 2,
+    instead of Hydra's traceback."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        _make_writable_dir("hydra.run.dir", "run", config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        _make_writable_dir("hydra.sweep.dir", "sweep", config.hydra.sweep.dir)
+
+
+def _make_writable_dir(key: str, kind: str, path: str) -> None:
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        failed = Path(err.filename) if err.filename else None
+        where = f" ({failed})" if failed is not None and failed in Path(path).parents else ""
+        error(f"cannot use {key}={path} as the {kind} directory: {err.strerror or err}{where}; choose a directory "
+              f"you can write (e.g. run.root=outputs)")
+        sys.exit(EXIT_INVALID_CONFIG)
 
 
 register_schema()

@@ -26,6 +26,7 @@ from nanogpt_runner.checkpoint import (
     mark_latest,
     prune,
     rank_world,
+    remove_temporaries,
     resolve,
     save_checkpoint,
 )
@@ -274,8 +275,13 @@ class Checkpointer:
             return None
         self.before_save()
         start = time.perf_counter()
-        path = save_checkpoint(self.dir, state, self.model, self.optimizer, config=self.config, vocab=self.vocab,
-                               scaler=self.scaler, val_loss=val_loss)
+        try:
+            path = save_checkpoint(self.dir, state, self.model, self.optimizer, config=self.config,
+                                   vocab=self.vocab, scaler=self.scaler, val_loss=val_loss)
+        except OSError:
+            if rank_world()[1] == 1:  # (in a group another rank may still be writing: the next save cleans up)
+                remove_temporaries(self.dir)  # a full disk: give back what the failed save took
+            raise
         self.last_saved_step = state.step
         if val_loss is not None:
             self.best_saved = min(self.best_saved, val_loss)

@@ -6,6 +6,7 @@ RUN_DIR`` for sweep jobs, where the config comes from RUN_DIR/config.yaml, never
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 import traceback
@@ -16,9 +17,10 @@ from omegaconf import OmegaConf
 from nanogpt_runner.config import Config
 from nanogpt_runner.console import error
 from nanogpt_runner.data import DataError, PreparedData, load_prepared
+from nanogpt_runner.fsutil import overwrite_json
 from nanogpt_runner.parallel import NullWriter, env_rank
 from nanogpt_runner.run_control import RunStopped
-from nanogpt_runner.runs import CONFIG_FILE, LOG_FILE, RunWriter, read_run
+from nanogpt_runner.runs import CONFIG_FILE, LOG_FILE, RUN_FILE, RunWriter, read_run
 from nanogpt_runner.train import train
 
 
@@ -31,29 +33,50 @@ def execute(cfg: Config, run_dir: Path, data: PreparedData) -> int:
     try:
         summary = train(cfg, run_dir, data, writer)
     except KeyboardInterrupt:
-        writer.update(status="interrupted", end_time=time.time(), error="interrupted by the user (SIGINT)")
-        error(f"interrupted; the run directory is {run_dir}")
-        return 130
+        return _end(writer, 130, f"interrupted; the run directory is {run_dir}", status="interrupted",
+                    error="interrupted by the user (SIGINT)")
     except RunStopped as err:  # a signal, a non-finite loss, an unusable checkpoint: status and exit code say which
-        writer.update(status=err.status, end_time=time.time(), error=str(err))
-        error(str(err))
-        return err.exit_code
+        return _end(writer, err.exit_code, str(err), status=err.status, error=str(err))
     except DataError as err:
-        writer.update(status="failed", end_time=time.time(), error=str(err))
-        error(str(err))
-        return 1
+        return _end(writer, 1, str(err), status="failed", error=str(err))
     except Exception as err:  # any other failure is recorded with its traceback, then reported in one line
         trace = traceback.format_exc()
-        writer.update(status="failed", end_time=time.time(), error=trace)
-        with open(log_file, "a", encoding="utf-8") as log:
-            log.write(trace)
-        error(f"training failed{f' on rank {rank}' if rank else ''}: {type(err).__name__}: {err} "
-              f"(traceback in {log_file})")
-        return 1
+        try:
+            with open(log_file, "a", encoding="utf-8") as log:
+                log.write(trace)
+            where = f"traceback in {log_file}"
+        except OSError as log_err:
+            where = f"traceback not saved: {log_err.strerror or log_err}"
+        return _end(writer, 1, f"training failed{f' on rank {rank}' if rank else ''}: {type(err).__name__}: {err} "
+                    f"({where})", status="failed", error=trace)
     finally:
-        writer.close()
-    writer.update(status="completed", end_time=time.time(), summary=summary.as_dict())
-    return 0
+        with contextlib.suppress(OSError):  # every metrics line was flushed when written; nothing is lost
+            writer.close()
+    return _end(writer, 0, None, status="completed", summary=summary.as_dict())
+
+
+def _end(writer: RunWriter | NullWriter, code: int, message: str | None, **fields) -> int:
+    """Record how the run ended in run.json, report ``message`` in one line, return the exit code.
+
+    A full disk must not turn an ending into a traceback or leave run.json saying "running": when the
+    atomic rewrite fails (its temporary file is removed), the record is written again in place, with the
+    error cut to its last line: no new file, and usually no new block. If even that fails, the one line
+    says so."""
+    fields["end_time"] = time.time()
+    try:
+        writer.update(**fields)
+    except OSError as err:
+        if isinstance(fields.get("error"), str):
+            fields["error"] = fields["error"].strip().splitlines()[-1]
+        try:
+            overwrite_json(writer.run_dir / RUN_FILE, {**writer.record, **fields})
+        except OSError:
+            code = code or 1
+            note = f"run.json could not be updated ({err.strerror or err}); it may still say it is running"
+            message = f"{message}; {note}" if message else f"the run completed, but {note}"
+    if message:
+        error(message)
+    return code
 
 
 def load_run_config(run_dir: Path):
