@@ -44,7 +44,7 @@ class Tokenizer(ABC):
 
     @abstractmethod
     def encode(self, text: str) -> np.ndarray:
-        """The ids of ``text`` (int64)."""
+        """The ids of ``text`` (a signed integer array)."""
 
     def encode_many(self, texts: Sequence[str]) -> list[np.ndarray]:
         return [self.encode(t) for t in texts]
@@ -77,7 +77,7 @@ class CharTokenizer(Tokenizer):
         self.vocab_size = len(self.chars)
         codes = np.array([ord(c) for c in self.chars], dtype=np.int64)
         # A table from code point to id (-1: not in the vocabulary): one gather per character.
-        self._ids = np.full(int(codes.max()) + 1, -1, dtype=np.int64)
+        self._ids = np.full(int(codes.max()) + 1, -1, dtype=np.int32)
         self._ids[codes] = np.arange(self.vocab_size)
         self.separator = self.encode("\n").tolist() if "\n" in self.chars else []
 
@@ -270,4 +270,4 @@ def encode_chunk(pieces: list[tuple[str, bool]], tokenizer: Tokenizer | None = N
         if new_document:
             parts.append(np.array(tok.separator, dtype=np.int64))
         parts.append(ids)
-    return np.concatenate(parts).astype(tok.token_dtype()) if parts else np.zeros(0, tok.token_dtype())
+    return np.concatenate(parts, dtype=tok.token_dtype(), casting="unsafe") if parts else np.zeros(0, tok.token_dtype())
