@@ -95,13 +95,15 @@ def cached_snapshot(name: str, cache: Path | None = None) -> Path | None:
     cache = cache or hub_cache_dir()
     for repo in (name, f"openai-community/{name}"):
         folder = cache / ("models--" + repo.replace("/", "--"))
+        snapshots = folder / "snapshots"
+        if not snapshots.is_dir():
+            continue
         try:
             main = (folder / "refs" / "main").read_text().strip()
         except OSError:
-            main = None
-        snapshots = folder / "snapshots"
-        candidates = ([snapshots / main] if main else []) + sorted(snapshots.glob("*")) if snapshots.is_dir() else []
-        for snapshot in candidates:
+            main = ""
+        named = [snapshots / main] if main.isalnum() else []  # a commit hash, never a path
+        for snapshot in named + sorted(snapshots.iterdir()):
             if (snapshot / HF_CONFIG).is_file() and _hf_weights_file(snapshot) is not None:
                 return snapshot
     return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -326,6 +327,21 @@ def checkpoint_model(run: Path) -> tuple[GPT, dict]:
     model = GPT(ModelConfig(**meta["config"]["model"]), checkpoint_architecture(meta).vocab_size).eval()
     model.load_state_dict(load_model_state(path, meta))
     return model, meta
+
+
+def test_a_run_of_this_runner_starts_a_new_one(sharded_run, tiny_overrides):
+    init = f"model.init_from={sharded_run}"
+    overrides = [o for o in tiny_overrides if o != "model=tiny"] + [init]
+    cfg, problems = apply_init_from(compose_config(overrides), [init], CONF_DIR)
+    assert problems == [] and (cfg.model.n_layer, cfg.model.block_size, cfg.model.bias) == (2, 32, False)
+    assert check(cfg)[0] == []  # the same tokenizer: the same corpus, characters
+    source = resolve_source(str(sharded_run))
+    assert source.kind == "runner" and source.path == resolve(sharded_run, "best")[0]
+    other = vocabulary_problem(source, tokenizers.CharTokenizer(list("ab")))
+    assert re.search(r"its char tokenizer \(\d+ tokens\) is not the data's char tokenizer \(2\)", other)
+    model, _ = checkpoint_model(sharded_run)
+    tokens = torch.randint(0, model.vocab_size, (2, 32), generator=torch.Generator().manual_seed(8))
+    torch.testing.assert_close(ours_logits(runner_model(source), tokens), ours_logits(model, tokens), atol=0, rtol=0)
 
 
 def test_export_hf_from_a_sharded_checkpoint_loads_in_transformers_with_the_same_logits(tmp_path, sharded_run):
