@@ -195,9 +195,9 @@ class PrecisionProbe:
 
     def describe(self) -> str:
         times = ", ".join(f"{p} {ms:.1f} ms/step" for p, ms in sorted(self.step_ms.items(), key=lambda kv: kv[1]))
-        skipped = "".join(f"; {p} skipped: {why}" for p, why in self.skipped.items())
-        source = "cached" if self.cached else "measured"
-        return f"precision=auto chose {self.choice} ({times}, {source}){skipped}"
+        why = f"{times}, {'cached' if self.cached else 'measured'}" if times else "the only candidate"
+        skipped = "".join(f"; {p} skipped: {reason}" for p, reason in self.skipped.items())
+        return f"precision=auto chose {self.choice} ({why}){skipped}"
 
     def as_record(self) -> dict:
         return asdict(self)

@@ -3,10 +3,12 @@ timed, and timing does not change what the run draws from the RNG."""
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from nanogpt_runner import autotune
-from tests.conftest import compose_config
+from tests.conftest import compose_config, run_cli
 
 CPU = torch.device("cpu")
 
@@ -48,7 +50,7 @@ def test_one_candidate_is_not_timed_and_the_skip_is_reported(tmp_path):
     probe = autotune.probe_precision(compose_config(["model=tiny"]), 65, CPU, ["fp32"],
                                      {"bf16": "emulated on this CPU"}, tmp_path, measure)
     assert probe.choice == "fp32" and calls == []
-    assert "bf16 skipped: emulated on this CPU" in probe.describe()
+    assert probe.describe() == "precision=auto chose fp32 (the only candidate); bf16 skipped: emulated on this CPU"
     assert probe.as_record()["skipped"] == {"bf16": "emulated on this CPU"}
 
 
@@ -60,3 +62,13 @@ def test_timing_real_steps_leaves_the_rng_alone():
     timing = autotune.time_steps(cfg, 65, CPU, autotune.Setting.of(cfg, "fp32"), seconds=0.0)
     assert torch.equal(torch.rand(3), expected)
     assert timing.step_ms > 0 and timing.steps == 2 and timing.peak_bytes > 0
+
+
+def test_a_run_says_and_records_what_auto_chose(tiny_overrides, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli([*tiny_overrides, "train.precision=auto", "train.max_iters=2", f"hydra.run.dir={run_dir}"],
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((run_dir / "run.json").read_text())
+    probe = record["precision_probe"]
+    assert probe["choice"] == record["precision"] and f"precision=auto chose {probe['choice']}" in result.stdout

@@ -52,8 +52,8 @@ def test_auto_precision_is_estimated_at_the_larger_of_fp32_and_bf16():
 
 
 @pytest.mark.parametrize("overrides", [
-    ["model=shakespeare", "train.batch_size=8", "model.dropout=0"],
-    ["model=shakespeare", "train.batch_size=8", "train.recompute=true"],
+    ["model=shakespeare", "train.batch_size=4", "model.dropout=0"],
+    ["model=shakespeare", "train.batch_size=4", "train.recompute=true"],
     ["model=baby", "train.batch_size=64"],
 ])
 def test_the_estimate_is_within_20_percent_of_the_measured_peak(tmp_path, tiny_overrides, overrides):
