@@ -33,6 +33,8 @@ def viewer_cli(*args: str, **popen) -> subprocess.Popen:
     (["{root}", "--host", "0.0.0.0"], "add --auth USER:PASSWORD, or keep the default --host 127.0.0.1"),
     (["{root}", "--port", "70000"], "is not a TCP port"),
     (["{root}", "--refresh", "0"], "must be a positive number of seconds"),
+    (["{root}", "--data-dir", "{root}/missing"], "is not a folder: pass a folder that holds the text files"),
+    (["{root}", "--data-dir", "{root}/a_file"], "is not a folder: pass a folder that holds the text files"),
 ])
 def test_bad_input_is_one_message_naming_the_fix_and_exit_2(tmp_path, args, message):
     (tmp_path / "a_file").write_text("not a folder")
