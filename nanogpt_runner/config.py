@@ -2,7 +2,7 @@
 
 The dataclasses are registered with Hydra's ConfigStore as the schema under conf/config.yaml, so an
 unknown key, a wrong type or a value outside a choice field's enum is refused by Hydra itself while
-composing. ``validate`` then checks what types cannot express (divisibility, ranges, the device) and
+composing (all but a key forced in with ``+``, which ``unknown_keys`` names). ``validate`` then checks what types cannot express (divisibility, ranges, the device) and
 returns every problem at once, each in words that name the field, its value and a fix. This module
 imports no torch: the viewer uses it.
 
