@@ -2,9 +2,9 @@
 
 The dataclasses are registered with Hydra's ConfigStore as the schema under conf/config.yaml, so an
 unknown key, a wrong type or a value outside a choice field's enum is refused by Hydra itself while
-composing (all but a key forced in with ``+``, which ``unknown_keys`` names). ``validate`` then checks what types cannot express (divisibility, ranges, the device) and
-returns every problem at once, each in words that name the field, its value and a fix. This module
-imports no torch: the viewer uses it.
+composing (all but a key forced in with ``+``, which ``unknown_keys`` names). ``validate`` then checks
+what types cannot express (divisibility, ranges, the device) and returns every problem at once, each in
+words that name the field, its value and a fix. This module imports no torch: the viewer uses it.
 
 Defaults live here, once: every field's default is its dataclass default, and the YAML under conf/
 states only what differs from it (conf/config.yaml picks the groups; a group file such as
@@ -105,6 +105,21 @@ class TokenizerName(Choice):
     auto = "auto"  # data=bin only: the folder's meta.pkl characters, else GPT-2's BPE
 
 
+class Dataset(Choice):  # the conf/data presets
+    shakespeare_char = "shakespeare_char"
+    shakespeare = "shakespeare"
+    pystdlib_char = "pystdlib_char"
+    text_file = "text_file"
+    bin = "bin"
+
+
+class Objective(Choice):  # what a sweep job returns to a search sweeper
+    val_loss = "val_loss"
+    val_bpb = "val_bpb"
+    tok_per_s = "tok_per_s"
+    time_to_target = "time_to_target"
+
+
 # "1f1b" is not a Python name, hence the functional form.
 PipelineSchedule = Choice("PipelineSchedule", [("gpipe", "gpipe"), ("1f1b", "1f1b")])
 
@@ -119,9 +134,9 @@ NAN_POLICIES = choices(NanPolicy)
 DP_MODES = choices(DataParallel)
 PP_SCHEDULES = choices(PipelineSchedule)
 BACKENDS = choices(Backend)
-DATASETS = ("shakespeare_char", "shakespeare", "pystdlib_char", "text_file", "bin")
-# What a sweep job can return to a search sweeper, and which way is better.
-OBJECTIVES = {"val_loss": "minimize", "val_bpb": "minimize", "tok_per_s": "maximize", "time_to_target": "minimize"}
+# Which way each sweep objective is better.
+OBJECTIVES = {Objective.val_loss: "minimize", Objective.val_bpb: "minimize", Objective.tok_per_s: "maximize",
+              Objective.time_to_target: "minimize"}
 
 
 @dataclass
@@ -158,7 +173,7 @@ class OptimizerConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "shakespeare_char"
+    name: Dataset = Dataset.shakespeare_char
     path: str | None = None  # text_file: a file or folder of .txt/.md/.jsonl/.parquet; bin: a nanoGPT data folder
     url: str = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
     download_timeout_s: float = 10.0
@@ -229,7 +244,7 @@ class PlanConfig:
 
 @dataclass
 class SweepConfig:
-    objective: str = "val_loss"  # what a sweep job returns to Hydra's sweeper: a key of OBJECTIVES
+    objective: Objective = Objective.val_loss  # what a sweep job returns to Hydra's sweeper
 
 
 @dataclass
@@ -371,8 +386,6 @@ def validate(cfg: Config, device: DeviceCaps | None = None) -> list[str]:
     if t.device == "cuda" and device is not None and not device.cuda_available:
         problems.append("train.device=cuda but no CUDA GPU is visible to torch: use train.device=cpu or auto.")
 
-    if d.name not in DATASETS:
-        problems.append(f"data.name={d.name!r} is unknown: use data= one of {', '.join(DATASETS)}.")
     if d.path is not None and not Path(d.path).expanduser().exists():
         problems.append(
             f"data.path={d.path} does not exist: point it at a text, .jsonl or .parquet file, or a folder of them."
@@ -431,9 +444,7 @@ def _stop_problems(t, sweep) -> list[str]:
     if t.divergence_factor is not None and t.divergence_factor <= 1:
         problems.append(f"train.divergence_factor={t.divergence_factor} must be above 1 (e.g. 2: stop when val loss "
                         f"is twice the best so far), or null: off.")
-    if sweep.objective not in OBJECTIVES:
-        problems.append(f"sweep.objective={sweep.objective!r} is unknown: use one of {', '.join(OBJECTIVES)}.")
-    elif sweep.objective == "time_to_target" and t.target_loss is None:
+    if sweep.objective == "time_to_target" and t.target_loss is None:
         problems.append("sweep.objective=time_to_target needs train.target_loss=LOSS: the val loss whose time it "
                         "measures (the run also stops there).")
     return problems
