@@ -147,17 +147,22 @@ def estimate(cfg, vocab_size: int, device_kind: str = "cpu", precision: str | No
         parameters += gathered
         gradients += gathered
 
-    micro = t.batch_size
-    in_flight = 1.0
-    if pp > 1:
-        piece = micro / par.microbatches
-        # GPipe runs every piece's forward before any backward; 1F1B keeps at most pp pieces in flight.
-        in_flight = par.microbatches if par.pp_schedule == "gpipe" else min(pp, par.microbatches)
-        micro = piece
-    tokens = micro * in_flight * shape.block_size
-    activations = ACTIVATION_SLACK.get(device_kind, 1.0) * activation_bytes(
-        shape, tokens, precision, t.recompute, layers, tp, pp == 1)
-    where = "each rank" if world == 1 or pp == 1 else "pipeline stage 0 (the largest)"
+    slack = ACTIVATION_SLACK.get(device_kind, 1.0)
+    if pp == 1:
+        tokens = t.batch_size * shape.block_size
+        activations = slack * activation_bytes(shape, tokens, precision, t.recompute, layers, tp)
+        where = "each rank"
+    else:
+        # Pieces of micro-batch in flight: GPipe runs every piece's forward before any backward; 1F1B keeps up
+        # to pp on the first stage, one on the last (which also holds the logits: the larger with a big vocabulary).
+        piece_tokens = t.batch_size / par.microbatches * shape.block_size
+        first = par.microbatches if par.pp_schedule == "gpipe" else min(pp, par.microbatches)
+        last = par.microbatches if par.pp_schedule == "gpipe" else 1
+        stages = {"first": activation_bytes(shape, first * piece_tokens, precision, t.recompute, layers, tp, False),
+                  "last": activation_bytes(shape, last * piece_tokens, precision, t.recompute, layers, tp, True)}
+        largest = max(stages, key=stages.get)
+        activations = slack * stages[largest]
+        where = f"the {largest} pipeline stage (the larger)"
     return MemoryEstimate(parameters, gradients, optimizer, activations, RUNTIME_BYTES.get(device_kind, 0.0),
                           precision, where)
 

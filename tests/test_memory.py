@@ -34,7 +34,7 @@ def test_each_layout_holds_its_share():
     tp = estimate("parallel=tp")
     assert tp.parameters < 0.6 * single.parameters and tp.activations < single.activations
     pp = estimate("parallel=pp", "parallel.pp_schedule=gpipe")
-    assert pp.parameters < 0.6 * single.parameters and pp.where.startswith("pipeline stage 0")
+    assert pp.parameters < 0.6 * single.parameters and "pipeline stage" in pp.where
 
 
 def test_recomputation_and_smaller_micro_batches_cut_activations_not_state():
