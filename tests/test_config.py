@@ -69,7 +69,8 @@ def test_wrong_types_are_refused_by_the_schema(override):
 
 
 @pytest.mark.parametrize("override", ["train.precision=fp8", "train.device=tpu", "train.nan_policy=ignore",
-                                      "parallel.dp=zero", "parallel.pp_schedule=2f2b", "model.attention=flash"])
+                                      "parallel.dp=zero", "parallel.pp_schedule=2f2b", "model.attention=flash",
+                                      "data.name=wikipedia", "sweep.objective=speed"])
 def test_choice_fields_outside_their_enum_are_refused_by_the_schema(override):
     with pytest.raises(ConfigCompositionException) as refused:
         compose_config([override])
