@@ -44,7 +44,7 @@ def kind_of(name: str) -> str:
     return "other"
 
 
-def profile_precision(cfg, precision: str, batch: int, steps: int) -> dict[str, float]:
+def profile_precision(cfg, precision: str, batch: int, steps: int) -> tuple[dict[str, float], list]:
     torch.manual_seed(0)
     model = GPT(cfg.model, 65)
     optimizers = build_optimizers(model, cfg.optimizer)
@@ -64,9 +64,11 @@ def profile_precision(cfg, precision: str, batch: int, steps: int) -> dict[str, 
         for _ in range(steps):
             step()
     by_kind: dict[str, float] = defaultdict(float)
-    for event in prof.key_averages():
-        by_kind[kind_of(event.key)] += event.self_cpu_time_total / 1e6 / steps
-    return dict(by_kind)
+    by_op = {event.key: event.self_cpu_time_total / 1e6 / steps for event in prof.key_averages()}
+    for name, seconds in by_op.items():
+        by_kind[kind_of(name)] += seconds
+    top = sorted(by_op.items(), key=lambda kv: -kv[1])[:8]
+    return dict(by_kind), top
 
 
 def main() -> None:
@@ -82,11 +84,12 @@ def main() -> None:
     print(f"machine: {hardware.describe(torch.device('cpu'))}; model={args.model}, batch {args.batch} x "
           f"{cfg.model.block_size}, self CPU time per step")
     for precision in args.precision:
-        by_kind = profile_precision(cfg, precision, args.batch, args.steps)
+        by_kind, top = profile_precision(cfg, precision, args.batch, args.steps)
         total = sum(by_kind.values())
         print(f"\n{precision}: {total * 1000:.0f} ms per step")
         for kind, seconds in sorted(by_kind.items(), key=lambda kv: -kv[1]):
             print(f"  {kind:<14}{seconds * 1000:>9.1f} ms {seconds / total:>6.1%}")
+        print("  largest operators: " + ", ".join(f"{name} {seconds / total:.1%}" for name, seconds in top))
 
 
 if __name__ == "__main__":
