@@ -10,7 +10,9 @@ child process so that its peak resident memory is its own:
     naive       the whole text read into memory, the tokenizer fitted on it and called on it once, the
                 ids written with numpy (what a prepare.py script usually does)
 
-Both include fitting the tokenizer (the character set; BPE training) and writing train.bin/val.bin.
+Both include fitting the tokenizer (the character set; BPE training) and writing train.bin/val.bin, not
+importing modules. Peak RSS does include them: the streaming child has torch imported (nanogpt_runner.data
+needs it, ~200 MB), the naive one only numpy and the tokenizer libraries.
 MB/s is corpus megabytes over wall time; "per process" divides by the tokenizer processes used. Peak RSS
 is the parent's and, for streaming, the largest worker's (resource.getrusage). gpt2 needs GPT-2's BPE
 files in tiktoken's cache and is skipped without them.
@@ -34,17 +36,17 @@ from nanogpt_runner.tokenizer import TokenizerUnavailable, gpt2_encoding
 
 CHILD = textwrap.dedent("""
     import json, resource, sys, time
-    import numpy as np
     from nanogpt_runner.config import DataConfig
+    from nanogpt_runner import tokenizer as tokenizers
     way, tokenizer, corpus, cache, num_proc = sys.argv[1:6]
+    if way == "streaming":
+        from nanogpt_runner.prepare import prepare  # imports torch (nanogpt_runner.data): outside the timing
     start = time.perf_counter()
     if way == "streaming":
-        from nanogpt_runner.prepare import prepare
         data = prepare(DataConfig(name="text_file", path=corpus, cache_dir=cache, tokenizer=tokenizer,
                                   num_proc=int(num_proc)), announce=lambda message: None)
         tokens = sum(data.tokens.values())
     else:
-        from nanogpt_runner import tokenizer as tokenizers
         text = open(corpus, encoding="utf-8").read()
         if tokenizer == "char":
             tok = tokenizers.CharTokenizer(sorted(set(text)))
