@@ -89,3 +89,12 @@ def test_the_runs_table_stars_each_sweeps_best_job_by_its_objective(root):
     assert frame.loc["sweep/1", "objective"].startswith("★ ") and frame.loc["sweep/1", "objective"].endswith(
         "(val_loss)")
     assert not frame.loc["sweep/0", "objective"].startswith("★") and pd.isna(frame.loc["lr", "objective"])
+
+
+def test_figures_are_drawn_again_only_when_what_they_show_changed(root):
+    board = dashboard_of(root)
+    ids = ["base0", "base1", "base2", "lr"]
+    first, again = board.compare(ids), board.compare(ids)
+    assert again.seed_plot is first.seed_plot and again.hyperparameters is first.hyperparameters
+    assert again.figure_keys == first.figure_keys
+    assert board.compare(ids, x="tokens").seed_plot is not first.seed_plot  # another x axis: drawn again

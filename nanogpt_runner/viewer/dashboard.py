@@ -61,6 +61,7 @@ class CompareView:
     groups: pd.DataFrame  # one row per seed group: mean ± std and the range over its seeds
     seed_plot: object | None  # matplotlib Figure: val loss mean with the min–max band per group (None: no group)
     hyperparameters: object | None  # matplotlib Figure: swept keys against the objective (None: nothing swept)
+    figure_keys: list[str]  # what each figure was drawn from: the page resends a figure only when its key changes
 
 
 class Dashboard:
@@ -71,6 +72,7 @@ class Dashboard:
         self.min_poll_s = min_poll_s
         self._last_poll = 0.0
         self._cache: dict[tuple, tuple] = {}  # (kind, run id) -> (run version, params, value)
+        self._figures: dict[str, tuple[str, object]] = {}  # figure -> (what it was drawn from, the figure)
 
     def refresh(self) -> None:
         """Poll the store, at most every ``min_poll_s`` however many sessions are ticking."""
@@ -189,9 +191,31 @@ class Dashboard:
                 for name, (field, _) in BARS.items()}
         notes = {r.id: self._cached("notes", r, target, lambda r=r: run_notes(r, summaries[r.id])) for r in runs}
         groups = seed_groups(runs)
-        figures = _experiment_figures(runs, groups, x)
+        figures = self._experiment_figures(runs, groups, x, summaries)
         return CompareView(curves, bars, config_diff(runs), analysis_markdown(runs, target, summaries, notes),
                            group_table(groups, summaries), *figures)
+
+    def _experiment_figures(self, runs: list[RunRecord], groups: list[Group], x: str,
+                            summaries: dict[str, dict]) -> tuple:
+        """(seed-band figure, hyperparameter figure, their keys). Each is drawn again only when what it shows
+        changed (a new eval of a grouped run; a run's status or objective), since matplotlib takes a good
+        part of a second: a growing run between evals costs nothing here. matplotlib loads on first use."""
+        several_seeds = len(runs) > 1 and any(len(group.runs) > 1 for group in groups)
+        keys = {
+            "band": repr((x, [(r.id, len(r.metrics.eval) if r.metrics else 0) for r in runs])) if several_seeds
+            else "",
+            "hyperparameters": repr([(r.id, r.status, objective_value(r, summaries[r.id]) if r.status == "completed"
+                                      else None) for r in runs])
+            if len(runs) > 1 else "",
+        }
+        figures = []
+        for name, key in keys.items():
+            cached = self._figures.get(name)
+            if cached is None or cached[0] != key:
+                cached = (key, _draw(name, runs, x) if key else None)
+                self._figures[name] = cached
+            figures.append(cached[1])
+        return (*figures, list(keys.values()))
 
     def _curve(self, runs: list[RunRecord], metric: str, x: str, smoothing: float, log_y: bool) -> pd.DataFrame:
         params = (x, smoothing, log_y)
@@ -244,15 +268,11 @@ def group_table(groups: list[Group], summaries: dict[str, dict]) -> pd.DataFrame
     return pd.DataFrame(rows, columns=columns)
 
 
-def _experiment_figures(runs: list[RunRecord], groups: list[Group], x: str) -> tuple:
-    """The seed-band figure (when a selected configuration ran with several seeds) and the hyperparameter
-    figure (when the selected runs differ in settings); matplotlib is loaded only when one is drawn."""
-    if len(runs) < 2:
-        return None, None
+def _draw(figure: str, runs: list[RunRecord], x: str):
+    """One experiment figure ("band" or "hyperparameters"); matplotlib is loaded by the first one drawn."""
     from nanogpt_runner.figures import hyperparameter_figure, seed_band_figure
 
-    several_seeds = any(len(group.runs) > 1 for group in groups)
-    return (seed_band_figure(runs, x) if several_seeds else None), hyperparameter_figure(runs)
+    return seed_band_figure(runs, x) if figure == "band" else hyperparameter_figure(runs)
 
 
 def config_diff(runs: list[RunRecord]) -> pd.DataFrame:

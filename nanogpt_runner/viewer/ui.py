@@ -106,7 +106,12 @@ def build_app(dashboard: Dashboard, launcher: Launcher, refresh_s: float = 2.0,
             else:
                 result += [view.curves[name] for name in PLOTS]
             result += [view.bars[name] for name in BARS]
-            return result + [view.diff, view.analysis, view.groups, view.seed_plot, view.hyperparameters]
+            result += [view.diff, view.analysis, view.groups]
+            for i, figure in enumerate((view.seed_plot, view.hyperparameters)):  # resent only when redrawn
+                drawn = (seen_value or {}).get("figures", ["", ""])[i]
+                result.append(figure if drawn != view.figure_keys[i] else gr.skip())
+            new_seen["figures"] = view.figure_keys
+            return result
 
         common = {"fn": update, "inputs": inputs, "outputs": outputs, "show_progress": "hidden",
                   "concurrency_id": "dashboard", "concurrency_limit": 1, **PRIVATE}
