@@ -519,19 +519,19 @@ def group_key(record: RunRecord) -> str:
     return repr(sorted((k, repr(v)) for k, v in config.items() if meaningful(k) and k != SEED_KEY))
 
 
-def seed_groups(records: list[RunRecord]) -> list[Group]:
+def seed_groups(records: list[RunRecord], key=group_key) -> list[Group]:
     """The records as seed groups, in order of first appearance. A group is labelled by run.group, else by
     its overrides that are neither the seed nor shared by every record, else by the config values that set
-    it apart from the other groups, else by its run's name."""
+    it apart from the other groups, else by its run's name. ``key`` is ``group_key`` or a cached version."""
     overrides = [[o for o in r.info.get("overrides") or [] if not o.startswith(f"{SEED_KEY}=")] for r in records]
     common = set.intersection(*(set(o) for o in overrides)) if overrides else set()
     groups: dict[str, Group] = {}
     for record, own in zip(records, overrides, strict=True):
-        key = group_key(record)
-        if key not in groups:
+        name = key(record)
+        if name not in groups:
             label = str(record.config.get("run.group") or " ".join(o for o in own if o not in common))
-            groups[key] = Group(key, label, [])
-        groups[key].runs.append(record)
+            groups[name] = Group(name, label, [])
+        groups[name].runs.append(record)
     found = list(groups.values())
     keys = [k for k in differing_keys([g.runs[0] for g in found]) if k != SEED_KEY]
     for group in found:

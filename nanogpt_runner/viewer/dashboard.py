@@ -22,6 +22,7 @@ from nanogpt_runner.analysis import (
     differing_keys,
     finite,
     format_duration,
+    group_key,
     objective_name,
     objective_value,
     run_notes,
@@ -104,7 +105,11 @@ class Dashboard:
         if INIT_FROM not in keys and any(self._row(r)[1].get(INIT_FROM, "scratch") != "scratch" for r in shown):
             keys.append(INIT_FROM)  # where fine-tuned runs started from, even when they all started from one
         rows = []
-        spread = {run.id: group for group in seed_groups(shown) if len(group.runs) > 1 for run in group.runs}
+        spread = {}  # run id -> its seed group's val loss, for runs in a group of several
+        for group in seed_groups(shown, key=lambda r: self._cached("group", r, None, lambda: group_key(r))):
+            if len(group.runs) > 1:
+                text = group_loss(group, lambda r: self._row(r)[0])
+                spread.update((run.id, text) for run in group.runs)
         best = self._best_of_sweeps(shown)
         for record in shown:
             summary, config = self._row(record)
@@ -118,8 +123,7 @@ class Dashboard:
                 value = objective_value(record, summary)
                 shown_value = f"{value:.4g}" if finite(value) else "-"
                 row["objective"] = f"{'★ ' if record.id in best else ''}{shown_value} ({objective_name(record)})"
-            group = spread.get(record.id)
-            row["seed group val loss"] = group_loss(group, lambda r: self._row(r)[0]) if group else None
+            row["seed group val loss"] = spread.get(record.id)
             entry = self.store.get(record.id)
             row["note"] = "; ".join(entry.notes if entry else [])
             row["folder"] = record.id
