@@ -13,6 +13,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 from conftest import run_cli
 
 from nanogpt_runner.analysis import RunRecord
@@ -187,3 +188,16 @@ def _text(path: Path) -> str:
         return path.read_text()
     except OSError:
         return ""
+
+
+def test_a_search_without_optuna_or_without_a_space_is_one_message_and_exit_2(monkeypatch, capsys):
+    from nanogpt_runner.search import OptunaSearch
+
+    search = OptunaSearch(n_trials=2)
+    with pytest.raises(SystemExit) as exit_info:
+        search.sweep(["model=tiny"])  # nothing swept
+    assert exit_info.value.code == 2 and "the search has nothing to search" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "optuna", None)  # as if the extra were not installed
+    with pytest.raises(SystemExit) as exit_info:
+        search.sweep(["optimizer.lr=interval(1e-4,1e-2)"])
+    assert exit_info.value.code == 2 and "pip install -e '.[optuna]'" in capsys.readouterr().err
