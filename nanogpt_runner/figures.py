@@ -20,10 +20,22 @@ from nanogpt_runner.analysis import (
     RunRecord,
     differing_keys,
     finite,
+    objective_name,
     objective_value,
     seed_groups,
 )
 from nanogpt_runner.runs import EVAL
+
+MAX_LABEL = 60  # characters of a legend or axis label taken from a run folder
+
+
+def plain(text) -> str:
+    """Text from a run folder as a literal matplotlib label: ``$`` would start mathtext (and a malformed
+    formula fails the whole figure), so it is escaped; overlong labels are cut."""
+    text = str(text)
+    text = text if len(text) <= MAX_LABEL else text[:MAX_LABEL - 1] + "…"
+    return text.replace("$", r"\$")
+
 
 STATUS_COLOURS = {"completed": "tab:green", "failed": "tab:red", "interrupted": "tab:orange", "running": "tab:blue"}
 
@@ -48,7 +60,7 @@ def seed_band_figure(records: list[RunRecord], x: str = "step", title: str = "va
         curve = group_curve(group, x)
         if curve.empty:
             continue
-        label = f"{group.label} ({len(group.runs)} seed{'s' if len(group.runs) > 1 else ''})"
+        label = f"{plain(group.label)} ({len(group.runs)} seed{'s' if len(group.runs) > 1 else ''})"
         line, = ax.plot(curve.x, curve["mean"], marker=".", label=label)
         if len(group.runs) > 1:
             ax.fill_between(curve.x, curve["min"], curve["max"], color=line.get_color(), alpha=0.2, linewidth=0)
@@ -72,8 +84,7 @@ def hyperparameter_figure(records: list[RunRecord]) -> Figure | None:
     keys = swept_keys(records)
     if not keys:
         return None
-    objective = next((r.config.get("sweep.objective") for r in records if r.config.get("sweep.objective")),
-                     "val_loss")
+    objective = objective_name(records[0])
     values = [objective_value(r) if r.status == "completed" else None for r in records]
     finite_values = [v for v in values if finite(v)]
     top = max(finite_values) if finite_values else 1.0
@@ -89,21 +100,21 @@ def hyperparameter_figure(records: list[RunRecord]) -> Figure | None:
         else:
             categories = sorted({str(v) for v in raw})
             xs = [categories.index(str(v)) for v in raw]
-            ax.set_xticks(range(len(categories)), categories, rotation=30, fontsize=7)
+            ax.set_xticks(range(len(categories)), [plain(c) for c in categories], rotation=30, fontsize=7)
         for status in sorted({r.status for r in records}):
             chosen = [i for i, r in enumerate(records) if r.status == status]
             shown = [i for i in chosen if finite(values[i])]
             colour = STATUS_COLOURS.get(status, "tab:gray")
-            ax.scatter([xs[i] for i in shown], [values[i] for i in shown], color=colour, label=status, s=24)
+            ax.scatter([xs[i] for i in shown], [values[i] for i in shown], color=colour, label=plain(status), s=24)
             missing = [i for i in chosen if not finite(values[i])]
             ax.scatter([xs[i] for i in missing], [top] * len(missing), color=colour, marker="x", s=40)
-        ax.set(xlabel=key)
+        ax.set(xlabel=plain(key))
         ax.grid(True, alpha=0.3)
-    axes[0].set(ylabel=objective)
+    axes[0].set(ylabel=plain(objective))
     handles, labels = axes[0].get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=True))
     if unique:
         axes[-1].legend(list(unique.values()), list(unique), fontsize=7)
-    fig.suptitle(f"swept settings against {objective} (x: no final value: failed, interrupted or running)",
+    fig.suptitle(f"swept settings against {plain(objective)} (x: no final value: failed, interrupted or running)",
                  fontsize=9)
     return fig

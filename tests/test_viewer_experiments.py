@@ -98,3 +98,18 @@ def test_figures_are_drawn_again_only_when_what_they_show_changed(root):
     assert again.seed_plot is first.seed_plot and again.hyperparameters is first.hyperparameters
     assert again.figure_keys == first.figure_keys
     assert board.compare(ids, x="tokens").seed_plot is not first.seed_plot  # another x axis: drawn again
+
+
+def test_figures_survive_labels_written_to_break_them(tmp_path):
+    """Run folders are hostile: a "$" would start matplotlib's mathtext, and a malformed formula fails a figure."""
+    import io
+
+    from nanogpt_runner.figures import hyperparameter_figure, seed_band_figure
+
+    for seed in range(2):
+        write_run(tmp_path / f"a{seed}", 30, cfg=config(**{"train.seed": seed, "run.group": "$\\frac{", "data.name":
+                                                          "$^_{" * 40}), start_time=seed).close()
+    write_run(tmp_path / "b", 30, cfg=config(**{"data.name": "}$"}), start_time=3).close()
+    runs = load_runs(tmp_path)
+    for figure in (seed_band_figure(runs), hyperparameter_figure(runs)):
+        figure.savefig(io.BytesIO(), format="png")
