@@ -107,9 +107,9 @@ def test_figures_survive_labels_written_to_break_them(tmp_path):
     from nanogpt_runner.figures import hyperparameter_figure, seed_band_figure
 
     for seed in range(2):
-        write_run(tmp_path / f"a{seed}", 30, cfg=config(**{"train.seed": seed, "run.group": "$\\frac{", "data.name":
-                                                          "$^_{" * 40}), start_time=seed).close()
-    write_run(tmp_path / "b", 30, cfg=config(**{"data.name": "}$"}), start_time=3).close()
+        write_run(tmp_path / f"a{seed}", 30, cfg=config(**{"train.seed": seed, "run.group": "$\\frac{$",
+                                                          "data.name": "$^_{$" * 40}), start_time=seed).close()
+    write_run(tmp_path / "b", 30, cfg=config(**{"data.name": "$}$"}), start_time=3).close()
     runs = load_runs(tmp_path)
     for figure in (seed_band_figure(runs), hyperparameter_figure(runs)):
         figure.savefig(io.BytesIO(), format="png")
