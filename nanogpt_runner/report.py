@@ -24,6 +24,7 @@ from nanogpt_runner.analysis import (
     seed_groups,
     summarize,
 )
+from nanogpt_runner.figures import hyperparameter_figure, plain, seed_band_figure
 from nanogpt_runner.runs import METRIC, axis_title, summarized
 
 CSV_NAME = "summary.csv"
@@ -85,7 +86,7 @@ def write_png(runs: list[RunRecord], path: Path, target: float | None = None) ->
         for ax, lines, field in ((train_ax, metrics.train, "loss"), (val_ax, metrics.eval, "val_loss")):
             points = [r for r in lines if finite(r.get("tokens")) and finite(r.get(field))]
             if points:
-                ax.plot([r["tokens"] for r in points], [r[field] for r in points], label=run.label,
+                ax.plot([r["tokens"] for r in points], [r[field] for r in points], label=plain(run.label),
                         marker="." if field == "val_loss" else None)
     for ax, field in ((train_ax, "loss"), (val_ax, "val_loss")):
         ax.set(title=METRIC[field].label, xlabel="tokens", yscale="log")
@@ -95,7 +96,7 @@ def write_png(runs: list[RunRecord], path: Path, target: float | None = None) ->
     if target is not None:
         val_ax.axhline(target, color="grey", linestyle="--", linewidth=1)
     summaries = [summarize(run, target) for run in runs]
-    labels = [run.label for run in runs]
+    labels = [plain(run.label) for run in runs]
     for ax, field in ((speed_ax, "tok_per_s"), (memory_ax, "peak_mem_gb")):
         ax.barh(labels, [s[field] if finite(s[field]) else 0.0 for s in summaries])
         ax.set(title=axis_title(METRIC[field]))
@@ -110,8 +111,6 @@ def write_png(runs: list[RunRecord], path: Path, target: float | None = None) ->
 def write_report(runs: list[RunRecord], out_dir: Path, target: float | None = None) -> list[Path]:
     """summary.csv and comparison.png; groups.csv and seeds.png when a configuration ran with several seeds;
     hyperparameters.png when the runs differ in settings."""
-    from nanogpt_runner.figures import hyperparameter_figure, seed_band_figure
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [write_csv(runs, out_dir / CSV_NAME, target), write_png(runs, out_dir / PNG_NAME, target)]
