@@ -228,9 +228,10 @@ def viewer(tmp_path_factory):
     demo.close()
 
 
-def http_status(port: int, host_header: str, path: str = "/", method: str = "GET", body: str | None = None) -> int:
+def http_status(port: int, host_header: str, path: str = "/", method: str = "GET", body: str | None = None,
+                origin: str | None = None) -> int:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    headers = {"Host": host_header, "Origin": f"http://{host_header}"}
+    headers = {"Host": host_header, "Origin": origin or f"http://{host_header}"}
     if body is not None:
         headers["Content-Type"] = "application/json"
     connection.request(method, path, body=body, headers=headers)
@@ -247,6 +248,12 @@ def test_a_foreign_host_header_is_refused_before_gradio(viewer, host):
     assert http_status(viewer, host) == 400
     join = json.dumps({"data": [], "fn_index": 0, "session_hash": "x", "event_data": None, "trigger_id": None})
     assert http_status(viewer, host, "/gradio_api/queue/join", "POST", join) == 400
+
+
+@pytest.mark.parametrize("origin", ["http://attacker.example", "null"])
+def test_a_request_from_another_sites_page_is_refused(viewer, origin):
+    """A cross-site request carries the attacker's Origin even when it is addressed to 127.0.0.1."""
+    assert http_status(viewer, f"127.0.0.1:{viewer}", origin=origin) == 400
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1:{port}", "localhost:{port}", "[::1]:{port}", "dash.example"])
