@@ -125,8 +125,11 @@ class Progress:
 
 
 def _read_progress(work: Path) -> Progress | None:
+    """progress.json, or None when it is missing or damaged (the preparation then starts over)."""
     try:
-        return Progress(**json.loads((work / PROGRESS_FILE).read_text()))
+        progress = Progress(**json.loads((work / PROGRESS_FILE).read_text()))
+        np.dtype(progress.dtype)
+        return progress
     except (OSError, ValueError, TypeError):
         return None
 
@@ -137,11 +140,13 @@ def _write_progress(work: Path, progress: Progress) -> None:
 
 def _build(entry: Path, source: Source, cfg: DataConfig, announce, chunk_bytes: int) -> None:
     work = entry.with_name(f"{entry.name}.partial")
+    tokenizer = None
     progress = _read_progress(work) if work.exists() else None
     tokens_on_disk = (work / TOKENS_FILE).stat().st_size if (work / TOKENS_FILE).exists() else 0
     if progress is not None and progress.chunk_bytes == chunk_bytes and (
             progress.stage == "split" or tokens_on_disk >= progress.tokens * np.dtype(progress.dtype).itemsize):
-        tokenizer = tokenizers.load(work)
+        tokenizer = _saved_tokenizer(work)
+    if tokenizer is not None:
         announce(f"continuing the interrupted preparation of {source.description} in {work}: {progress.chunks} "
                  f"chunks ({progress.tokens:,} tokens) were already done")
     else:
@@ -157,6 +162,16 @@ def _build(entry: Path, source: Source, cfg: DataConfig, announce, chunk_bytes: 
     if progress.stage == "encode":
         progress = _encode(work, source, tokenizer, progress, cfg.num_proc or os.cpu_count() or 1, announce)
     _finish(work, entry, source, tokenizer, progress, cfg.val_fraction, announce)
+
+
+def _saved_tokenizer(work: Path) -> tokenizers.Tokenizer | None:
+    """The tokenizer an interrupted preparation fitted; None when its file is damaged (then it starts over)."""
+    try:
+        return tokenizers.load(work)
+    except tokenizers.TokenizerUnavailable:
+        raise
+    except tokenizers.TokenizerError:
+        return None
 
 
 def _fit_tokenizer(source: Source, cfg: DataConfig, announce) -> tokenizers.Tokenizer:

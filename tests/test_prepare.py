@@ -270,11 +270,14 @@ def test_a_killed_worker_leaves_no_finished_cache_and_a_rerun_continues(tmp_path
     assert data.tokenizer.decode(all_tokens(data)) == corpus.read_text()
 
 
-def test_a_partial_folder_without_progress_is_started_over_and_said_so(tmp_path, corpus_path):
+@pytest.mark.parametrize("damaged", ["progress.json", "tokenizer.json"])
+def test_a_partial_folder_without_a_usable_record_is_started_over_and_said_so(tmp_path, corpus_path, damaged):
     cfg = config(tmp_path, path=str(corpus_path))
     entry = prepare(cfg).directory
-    entry.rename(entry.with_name(entry.name + ".partial"))
-    (entry.with_name(entry.name + ".partial") / "progress.json").write_text("{torn")
+    partial = entry.with_name(entry.name + ".partial")
+    entry.rename(partial)
+    (partial / "progress.json").write_text(json.dumps({"chunk_bytes": prep.CHUNK_BYTES, "dtype": "<u2"}))
+    (partial / damaged).write_text("{torn")
     messages = []
     assert prepare(cfg, announce=messages.append).directory == entry
     assert any(m.startswith("starting over") for m in messages)
