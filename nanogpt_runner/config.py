@@ -239,7 +239,7 @@ class TrainConfig:
 
 @dataclass
 class PlanConfig:
-    budget_s: float = 8.0  # seconds nanogpt-plan (and train.plan=auto) may spend timing candidate settings
+    budget_s: float = 6.0  # seconds nanogpt-plan (and train.plan=auto) may spend timing candidates: <10% of a baby run
 
 
 @dataclass
@@ -253,6 +253,43 @@ class RunConfig:
     root: str = "outputs"
     progress: bool = True  # rich progress bar when the console is a terminal
     group: str | None = None  # runs sharing a group are one configuration over seeds (null: same config but seed)
+    tags: list[str] = field(default_factory=list)  # labels to filter runs by (viewer, trackers): run.tags=[a,b]
+    notes: str = ""  # a free-text note on the run (the viewer edits it later in the run's annotations.json)
+
+
+# Trackers the run's metrics are mirrored to (nanogpt_runner.loggers): pick with logger=[tensorboard,wandb].
+@dataclass
+class TensorBoardLogger:
+    enabled: bool = False
+    dir: str = "tensorboard"  # event files, under the run directory
+
+
+@dataclass
+class WandbLogger:
+    enabled: bool = False  # WANDB_MODE=offline (or wandb offline) keeps the run on disk, for wandb sync later
+    project: str = "nanogpt-runner"
+    entity: str | None = None  # the team or user (null: wandb's default)
+
+
+@dataclass
+class TrackioLogger:
+    enabled: bool = False  # local-first: a SQLite store under ~/.cache/huggingface/trackio (TRACKIO_DIR moves it)
+    project: str = "nanogpt-runner"
+
+
+@dataclass
+class MlflowLogger:
+    enabled: bool = False
+    tracking_uri: str | None = None  # null: MLFLOW_TRACKING_URI, else mlflow's default (./mlruns)
+    experiment: str = "nanogpt-runner"
+
+
+@dataclass
+class LoggerConfig:
+    tensorboard: TensorBoardLogger = field(default_factory=TensorBoardLogger)
+    wandb: WandbLogger = field(default_factory=WandbLogger)
+    trackio: TrackioLogger = field(default_factory=TrackioLogger)
+    mlflow: MlflowLogger = field(default_factory=MlflowLogger)
 
 
 @dataclass
@@ -265,6 +302,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     resume: str | None = None  # a run dir or checkpoint folder to continue in place (README: Checkpoints and resume)
 
 
@@ -302,6 +340,7 @@ class DeviceCaps:
 
 # A run's name is part of its folder name and shows in tables and terminals: a plain name only.
 RUN_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+MAX_NOTES_CHARS = 2000  # a run's note (run.notes, the viewer's note box)
 DOWNLOAD_SCHEMES = ("http", "https")
 
 
@@ -411,6 +450,12 @@ def validate(cfg: Config, device: DeviceCaps | None = None) -> list[str]:
         problems.append(f"data.val_fraction={d.val_fraction} must be in (0, 1), e.g. 0.1.")
 
     problems += data_source_problems(d)
+    for tag in cfg.run.tags:
+        if not RUN_NAME.match(str(tag)):
+            problems.append(f"run.tags has {str(tag)!r}: a tag is 1-64 letters, digits, '.', '_' or '-' "
+                            f"(e.g. run.tags=[baseline,lr-sweep]).")
+    if len(cfg.run.notes) > MAX_NOTES_CHARS:
+        problems.append(f"run.notes is {len(cfg.run.notes)} characters: keep a note to {MAX_NOTES_CHARS} at most.")
     if not RUN_NAME.match(str(cfg.run.name)):
         problems.append(f"run.name={cfg.run.name!r} must be 1-64 letters, digits, '.', '_' or '-': it becomes part of "
                         f"the run's folder name (e.g. run.name=lr3e-4_ddp).")
