@@ -214,10 +214,15 @@ def probe_precision(cfg, vocab_size: int, device: torch.device, candidates: list
         f"|micro {t.batch_size}|{cfg.model.attention}|recompute {int(t.recompute)}"
     if (hit := read_cache(cache_dir).get(key)) is not None:
         return PrecisionProbe(hit["choice"], hit["step_ms"], skipped, cached=True)
-    step_ms = {}
+    step_ms, skipped = {}, dict(skipped)
     for precision in candidates:
         setting = Setting(precision, cfg.model.attention, False, t.recompute, t.batch_size, 1)
-        step_ms[precision] = round(measure(cfg, vocab_size, device, setting, PROBE_SECONDS).step_ms, 3)
+        try:
+            step_ms[precision] = round(measure(cfg, vocab_size, device, setting, PROBE_SECONDS).step_ms, 3)
+        except (RuntimeError, torch.OutOfMemoryError) as err:  # e.g. the whole model does not fit one GPU
+            skipped[precision] = f"the probe failed ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
+    if not step_ms:  # nothing could be timed: the device's usual first choice, not cached
+        return PrecisionProbe(candidates[0], {}, skipped)
     choice = min(step_ms, key=step_ms.get)
     write_cache(cache_dir, key, {"choice": choice, "step_ms": step_ms})
     return PrecisionProbe(choice, step_ms, skipped)

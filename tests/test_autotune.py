@@ -54,6 +54,16 @@ def test_one_candidate_is_not_timed_and_the_skip_is_reported(tmp_path):
     assert probe.as_record()["skipped"] == {"bf16": "emulated on this CPU"}
 
 
+def test_a_precision_whose_probe_fails_is_skipped_with_the_reason(tmp_path):
+    def measure(cfg, vocab_size, device, setting, seconds):
+        if setting.precision == "bf16":
+            raise torch.OutOfMemoryError("out of memory")
+        return autotune.StepTiming(20.0, steps=3, peak_bytes=1e6)
+
+    probe = autotune.probe_precision(compose_config(["model=tiny"]), 65, CPU, ["bf16", "fp32"], {}, tmp_path, measure)
+    assert probe.choice == "fp32" and "OutOfMemoryError" in probe.skipped["bf16"]
+
+
 def test_timing_real_steps_leaves_the_rng_alone():
     cfg = compose_config(["model=tiny", "train.batch_size=2"])
     torch.manual_seed(1)
