@@ -13,7 +13,8 @@ import pytest
 import torch
 import yaml
 
-from nanogpt_runner import autotune, memory, plan
+from nanogpt_runner import analysis, autotune, memory, plan
+from nanogpt_runner.runs import RunWriter
 from tests.conftest import compose_config, run_cli
 
 CPU = torch.device("cpu")
@@ -111,3 +112,16 @@ def test_train_plan_auto_trains_with_the_winner_and_records_the_plan(tiny_overri
     assert config["model"]["attention"] == winner["model.attention"]
     assert config["train"]["batch_size"] * config["train"]["grad_accum"] == 4  # tiny_overrides: batch 4, accum 1
     assert any(c["status"] == "measured" for c in record["plan"]["candidates"])
+
+
+def test_the_analysis_names_what_plan_and_precision_auto_chose(tmp_path):
+    result = plan.Plan([plan.Candidate(autotune.Setting("fp32", "math", False, False, 4, 2), 2, 1e8, plan.MEASURED,
+                                       10.0, 12_345.0, 9e7)], 0, 6.0, 2.5)
+    probe = autotune.PrecisionProbe("fp32", {"fp32": 10.0, "bf16": 14.0}, {})
+    writer = RunWriter(tmp_path / "run", {"name": "r", "status": "completed", "plan": result.as_record(),
+                                          "precision_probe": probe.as_record()})
+    writer.update()
+    writer.close()
+    notes = " ".join(analysis.run_notes(analysis.load_runs(tmp_path)[0]))
+    assert "plan: trained with train.precision=fp32 model.attention=math" in notes and "12,345 tokens/s" in notes
+    assert "precision=auto chose fp32 (fp32 10.0 ms, bf16 14.0 ms per step)" in notes
