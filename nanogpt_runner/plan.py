@@ -1,4 +1,4 @@
-"""``nanogpt-plan OVERRIDES`` (or ``python -m nanogpt_runner.plan``): the fastest way to compute this run here.
+"""``nanogpt-plan [--estimate-only] OVERRIDES`` (or ``python -m nanogpt_runner.plan``): the fastest way to train here.
 
 The plan never changes the math: the global batch, the learning rate, the schedule and the data stay the
 same, so the loss curve is the same run's. What it may change is how each step is computed:
@@ -312,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     from nanogpt_runner.launch import EXIT_INVALID_CONFIG, check
 
     args = sys.argv[1:] if argv is None else argv
+    if {"-h", "--help"} & set(args):
+        print(__doc__)
+        return 0
     estimate_only = "--estimate-only" in args
     overrides = [a for a in args if a != "--estimate-only"]
     console = Console(highlight=False)
