@@ -6,7 +6,8 @@
 The checkpoint is the run's best-by-val one (``which=latest`` for the newest), or the checkpoint folder
 given. Everything the model needs comes from the checkpoint (architecture, the run's tokenizer: characters,
 GPT-2's BPE or the BPE trained on its corpus), so a copied checkpoint folder samples the same as the run it
-came from; only a character vocabulary refuses a prompt (a character it does not have). With the same seed the text is the same.
+came from; only a character vocabulary refuses a prompt (a character it does not have). With the same
+seed the text is the same.
 Samples go to stdout, separated by a dashed line; a problem is one ``error:`` line on stderr and exit
 code 2. The viewer calls ``sample()`` through this command.
 """
