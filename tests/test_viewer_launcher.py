@@ -129,6 +129,16 @@ def test_symlinks_out_of_the_allowed_folders_are_followed_then_refused(policy, t
     assert "only runs inside the runs folder" in refusal(policy, "resume=escape")
 
 
+def test_a_data_folder_too_large_to_check_is_refused(policy, tmp_path, monkeypatch):
+    from nanogpt_runner.viewer import page_policy
+
+    monkeypatch.setattr(page_policy, "MAX_DATA_FILES", 3)
+    for i in range(4):
+        (tmp_path / "data" / "many" / f"{i}.txt").parent.mkdir(exist_ok=True)
+        (tmp_path / "data" / "many" / f"{i}.txt").write_text("x")
+    assert "more than the page checks" in refusal(policy, "data.path=many")
+
+
 def test_the_config_the_runner_would_use_is_checked_and_its_source_pinned(policy, tmp_path):
     """A resumed run takes its checkpoint's config: a data source or layout the page could not choose is
     refused, and what passes is pinned on the command line."""

@@ -33,7 +33,7 @@ from nanogpt_runner.config import (
 )
 
 TOKEN = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*)=(.*)$", re.DOTALL)
-MAX_DATA_FILES = 10_000  # a data folder is checked file by file (symlinks out of the allowed folders)
+MAX_DATA_FILES = 10_000  # a data folder is checked entry by entry (symlinks out of the allowed folders)
 
 
 class LaunchError(ValueError):
@@ -188,7 +188,7 @@ class PagePolicy:
             raise LaunchError(f"{label} is outside the data folders {', '.join(map(str, self.data_dirs))}: use a "
                               f"file in one of them (or start the viewer with --data-dir for another folder)")
         if path.is_dir():
-            outside = next((p for p in _limited_walk(path) if not self.in_data_dirs(p.resolve())), None)
+            outside = next((p for p in _folder_entries(path) if not self.in_data_dirs(p.resolve())), None)
             if outside is not None:
                 raise LaunchError(f"{label}: {outside} leads outside the data folders (a symlink); remove it")
         return path
@@ -212,12 +212,9 @@ def quoted(value: str | Path) -> str:
 
 
 def _parse_int(text: str, field: Field, label: str) -> int:
-    if not re.fullmatch(r"[0-9]{1,12}", text):
-        raise LaunchError(f"{label}: a whole number from {int(field.low)} is needed")
-    value = int(text)
-    if not field.low <= value <= field.high:
+    if not re.fullmatch(r"[0-9]{1,12}", text) or not field.low <= int(text) <= field.high:
         raise LaunchError(f"{label}: use a whole number from {int(field.low)} to {int(field.high)}")
-    return value
+    return int(text)
 
 
 def _parse_float(text: str, field: Field, label: str) -> float:
@@ -232,15 +229,16 @@ def _parse_float(text: str, field: Field, label: str) -> float:
     return value
 
 
-def _limited_walk(folder: Path):
-    """Every entry under ``folder`` (not following symlinked folders), at most MAX_DATA_FILES of them."""
-    count = 0
+def _folder_entries(folder: Path) -> list[Path]:
+    """Every entry under ``folder`` (symlinked folders listed, not entered); LaunchError past MAX_DATA_FILES,
+    since an entry left unchecked could be a link out of the data folders."""
+    entries = []
     for current, dirs, files in os.walk(folder):
-        for entry in dirs + files:
-            count += 1
-            if count > MAX_DATA_FILES:
-                return
-            yield Path(current) / entry
+        entries += [Path(current) / name for name in dirs + files]
+        if len(entries) > MAX_DATA_FILES:
+            raise LaunchError(f"data.path={str(folder)!r} holds more than {MAX_DATA_FILES:,} files and folders, "
+                              f"more than the page checks: train on it from a shell")
+    return entries
 
 
 def parse_extra(text: str) -> list[tuple[str, str]]:
