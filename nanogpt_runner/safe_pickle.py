@@ -48,7 +48,6 @@ class _DcpMetadataUnpickler(pickle.Unpickler):
 def _dcp_metadata_classes() -> dict[tuple[str, str], object]:
     """(module, name) -> object for every global DCP's ``.metadata`` refers to (found by logging what real
     sharded checkpoints of each layout ask for). Imported here, on first use: the viewer never gets here."""
-    import collections
     import pathlib
 
     import torch
@@ -64,12 +63,9 @@ def _dcp_metadata_classes() -> dict[tuple[str, str], object]:
         ("torch.distributed.checkpoint.filesystem", "_StorageInfo"): _StorageInfo,
         ("torch", "Size"): torch.Size,
         ("torch.serialization", "_get_layout"): _get_layout,  # layout name -> torch layout (a lookup, no code)
-        ("collections", "OrderedDict"): collections.OrderedDict,
-        # StorageMeta.checkpoint_id: where it was saved, kept as a path that is never opened
+        # StorageMeta.checkpoint_id: where it was saved (on Linux or Windows), kept as a path never opened
         ("pathlib", "PosixPath"): pathlib.PurePosixPath,
-        ("pathlib", "PurePosixPath"): pathlib.PurePosixPath,
         ("pathlib", "WindowsPath"): pathlib.PureWindowsPath,
-        ("pathlib", "PureWindowsPath"): pathlib.PureWindowsPath,
     }
     return allowed
 
