@@ -137,7 +137,8 @@ def make_plan(cfg: Config, vocab_size: int, device: torch.device, available: flo
         if c.status != OVER_BUDGET or c.step_ms is not None:
             return
         left = budget - (time.perf_counter() - started)
-        if left <= 0 or (c.setting.compile and left < COMPILE_SECONDS):
+        first = not any(other.status == MEASURED for other in tried.values())  # timed whatever the budget
+        if (left <= 0 and not first) or (c.setting.compile and left < COMPILE_SECONDS):
             return
         seconds = min(max(left / 8, 0.2), 2.0)
         say(f"plan: timing {' '.join(c.overrides())}")

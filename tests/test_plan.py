@@ -125,3 +125,10 @@ def test_the_analysis_names_what_plan_and_precision_auto_chose(tmp_path):
     notes = " ".join(analysis.run_notes(analysis.load_runs(tmp_path)[0]))
     assert "plan: trained with train.precision=fp32 model.attention=math" in notes and "12,345 tokens/s" in notes
     assert "precision=auto chose fp32 (fp32 10.0 ms, bf16 14.0 ms per step)" in notes
+
+
+def test_the_first_candidate_is_timed_whatever_the_budget(tmp_path):
+    cfg = compose_config(["model=tiny", "train.precision=fp32", "plan.budget_s=0.000001", f"data.cache_dir={tmp_path}"])
+    measure, measured = fake_measure(lambda s: 10.0)
+    result = plan.make_plan(cfg, 65, CPU, math.inf, say=lambda _: None, measure=measure)
+    assert len(measured) == 1 and result.best.status == plan.MEASURED
