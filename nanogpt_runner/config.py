@@ -280,7 +280,7 @@ class TrackioLogger:
 @dataclass
 class MlflowLogger:
     enabled: bool = False
-    tracking_uri: str | None = None  # null: MLFLOW_TRACKING_URI, else mlflow's default (./mlruns)
+    tracking_uri: str | None = None  # null: MLFLOW_TRACKING_URI, else mlflow's default (sqlite:///mlflow.db here)
     experiment: str = "nanogpt-runner"
 
 

@@ -29,17 +29,17 @@ from omegaconf.errors import OmegaConfBaseException
 from nanogpt_runner.config import CONF_DIR, Config, config_warnings, data_problems, register_schema, validate
 from nanogpt_runner.console import error
 from nanogpt_runner.data import DataError, PreparedData
+from nanogpt_runner.loggers import logger_problems
 from nanogpt_runner.prepare import prepare
 from nanogpt_runner.pretrained import apply_init_from, vocabulary_problems
 from nanogpt_runner.resume import plan_resume
 from nanogpt_runner.run_control import CheckpointError
-from nanogpt_runner.runs import CONFIG_FILE, RUN_FILE, RunWriter
+from nanogpt_runner.runs import CONFIG_FILE, LOCK_FILE, RUN_FILE, RunWriter
 from nanogpt_runner.search import register_sweeper
 from nanogpt_runner.sweep import SKIPPED, SweepMismatch, forget_outcome, job_objective, previous_attempt, record_action
 from nanogpt_runner.torchrun import fill_cluster_rendezvous, hidden_gpus_problem, run_group
 
 EXIT_INVALID_CONFIG = 2
-LOCK_FILE = ".lock"  # in a run directory: held (flock) by the nanogpt-run training into it
 
 
 def check(cfg: Config, announce=print) -> tuple[list[str], PreparedData | None]:
@@ -49,6 +49,7 @@ def check(cfg: Config, announce=print) -> tuple[list[str], PreparedData | None]:
     problems = validate(cfg, device_caps(cfg.train.device))
     if hidden := hidden_gpus_problem(cfg):
         problems.append(hidden)
+    problems += logger_problems(cfg.logger)
     if problems:
         return problems, None
     try:

@@ -5,6 +5,8 @@
     config.yaml     the resolved config the run trained with
     train.log       what the console showed
     checkpoints/    see nanogpt_runner.checkpoint
+    annotations.json  tags, note, archived flag edited in the viewer (nanogpt_runner.annotations); never the runner's
+    .lock           held by the live nanogpt-run (launch.run_dir_lock)
 
 Readers must survive torn last lines, garbage, empty or vanished files and files that grow while
 being read, so ``MetricsTail`` reads by byte offset and only ever consumes whole lines.
@@ -30,6 +32,7 @@ METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
 LOG_FILE = "train.log"
 CHECKPOINT_DIR = "checkpoints"
+LOCK_FILE = ".lock"  # held (flock) by the nanogpt-run training into the run directory, for as long as it lives
 # A running run whose heartbeat is older than this is shown as stalled (its process is likely gone).
 STALE_AFTER_S = 120.0
 SKIP_DIRS = {CHECKPOINT_DIR, ".hydra", "__pycache__", ".git"}
@@ -144,7 +147,10 @@ def _json_safe(value):
 
 
 class RunWriter:
-    """Rank 0's writer of run.json and metrics.jsonl."""
+    """Rank 0's writer of run.json and metrics.jsonl.
+
+    Subscribers (the trackers of nanogpt_runner.loggers) see every run.json update and metrics line after
+    it is on disk, so a tracker mirrors exactly what the files hold; they must not raise."""
 
     def __init__(self, run_dir: Path, initial: dict | None = None):
         self.run_dir = Path(run_dir)
@@ -152,16 +158,25 @@ class RunWriter:
         self.record = read_run(self.run_dir) or {}
         self.record.update(initial or {})
         self._metrics = open(self.run_dir / METRICS_FILE, "a", encoding="utf-8")
+        self._subscribers: list = []
+
+    def subscribe(self, subscriber) -> None:
+        """``subscriber.update(record)`` after each run.json write, ``subscriber.log(line)`` after each line."""
+        self._subscribers.append(subscriber)
 
     def update(self, **fields) -> None:
         self.record.update(fields, heartbeat=time.time())
         write_json_atomic(self.run_dir / RUN_FILE, self.record)
+        for subscriber in self._subscribers:
+            subscriber.update(self.record)
 
     def log(self, kind: str, **fields) -> None:
         """Append one metrics line and flush it, so a reader sees it at once and a crash loses none."""
         line = {"kind": kind, **{k: _json_safe(v) for k, v in fields.items()}, "time": time.time()}
         self._metrics.write(json.dumps(line) + "\n")
         self._metrics.flush()
+        for subscriber in self._subscribers:
+            subscriber.log(line)
 
     def event(self, event: str, **fields) -> None:
         self.log("event", event=event, **fields)

@@ -22,6 +22,7 @@ from nanogpt_runner.checkpoint import TrainState
 from nanogpt_runner.config import Config
 from nanogpt_runner.console import RunConsole
 from nanogpt_runner.data import Batches, PreparedData, cache_dir
+from nanogpt_runner.loggers import open_trackers
 from nanogpt_runner.model import GPT
 from nanogpt_runner.optim import build_optimizers
 from nanogpt_runner.pretrained import load_initial_weights
@@ -155,6 +156,8 @@ def _train(cfg: Config, run_dir: Path, data: PreparedData, writer: RunWriter, la
     first_micro = layout.dp_rank * t.grad_accum
 
     par.write_layout(run_dir)
+    if layout.is_main and (trackers := open_trackers(cfg.logger, run_dir, writer.record)) is not None:
+        writer.subscribe(trackers)  # TensorBoard, W&B, trackio, MLflow: what the run directory records
     writer.update(status="running", **record)
     start = time.perf_counter()
     best_val, last_loss, train_time, steps_timed = math.inf, math.nan, 0.0, 0
