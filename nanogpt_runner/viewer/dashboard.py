@@ -29,6 +29,7 @@ from nanogpt_runner.analysis import (
     seed_groups,
     summarize,
 )
+from nanogpt_runner.annotations import Annotations
 from nanogpt_runner.runs import METRIC, axis_title, summarized
 from nanogpt_runner.viewer.curves import PLOTS, join, log_scaled, run_frame
 from nanogpt_runner.viewer.store import RunStore
@@ -83,23 +84,41 @@ class Dashboard:
 
     # -- the runs table ------------------------------------------------------------------------------
 
-    def listed(self, text: str = "", statuses: list[str] | None = None) -> list[RunRecord]:
-        """Runs matching the filter text (name, folder, sweep, overrides) and statuses, newest first."""
+    def listed(self, text: str = "", statuses: list[str] | None = None, tags: list[str] | None = None,
+               archived: bool = False) -> list[RunRecord]:
+        """Runs matching the filter text (name, folder, sweep, overrides, tags, note), statuses and tags (a run
+        with any of them), newest first; archived runs only when ``archived``."""
         needle = (text or "").strip().lower()
         wanted = set(statuses or [])
+        wanted_tags = set(tags or []) if isinstance(tags, list) else set()
         out = []
         for record in self.store.records():
+            marks = self.annotations(record.id)
+            if marks.archived and not archived:
+                continue
+            if wanted_tags and not wanted_tags & set(marks.tags):
+                continue
             summary, _ = self._row(record)
             if wanted and summary["status"].split(" ")[0] not in wanted:
                 continue
-            if needle and needle not in _haystack(record):
+            if needle and needle not in _haystack(record, marks):
                 continue
             out.append(record)
         return out
 
-    def table(self, text: str = "", statuses: list[str] | None = None) -> tuple[pd.DataFrame, str]:
+    def annotations(self, run_id: str) -> Annotations:
+        """A run's tags, note and archived flag as the store last read them."""
+        entry = self.store.get(run_id)
+        return entry.annotations if entry else Annotations()
+
+    def tags(self) -> list[str]:
+        """Every tag of a run under the root, sorted (the tag filter's choices)."""
+        return sorted({tag for entry in list(self.store.entries.values()) for tag in entry.annotations.tags})
+
+    def table(self, text: str = "", statuses: list[str] | None = None, tags: list[str] | None = None,
+              archived: bool = False) -> tuple[pd.DataFrame, str]:
         """(the runs table, a one-line note on what is shown)."""
-        records = self.listed(text, statuses)
+        records = self.listed(text, statuses, tags, archived)
         shown = records[:MAX_TABLE_ROWS]
         keys = differing_keys(shown)[:MAX_CONFIG_COLUMNS]
         if INIT_FROM not in keys and any(self._row(r)[1].get(INIT_FROM, "scratch") != "scratch" for r in shown):
@@ -113,8 +132,10 @@ class Dashboard:
         best = self._best_of_sweeps(shown)
         for record in shown:
             summary, config = self._row(record)
+            marks = self.annotations(record.id)
             row = {"name": summary["name"], "sweep": summary["sweep"], "status": summary["status"],
-                   "stop": summary["stop_reason"]}
+                   "stop": summary["stop_reason"], "tags": " ".join(marks.tags) + (" (archived)" if marks.archived
+                                                                                   else "")}
             row.update({key: _cell(config.get(key)) for key in keys})
             for column, metric in STAT_COLUMNS.items():
                 value = summary[metric.summary]
@@ -128,8 +149,8 @@ class Dashboard:
             row["note"] = "; ".join(entry.notes if entry else [])
             row["folder"] = record.id
             rows.append(row)
-        columns = ["name", "sweep", "status", *keys, *STAT_COLUMNS, "objective", "stop", "seed group val loss", "note",
-                   "folder"]
+        columns = ["name", "sweep", "status", *keys, *STAT_COLUMNS, "objective", "stop", "seed group val loss", "tags",
+                   "note", "folder"]
         total = len(self.store.entries)
         note = f"{len(records)} of {total} runs match"
         if len(records) > len(shown):
@@ -146,15 +167,16 @@ class Dashboard:
         summaries = {r.id: self._row(r)[0] for r in records}
         return {best.id for jobs in sweeps.values() if (best := best_run(jobs, summaries)) is not None}
 
-    def choices(self, text: str = "", statuses: list[str] | None = None, selected: list[str] = ()) -> list:
+    def choices(self, text: str = "", statuses: list[str] | None = None, selected: list[str] = (),
+                tags: list[str] | None = None, archived: bool = False) -> list:
         """(label, id) pairs for the selection box: the listed runs plus whatever is already selected."""
-        listed = self.listed(text, statuses)[:MAX_TABLE_ROWS]
+        listed = self.listed(text, statuses, tags, archived)[:MAX_TABLE_ROWS]
         ids = {r.id for r in listed}
         extra = [e.record for i in selected if i not in ids and (e := self.store.get(i))]
         return [(f"{r.label} · {r.status}", r.id) for r in listed + extra]
 
     def default_selection(self, n: int = DEFAULT_SELECTED) -> list[str]:
-        return [r.id for r in self.store.records()[:n]]
+        return [r.id for r in self.listed()[:n]]
 
     def _row(self, record: RunRecord) -> tuple[dict, dict]:
         def compute():
@@ -318,9 +340,9 @@ def markdown_text(value) -> str:
     return MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
-def _haystack(record: RunRecord) -> str:
+def _haystack(record: RunRecord, marks: Annotations) -> str:
     overrides = record.info.get("overrides")
-    words = [record.name, record.id, record.sweep, str(record.info.get("status", ""))]
+    words = [record.name, record.id, record.sweep, str(record.info.get("status", "")), *marks.tags, marks.notes]
     if isinstance(overrides, list):
         words += [str(o) for o in overrides]
     return " ".join(words).lower()

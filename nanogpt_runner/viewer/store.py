@@ -15,7 +15,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nanogpt_runner import annotations
 from nanogpt_runner.analysis import RunRecord
+from nanogpt_runner.annotations import ANNOTATIONS_FILE, Annotations
 from nanogpt_runner.runs import METRICS_FILE, RUN_FILE, MetricsTail, RunReader, find_runs, open_regular, read_run
 
 # How much of a metrics file's end to read for its newest train line (a line is about 250 bytes).
@@ -30,6 +32,7 @@ class Entry:
     reader: RunReader | None = None
     version: int = 0
     notes: list[str] = field(default_factory=list)
+    annotations: Annotations = field(default_factory=Annotations)  # tags, note, archived (annotations.json)
 
 
 class RunStore:
@@ -93,6 +96,7 @@ class RunStore:
             self._read_metrics(entry)
         else:
             entry.record.last_train = last_train_line(entry.record.path / METRICS_FILE)
+        entry.annotations = annotations.read(entry.record.path, entry.record.info)
         entry.version += 1
         return True
 
@@ -159,7 +163,12 @@ def _stamp(run_dir: Path) -> tuple | None:
         metrics_stamp = (metrics.st_size, metrics.st_ino)
     except OSError:
         metrics_stamp = (-1, 0)
-    return (meta.st_mtime_ns, meta.st_size, meta.st_ino, *metrics_stamp)
+    try:
+        sidecar = os.lstat(run_dir / ANNOTATIONS_FILE)
+        sidecar_stamp = (sidecar.st_mtime_ns, sidecar.st_size, sidecar.st_ino)
+    except OSError:
+        sidecar_stamp = ()
+    return (meta.st_mtime_ns, meta.st_size, meta.st_ino, *metrics_stamp, sidecar_stamp)
 
 
 def last_train_line(path: Path) -> dict | None:

@@ -15,7 +15,9 @@ from pathlib import Path
 import gradio as gr
 
 from nanogpt_runner.analysis import X_TITLES
-from nanogpt_runner.config import PRECISIONS
+from nanogpt_runner.annotations import Annotations
+from nanogpt_runner.config import MAX_NOTES_CHARS, PRECISIONS
+from nanogpt_runner.viewer import manage
 from nanogpt_runner.viewer.curves import PLOTS, log_scaled, plot_title
 from nanogpt_runner.viewer.dashboard import BARS, STATUSES, Dashboard, export_report, markdown_text
 from nanogpt_runner.viewer.launcher import Launcher
@@ -40,8 +42,12 @@ def build_app(dashboard: Dashboard, launcher: Launcher, refresh_s: float = 2.0,
                     text = gr.Textbox(label="Filter", placeholder="name, folder or override, e.g. grad_accum=4",
                                       elem_id="filter", scale=2)
                     statuses = gr.CheckboxGroup(STATUSES, label="Status (none ticked: all)", scale=3)
+                    tag_filter = gr.Dropdown([], value=[], multiselect=True, label="Tags (any of them)",
+                                             elem_id="tag-filter", scale=2)
+                    archived = gr.Checkbox(False, label="show archived runs", elem_id="show-archived", scale=1)
                 table = gr.Dataframe(interactive=False, elem_id="runs-table", max_height=560,
                                      label="Runs (click a row to add it to or remove it from the comparison)")
+                panel = _manage_panel()
             with gr.Tab("Compare", id="compare"):
                 with gr.Row():
                     x_axis = gr.Radio(list(X_TITLES), value="step", label="x axis")
@@ -75,25 +81,29 @@ def build_app(dashboard: Dashboard, launcher: Launcher, refresh_s: float = 2.0,
                     sample_run, prompt, max_tokens, sample_button, sample_out = _sample_tab()
         timer = gr.Timer(refresh_s)
 
-        inputs = [seen, text, statuses, selection, x_axis, smoothing, log_y, target]
-        outputs = [seen, note, table, selection, *plots.values(), *bars.values(), diff, analysis, groups, seed_plot,
-                   hyperparameters]
+        inputs = [seen, text, statuses, tag_filter, archived, selection, x_axis, smoothing, log_y, target]
+        outputs = [seen, note, table, selection, tag_filter, panel["run"], *plots.values(), *bars.values(), diff,
+                   analysis, groups, seed_plot, hyperparameters]
 
-        def update(seen_value, text_value, status_value, selected, x, smooth, logy, target_value):
+        def update(seen_value, text_value, status_value, tag_value, archived_value, selected, x, smooth, logy,
+                   target_value):
             if seen_value is None and not selected:  # first paint: the newest runs preselected
                 dashboard.refresh()
                 selected = dashboard.default_selection()
             new_seen, table_part, view = dashboard.tick(
-                seen_value, (text_value, status_value), (selected, x, smooth, logy, target_value))
+                seen_value, (text_value, status_value, tag_value, archived_value),
+                (selected, x, smooth, logy, target_value))
             result = [new_seen]
             if table_part is None:
-                result += [gr.skip()] * 3
+                result += [gr.skip()] * 5
             else:
                 frame, note_text = table_part
                 present = [i for i in selected or [] if dashboard.store.get(i) is not None]  # deleted runs drop out
-                result += [note_text, frame,
-                           gr.Dropdown(choices=dashboard.choices(text_value, status_value, present), value=present,
-                                       multiselect=True)]
+                choices = dashboard.choices(text_value, status_value, present, tag_value, archived_value)
+                tags = dashboard.tags()
+                result += [note_text, frame, gr.Dropdown(choices=choices, value=present, multiselect=True),
+                           gr.Dropdown(choices=tags, value=[t for t in tag_value or [] if t in tags], multiselect=True),
+                           gr.Dropdown(choices=choices)]
             if view is None:
                 return result + [gr.skip()] * (len(outputs) - len(result))
             axes = [x, bool(logy)]
@@ -116,8 +126,9 @@ def build_app(dashboard: Dashboard, launcher: Launcher, refresh_s: float = 2.0,
         common = {"fn": update, "inputs": inputs, "outputs": outputs, "show_progress": "hidden",
                   "concurrency_id": "dashboard", "concurrency_limit": 1, **PRIVATE}
         timer.tick(trigger_mode="once", **common)
-        gr.on([demo.load, text.input, statuses.input, selection.input, x_axis.input, smoothing.release,
-               log_y.input, target.input], trigger_mode="always_last", **common)
+        gr.on([demo.load, text.input, statuses.input, tag_filter.input, archived.input, selection.input, x_axis.input,
+               smoothing.release, log_y.input, target.input], trigger_mode="always_last", **common)
+        _wire_manage(dashboard, panel, common)
 
         def toggle(selected, event: gr.SelectData):
             run_id = (event.row_value or [None])[-1]
@@ -141,6 +152,83 @@ def build_app(dashboard: Dashboard, launcher: Launcher, refresh_s: float = 2.0,
             _wire_sample(sampler, dashboard, timer, sample_run, prompt, max_tokens, sample_button, sample_out)
         _api(dashboard)
     return demo
+
+
+def _manage_panel() -> dict:
+    """Tags, note, archive and delete for one run (nanogpt_runner.viewer.manage checks every request)."""
+    with gr.Accordion("Manage a run: tags, note, archive, delete", open=False, elem_id="manage"):
+        with gr.Row():
+            run = gr.Dropdown([], label="run", elem_id="manage-run", scale=2)
+            tags = gr.Textbox(label="tags (separated by commas or spaces)", max_lines=1, elem_id="manage-tags", scale=2)
+        notes = gr.Textbox(label="note", lines=2, max_length=MAX_NOTES_CHARS, elem_id="manage-notes")
+        with gr.Row():
+            save = gr.Button("Save tags and note", elem_id="manage-save")
+            archive = gr.Button("Archive (hide from the list)", elem_id="manage-archive")
+            delete = gr.Button("Delete…", variant="stop", elem_id="manage-delete")
+        confirm = gr.Button("Yes, delete it", variant="stop", visible=False, elem_id="manage-confirm")
+        status = gr.Markdown(elem_id="manage-status")
+    return {"run": run, "tags": tags, "notes": notes, "save": save, "archive": archive, "delete": delete,
+            "confirm": confirm, "status": status, "pending": gr.State(None)}
+
+
+def _wire_manage(dashboard: Dashboard, m: dict, common: dict) -> None:
+    def archive_label(marks) -> str:
+        return "Show again (unarchive)" if marks.archived else "Archive (hide from the list)"
+
+    def show(run_id):
+        try:
+            marks = manage.current(dashboard.store, run_id)
+        except manage.ManageError:
+            return "", "", gr.Button(archive_label(Annotations())), gr.Button(visible=False), None, ""
+        return (" ".join(marks.tags), marks.notes, gr.Button(archive_label(marks)), gr.Button(visible=False), None,
+                "")
+
+    shown = [m["tags"], m["notes"], m["archive"], m["confirm"], m["pending"], m["status"]]
+    m["run"].change(show, [m["run"]], shown, **PRIVATE)
+
+    def refreshed(message: str) -> str:
+        dashboard.store.poll()
+        return message
+
+    def save(run_id, tags, notes):
+        try:
+            manage.save(dashboard.store, run_id, tags, notes)
+        except manage.AnnotationError as err:
+            return markdown_text(err)
+        return refreshed("Saved.")
+
+    m["save"].click(save, [m["run"], m["tags"], m["notes"]], [m["status"]], **PRIVATE).then(**common)
+
+    def toggle_archive(run_id):
+        try:
+            marks = manage.set_archived(dashboard.store, run_id, not manage.current(dashboard.store, run_id).archived)
+        except manage.AnnotationError as err:
+            return gr.skip(), markdown_text(err)
+        return gr.Button(archive_label(marks)), refreshed("Archived: tick *show archived runs* to see it."
+                                                          if marks.archived else "Shown in the list again.")
+
+    m["archive"].click(toggle_archive, [m["run"]], [m["archive"], m["status"]], **PRIVATE).then(**common)
+
+    def ask(run_id):
+        try:
+            _, question = manage.deletable(dashboard.store, run_id)
+        except manage.AnnotationError as err:
+            return gr.Button(visible=False), None, markdown_text(err)
+        return gr.Button(visible=True), run_id, f"**{markdown_text(question)}**"
+
+    m["delete"].click(ask, [m["run"]], [m["confirm"], m["pending"], m["status"]], **PRIVATE)
+
+    def confirm(run_id, pending):
+        if pending is None or pending != run_id:  # the confirmation was for another run
+            return gr.Button(visible=False), None, "Click Delete… again for this run."
+        try:
+            done = manage.delete(dashboard.store, run_id)
+        except manage.AnnotationError as err:
+            return gr.Button(visible=False), None, markdown_text(err)
+        return gr.Button(visible=False), None, markdown_text(done)
+
+    m["confirm"].click(confirm, [m["run"], m["pending"]], [m["confirm"], m["pending"], m["status"]],
+                       **PRIVATE).then(**common)
 
 
 def _launch_tab():
