@@ -64,8 +64,11 @@ def _dcp_metadata_classes() -> dict[tuple[str, str], object]:
         ("torch", "Size"): torch.Size,
         ("torch.serialization", "_get_layout"): _get_layout,  # layout name -> torch layout (a lookup, no code)
         # StorageMeta.checkpoint_id: where it was saved (on Linux or Windows), kept as a path never opened
+        # (the pure classes too: metadata read here and saved again names them)
         ("pathlib", "PosixPath"): pathlib.PurePosixPath,
         ("pathlib", "WindowsPath"): pathlib.PureWindowsPath,
+        ("pathlib", "PurePosixPath"): pathlib.PurePosixPath,
+        ("pathlib", "PureWindowsPath"): pathlib.PureWindowsPath,
     }
     return allowed
 

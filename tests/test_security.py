@@ -130,17 +130,23 @@ def viewer_sample(run: Path) -> tuple[int, str]:
     return 0, ""
 
 
-@pytest.mark.parametrize("craft, reader", [
-    (reduce_in_metadata, sample_cli), (reduce_in_metadata, resume_cli), (reduce_in_metadata, viewer_sample),
-    (object_in_a_bytes_entry, resume_cli),  # the optimizer's entries are read when resuming (sampling: the model's)
-    (entry_outside_the_folder, sample_cli),
-], ids=lambda f: f.__name__)
-def test_a_crafted_sharded_checkpoint_runs_no_code_in_any_reader(sharded_run, tmp_path, craft, reader):
+METADATA_REFUSED = "does not write into checkpoint metadata"
+
+
+@pytest.mark.parametrize("craft, reader, why", [
+    (reduce_in_metadata, sample_cli, METADATA_REFUSED),
+    (reduce_in_metadata, resume_cli, METADATA_REFUSED),
+    (reduce_in_metadata, viewer_sample, METADATA_REFUSED),
+    # the optimizer's entries are read when resuming (sampling reads the model's only)
+    (object_in_a_bytes_entry, resume_cli, "entry optimizer.param_groups.0.lr is not plain data"),
+    (entry_outside_the_folder, sample_cli, "which is not a file of the checkpoint folder"),
+], ids=lambda p: getattr(p, "__name__", ""))
+def test_a_crafted_sharded_checkpoint_runs_no_code_in_any_reader(sharded_run, tmp_path, craft, reader, why):
     run, marker = hostile_copy(sharded_run, tmp_path, craft)
     code, message = reader(run)
     assert not marker.exists()
     assert code != 0
-    assert "refusing to load it" in message and "Traceback" not in message
+    assert "refusing to load it" in message and why in message and "Traceback" not in message
 
 
 def test_a_real_sharded_checkpoint_still_samples(sharded_run):
