@@ -26,6 +26,8 @@ PIECE_CHARS = 1 << 20
 PYSTDLIB_MAX_BYTES = 4_000_000
 TEXT_SUFFIXES = (".txt", ".md")
 DOCUMENT_SUFFIXES = (*TEXT_SUFFIXES, ".jsonl", ".parquet")
+# One .jsonl record at most this long: memory stays bounded whatever the file holds.
+MAX_JSONL_LINE_BYTES = 64 << 20
 PARQUET_BATCH_ROWS = 1024
 
 Piece = tuple[str, bool]
@@ -126,12 +128,20 @@ def _text_pieces(path: Path) -> Iterator[Piece]:
 
 
 def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
+    """One document per line. A line is read with a bound (a file from elsewhere may hold one endless line)
+    and parsed without recursing without limit (nor may it nest without end)."""
     with open(path, "rb") as f:
-        for number, line in enumerate(f, 1):
+        for number, line in enumerate(iter(lambda: f.readline(MAX_JSONL_LINE_BYTES + 1), b""), 1):
+            if len(line) > MAX_JSONL_LINE_BYTES:
+                raise DataError(f"{path}:{number} is longer than {MAX_JSONL_LINE_BYTES >> 20} MB: split that "
+                                f"document into several lines (records), or convert the file to .txt")
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
+            except RecursionError:
+                raise DataError(f"{path}:{number} nests JSON too deeply to be a record: every line of a .jsonl "
+                                f"file must be a flat object holding the text") from None
             except ValueError as err:
                 raise DataError(f"{path}:{number} is not a JSON object ({err}): every line of a .jsonl file "
                                 f"must be one") from None

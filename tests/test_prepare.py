@@ -154,11 +154,20 @@ def test_a_folder_of_txt_md_jsonl_and_parquet_is_read_in_path_order(tmp_path, gp
     ("{torn", r"bad.jsonl:2 is not a JSON object"),
     ('{"title": "no text"}', r"bad.jsonl:2 has no text field 'text': set data.text_field"),
     ('["a list"]', r"bad.jsonl:2 has no text field"),
+    ("[" * 100_000 + "]" * 100_000, r"bad.jsonl:2 nests JSON too deeply"),
 ])
 def test_a_bad_jsonl_line_is_named_by_file_and_line(tmp_path, line, message):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "fine"}\n' + line + "\n")
     with pytest.raises(DataError, match=message):
+        prepare(config(tmp_path, path=str(path)))
+
+
+def test_an_endless_jsonl_line_is_refused_without_reading_it_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpus_module, "MAX_JSONL_LINE_BYTES", 1000)
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "fine"}\n{"text": "' + "x" * 5000 + '"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2 is longer than"):
         prepare(config(tmp_path, path=str(path)))
 
 
