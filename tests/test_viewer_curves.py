@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from nanogpt_runner.analysis import load_runs
-from nanogpt_runner.viewer.curves import curve_frame, downsample, ema, run_frame
+from nanogpt_runner.viewer.curves import PALETTE, colours, curve_frame, downsample, ema, run_frame
 from nanogpt_runner.viewer.synthetic import write_run
 
 
@@ -44,13 +44,22 @@ def test_ema_is_debiased_and_lets_non_finite_values_through():
     assert ema(values, 0.0) is values
 
 
-def test_loss_frame_has_train_and_val_series_per_run(tmp_path):
+def test_train_and_val_loss_are_panels_with_one_series_per_run(tmp_path):
     write_run(tmp_path / "a", 1000, eval_every=100).close()
     write_run(tmp_path / "b", 50).close()
-    frame = curve_frame(load_runs(tmp_path), "loss", x="tokens")
-    assert set(frame.series) == {"a train", "a val", "b train", "b val"}
-    assert (frame.series == "a train").sum() <= 400
-    assert frame[frame.series == "a train"].x.max() == 1000 * 12 * 32  # tokens of the last step
+    train, val = (curve_frame(load_runs(tmp_path), panel, x="tokens") for panel in ("loss", "val_loss"))
+    assert set(train.series) == set(val.series) == {"a", "b"}
+    assert (train.series == "a").sum() <= 400
+    assert train[train.series == "a"].x.max() == 1000 * 12 * 32  # tokens of the last step
+    assert len(val[val.series == "a"]) == 10  # an eval every 100 steps
+
+
+def test_each_run_has_one_colour_by_run_id_order(tmp_path):
+    for name in ("b", "a", "c"):
+        write_run(tmp_path / name, 20).close()
+    runs = load_runs(tmp_path)
+    assert colours(runs) == {"a": PALETTE[0], "b": PALETTE[1], "c": PALETTE[2]}
+    assert colours(runs[::-1]) == colours(runs)
 
 
 def test_log_y_plots_log10_of_the_loss(tmp_path):
@@ -64,7 +73,7 @@ def test_a_diverged_run_is_marked_in_its_series_name_not_left_as_a_silent_gap(tm
     write_run(tmp_path / "a", 40, status="failed", diverge_at=25, eval_every=10).close()
     [run] = load_runs(tmp_path)
     frame = run_frame(run, "loss")
-    assert set(frame.series) == {"a train ✗ diverged", "a val ✗ diverged"}
+    assert set(frame.series) == set(run_frame(run, "lr").series) == {"a ✗ diverged"}  # one name: one colour
     assert np.isfinite(frame.y).all() and frame.x.max() < 25
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import csv
 
+import pandas as pd
 import pytest
 
 from nanogpt_runner.viewer import dashboard as dashboard_module
 from nanogpt_runner.viewer.curves import PLOTS
-from nanogpt_runner.viewer.dashboard import Dashboard, export_report
+from nanogpt_runner.viewer.dashboard import BARS, Dashboard, export_plot_data, export_report
 from nanogpt_runner.viewer.store import RunStore
 from nanogpt_runner.viewer.synthetic import config, write_run
 
@@ -67,12 +68,30 @@ def test_the_newest_runs_are_selected_by_default(runs):
 def test_compare_gives_curves_bars_config_diff_and_analysis(runs):
     root, _ = runs
     view = dashboard_of(root).compare(["base", "recompute"], x="tokens", smoothing=0.5, target=3.0)
-    assert set(view.curves["loss"].series) == {"base train", "base val", "recompute train", "recompute val"}
-    assert set(view.curves) == set(PLOTS) >= {"loss", "lr", "tok_per_s", "mem_gb"}  # one per plot of the registry
+    assert set(view.curves["loss"].series) == set(view.curves["val_loss"].series) == {"base", "recompute"}
+    assert set(view.curves) == set(PLOTS) >= {"loss", "val_loss", "lr", "tok_per_s", "mem_gb"}  # a panel per metric
     assert list(view.bars["memory"].value) == pytest.approx([1.1, 0.77])
     assert list(view.diff.key) == ["train.recompute"]
     assert "train.recompute False → True (recompute vs base): peak memory 1.10 GB → 0.77 GB (-30%)" in view.analysis
     assert "fastest to val loss ≤ 3" in view.analysis
+
+
+def test_a_run_has_one_colour_in_every_curve_and_bar(runs):
+    root, _ = runs
+    view = dashboard_of(root).compare(["recompute", "base", "accum"])
+    assert sorted(view.colours) == ["accum", "base", "recompute"] and len(set(view.colours.values())) == 3
+    for frame in [*view.curves.values(), *(bar.rename(columns={"run": "series"}) for bar in view.bars.values())]:
+        assert set(frame.series) <= set(view.colours)  # every series is a run the colour map names
+
+
+def test_plot_csv_is_exactly_what_each_plot_draws(runs, tmp_path):
+    root, _ = runs
+    view = dashboard_of(root).compare(["base", "recompute"], x="tokens", smoothing=0.5, log_y=True)
+    paths = export_plot_data(view, "tokens", True, tmp_path)
+    assert sorted(p.name for p in paths) == sorted([f"{n}.csv" for n in PLOTS] + [f"bar_{n}.csv" for n in BARS])
+    loss = pd.read_csv(tmp_path / "loss.csv")
+    assert list(loss.columns) == ["tokens", "log10 train loss", "run"]
+    assert loss.to_numpy().tolist() == view.curves["loss"].to_numpy().tolist()
 
 
 def test_compare_ignores_ids_that_are_not_runs_under_the_root(runs):
@@ -94,7 +113,7 @@ def test_tick_recomputes_only_what_changed(runs):
     live.log("train", step=31, tokens=31 * 384, loss=1.0)
     seen, table, view = board.tick(seen, TABLE, compare_args)
     assert table is not None and view is not None  # the selected live run grew
-    assert view.curves["loss"].query("series == 'live train'").x.max() == 31
+    assert view.curves["loss"].query("series == 'live'").x.max() == 31
 
     seen, table, view = board.tick(seen, TABLE, (["base"], "step", 0.0, False, None))
     assert table is None and view is not None  # a new selection is a new comparison

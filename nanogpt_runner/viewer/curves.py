@@ -5,6 +5,10 @@ series is cut to at most ``MAX_POINTS`` here. Min/max buckets keep the shape (sp
 bucket edges sit at fixed multiples of a power-of-two width counted from the first point, so a
 growing run keeps the same points for its old buckets: curves do not wobble between refreshes.
 The newest point is always kept.
+
+Every curve panel draws one metric (train and validation loss are two panels side by side), and a series
+is a run: ``legend_name`` names it the same in every panel and bar, and ``colours`` gives it one colour
+from one palette, so a run reads the same everywhere and the legend has one entry per run.
 """
 
 from __future__ import annotations
@@ -14,12 +18,30 @@ import math
 import numpy as np
 import pandas as pd
 
-from nanogpt_runner.analysis import LOSS_FIELD, X_AXES, RunRecord, diverged_at
-from nanogpt_runner.runs import EVENT, Metric, plots
+from nanogpt_runner.analysis import X_AXES, RunRecord, diverged_at
+from nanogpt_runner.runs import EVENT, Metric, axis_title, plots
 
 MAX_POINTS = 400
-PLOTS = plots()  # plot name -> the registered metrics it draws (nanogpt_runner.runs.METRICS)
+# A panel per plotted metric of the registry (nanogpt_runner.runs.METRICS), in its order; a plot of several
+# metrics (train and val loss) becomes panels named by each metric, so each run keeps one colour in all.
+PLOTS: dict[str, Metric] = {metric.name: metric for metrics in plots().values() for metric in metrics}
 COLUMNS = ["x", "y", "series"]
+# Tableau 20's strong colours first, then its light ones: 20 runs before a colour repeats.
+PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
+           "#bab0ac", "#1f77b4", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2",
+           "#dbdb8d", "#9edae5"]
+
+
+def legend_name(run: RunRecord) -> str:
+    """The run's name in every legend and bar: its label, marked when its loss diverged (a divergence is never
+    a silent gap in a curve)."""
+    return f"{run.label} ✗ diverged" if diverged_at(run) is not None else run.label
+
+
+def colours(runs: list[RunRecord]) -> dict[str, str]:
+    """legend name -> colour, by run id order: the same runs get the same colours in every plot and bar."""
+    ordered = sorted(runs, key=lambda run: run.id)
+    return {legend_name(run): PALETTE[i % len(PALETTE)] for i, run in enumerate(ordered)}
 
 
 def downsample(y: np.ndarray, max_points: int = MAX_POINTS) -> np.ndarray:
@@ -77,50 +99,33 @@ def join(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def plot_title(plot: str) -> str:
-    return PLOTS[plot][0].plot or plot
+    return axis_title(PLOTS[plot])
 
 
 def log_scaled(plot: str) -> bool:
     """Whether the log10 checkbox applies to this plot (it does to the losses)."""
-    return all(m.log_scale for m in PLOTS[plot])
+    return PLOTS[plot].log_scale
 
 
 def run_frame(run: RunRecord, plot: str, x: str = "step", smoothing: float = 0.0, log_y: bool = False,
               max_points: int = MAX_POINTS) -> pd.DataFrame:
-    """One run's part of a plot: a series per metric of the plot, smoothed, then downsampled.
-
-    A plot of several metrics names each series by its label less the plot title ("train", "val" in
-    the loss plot). Non-finite points are dropped from the drawing (a line cannot show them), so a
-    diverged run's loss series carry a marker in their name: a divergence is never a silent gap.
-    """
+    """One run's series in one panel, smoothed, then downsampled. Non-finite points are dropped from the
+    drawing (a line cannot show them); the series' name says when the run diverged."""
     if run.metrics is None:
         return pd.DataFrame(columns=COLUMNS)
-    metrics = PLOTS[plot]
-    diverged = any(m.name in LOSS_FIELD.values() for m in metrics) and diverged_at(run) is not None
-    frames = []
-    for metric in metrics:
-        xs, ys = series(run, _line_kind(metric), metric.name, X_AXES[x])
-        if not len(ys):
-            continue
-        name = f"{run.label} {_series_suffix(metric, metrics)}".strip()
-        if diverged:
-            name += " ✗ diverged"
-        if metric.smooth:
-            ys = ema(ys, smoothing)
-        keep = downsample(ys, max_points)
-        xs, ys = xs[keep], ys[keep]
-        shown = np.isfinite(ys) & (ys > 0) if log_y else np.isfinite(ys)
-        xs, ys = xs[shown], ys[shown]
-        frames.append(pd.DataFrame({"x": xs, "y": np.log10(ys) if log_y else ys, "series": name}))
-    return join(frames)
+    metric = PLOTS[plot]
+    xs, ys = series(run, _line_kind(metric), metric.name, X_AXES[x])
+    if not len(ys):
+        return pd.DataFrame(columns=COLUMNS)
+    if metric.smooth:
+        ys = ema(ys, smoothing)
+    keep = downsample(ys, max_points)
+    xs, ys = xs[keep], ys[keep]
+    shown = np.isfinite(ys) & (ys > 0) if log_y else np.isfinite(ys)
+    xs, ys = xs[shown], ys[shown]
+    return pd.DataFrame({"x": xs, "y": np.log10(ys) if log_y else ys, "series": legend_name(run)})
 
 
 def _line_kind(metric: Metric) -> str:
     """The kind of line a curve is drawn from: the first of train and eval that carries the metric."""
     return next(kind for kind in metric.kinds if kind != EVENT)
-
-
-def _series_suffix(metric: Metric, metrics: list[Metric]) -> str:
-    if len(metrics) == 1:
-        return ""
-    return metric.label.removesuffix(metric.plot or "").strip() or metric.label

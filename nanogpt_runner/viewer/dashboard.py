@@ -31,7 +31,7 @@ from nanogpt_runner.analysis import (
 )
 from nanogpt_runner.annotations import Annotations
 from nanogpt_runner.runs import METRIC, axis_title, summarized
-from nanogpt_runner.viewer.curves import PLOTS, join, log_scaled, run_frame
+from nanogpt_runner.viewer.curves import PLOTS, colours, join, legend_name, log_scaled, plot_title, run_frame
 from nanogpt_runner.viewer.store import RunStore
 
 MARKDOWN_SPECIAL = re.compile(r"([\\`\[\]!])")  # what can start a link, an image or a code span
@@ -64,6 +64,7 @@ class CompareView:
     seed_plot: object | None  # matplotlib Figure: val loss mean with the min–max band per group (None: no group)
     hyperparameters: object | None  # matplotlib Figure: swept keys against the objective (None: nothing swept)
     figure_keys: list[str]  # what each figure was drawn from: the page resends a figure only when its key changes
+    colours: dict[str, str]  # a run's legend name -> its one colour in every curve and bar (curves.colours)
 
 
 class Dashboard:
@@ -212,14 +213,14 @@ class Dashboard:
         target = target if finite(target) and target > 0 else None
         curves = {plot: self._curve(runs, plot, x, smoothing, log_y and log_scaled(plot)) for plot in PLOTS}
         summaries = {r.id: self._cached("summary", r, target, lambda r=r: summarize(r, target)) for r in runs}
-        labels = [r.label for r in runs]
+        labels = [legend_name(r) for r in runs]
         bars = {name: pd.DataFrame({"run": labels, "value": [_or_zero(summaries[r.id][field]) for r in runs]})
                 for name, (field, _) in BARS.items()}
         notes = {r.id: self._cached("notes", r, target, lambda r=r: run_notes(r, summaries[r.id])) for r in runs}
         groups = seed_groups(runs)
         figures = self._experiment_figures(runs, groups, x, summaries)
         return CompareView(curves, bars, config_diff(runs), analysis_markdown(runs, target, summaries, notes),
-                           group_table(groups, summaries), *figures)
+                           group_table(groups, summaries), *figures, colours(runs))
 
     def _experiment_figures(self, runs: list[RunRecord], groups: list[Group], x: str,
                             summaries: dict[str, dict]) -> tuple:
@@ -361,6 +362,22 @@ def _rounded(value, decimals: int):
 
 def _or_zero(value) -> float:
     return float(value) if finite(value) else 0.0
+
+
+def export_plot_data(view: CompareView, x: str, log_y: bool, out_dir: Path) -> list[Path]:
+    """A CSV per curve and bar plot of ``view``: exactly the points the page draws (smoothed, downsampled,
+    log10 where it shows log10), the columns named as the axes are."""
+    paths = []
+    for name, frame in view.curves.items():
+        path = out_dir / f"{name}.csv"
+        title = f"log10 {plot_title(name)}" if log_y and log_scaled(name) else plot_title(name)
+        frame.rename(columns={"x": x, "y": title, "series": "run"}).to_csv(path, index=False)
+        paths.append(path)
+    for name, frame in view.bars.items():
+        path = out_dir / f"bar_{name}.csv"
+        frame.rename(columns={"value": BARS[name][1]}).to_csv(path, index=False)
+        paths.append(path)
+    return paths
 
 
 def export_report(runs: list[RunRecord], out_dir: Path, target: float | None = None) -> list[Path]:

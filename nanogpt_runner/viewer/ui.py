@@ -19,7 +19,7 @@ from nanogpt_runner.annotations import Annotations
 from nanogpt_runner.config import MAX_NOTES_CHARS, PRECISIONS
 from nanogpt_runner.viewer import manage
 from nanogpt_runner.viewer.curves import PLOTS, log_scaled, plot_title
-from nanogpt_runner.viewer.dashboard import BARS, STATUSES, Dashboard, export_report, markdown_text
+from nanogpt_runner.viewer.dashboard import BARS, STATUSES, Dashboard, export_plot_data, export_report, markdown_text
 from nanogpt_runner.viewer.launcher import Launcher
 from nanogpt_runner.viewer.page_policy import FORM_FIELDS, LaunchError, presets
 from nanogpt_runner.viewer.sampler import MAX_NEW_TOKENS, Sampler
@@ -54,15 +54,16 @@ def build_app(dashboard: Dashboard, launcher: Launcher, refresh_s: float = 2.0,
                     smoothing = gr.Slider(0.0, 0.99, value=0.0, step=0.01, label="EMA smoothing (train curves)")
                     log_y = gr.Checkbox(False, label="log10 loss")
                     target = gr.Number(None, label="target val loss (time to target; empty or 0: none)")
-                plots = {
-                    name: gr.LinePlot(x="x", y="y", color="series", title=plot_title(name), x_title="step",
-                                      y_title=plot_title(name), height=330 if name == "loss" else 250,
-                                      elem_id=f"plot-{name}")
-                    for name in PLOTS
-                }
+                plots = {}
+                with gr.Row(equal_height=True):  # two panels a row: train and val loss side by side
+                    for name in PLOTS:
+                        plots[name] = gr.LinePlot(x="x", y="y", color="series", title=plot_title(name), x_title="step",
+                                                  y_title=plot_title(name), color_title="run", tooltip="all",
+                                                  height=280, min_width=480, elem_id=f"plot-{name}")
                 with gr.Row():
-                    bars = {name: gr.BarPlot(x="run", y="value", title=title, x_title="run", y_title=title,
-                                             y_lim=[0, None], x_label_angle=30, height=260, elem_id=f"bar-{name}")
+                    bars = {name: gr.BarPlot(x="run", y="value", color="run", title=title, x_title="run",
+                                             y_title=title, y_lim=[0, None], x_label_angle=30, height=260,
+                                             tooltip="all", elem_id=f"bar-{name}")
                             for name, (_, title) in BARS.items()}
                 diff = gr.Dataframe(interactive=False, label="Config keys that differ between the selected runs")
                 analysis = gr.Markdown(elem_classes=["analysis"], elem_id="analysis")
@@ -72,6 +73,7 @@ def build_app(dashboard: Dashboard, launcher: Launcher, refresh_s: float = 2.0,
                     seed_plot = gr.Plot(label="val loss by seed group: mean and min–max band", elem_id="seed-plot")
                     hyperparameters = gr.Plot(label="swept settings against the objective", elem_id="hyperparameters")
                 with gr.Row():
+                    plot_csv = gr.Button("Download CSV of what each plot shows", elem_id="plot-csv")
                     export = gr.Button("Export summary.csv + comparison.png of the selected runs")
                     files = gr.File(label="Report files", file_count="multiple")
             with gr.Tab("Launch", id="launch"):
@@ -109,13 +111,13 @@ def build_app(dashboard: Dashboard, launcher: Launcher, refresh_s: float = 2.0,
             axes = [x, bool(logy)]
             if (seen_value or {}).get("axes") != axes:
                 new_seen["axes"] = axes
-                result += [gr.LinePlot(value=view.curves[name], x_title=X_TITLES[x],
+                result += [gr.LinePlot(value=view.curves[name], color_map=view.colours, x_title=X_TITLES[x],
                                        y_title=f"log10 {plot_title(name)}" if logy and log_scaled(name)
                                        else plot_title(name))
                            for name in PLOTS]
-            else:
-                result += [view.curves[name] for name in PLOTS]
-            result += [view.bars[name] for name in BARS]
+            else:  # one colour per run in every plot and bar (curves.colours)
+                result += [gr.LinePlot(value=view.curves[name], color_map=view.colours) for name in PLOTS]
+            result += [gr.BarPlot(value=view.bars[name], color_map=view.colours) for name in BARS]
             result += [view.diff, view.analysis, view.groups]
             for i, figure in enumerate((view.seed_plot, view.hyperparameters)):  # resent only when redrawn
                 drawn = (seen_value or {}).get("figures", ["", ""])[i]
@@ -147,6 +149,15 @@ def build_app(dashboard: Dashboard, launcher: Launcher, refresh_s: float = 2.0,
             return [str(p) for p in export_report(runs, out_dir, target_value)]
 
         export.click(export_files, [selection, target], [files], **PRIVATE)
+
+        def plot_files(selected, x, smooth, logy, target_value):
+            if not dashboard.selected(selected):
+                raise gr.Error("Select runs to compare first.")
+            view = dashboard.compare(selected, x, smooth, bool(logy), target_value)
+            out_dir = Path(tempfile.mkdtemp(prefix="nanogpt-plots-"))
+            return [str(p) for p in export_plot_data(view, x, bool(logy), out_dir)]
+
+        plot_csv.click(plot_files, [selection, x_axis, smoothing, log_y, target], [files], **PRIVATE)
         _wire_launch(launcher, dashboard, timer, form, extra, launch, launch_status, procs, stop, log)
         if sampler is not None:
             _wire_sample(sampler, dashboard, timer, sample_run, prompt, max_tokens, sample_button, sample_out)
