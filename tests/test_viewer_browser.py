@@ -1,6 +1,6 @@
 """End to end in a real browser (Debian's chromium, headless): the page shows the runs and their plots,
 rows select runs, and the Launch tab starts real nanogpt-run processes that show up running, stop on
-request (interrupted) and complete."""
+request (interrupted) and complete; a run has one colour in every plot and bar, and can be tagged."""
 
 from __future__ import annotations
 
@@ -112,3 +112,37 @@ def test_dashboard_shows_compares_and_launches_runs(page, corpus_path):
     page.get_by_label("new tokens").fill("20")
     page.get_by_role("button", name="Generate").click()
     expect(page.locator("#sample-out textarea")).to_have_value(re.compile(r"^ROMEO:.{20}", re.DOTALL))
+
+
+LEGEND_COLOURS = """(plot) => {
+    const labels = [...plot.querySelectorAll('.role-legend-label text')].map(t => t.textContent);
+    const symbols = [...plot.querySelectorAll('.role-legend-symbol path')].map(
+        p => [p.getAttribute('stroke'), p.getAttribute('fill')].find(c => c && c !== 'transparent' && c !== 'none'));
+    return Object.fromEntries(labels.map((label, i) => [label, symbols[i]]));
+}"""
+
+
+def test_a_run_has_the_same_colour_in_every_plot_and_can_be_tagged(page):
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=WAIT_MS)
+    page.get_by_role("tab", name="Compare").click()
+    legends = {}
+    for plot in ("#plot-loss", "#plot-val_loss", "#plot-lr", "#bar-time"):
+        page.locator(plot).scroll_into_view_if_needed()
+        expect(page.locator(f"{plot} .role-legend-label text")).to_have_count(2)
+        legends[plot] = page.locator(plot).evaluate(LEGEND_COLOURS)
+    assert set(legends["#plot-loss"]) == {"base", "recompute"}
+    assert all(colour.startswith("#") for colour in legends["#plot-loss"].values())
+    assert legends["#plot-loss"]["base"] != legends["#plot-loss"]["recompute"]
+    assert all(legend == legends["#plot-loss"] for legend in legends.values()), legends
+
+    # Tag a run from the page: the sidecar is written and the tag filters the table.
+    page.get_by_role("tab", name="Runs").click()
+    page.get_by_text("Manage a run: tags, note, archive, delete").click()
+    page.locator("#manage-run input").click()
+    page.get_by_role("option", name="recompute", exact=False).first.click()
+    page.locator("#manage-tags input").fill("memory-saver")
+    page.locator("#manage-save").click()
+    expect(page.locator("#manage-status")).to_contain_text("Saved.")
+    expect(row(page, "recompute", "memory-saver")).to_have_count(1)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from nanogpt_runner.analysis import load_runs
-from nanogpt_runner.viewer.curves import PALETTE, colours, curve_frame, downsample, ema, run_frame
+from nanogpt_runner.viewer.curves import curve_frame, downsample, ema, panel, run_frame
 from nanogpt_runner.viewer.synthetic import write_run
 
 
@@ -54,12 +54,14 @@ def test_train_and_val_loss_are_panels_with_one_series_per_run(tmp_path):
     assert len(val[val.series == "a"]) == 10  # an eval every 100 steps
 
 
-def test_each_run_has_one_colour_by_run_id_order(tmp_path):
+def test_every_panel_lists_every_run_in_one_order_so_each_run_has_one_colour(tmp_path):
     for name in ("b", "a", "c"):
         write_run(tmp_path / name, 20).close()
-    runs = load_runs(tmp_path)
-    assert colours(runs) == {"a": PALETTE[0], "b": PALETTE[1], "c": PALETTE[2]}
-    assert colours(runs[::-1]) == colours(runs)
+    runs = sorted(load_runs(tmp_path), key=lambda run: run.label, reverse=True)  # c, b, a: any order in
+    runs[1].metrics.eval = []  # b has no eval line yet: it keeps its place in the val panel
+    val = panel([run_frame(run, "val_loss") for run in runs], runs)
+    assert list(dict.fromkeys(val.series)) == ["a", "b", "c"]
+    assert val[val.series == "b"][["x", "y"]].isna().all(axis=None)
 
 
 def test_log_y_plots_log10_of_the_loss(tmp_path):

@@ -6,9 +6,9 @@ bucket edges sit at fixed multiples of a power-of-two width counted from the fir
 growing run keeps the same points for its old buckets: curves do not wobble between refreshes.
 The newest point is always kept.
 
-Every curve panel draws one metric (train and validation loss are two panels side by side), and a series
-is a run: ``legend_name`` names it the same in every panel and bar, and ``colours`` gives it one colour
-from one palette, so a run reads the same everywhere and the legend has one entry per run.
+Every curve panel draws one metric (train and validation loss are two panels), and a series is a run:
+``legend_name`` names it the same in every panel and bar, and every panel and bar lists the runs in one
+order (``in_run_order``), so a run has one colour everywhere and the legend one entry per run.
 """
 
 from __future__ import annotations
@@ -26,10 +26,6 @@ MAX_POINTS = 400
 # metrics (train and val loss) becomes panels named by each metric, so each run keeps one colour in all.
 PLOTS: dict[str, Metric] = {metric.name: metric for metrics in plots().values() for metric in metrics}
 COLUMNS = ["x", "y", "series"]
-# Tableau 20's strong colours first, then its light ones: 20 runs before a colour repeats.
-PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
-           "#bab0ac", "#1f77b4", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2",
-           "#dbdb8d", "#9edae5"]
 
 
 def legend_name(run: RunRecord) -> str:
@@ -38,10 +34,20 @@ def legend_name(run: RunRecord) -> str:
     return f"{run.label} ✗ diverged" if diverged_at(run) is not None else run.label
 
 
-def colours(runs: list[RunRecord]) -> dict[str, str]:
-    """legend name -> colour, by run id order: the same runs get the same colours in every plot and bar."""
-    ordered = sorted(runs, key=lambda run: run.id)
-    return {legend_name(run): PALETTE[i % len(PALETTE)] for i, run in enumerate(ordered)}
+def in_run_order(runs: list[RunRecord]) -> list[RunRecord]:
+    """The order every plot and bar lists runs in. The page colours series by their order of appearance
+    (Vega's category scheme), so listing every run in one order everywhere gives each run one colour."""
+    return sorted(runs, key=lambda run: run.id)
+
+
+def panel(frames: list[pd.DataFrame], runs: list[RunRecord]) -> pd.DataFrame:
+    """One panel's table: each run's frame in ``in_run_order``, a run with no point in this panel (no eval yet)
+    as one empty point, so it keeps its place, and so its colour, in the legend."""
+    by_id = dict(zip((run.id for run in runs), frames, strict=True))
+    parts = [by_id[run.id] if len(by_id[run.id]) else pd.DataFrame({"x": [np.nan], "y": [np.nan],
+                                                                     "series": [legend_name(run)]})
+             for run in in_run_order(runs)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS)
 
 
 def downsample(y: np.ndarray, max_points: int = MAX_POINTS) -> np.ndarray:

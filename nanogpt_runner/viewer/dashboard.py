@@ -31,7 +31,7 @@ from nanogpt_runner.analysis import (
 )
 from nanogpt_runner.annotations import Annotations
 from nanogpt_runner.runs import METRIC, axis_title, summarized
-from nanogpt_runner.viewer.curves import PLOTS, colours, join, legend_name, log_scaled, plot_title, run_frame
+from nanogpt_runner.viewer.curves import PLOTS, in_run_order, legend_name, log_scaled, panel, plot_title, run_frame
 from nanogpt_runner.viewer.store import RunStore
 
 MARKDOWN_SPECIAL = re.compile(r"([\\`\[\]!])")  # what can start a link, an image or a code span
@@ -64,7 +64,6 @@ class CompareView:
     seed_plot: object | None  # matplotlib Figure: val loss mean with the min–max band per group (None: no group)
     hyperparameters: object | None  # matplotlib Figure: swept keys against the objective (None: nothing swept)
     figure_keys: list[str]  # what each figure was drawn from: the page resends a figure only when its key changes
-    colours: dict[str, str]  # a run's legend name -> its one colour in every curve and bar (curves.colours)
 
 
 class Dashboard:
@@ -213,14 +212,15 @@ class Dashboard:
         target = target if finite(target) and target > 0 else None
         curves = {plot: self._curve(runs, plot, x, smoothing, log_y and log_scaled(plot)) for plot in PLOTS}
         summaries = {r.id: self._cached("summary", r, target, lambda r=r: summarize(r, target)) for r in runs}
-        labels = [legend_name(r) for r in runs]
-        bars = {name: pd.DataFrame({"run": labels, "value": [_or_zero(summaries[r.id][field]) for r in runs]})
+        ordered = in_run_order(runs)
+        labels = [legend_name(r) for r in ordered]
+        bars = {name: pd.DataFrame({"run": labels, "value": [_or_zero(summaries[r.id][field]) for r in ordered]})
                 for name, (field, _) in BARS.items()}
         notes = {r.id: self._cached("notes", r, target, lambda r=r: run_notes(r, summaries[r.id])) for r in runs}
         groups = seed_groups(runs)
         figures = self._experiment_figures(runs, groups, x, summaries)
         return CompareView(curves, bars, config_diff(runs), analysis_markdown(runs, target, summaries, notes),
-                           group_table(groups, summaries), *figures, colours(runs))
+                           group_table(groups, summaries), *figures)
 
     def _experiment_figures(self, runs: list[RunRecord], groups: list[Group], x: str,
                             summaries: dict[str, dict]) -> tuple:
@@ -246,8 +246,8 @@ class Dashboard:
 
     def _curve(self, runs: list[RunRecord], metric: str, x: str, smoothing: float, log_y: bool) -> pd.DataFrame:
         params = (x, smoothing, log_y)
-        return join([self._cached(f"curve:{metric}", r, params, lambda r=r: run_frame(r, metric, *params))
-                     for r in runs])
+        return panel([self._cached(f"curve:{metric}", r, params, lambda r=r: run_frame(r, metric, *params))
+                      for r in runs], runs)
 
     # -- the timer -----------------------------------------------------------------------------------
 
@@ -371,7 +371,8 @@ def export_plot_data(view: CompareView, x: str, log_y: bool, out_dir: Path) -> l
     for name, frame in view.curves.items():
         path = out_dir / f"{name}.csv"
         title = f"log10 {plot_title(name)}" if log_y and log_scaled(name) else plot_title(name)
-        frame.rename(columns={"x": x, "y": title, "series": "run"}).to_csv(path, index=False)
+        drawn = frame.dropna(subset=["x", "y"])  # not a run's placeholder point (curves.panel)
+        drawn.rename(columns={"x": x, "y": title, "series": "run"}).to_csv(path, index=False)
         paths.append(path)
     for name, frame in view.bars.items():
         path = out_dir / f"bar_{name}.csv"

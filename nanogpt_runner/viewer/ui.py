@@ -54,12 +54,12 @@ def build_app(dashboard: Dashboard, launcher: Launcher, refresh_s: float = 2.0,
                     smoothing = gr.Slider(0.0, 0.99, value=0.0, step=0.01, label="EMA smoothing (train curves)")
                     log_y = gr.Checkbox(False, label="log10 loss")
                     target = gr.Number(None, label="target val loss (time to target; empty or 0: none)")
-                plots = {}
-                with gr.Row(equal_height=True):  # two panels a row: train and val loss side by side
-                    for name in PLOTS:
-                        plots[name] = gr.LinePlot(x="x", y="y", color="series", title=plot_title(name), x_title="step",
-                                                  y_title=plot_title(name), color_title="run", tooltip="all",
-                                                  height=280, min_width=480, elem_id=f"plot-{name}")
+                plots = {
+                    name: gr.LinePlot(x="x", y="y", color="series", title=plot_title(name), x_title="step",
+                                      y_title=plot_title(name), color_title="run", tooltip="all", height=250,
+                                      elem_id=f"plot-{name}")
+                    for name in PLOTS
+                }
                 with gr.Row():
                     bars = {name: gr.BarPlot(x="run", y="value", color="run", title=title, x_title="run",
                                              y_title=title, y_lim=[0, None], x_label_angle=30, height=260,
@@ -111,13 +111,13 @@ def build_app(dashboard: Dashboard, launcher: Launcher, refresh_s: float = 2.0,
             axes = [x, bool(logy)]
             if (seen_value or {}).get("axes") != axes:
                 new_seen["axes"] = axes
-                result += [gr.LinePlot(value=view.curves[name], color_map=view.colours, x_title=X_TITLES[x],
+                result += [gr.LinePlot(value=view.curves[name], x_title=X_TITLES[x],
                                        y_title=f"log10 {plot_title(name)}" if logy and log_scaled(name)
                                        else plot_title(name))
                            for name in PLOTS]
-            else:  # one colour per run in every plot and bar (curves.colours)
-                result += [gr.LinePlot(value=view.curves[name], color_map=view.colours) for name in PLOTS]
-            result += [gr.BarPlot(value=view.bars[name], color_map=view.colours) for name in BARS]
+            else:
+                result += [view.curves[name] for name in PLOTS]
+            result += [view.bars[name] for name in BARS]  # runs in one order everywhere: one colour each
             result += [view.diff, view.analysis, view.groups]
             for i, figure in enumerate((view.seed_plot, view.hyperparameters)):  # resent only when redrawn
                 drawn = (seen_value or {}).get("figures", ["", ""])[i]
