@@ -132,3 +132,26 @@ def test_export_writes_the_report_csv_and_png_for_the_selection(runs, tmp_path_f
     rows = list(csv.DictReader(open(csv_path)))
     assert [r["run"] for r in rows] == ["base", "recompute"] and rows[1]["train.recompute"] == "True"
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_group_by_a_config_key_orders_the_table_and_draws_one_mean_series_per_value(runs):
+    root, _ = runs
+    board = dashboard_of(root)
+    frame, _ = board.table(group_by="train.recompute")
+    assert frame.columns[3] == "train.recompute"
+    assert list(frame["train.recompute"]) == [False, False, False, True]  # rows ordered by the key's value
+    view = board.compare(["base", "recompute", "accum"], group_by="train.recompute")
+    loss = view.curves["loss"]
+    assert list(dict.fromkeys(loss.series)) == ["train.recompute=False", "train.recompute=True"]
+    solo = board.compare(["recompute"]).curves["loss"]  # a group of one run is that run's curve
+    grouped = loss[loss.series == "train.recompute=True"]
+    assert grouped.y.iloc[-1] == pytest.approx(solo.y.iloc[-1])
+    assert list(view.bars["memory"].run) == ["train.recompute=False", "train.recompute=True"]
+    assert view.bars["memory"].value.iloc[1] == pytest.approx(0.77)
+
+
+def test_group_by_a_key_no_run_has_is_ignored(runs):
+    root, _ = runs
+    board = dashboard_of(root)
+    assert set(board.compare(["base"], group_by="<script>").curves["loss"].series) == {"base"}
+    assert "<script>" not in board.table(group_by="<script>")[0].columns

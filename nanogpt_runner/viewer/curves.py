@@ -50,6 +50,34 @@ def panel(frames: list[pd.DataFrame], runs: list[RunRecord]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS)
 
 
+def group_name(run: RunRecord, key: str) -> str:
+    """"optimizer.lr=0.001": the series a run belongs to when the plots are grouped by a config key."""
+    return f"{key}={run.config.get(key)}"
+
+
+def grouped_panel(frames: list[pd.DataFrame], runs: list[RunRecord], key: str,
+                  points: int = MAX_POINTS) -> pd.DataFrame:
+    """One series per value of config ``key`` (W&B's "group by"): the mean of its runs' curves on a common x
+    grid, each run interpolated inside its own x range only. Groups are listed in sorted order, each in every
+    panel (one empty point where it has none), so a group has one colour everywhere."""
+    members: dict[str, list[pd.DataFrame]] = {}
+    for run, frame in zip(runs, frames, strict=True):
+        members.setdefault(group_name(run, key), []).append(frame.dropna(subset=["x", "y"]).sort_values("x"))
+    parts = []
+    for name in sorted(members):
+        curves = [f for f in members[name] if len(f)]
+        if not curves:
+            parts.append(pd.DataFrame({"x": [np.nan], "y": [np.nan], "series": [name]}))
+            continue
+        grid = np.unique(np.linspace(min(f.x.min() for f in curves), max(f.x.max() for f in curves), points))
+        ys = np.stack([np.interp(grid, f.x, f.y, left=np.nan, right=np.nan) for f in curves])
+        with np.errstate(invalid="ignore"):
+            counted = np.isfinite(ys).sum(axis=0)
+            mean = np.where(counted > 0, np.nansum(ys, axis=0) / np.maximum(counted, 1), np.nan)
+        parts.append(pd.DataFrame({"x": grid, "y": mean, "series": name}).dropna(subset=["y"]))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS)
+
+
 def downsample(y: np.ndarray, max_points: int = MAX_POINTS) -> np.ndarray:
     """Indices of the points to keep: per bucket the min and the max, plus the first and last point."""
     n = len(y)

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from nanogpt_runner.analysis import (
@@ -31,7 +32,17 @@ from nanogpt_runner.analysis import (
 )
 from nanogpt_runner.annotations import Annotations
 from nanogpt_runner.runs import METRIC, axis_title, summarized
-from nanogpt_runner.viewer.curves import PLOTS, in_run_order, legend_name, log_scaled, panel, plot_title, run_frame
+from nanogpt_runner.viewer.curves import (
+    PLOTS,
+    group_name,
+    grouped_panel,
+    in_run_order,
+    legend_name,
+    log_scaled,
+    panel,
+    plot_title,
+    run_frame,
+)
 from nanogpt_runner.viewer.store import RunStore
 
 MARKDOWN_SPECIAL = re.compile(r"([\\`\[\]!])")  # what can start a link, an image or a code span
@@ -116,11 +127,15 @@ class Dashboard:
         return sorted({tag for entry in list(self.store.entries.values()) for tag in entry.annotations.tags})
 
     def table(self, text: str = "", statuses: list[str] | None = None, tags: list[str] | None = None,
-              archived: bool = False) -> tuple[pd.DataFrame, str]:
-        """(the runs table, a one-line note on what is shown)."""
+              archived: bool = False, group_by: str | None = None) -> tuple[pd.DataFrame, str]:
+        """(the runs table, a one-line note on what is shown). ``group_by`` (a config key) is the first config
+        column and orders the rows by its value (newest first within a value)."""
         records = self.listed(text, statuses, tags, archived)
         shown = records[:MAX_TABLE_ROWS]
         keys = differing_keys(shown)[:MAX_CONFIG_COLUMNS]
+        if self.groupable(group_by, shown):
+            keys = [group_by, *(k for k in keys if k != group_by)]
+            shown = sorted(shown, key=lambda r: _sort_value(self._row(r)[1].get(group_by)))
         if INIT_FROM not in keys and any(self._row(r)[1].get(INIT_FROM, "scratch") != "scratch" for r in shown):
             keys.append(INIT_FROM)  # where fine-tuned runs started from, even when they all started from one
         rows = []
@@ -207,15 +222,15 @@ class Dashboard:
         return [self.store.get(i).record for i in known]
 
     def compare(self, run_ids: list[str], x: str = "step", smoothing: float = 0.0, log_y: bool = False,
-                target: float | None = None) -> CompareView:
+                target: float | None = None, group_by: str | None = None) -> CompareView:
+        """The Compare tab for these runs; ``group_by`` (a config key) draws one mean series and one mean bar
+        per value of that key instead of one per run."""
         runs = self.selected(run_ids)
         target = target if finite(target) and target > 0 else None
-        curves = {plot: self._curve(runs, plot, x, smoothing, log_y and log_scaled(plot)) for plot in PLOTS}
+        group_by = group_by if self.groupable(group_by, runs) else None
+        curves = {plot: self._curve(runs, plot, x, smoothing, log_y and log_scaled(plot), group_by) for plot in PLOTS}
         summaries = {r.id: self._cached("summary", r, target, lambda r=r: summarize(r, target)) for r in runs}
-        ordered = in_run_order(runs)
-        labels = [legend_name(r) for r in ordered]
-        bars = {name: pd.DataFrame({"run": labels, "value": [_or_zero(summaries[r.id][field]) for r in ordered]})
-                for name, (field, _) in BARS.items()}
+        bars = {name: _bars(runs, summaries, field, group_by) for name, (field, _) in BARS.items()}
         notes = {r.id: self._cached("notes", r, target, lambda r=r: run_notes(r, summaries[r.id])) for r in runs}
         groups = seed_groups(runs)
         figures = self._experiment_figures(runs, groups, x, summaries)
@@ -244,10 +259,20 @@ class Dashboard:
             figures.append(cached[1])
         return (*figures, list(keys.values()))
 
-    def _curve(self, runs: list[RunRecord], metric: str, x: str, smoothing: float, log_y: bool) -> pd.DataFrame:
+    def _curve(self, runs: list[RunRecord], metric: str, x: str, smoothing: float, log_y: bool,
+               group_by: str | None) -> pd.DataFrame:
         params = (x, smoothing, log_y)
-        return panel([self._cached(f"curve:{metric}", r, params, lambda r=r: run_frame(r, metric, *params))
-                      for r in runs], runs)
+        frames = [self._cached(f"curve:{metric}", r, params, lambda r=r: run_frame(r, metric, *params)) for r in runs]
+        return grouped_panel(frames, runs, group_by) if group_by else panel(frames, runs)
+
+    def group_keys(self, run_ids: list[str]) -> list[str]:
+        """The config keys these runs can be grouped by (the group-by box's choices), sorted."""
+        return sorted({key for run in self.selected(run_ids) for key in run.config})
+
+    @staticmethod
+    def groupable(key, runs: list[RunRecord]) -> bool:
+        """Only a key that some run's config has: the page may send anything."""
+        return isinstance(key, str) and any(key in run.config for run in runs)
 
     # -- the timer -----------------------------------------------------------------------------------
 
@@ -268,6 +293,20 @@ class Dashboard:
             view = self.compare(*compare_args)
             seen["compare"] = compare_key
         return seen, table, view
+
+
+def _bars(runs: list[RunRecord], summaries: dict[str, dict], field: str, group_by: str | None) -> pd.DataFrame:
+    """One bar per run (in ``in_run_order``, so colours match the curves), or with ``group_by`` the mean per
+    value of that config key."""
+    if group_by:
+        values: dict[str, list[float]] = {}
+        for run in runs:
+            values.setdefault(group_name(run, group_by), []).append(_or_zero(summaries[run.id][field]))
+        names = sorted(values)
+        return pd.DataFrame({"run": names, "value": [float(np.mean(values[n])) for n in names]})
+    ordered = in_run_order(runs)
+    return pd.DataFrame({"run": [legend_name(r) for r in ordered],
+                         "value": [_or_zero(summaries[r.id][field]) for r in ordered]})
 
 
 def group_loss(group: Group, summary_of) -> str:
@@ -347,6 +386,13 @@ def _haystack(record: RunRecord, marks: Annotations) -> str:
     if isinstance(overrides, list):
         words += [str(o) for o in overrides]
     return " ".join(words).lower()
+
+
+def _sort_value(value) -> tuple:
+    """Numbers in numeric order, before anything else in text order (a group-by column's values)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, float(value), "")
+    return (1, 0.0, str(value))
 
 
 def _cell(value):

@@ -45,6 +45,8 @@ def build_app(dashboard: Dashboard, launcher: Launcher, refresh_s: float = 2.0,
                     tag_filter = gr.Dropdown([], value=[], multiselect=True, label="Tags (any of them)",
                                              elem_id="tag-filter", scale=2)
                     archived = gr.Checkbox(False, label="show archived runs", elem_id="show-archived", scale=1)
+                    group_by = gr.Dropdown([], value=None, allow_custom_value=True, elem_id="group-by", scale=2,
+                                           label="Group by (a config key, e.g. optimizer.lr): table and plots")
                 table = gr.Dataframe(interactive=False, elem_id="runs-table", max_height=560,
                                      label="Runs (click a row to add it to or remove it from the comparison)")
                 panel = _manage_panel()
@@ -83,21 +85,22 @@ def build_app(dashboard: Dashboard, launcher: Launcher, refresh_s: float = 2.0,
                     sample_run, prompt, max_tokens, sample_button, sample_out = _sample_tab()
         timer = gr.Timer(refresh_s)
 
-        inputs = [seen, text, statuses, tag_filter, archived, selection, x_axis, smoothing, log_y, target]
-        outputs = [seen, note, table, selection, tag_filter, panel["run"], *plots.values(), *bars.values(), diff,
-                   analysis, groups, seed_plot, hyperparameters]
+        inputs = [seen, text, statuses, tag_filter, archived, group_by, selection, x_axis, smoothing, log_y, target]
+        outputs = [seen, note, table, selection, tag_filter, panel["run"], group_by, *plots.values(), *bars.values(),
+                   diff, analysis, groups, seed_plot, hyperparameters]
 
-        def update(seen_value, text_value, status_value, tag_value, archived_value, selected, x, smooth, logy,
-                   target_value):
+        def update(seen_value, text_value, status_value, tag_value, archived_value, group_value, selected, x, smooth,
+                   logy, target_value):
+            group_value = group_value or None
             if seen_value is None and not selected:  # first paint: the newest runs preselected
                 dashboard.refresh()
                 selected = dashboard.default_selection()
             new_seen, table_part, view = dashboard.tick(
-                seen_value, (text_value, status_value, tag_value, archived_value),
-                (selected, x, smooth, logy, target_value))
+                seen_value, (text_value, status_value, tag_value, archived_value, group_value),
+                (selected, x, smooth, logy, target_value, group_value))
             result = [new_seen]
             if table_part is None:
-                result += [gr.skip()] * 5
+                result += [gr.skip()] * 6
             else:
                 frame, note_text = table_part
                 present = [i for i in selected or [] if dashboard.store.get(i) is not None]  # deleted runs drop out
@@ -105,7 +108,8 @@ def build_app(dashboard: Dashboard, launcher: Launcher, refresh_s: float = 2.0,
                 tags = dashboard.tags()
                 result += [note_text, frame, gr.Dropdown(choices=choices, value=present, multiselect=True),
                            gr.Dropdown(choices=tags, value=[t for t in tag_value or [] if t in tags], multiselect=True),
-                           gr.Dropdown(choices=choices)]
+                           gr.Dropdown(choices=choices),
+                           gr.Dropdown(choices=["", *dashboard.group_keys(present)])]
             if view is None:
                 return result + [gr.skip()] * (len(outputs) - len(result))
             axes = [x, bool(logy)]
@@ -128,8 +132,8 @@ def build_app(dashboard: Dashboard, launcher: Launcher, refresh_s: float = 2.0,
         common = {"fn": update, "inputs": inputs, "outputs": outputs, "show_progress": "hidden",
                   "concurrency_id": "dashboard", "concurrency_limit": 1, **PRIVATE}
         timer.tick(trigger_mode="once", **common)
-        gr.on([demo.load, text.input, statuses.input, tag_filter.input, archived.input, selection.input, x_axis.input,
-               smoothing.release, log_y.input, target.input], trigger_mode="always_last", **common)
+        gr.on([demo.load, text.input, statuses.input, tag_filter.input, archived.input, group_by.input, selection.input,
+               x_axis.input, smoothing.release, log_y.input, target.input], trigger_mode="always_last", **common)
         _wire_manage(dashboard, panel, common)
 
         def toggle(selected, event: gr.SelectData):
@@ -150,14 +154,14 @@ def build_app(dashboard: Dashboard, launcher: Launcher, refresh_s: float = 2.0,
 
         export.click(export_files, [selection, target], [files], **PRIVATE)
 
-        def plot_files(selected, x, smooth, logy, target_value):
+        def plot_files(selected, x, smooth, logy, target_value, group_value):
             if not dashboard.selected(selected):
                 raise gr.Error("Select runs to compare first.")
-            view = dashboard.compare(selected, x, smooth, bool(logy), target_value)
+            view = dashboard.compare(selected, x, smooth, bool(logy), target_value, group_value or None)
             out_dir = Path(tempfile.mkdtemp(prefix="nanogpt-plots-"))
             return [str(p) for p in export_plot_data(view, x, bool(logy), out_dir)]
 
-        plot_csv.click(plot_files, [selection, x_axis, smoothing, log_y, target], [files], **PRIVATE)
+        plot_csv.click(plot_files, [selection, x_axis, smoothing, log_y, target, group_by], [files], **PRIVATE)
         _wire_launch(launcher, dashboard, timer, form, extra, launch, launch_status, procs, stop, log)
         if sampler is not None:
             _wire_sample(sampler, dashboard, timer, sample_run, prompt, max_tokens, sample_button, sample_out)
