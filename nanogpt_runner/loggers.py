@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from nanogpt_runner.config import LoggerConfig, flatten
 from nanogpt_runner.runs import EVAL, EVENT, METRICS_FILE, TRAIN, MetricsTail, read_run
 
-FINISHED = ("completed", "failed", "interrupted", "stopped")  # a run.json status after which the run is over
+FINISHED = ("completed", "failed", "interrupted")  # the run.json statuses a run ends with (worker._end)
 NOT_SCALARS = {"kind", "time", "step"}  # step is every tracker's x axis; time is when the line was written
 
 
@@ -215,7 +215,7 @@ class MlflowTracker(Tracker):
 
     def finish(self, status: str) -> None:
         self.client.set_tag(self.run_id, "status", status)
-        ending = {"completed": "FINISHED", "interrupted": "KILLED", "stopped": "KILLED"}.get(status, "FAILED")
+        ending = {"completed": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED")
         self.client.set_terminated(self.run_id, ending)
 
 
