@@ -70,6 +70,13 @@ def test_tensorboard_holds_every_train_and_eval_number(logged_run):
     for key, by_step in expected.items():
         logged = {event.step: event.value for event in events.Scalars(key)}
         assert logged == pytest.approx(by_step, rel=1e-6), key
+    # Event lines (here: the checkpoints saved) are text at their step, the whole line as JSON.
+    lines = [line for line in MetricsTail(run_dir / METRICS_FILE).poll()[0] if line["kind"] == "event"]
+    texts = events.Tensors("event/checkpoint/text_summary")
+    assert lines and [t.step for t in texts] == [line["step"] for line in lines]
+    assert json.loads(texts[-1].tensor_proto.string_val[0].decode())["path"] == lines[-1]["path"]
+    status = events.Tensors("status/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert status == "completed"
 
 
 def test_wandb_offline_run_has_the_metrics_config_tags_and_status(logged_run):
