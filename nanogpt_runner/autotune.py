@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from nanogpt_runner import hardware, parallel
+from nanogpt_runner import hardware, parallel, process_group
 from nanogpt_runner.config import Config, DeviceCaps
 from nanogpt_runner.model import GPT
 from nanogpt_runner.optim import build_optimizers
@@ -86,7 +86,7 @@ def time_steps(cfg, vocab_size: int, device: torch.device, setting: Setting, sec
             torch.cuda.reset_peak_memory_stats(device)
         hardware.configure_matmul(device, setting.precision, cfg.train.tf32)  # fp32 on TF32 cores, as the run would
         model = GPT(cfg.model, vocab_size).to(device)
-        par = parallel.parallelize(model, parallel.Layout(device=device), cfg, setting.precision)
+        par = parallel.parallelize(model, process_group.Layout(device=device), cfg, setting.precision)
         optimizers = build_optimizers(model, cfg.optimizer)
         scaler = torch.amp.GradScaler(device.type, enabled=setting.precision == "fp16")
         autocast = hardware.autocast(device.type, setting.precision)

@@ -257,7 +257,7 @@ def apply_init_from(cfg: Config, overrides: list[str], conf_dir: Path, announce=
     """For a new run: ``cfg`` with the architecture of the weights ``model.init_from`` names, and the
     problems (an unusable source, a command-line override that contradicts the weights). ``cfg`` is
     returned as it is for scratch and for a resumed run (which continues from its own checkpoint)."""
-    from nanogpt_runner.resume import _override_paths
+    from nanogpt_runner.resume import override_paths
 
     if cfg.model.init_from == SCRATCH or cfg.resume:
         return cfg, []
@@ -265,7 +265,7 @@ def apply_init_from(cfg: Config, overrides: list[str], conf_dir: Path, announce=
         source = resolve_source(cfg.model.init_from, announce)
     except WeightsError as err:
         return cfg, [str(err)]
-    user_set = _override_paths(overrides, conf_dir)
+    user_set = override_paths(overrides, conf_dir)
     problems = architecture_problems(cfg.model, source, user_set)
     return (cfg, problems) if problems else (with_architecture(cfg, source, user_set), [])
 

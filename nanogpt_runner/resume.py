@@ -11,7 +11,6 @@ keep/save policy. Storage itself (folders, hashes, state dicts) is checkpoint.py
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from nanogpt_runner.checkpoint import (
     save_checkpoint,
 )
 from nanogpt_runner.config import Config, flatten
+from nanogpt_runner.process_group import restart_count
 from nanogpt_runner.run_control import CheckpointError
 from nanogpt_runner.runs import CHECKPOINT_DIR, METRICS_FILE, read_run
 from nanogpt_runner.tokenizer import vocab_size_of
@@ -52,8 +52,6 @@ FIXED_FIELDS = {
     "data.val_fraction": "it moves the train/val split the run was trained and evaluated on",
     "train.seed": "it changes which data every step trains on",
 }
-# torchrun's attempt number: 0 for the first, n after the group was restarted n times.
-RESTART_COUNT_ENV = "TORCHELASTIC_RESTART_COUNT"
 # Fields that never count as a change of the run (where it resumes from is the point of resuming).
 IGNORED_FIELDS = {"resume"}
 # Where this launch's processes meet: always this command line's, never a checkpoint's. torchrun's
@@ -98,9 +96,13 @@ def global_batch_problem(saved: dict, current: dict) -> str | None:
             f"(e.g. halve batch_size when doubling the replicas), or start a new run in a new directory")
 
 
-def _override_paths(overrides: list[str], conf_dir: Path) -> list[str]:
+def override_paths(overrides: list[str], conf_dir: Path) -> list[str]:
     """The config paths a user's command-line overrides set: ``train.max_iters=9`` sets train.max_iters,
-    ``model=small`` the whole model section, ``+experiment=x`` everything that preset sets."""
+    ``model=small`` the whole model section, ``+experiment=x`` everything that preset sets.
+
+    What the user typed wins over what a checkpoint or pretrained weights bring: a resume keeps these
+    paths from the command line (the rest from the checkpoint's config), and ``model.init_from`` checks
+    them against the weights' architecture (pretrained.apply_init_from)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
@@ -169,7 +171,7 @@ def plan_resume(cfg: Config, run_dir: Path, overrides: list[str], conf_dir: Path
 
     composed = OmegaConf.to_container(cfg, resolve=True)
     effective = OmegaConf.merge(OmegaConf.structured(Config), meta["config"])
-    for path in [*LOCAL_FIELDS, *_override_paths(overrides, conf_dir)]:
+    for path in [*LOCAL_FIELDS, *override_paths(overrides, conf_dir)]:
         patch = OmegaConf.create()
         OmegaConf.update(patch, path, OmegaConf.select(OmegaConf.create(composed), path, default=None))
         effective = OmegaConf.merge(effective, patch)
@@ -216,7 +218,7 @@ class Checkpointer:
         names, in ``resume``, the checkpoint the run was first continued from). Otherwise ``resume`` names
         the checkpoint, and with train.resume=auto this run directory's latest is used."""
         cfg = self.cfg
-        if int(os.environ.get(RESTART_COUNT_ENV, "0")) > 0 and (own := find_latest(self.dir, self.say)) is not None:
+        if restart_count() > 0 and (own := find_latest(self.dir, self.say)) is not None:
             return own
         if cfg.resume:
             return resolve(Path(cfg.resume), "latest", self.say)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from nanogpt_runner import autotune, hardware, memory, parallel
+from nanogpt_runner import autotune, hardware, memory, parallel, process_group
 from nanogpt_runner.checkpoint import TrainState
 from nanogpt_runner.config import Config
 from nanogpt_runner.console import RunConsole
@@ -85,7 +85,7 @@ class Summary:
 
 
 def run_record(device: torch.device, precision: str, model: GPT, data: PreparedData,
-               layout: parallel.Layout | None = None) -> dict:
+               layout: process_group.Layout | None = None) -> dict:
     """The fields of run.json that describe what this run is (as opposed to how it is going).
     ``model`` is the whole model (before any pipeline split), so the counts are the run's, not a stage's."""
     return {
@@ -93,7 +93,7 @@ def run_record(device: torch.device, precision: str, model: GPT, data: PreparedD
         "device": device.type,
         "device_name": hardware.describe(device),
         "precision": precision,
-        **(layout or parallel.Layout()).as_record(),
+        **(layout or process_group.Layout()).as_record(),
         "versions": {"python": platform.python_version(), "torch": torch.__version__},
         "n_params": model.num_params(),
         "flops_per_token": model.flops_per_token(),
@@ -106,22 +106,22 @@ def train(cfg: Config, run_dir: Path, data: PreparedData, writer: RunWriter) -> 
     fails after joining included)."""
     completed = False
     try:
-        layout = parallel.setup(cfg.parallel, hardware.device_kind(cfg.train.device))
+        layout = process_group.setup(cfg.parallel, hardware.device_kind(cfg.train.device))
         summary = _train(cfg, run_dir, data, writer, layout)
         completed = True
         return summary
     finally:
-        parallel.shutdown(completed)
+        process_group.shutdown(completed)
 
 
-def _train(cfg: Config, run_dir: Path, data: PreparedData, writer: RunWriter, layout: parallel.Layout) -> Summary:
+def _train(cfg: Config, run_dir: Path, data: PreparedData, writer: RunWriter, layout: process_group.Layout) -> Summary:
     t = cfg.train
     device = layout.device
     caps = hardware.device_caps(t.device, device)  # this rank's GPU, asked after setup selected it
     memory_baseline_gb = hardware.memory_gb(device)[0]  # what the estimate's growth is measured from
     cache = cache_dir(cfg.data)
     # Rank 0 decides (``auto`` times this model in each precision the device runs natively) and tells the rest.
-    precision, precision_probe = parallel.broadcast_object(
+    precision, precision_probe = process_group.broadcast_object(
         layout, autotune.resolve_precision(cfg, data.vocab_size, device, caps, cache) if layout.is_main else None)
     hardware.configure_matmul(device, precision, t.tf32)
     torch.manual_seed(t.seed)
@@ -208,7 +208,7 @@ def _train(cfg: Config, run_dir: Path, data: PreparedData, writer: RunWriter, la
 
         # The steps the budgets allow (the lr schedule spans them), the time budget and the early stops.
         stopper = Stopper(t, tokens_per_step, flops_per_token, best_val,
-                          agree=lambda value: parallel.broadcast_object(layout, value))
+                          agree=lambda value: process_group.broadcast_object(layout, value))
         if resumed.step == 0:
             run_eval(0)
         window_start, eval_seconds, step = time.perf_counter(), 0.0, resumed.step
@@ -219,7 +219,7 @@ def _train(cfg: Config, run_dir: Path, data: PreparedData, writer: RunWriter, la
             step_loss = torch.zeros((), device=device)
             for micro in range(t.grad_accum):
                 x, y = train_batches.get(step, start=(first_micro + micro) * t.batch_size, count=t.batch_size)
-                parallel.seed_micro_batch(t.seed, step, first_micro + micro, device)  # dropout masks
+                process_group.seed_micro_batch(t.seed, step, first_micro + micro, device)  # dropout masks
                 # Gradients are synchronised across replicas only on the last micro-step.
                 loss = par.forward_backward(x, y, 1 / t.grad_accum, micro == t.grad_accum - 1, autocast, scaler)
                 step_loss += loss / t.grad_accum

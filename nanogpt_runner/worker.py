@@ -18,7 +18,7 @@ from nanogpt_runner.config import Config
 from nanogpt_runner.console import error
 from nanogpt_runner.data import DataError, PreparedData, load_prepared
 from nanogpt_runner.fsutil import overwrite_json
-from nanogpt_runner.parallel import NullWriter, env_rank
+from nanogpt_runner.process_group import NullWriter, env_rank
 from nanogpt_runner.run_control import RunStopped
 from nanogpt_runner.runs import CONFIG_FILE, LOG_FILE, RUN_FILE, RunWriter, read_run
 from nanogpt_runner.train import train

@@ -60,7 +60,7 @@ def _rank(rank: int, world: int, port: int, run_dir: str, data_dir: str, ending:
     import torch.distributed as dist
 
     from nanogpt_runner.data import load_prepared
-    from nanogpt_runner.parallel import NullWriter
+    from nanogpt_runner.process_group import NullWriter
     from nanogpt_runner.run_control import RunStopped
     from nanogpt_runner.train import train
     from nanogpt_runner.worker import load_run_config

@@ -29,8 +29,8 @@ from nanogpt_runner.analysis import RunRecord, comparison_metric
 from nanogpt_runner.config import DataConfig, ModelConfig
 from nanogpt_runner.data import Batches, DataError, load_prepared
 from nanogpt_runner.model import GPT
-from nanogpt_runner.parallel import Layout
 from nanogpt_runner.prepare import prepare
+from nanogpt_runner.process_group import Layout
 from nanogpt_runner.runs import RunReader, find_runs
 from nanogpt_runner.sample import SampleOptions, sample
 from nanogpt_runner.train import evaluate

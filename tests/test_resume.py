@@ -18,7 +18,7 @@ import torch
 from conftest import compose_config, run_cli
 
 from nanogpt_runner import checkpoint as ck
-from nanogpt_runner import resume, run_control
+from nanogpt_runner import process_group, resume, run_control
 from nanogpt_runner.launch import CONF_DIR
 from nanogpt_runner.model import GPT
 from nanogpt_runner.prepare import prepare
@@ -264,7 +264,7 @@ def test_a_restarted_group_continues_from_the_runs_latest_checkpoint(tmp_path, t
     ckpt_dir = ck.checkpoint_dir(run_dir)
     first_resumed_from = ckpt_dir / ck.checkpoint_name(10)
     cfg = compose_config([*overrides, "train.max_iters=25", f"resume={first_resumed_from}"])
-    monkeypatch.setenv(resume.RESTART_COUNT_ENV, "1")  # what torchrun sets in a restarted group
+    monkeypatch.setenv(process_group.RESTART_COUNT_ENV, "1")  # what torchrun sets in a restarted group
     assert execute(cfg, run_dir, prepare(cfg.data, announce=print)) == 0
     events = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
     assert [e["step"] for e in events if e.get("event") == "resume"] == [20]
