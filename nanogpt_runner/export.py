@@ -40,7 +40,8 @@ EXIT_USAGE = 2
 def export(target: Path, out_dir: Path, fmt: str, which: str = "best", say=print) -> list[str]:
     """Write checkpoint ``target`` (a run directory or checkpoint folder) to ``out_dir`` in format ``fmt``;
     returns the warnings (differences the format cannot express). Raises WeightsError or CheckpointError."""
-    from nanogpt_runner.checkpoint import load_model_state, resolve
+    from nanogpt_runner.checkpoint import load_model_state
+    from nanogpt_runner.checkpoint_folder import resolve
     from nanogpt_runner.pretrained import checkpoint_architecture, tokenizer_kind
 
     out_dir = Path(out_dir)

@@ -204,7 +204,7 @@ def _nanogpt(spec: str, path: Path) -> Source:
 
 
 def _runner(spec: str, path: Path, announce) -> Source:
-    from nanogpt_runner.checkpoint import resolve
+    from nanogpt_runner.checkpoint_folder import resolve
     from nanogpt_runner.run_control import CheckpointError
 
     try:
@@ -325,7 +325,8 @@ def load_state(source: Source, vocab_size: int, block_size: int) -> dict[str, to
     positions (the position table cropped, as nanoGPT's crop_block_size)."""
     arch = Architecture(**{**source.arch.model_fields(), "vocab_size": vocab_size})
     if source.kind == "runner":
-        from nanogpt_runner.checkpoint import load_model_state, read_meta
+        from nanogpt_runner.checkpoint import load_model_state
+        from nanogpt_runner.checkpoint_folder import read_meta
 
         state = dict(load_model_state(source.path, read_meta(source.path)))
     elif source.kind == "nanogpt":

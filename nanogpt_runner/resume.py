@@ -5,7 +5,7 @@ Two moments use this module. Before a run directory is chosen, the launcher's ``
 whether this launch continues a run, in which directory, and with which config (the checkpoint's, plus
 the overrides the command line names, refusing changes to FIXED_FIELDS). Inside the training process,
 ``Checkpointer.restore`` loads the checkpoint the run continues from and ``after_step``/``save`` apply the
-keep/save policy. Storage itself (folders, hashes, state dicts) is checkpoint.py's.
+keep/save policy. Storage itself is checkpoint_folder.py's (folders, hashes) and checkpoint.py's (state dicts).
 """
 
 from __future__ import annotations
@@ -16,18 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nanogpt_runner.checkpoint import (
-    TrainState,
+from nanogpt_runner.checkpoint import TrainState, load_checkpoint, rank_world, save_checkpoint
+from nanogpt_runner.checkpoint_folder import (
     checkpoint_dir,
     discard_after,
     find_latest,
-    load_checkpoint,
     mark_latest,
     prune,
-    rank_world,
     remove_temporaries,
     resolve,
-    save_checkpoint,
 )
 from nanogpt_runner.config import Config, flatten
 from nanogpt_runner.process_group import restart_count

@@ -95,7 +95,8 @@ def sample(target: Path, options: SampleOptions, announce=lambda message: print(
     Raises SampleError (or CheckpointError) with a message fit to show a user."""
     import torch
 
-    from nanogpt_runner.checkpoint import load_model_state, resolve
+    from nanogpt_runner.checkpoint import load_model_state
+    from nanogpt_runner.checkpoint_folder import resolve
     from nanogpt_runner.config import ModelConfig
     from nanogpt_runner.model import GPT
     from nanogpt_runner.tokenizer import TokenizerError, TokenizerUnavailable, from_description

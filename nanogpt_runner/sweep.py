@@ -34,7 +34,7 @@ from nanogpt_runner.analysis import (
     objective_value,
     seed_groups,
 )
-from nanogpt_runner.checkpoint import checkpoint_dir, list_checkpoints
+from nanogpt_runner.checkpoint_folder import checkpoint_dir, list_checkpoints
 from nanogpt_runner.config import OBJECTIVES
 from nanogpt_runner.runs import RUN_FILE, read_run, write_json_atomic
 

@@ -21,6 +21,7 @@ import torch
 from omegaconf import OmegaConf
 
 from nanogpt_runner import checkpoint as ck
+from nanogpt_runner import checkpoint_folder as folders
 from nanogpt_runner.config import CONF_DIR, ModelConfig, OptimizerConfig
 from nanogpt_runner.model import GPT
 from nanogpt_runner.optim import Optimizers, build_optimizers
@@ -64,8 +65,8 @@ def main() -> None:
                 state = ck.TrainState(step=step, tokens=step)
                 saves.append(timed(ck.save_checkpoint, folder, state, model, optimizer, config={}, vocab=VOCAB,
                                    sharded=sharded))
-                path = folder / ck.checkpoint_name(step)
-                checks.append(timed(ck.read_meta, path))
+                path = folder / folders.checkpoint_name(step)
+                checks.append(timed(folders.read_meta, path))
                 loads.append(timed(ck.load_checkpoint, path, fresh_model, fresh_optimizer))
             size = sum(f.stat().st_size for f in path.iterdir()) / 1e6
             print(f"{layout:>14}: {size:6.1f} MB | write {statistics.median(saves):.2f} s | "

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from nanogpt_runner import checkpoint as ck
+from nanogpt_runner import checkpoint_folder as folders
 from nanogpt_runner import resume, run_control
 from nanogpt_runner.config import ModelConfig, OptimizerConfig
 from nanogpt_runner.model import GPT
@@ -74,7 +75,7 @@ def test_round_trip_continues_training_exactly(tmp_path, sharded):
     assert train_steps(restored, restored_optimizer, 3) == expected
     for a, b in zip(model.state_dict().values(), restored.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    saved_weights = ck.load_model_state(path, ck.read_meta(path))  # what nanogpt-sample reads, either layout
+    saved_weights = ck.load_model_state(path, folders.read_meta(path))  # what nanogpt-sample reads, either layout
     restored_for_sampling, _ = tiny_model(seed=6)
     restored_for_sampling.load_state_dict(saved_weights)
     assert torch.equal(saved_weights["tok_emb.weight"], path_weights(path, sharded))
@@ -83,7 +84,7 @@ def test_round_trip_continues_training_exactly(tmp_path, sharded):
 def path_weights(path, sharded: bool) -> torch.Tensor:
     """The token embedding as stored, read without the checkpoint module (a plain file, or DCP's reader)."""
     if not sharded:
-        return torch.load(path / ck.MODEL_FILE, weights_only=True)["tok_emb.weight"]
+        return torch.load(path / folders.MODEL_FILE, weights_only=True)["tok_emb.weight"]
     import torch.distributed.checkpoint as dcp
 
     target = {"model": {"tok_emb.weight": torch.empty(len(VOCAB), 32)}}
@@ -98,12 +99,12 @@ def test_keys_are_clean_for_a_compiled_model(tmp_path):
     compiled = torch.compile(model)  # never called, so nothing compiles; its state_dict keys have _orig_mod.
     assert any(k.startswith("_orig_mod.") for k in compiled.state_dict())
     path = save(tmp_path, compiled, optimizer, 1)
-    model_keys = torch.load(path / ck.MODEL_FILE, weights_only=True).keys()
-    optim_keys = torch.load(path / ck.OPTIMIZER_FILE, weights_only=True)["state"].keys()
+    model_keys = torch.load(path / folders.MODEL_FILE, weights_only=True).keys()
+    optim_keys = torch.load(path / folders.OPTIMIZER_FILE, weights_only=True)["state"].keys()
     assert set(model_keys) == set(model.state_dict())
     assert "tok_emb.weight" in optim_keys and not any("_orig_mod" in k for k in optim_keys)
-    meta = json.loads((path / ck.META_FILE).read_text())
-    assert (meta["format"], meta["version"], meta["layout"]) == (ck.FORMAT, ck.VERSION, "full")
+    meta = json.loads((path / folders.META_FILE).read_text())
+    assert (meta["format"], meta["version"], meta["layout"]) == (folders.FORMAT, folders.VERSION, "full")
 
 
 def test_crash_mid_save_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
@@ -115,7 +116,7 @@ def test_crash_mid_save_leaves_the_previous_checkpoint_loadable(tmp_path, monkey
     real_save = ck._save_tensors
 
     def crash_on_optimizer(obj, path):
-        if path.name == ck.OPTIMIZER_FILE:
+        if path.name == folders.OPTIMIZER_FILE:
             with open(path, "wb") as f:
                 f.write(b"PK\x03\x04 half a file")
             raise OSError("simulated crash while writing")
@@ -124,15 +125,15 @@ def test_crash_mid_save_leaves_the_previous_checkpoint_loadable(tmp_path, monkey
     monkeypatch.setattr(ck, "_save_tensors", crash_on_optimizer)
     with pytest.raises(OSError, match="simulated crash"):
         save(tmp_path, model, optimizer, 2)
-    assert (tmp_path / ck.LATEST).read_text().strip() == first.name
-    assert ck.list_checkpoints(tmp_path) == [first]  # the half-written folder never got a checkpoint's name
-    found, meta = ck.find_latest(tmp_path, announce=pytest.fail)
+    assert (tmp_path / folders.LATEST).read_text().strip() == first.name
+    assert folders.list_checkpoints(tmp_path) == [first]  # the half-written folder never got a checkpoint's name
+    found, meta = folders.find_latest(tmp_path, announce=pytest.fail)
     assert (found, meta["step"]) == (first, 1)
 
     monkeypatch.setattr(ck, "_save_tensors", real_save)
     second = save(tmp_path, model, optimizer, 2)  # the next save replaces the leftover temporary folder
-    assert ck.find_latest(tmp_path, announce=pytest.fail)[0] == second
-    assert not list(tmp_path.glob(f"{ck.TMP_PREFIX}*"))
+    assert folders.find_latest(tmp_path, announce=pytest.fail)[0] == second
+    assert not list(tmp_path.glob(f"{folders.TMP_PREFIX}*"))
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "meta", "missing"])
@@ -141,7 +142,7 @@ def test_damaged_latest_falls_back_to_the_previous_one(tmp_path, damage):
     train_steps(model, optimizer, 1)
     good = save(tmp_path, model, optimizer, 1)
     bad = save(tmp_path, model, optimizer, 2)
-    target = bad / ck.MODEL_FILE
+    target = bad / folders.MODEL_FILE
     if damage == "truncate":
         target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
     elif damage == "flip":
@@ -149,11 +150,11 @@ def test_damaged_latest_falls_back_to_the_previous_one(tmp_path, damage):
         data[len(data) // 2] ^= 0xFF
         target.write_bytes(bytes(data))
     elif damage == "meta":
-        (bad / ck.META_FILE).write_text('{"format": "nanogpt-runner-checkp')
+        (bad / folders.META_FILE).write_text('{"format": "nanogpt-runner-checkp')
     else:
         target.unlink()
     messages = []
-    found, meta = ck.find_latest(tmp_path, announce=messages.append)
+    found, meta = folders.find_latest(tmp_path, announce=messages.append)
     assert (found, meta["step"]) == (good, 1)
     assert len(messages) == 1 and bad.name in messages[0] and f"falling back to {good.name}" in messages[0]
     restored, _ = tiny_model(seed=3)
@@ -164,11 +165,11 @@ def test_damaged_latest_falls_back_to_the_previous_one(tmp_path, damage):
 def test_every_checkpoint_damaged_is_a_clear_error(tmp_path):
     model, optimizer = tiny_model()
     path = save(tmp_path, model, optimizer, 1)
-    (path / ck.MODEL_FILE).write_bytes(b"")
+    (path / folders.MODEL_FILE).write_bytes(b"")
     with pytest.raises(run_control.CheckpointError, match="checkpoints are all damaged"):
-        ck.resolve(tmp_path, announce=lambda _: None)
+        folders.resolve(tmp_path, announce=lambda _: None)
     with pytest.raises(run_control.CheckpointError, match="has no checkpoint yet"):
-        ck.resolve(tmp_path / "..", announce=lambda _: None)
+        folders.resolve(tmp_path / "..", announce=lambda _: None)
 
 
 class Exploit:
@@ -181,10 +182,10 @@ def test_a_checkpoint_cannot_run_code(tmp_path, monkeypatch):
     path = save(tmp_path, model, optimizer, 1)
     import pickle
 
-    (path / ck.MODEL_FILE).write_bytes(pickle.dumps({"tok_emb.weight": Exploit()}))
-    meta = json.loads((path / ck.META_FILE).read_text())
-    meta["files"] = ck._manifest(path)  # a forged manifest: the hash check passes, the loader must still refuse
-    (path / ck.META_FILE).write_text(json.dumps(meta))
+    (path / folders.MODEL_FILE).write_bytes(pickle.dumps({"tok_emb.weight": Exploit()}))
+    meta = json.loads((path / folders.META_FILE).read_text())
+    meta["files"] = folders.manifest(path)  # a forged manifest: the hash check passes, the loader must still refuse
+    (path / folders.META_FILE).write_text(json.dumps(meta))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(run_control.CheckpointError, match="refusing to load"):
         ck.load_checkpoint(path, tiny_model()[0])
@@ -195,12 +196,12 @@ def test_retention_keeps_the_newest_and_the_best(tmp_path):
     model, optimizer = tiny_model()
     for step, val in [(1, 3.0), (2, 1.5), (3, None), (4, 2.0), (5, None)]:
         save(tmp_path, model, optimizer, step, val_loss=val)
-    removed = ck.prune(tmp_path, keep_last=2)
+    removed = folders.prune(tmp_path, keep_last=2)
     assert sorted(removed) == ["step_0000001", "step_0000003"]
-    assert [p.name for p in ck.list_checkpoints(tmp_path)] == ["step_0000002", "step_0000004", "step_0000005"]
-    assert (tmp_path / ck.BEST).read_text().strip() == "step_0000002"
-    assert ck.find_best(tmp_path)[0].name == "step_0000002"
-    assert ck.resolve(tmp_path, "latest")[0].name == "step_0000005"
+    assert [p.name for p in folders.list_checkpoints(tmp_path)] == ["step_0000002", "step_0000004", "step_0000005"]
+    assert (tmp_path / folders.BEST).read_text().strip() == "step_0000002"
+    assert folders.find_best(tmp_path)[0].name == "step_0000002"
+    assert folders.resolve(tmp_path, "latest")[0].name == "step_0000005"
 
 
 def test_checkpointer_saves_on_interval_best_and_end(tmp_path):
@@ -211,7 +212,8 @@ def test_checkpointer_saves_on_interval_best_and_end(tmp_path):
     saved = {step: saver.after_step(ck.TrainState(step, step * 32), val, final=step == 7)
              for step, val in [(1, None), (2, 2.0), (3, None), (4, 2.5), (5, 1.0), (6, None), (7, 1.2)]}
     assert [s for s, p in saved.items() if p] == [2, 3, 5, 6, 7]
-    assert [p.name for p in ck.list_checkpoints(ck.checkpoint_dir(tmp_path))] == ["step_0000005", "step_0000007"]
+    kept = folders.list_checkpoints(folders.checkpoint_dir(tmp_path))
+    assert [p.name for p in kept] == ["step_0000005", "step_0000007"]
     writer.close()
     events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [e["reason"] for e in events] == ["best", "interval", "best", "interval", "end"]

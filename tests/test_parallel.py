@@ -18,7 +18,8 @@ import pytest
 import torch
 from conftest import compose_config, run_cli
 
-from nanogpt_runner.checkpoint import load_model_state, resolve
+from nanogpt_runner.checkpoint import load_model_state
+from nanogpt_runner.checkpoint_folder import resolve
 from nanogpt_runner.config import DeviceCaps, layout_problems, layout_warnings, validate
 from nanogpt_runner.parallel import LAYOUT_FILE
 from nanogpt_runner.runs import find_runs, read_run

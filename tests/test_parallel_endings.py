@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 from conftest import compose_config, run_cli
 from omegaconf import OmegaConf
 
-from nanogpt_runner.checkpoint import resolve
+from nanogpt_runner.checkpoint_folder import resolve
 from nanogpt_runner.runs import find_runs, read_run
 
 ENDINGS = {"non_finite": "NonFiniteLoss", "interrupted": "Interrupted", "checkpoint_error": "CheckpointError"}

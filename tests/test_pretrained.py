@@ -19,7 +19,8 @@ from conftest import compose_config, run_cli
 from safetensors.torch import load_file
 
 from nanogpt_runner import tokenizer as tokenizers
-from nanogpt_runner.checkpoint import TrainState, checkpoint_dir, load_model_state, resolve, save_checkpoint
+from nanogpt_runner.checkpoint import TrainState, load_model_state, save_checkpoint
+from nanogpt_runner.checkpoint_folder import checkpoint_dir, resolve
 from nanogpt_runner.config import ModelConfig
 from nanogpt_runner.export import export
 from nanogpt_runner.gpt2_weights import Architecture, WeightsError, nanogpt_to_hf, ours_to_nanogpt

@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import compose_config, run_cli
 
-from nanogpt_runner import checkpoint as ck
+from nanogpt_runner import checkpoint_folder as folders
 from nanogpt_runner import process_group, resume, run_control
 from nanogpt_runner.launch import CONF_DIR
 from nanogpt_runner.model import GPT
@@ -81,8 +81,8 @@ def wait_for_step(proc: subprocess.Popen, run_dir: Path, step: int, timeout: flo
 
 
 def final_state(run_dir: Path) -> tuple[dict, dict]:
-    path = ck.checkpoint_dir(run_dir) / ck.checkpoint_name(MAX_ITERS)
-    return tuple(torch.load(path / name, weights_only=True) for name in (ck.MODEL_FILE, ck.OPTIMIZER_FILE))
+    path = folders.checkpoint_dir(run_dir) / folders.checkpoint_name(MAX_ITERS)
+    return tuple(torch.load(path / name, weights_only=True) for name in (folders.MODEL_FILE, folders.OPTIMIZER_FILE))
 
 
 def assert_bitwise_equal(run_dir: Path, reference: Path) -> None:
@@ -133,7 +133,7 @@ def test_sigterm_saves_then_resume_path_continues_in_place(tmp_path, base, refer
     last_step = max(e["step"] for e in events if e["kind"] == "train")
     saved = [e for e in events if e.get("event") == "checkpoint"][-1]
     assert (saved["reason"], saved["step"]) == ("signal", last_step)  # the last completed step is on disk
-    assert ck.find_latest(ck.checkpoint_dir(run_dir))[1]["step"] == last_step
+    assert folders.find_latest(folders.checkpoint_dir(run_dir))[1]["step"] == last_step
 
     # resume=PATH from another directory; an eval-cadence change is allowed and recorded.
     elsewhere = tmp_path / "elsewhere"
@@ -173,7 +173,7 @@ def test_plan_takes_architecture_from_the_checkpoint(tmp_path, reference):
     assert (resumed.run_dir, resumed.step) == (reference.resolve(), MAX_ITERS)
     assert (resumed.cfg.model.n_embd, resumed.cfg.model.dropout, resumed.cfg.train.max_iters) == (32, 0.1, 300)
     assert resumed.changes == {"train.max_iters": [MAX_ITERS, 300]}
-    assert resumed.cfg.resume == str(ck.checkpoint_dir(reference).resolve() / ck.checkpoint_name(MAX_ITERS))
+    assert resumed.cfg.resume == str(folders.checkpoint_dir(reference).resolve() / folders.checkpoint_name(MAX_ITERS))
 
     with pytest.raises(run_control.CheckpointError, match="model.n_embd=128 conflicts"):
         plan([], tmp_path, f"resume={reference}", "train.max_iters=300", "model=baby")
@@ -226,9 +226,10 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, tiny_ove
     events = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
     nan = [e for e in events if e.get("event") == "nan"]
     assert [(e["step"], e["loss"], e["action"]) for e in nan] == [(15, "nan", "stopped")]
-    assert [p.name for p in ck.list_checkpoints(ck.checkpoint_dir(run_dir))] == ["step_0000005", "step_0000010"]
-    path, meta = ck.find_latest(ck.checkpoint_dir(run_dir))
-    weights = torch.load(path / ck.MODEL_FILE, weights_only=True)
+    kept = folders.list_checkpoints(folders.checkpoint_dir(run_dir))
+    assert [p.name for p in kept] == ["step_0000005", "step_0000010"]
+    path, meta = folders.find_latest(folders.checkpoint_dir(run_dir))
+    weights = torch.load(path / folders.MODEL_FILE, weights_only=True)
     assert meta["step"] == 10 and all(torch.isfinite(w).all() for w in weights.values())
 
 
@@ -243,7 +244,7 @@ def test_nan_skip_step_drops_the_update_and_counts_it(tmp_path, tiny_overrides, 
     train_lines = [e for e in events if e["kind"] == "train"]
     assert all(isinstance(e["loss"], float) and math.isfinite(e["loss"]) for e in train_lines)
     assert [e["skipped_steps"] for e in train_lines if e["step"] in (10, 15)] == [0, 1]
-    assert ck.find_latest(ck.checkpoint_dir(run_dir))[1]["skipped_steps"] == 1
+    assert folders.find_latest(folders.checkpoint_dir(run_dir))[1]["skipped_steps"] == 1
 
 
 @pytest.mark.skipif(os.name != "posix", reason="signals")
@@ -261,11 +262,12 @@ def test_a_restarted_group_continues_from_the_runs_latest_checkpoint(tmp_path, t
     overrides = [*tiny_overrides, "train.ckpt_interval=5", "train.keep_last=10"]
     code, run_dir = train_in_process(tmp_path, overrides)  # 20 steps: checkpoints 5, 10, 15, 20
     assert code == 0
-    ckpt_dir = ck.checkpoint_dir(run_dir)
-    first_resumed_from = ckpt_dir / ck.checkpoint_name(10)
+    ckpt_dir = folders.checkpoint_dir(run_dir)
+    first_resumed_from = ckpt_dir / folders.checkpoint_name(10)
     cfg = compose_config([*overrides, "train.max_iters=25", f"resume={first_resumed_from}"])
     monkeypatch.setenv(process_group.RESTART_COUNT_ENV, "1")  # what torchrun sets in a restarted group
     assert execute(cfg, run_dir, prepare(cfg.data, announce=print)) == 0
     events = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
     assert [e["step"] for e in events if e.get("event") == "resume"] == [20]
-    assert [p.name for p in ck.list_checkpoints(ckpt_dir)] == [ck.checkpoint_name(s) for s in (5, 10, 15, 20, 25)]
+    kept = folders.list_checkpoints(ckpt_dir)
+    assert [p.name for p in kept] == [folders.checkpoint_name(s) for s in (5, 10, 15, 20, 25)]

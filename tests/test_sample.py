@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from nanogpt_runner import checkpoint as ck
+from nanogpt_runner import checkpoint_folder as folders
 from nanogpt_runner.config import ModelConfig, OptimizerConfig
 from nanogpt_runner.model import GPT
 from nanogpt_runner.optim import build_optimizers
@@ -31,7 +32,7 @@ def run_dir(tmp_path) -> Path:
         torch.manual_seed(seed)
         model = GPT(ModelConfig(**MODEL), len(VOCAB))
         optimizer = build_optimizers(model, OptimizerConfig())
-        ck.save_checkpoint(ck.checkpoint_dir(run), ck.TrainState(step, step * 64, val_loss), model, optimizer,
+        ck.save_checkpoint(folders.checkpoint_dir(run), ck.TrainState(step, step * 64, val_loss), model, optimizer,
                            config={"model": MODEL}, vocab=VOCAB, val_loss=val_loss)
     return run
 
@@ -47,7 +48,7 @@ def test_same_seed_same_text_and_another_seed_another(run_dir):
 def test_best_and_latest_are_different_checkpoints(run_dir):
     best = sample(run_dir, SampleOptions(max_new_tokens=40, which="best"))
     latest = sample(run_dir, SampleOptions(max_new_tokens=40, which="latest"))
-    step_2 = sample(ck.checkpoint_dir(run_dir) / "step_0000002", SampleOptions(max_new_tokens=40))
+    step_2 = sample(folders.checkpoint_dir(run_dir) / "step_0000002", SampleOptions(max_new_tokens=40))
     assert best != latest and latest == step_2
 
 
@@ -96,6 +97,6 @@ def test_a_path_without_a_checkpoint_is_one_error_line(tmp_path, capsys, where, 
 
 
 def test_untrained_weights_are_finite(run_dir):
-    path, meta = ck.resolve(run_dir, "best")
+    path, meta = folders.resolve(run_dir, "best")
     assert meta["step"] == 1 and math.isclose(meta["val_loss"], 1.0)
     assert all(torch.isfinite(t).all() for t in ck.load_model_state(path, meta).values())

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 from conftest import compose_config, run_cli
 
-from nanogpt_runner.checkpoint import checkpoint_dir, find_latest
+from nanogpt_runner.checkpoint_folder import checkpoint_dir, find_latest
 from nanogpt_runner.prepare import prepare
 from nanogpt_runner.runs import RunReader, read_run
 from nanogpt_runner.stopping import Stopper, planned_steps
