@@ -53,7 +53,10 @@ def _train_lines(run_dir: Path) -> int:
 def test_a_second_run_into_a_live_runs_dir_is_refused_and_a_killed_one_leaves_no_lock(tmp_path, tiny_overrides):
     run_dir = tmp_path / "run"
     common = [*tiny_overrides, "train.log_interval=1", f"hydra.run.dir={run_dir}"]
-    first = subprocess.Popen([str(Path(sys.executable).parent / "nanogpt-run"), *common, "train.max_iters=100000"],
+    # The first run saves no checkpoint while it lives (no interval, no eval to find a new best), so the others
+    # find nothing to resume: only the lock stops them.
+    first = subprocess.Popen([str(Path(sys.executable).parent / "nanogpt-run"), *common, "train.max_iters=100000",
+                              "train.ckpt_interval=0", "train.eval_interval=100000"],
                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
