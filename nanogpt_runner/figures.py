@@ -12,18 +12,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from nanogpt_runner.analysis import (
-    SEED_KEY,
-    X_AXES,
-    X_TITLES,
-    Group,
-    RunRecord,
-    differing_keys,
-    finite,
-    objective_name,
-    objective_value,
-    seed_groups,
-)
+from nanogpt_runner.analysis import X_AXES, X_TITLES, RunRecord, differing_keys, finite
+from nanogpt_runner.comparison import SEED_KEY, Group, objective_name, objective_value, seed_groups
 from nanogpt_runner.runs import EVAL
 
 MAX_LABEL = 60  # characters of a legend or axis label taken from a run folder

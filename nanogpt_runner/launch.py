@@ -26,7 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from nanogpt_runner.config import CONF_DIR, Config, config_warnings, data_problems, register_schema, validate
+from nanogpt_runner.config import CONF_DIR, Config, register_schema
 from nanogpt_runner.console import error
 from nanogpt_runner.data import DataError, PreparedData
 from nanogpt_runner.loggers import logger_problems
@@ -38,6 +38,7 @@ from nanogpt_runner.runs import CONFIG_FILE, LOCK_FILE, RUN_FILE, RunWriter
 from nanogpt_runner.search import register_sweeper
 from nanogpt_runner.sweep import SKIPPED, SweepMismatch, forget_outcome, job_objective, previous_attempt, record_action
 from nanogpt_runner.torchrun import fill_cluster_rendezvous, hidden_gpus_problem, run_group
+from nanogpt_runner.validation import config_warnings, data_problems, validate
 
 EXIT_INVALID_CONFIG = 2
 

@@ -9,7 +9,7 @@ state by parameter name). A new optimizer is one registry entry.
 - ``adamw``: nanoGPT's groups: matrices (embeddings, linear weights) decayed; biases and norms not.
 - ``muon``: ``torch.optim.Muon`` for the hidden matrices (the 2-D weights inside the transformer blocks)
   and AdamW for the rest (embeddings, the head, norms, biases), the split the nanoGPT speedrun uses. Muon
-  orthogonalises each matrix's whole update, so it needs every matrix whole on its rank: config.validate
+  orthogonalises each matrix's whole update, so it needs every matrix whole on its rank: validation.validate
   refuses the layouts that shard them.
 
 Every param group follows one schedule shape between its own peak and floor: linear warm-up to the peak,

@@ -14,16 +14,8 @@ import csv
 import sys
 from pathlib import Path
 
-from nanogpt_runner.analysis import (
-    RunRecord,
-    compare_notes,
-    differing_keys,
-    finite,
-    load_runs,
-    run_notes,
-    seed_groups,
-    summarize,
-)
+from nanogpt_runner.analysis import RunRecord, differing_keys, finite, load_runs, run_notes, summarize
+from nanogpt_runner.comparison import compare_notes, seed_groups
 from nanogpt_runner.figures import hyperparameter_figure, plain, seed_band_figure
 from nanogpt_runner.runs import METRIC, axis_title, summarized
 

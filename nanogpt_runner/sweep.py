@@ -25,16 +25,9 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from nanogpt_runner.analysis import (
-    RunRecord,
-    best_run,
-    finite,
-    load_runs,
-    objective_name,
-    objective_value,
-    seed_groups,
-)
+from nanogpt_runner.analysis import RunRecord, finite, load_runs
 from nanogpt_runner.checkpoint_folder import checkpoint_dir, list_checkpoints
+from nanogpt_runner.comparison import best_run, objective_name, objective_value, seed_groups
 from nanogpt_runner.config import OBJECTIVES
 from nanogpt_runner.runs import RUN_FILE, read_run, write_json_atomic
 

@@ -7,17 +7,8 @@ import statistics
 
 import pytest
 
-from nanogpt_runner.analysis import (
-    RunRecord,
-    closest_pairs,
-    compare_notes,
-    differing_keys,
-    diverged_at,
-    load_runs,
-    run_notes,
-    seed_groups,
-    summarize,
-)
+from nanogpt_runner.analysis import RunRecord, differing_keys, diverged_at, load_runs, run_notes, summarize
+from nanogpt_runner.comparison import closest_pairs, compare_notes, seed_groups
 from nanogpt_runner.runs import RunWriter
 from nanogpt_runner.viewer.synthetic import config, write_run
 

@@ -10,11 +10,12 @@ import torch
 from conftest import compose_config, run_cli
 
 from nanogpt_runner import checkpoint as ck
-from nanogpt_runner.config import DeviceCaps, OptimizerConfig, OptimizerName, choices, config_warnings, validate
+from nanogpt_runner.config import DeviceCaps, OptimizerConfig, OptimizerName, choices
 from nanogpt_runner.model import GPT
 from nanogpt_runner.optim import OPTIMIZERS, build_optimizers, is_hidden_matrix, lr_at
 from nanogpt_runner.resume import config_changes
 from nanogpt_runner.runs import find_runs
+from nanogpt_runner.validation import config_warnings, validate
 
 CPU = DeviceCaps(kind="cpu", bf16=True, cuda_available=False)
 VOCAB = 65

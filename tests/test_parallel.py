@@ -20,9 +20,10 @@ from conftest import compose_config, run_cli
 
 from nanogpt_runner.checkpoint import load_model_state
 from nanogpt_runner.checkpoint_folder import resolve
-from nanogpt_runner.config import DeviceCaps, layout_problems, layout_warnings, validate
+from nanogpt_runner.config import DeviceCaps
 from nanogpt_runner.parallel import LAYOUT_FILE
 from nanogpt_runner.runs import find_runs, read_run
+from nanogpt_runner.validation import layout_problems, layout_warnings, validate
 
 STEPS = 12
 

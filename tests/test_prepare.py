@@ -25,7 +25,8 @@ from worker_killer import KilledByKILL
 from nanogpt_runner import corpus as corpus_module
 from nanogpt_runner import prepare as prep
 from nanogpt_runner import tokenizer as tokenizers
-from nanogpt_runner.analysis import RunRecord, comparison_metric
+from nanogpt_runner.analysis import RunRecord
+from nanogpt_runner.comparison import comparison_metric
 from nanogpt_runner.config import DataConfig, ModelConfig
 from nanogpt_runner.data import Batches, DataError, load_prepared
 from nanogpt_runner.model import GPT

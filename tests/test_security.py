@@ -348,7 +348,7 @@ def test_names_and_values_are_escaped_before_markdown():
     ("run.name=../../../x", "run.name='../../../x' must be 1-64 letters"),
 ])
 def test_data_sources_and_run_names_are_checked_by_validation(override, message):
-    from nanogpt_runner.config import validate
+    from nanogpt_runner.validation import validate
 
 
     problems = validate(compose_config(["model=tiny", override]))
@@ -356,7 +356,7 @@ def test_data_sources_and_run_names_are_checked_by_validation(override, message)
 
 
 def test_a_fifo_data_path_is_one_line_not_a_hang(tmp_path):
-    from nanogpt_runner.config import validate
+    from nanogpt_runner.validation import validate
 
 
     os.mkfifo(tmp_path / "input.txt")

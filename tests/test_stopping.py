@@ -114,7 +114,7 @@ def test_every_rank_of_a_process_group_stops_at_the_same_step(tmp_path, tiny_ove
 
 
 def test_stop_settings_are_checked_before_a_run_starts():
-    from nanogpt_runner.config import validate
+    from nanogpt_runner.validation import validate
 
     cfg = compose_config(["train.early_stop_patience=0", "train.divergence_factor=0.5", "train.max_tokens=-1",
                           "sweep.objective=time_to_target"])

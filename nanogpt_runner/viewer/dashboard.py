@@ -15,22 +15,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nanogpt_runner.analysis import (
+from nanogpt_runner.analysis import RunRecord, differing_keys, finite, format_duration, run_notes, summarize
+from nanogpt_runner.annotations import Annotations
+from nanogpt_runner.comparison import (
     Group,
-    RunRecord,
     best_run,
     compare_notes,
-    differing_keys,
-    finite,
-    format_duration,
     group_key,
     objective_name,
     objective_value,
-    run_notes,
     seed_groups,
-    summarize,
 )
-from nanogpt_runner.annotations import Annotations
 from nanogpt_runner.runs import METRIC, axis_title, summarized
 from nanogpt_runner.viewer.curves import (
     PLOTS,
