@@ -139,7 +139,7 @@ def peak_flops(device: torch.device, precision: str, cache_dir: Path) -> float:
     of this process's threads (one rank's share of the cores), so world x peak is the group's."""
     if device.type == "cuda" and (flops := gpu_table_peak(torch.cuda.get_device_name(device), precision)):
         return flops
-    key = f"{device.type}|{_cpu_model() if device.type == 'cpu' else torch.cuda.get_device_name(device)}|" \
+    key = f"{device.type}|{cpu_model() if device.type == 'cpu' else torch.cuda.get_device_name(device)}|" \
           f"{torch.get_num_threads()}|{precision}|torch{torch.__version__}"
     cache_file = cache_dir / "peak_flops.json"
     try:
@@ -183,7 +183,8 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's marketing name: every figure the runner or a benchmark reports is named with it."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -250,4 +251,4 @@ def memory_refusal(cfg: Config, vocab_size: int) -> str | None:
 def describe(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{_cpu_model()} ({torch.get_num_threads()} threads)"
+    return f"{cpu_model()} ({torch.get_num_threads()} threads)"

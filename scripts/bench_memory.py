@@ -49,9 +49,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--only", nargs="*", help="case names to run (default: all)")
     args = parser.parse_args()
-    from nanogpt_runner.hardware import _cpu_model
+    from nanogpt_runner.hardware import cpu_model
 
-    print(f"machine: {_cpu_model()}")
+    print(f"machine: {cpu_model()}")
     root = Path(tempfile.mkdtemp(prefix="nanogpt-memory-"))
     extra = [f"data.path={args.data}"] if args.data else []
     print(f"{'case':<28}{'estimate MB':>12}{'measured MB':>12}{'ratio':>8}")

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -78,16 +77,6 @@ def write_corpus(path: Path, megabytes: float) -> int:
     return path.stat().st_size
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def measure(way: str, tokenizer: str, corpus: Path, work: Path, num_proc: int) -> dict:
     cache = work / f"{way}-{tokenizer}"
     shutil.rmtree(cache, ignore_errors=True)
@@ -111,6 +100,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     corpus = work / "corpus.txt"
     size_mb = write_corpus(corpus, args.mb) / 1e6
+    from nanogpt_runner.hardware import cpu_model
+
     print(f"{cpu_model()}, {os.cpu_count()} cores; corpus {size_mb:.0f} MB (Python stdlib source, repeated)")
     print(f"{'tokenizer':<10}{'way':<11}{'procs':>6}{'tokens':>14}{'s':>8}{'MB/s':>8}{'MB/s/proc':>10}"
           f"{'peak RSS MB':>12}{'worker MB':>10}")

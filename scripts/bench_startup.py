@@ -61,12 +61,12 @@ def main() -> None:
     parser.add_argument("--data", help="tiny-shakespeare input.txt (prepared once before timing)")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    from nanogpt_runner.hardware import _cpu_model
+    from nanogpt_runner.hardware import cpu_model
 
     extra = [f"data.path={args.data}"] if args.data else []
     root = Path(tempfile.mkdtemp(prefix="nanogpt-startup-"))
     one_run(extra, root)  # prepares the data and caches the matmul peak: not start-up costs
-    print(f"machine: {_cpu_model()}; median of {args.rounds} rounds")
+    print(f"machine: {cpu_model()}; median of {args.rounds} rounds")
     for name, statement in IMPORTS.items():
         print(f"{name:<26}{statistics.median(import_seconds(statement) for _ in range(args.rounds)):>7.2f} s")
     for layout, overrides in (("single", []), ("ddp, 2 ranks", ["parallel=ddp"])):
