@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import torch
+from conftest import compose_config, run_cli
 
 from nanogpt_runner import autotune
-from tests.conftest import compose_config, run_cli
 
 CPU = torch.device("cpu")
 

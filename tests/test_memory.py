@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import compose_config, run_cli
 
 from nanogpt_runner import hardware, launch, memory
 from nanogpt_runner.model import GPT
-from tests.conftest import compose_config, run_cli
 
 VOCAB = 65
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import compose_config, run_cli
 
 from nanogpt_runner import analysis, autotune, memory, plan
 from nanogpt_runner.runs import RunWriter
-from tests.conftest import compose_config, run_cli
 
 CPU = torch.device("cpu")
 
