@@ -1,6 +1,7 @@
 """Are the runner's defaults as fast as its best fixed setting? Side by side in one process, rounds alternating.
 
     python scripts/bench_defaults.py --data /path/to/input.txt [--configs baby shakespeare] [--steps 60] [--rounds 3]
+                                     [--nanogpt /path/to/nanoGPT]
 
 For each config (``baby``: nanoGPT's baby CPU run, batch 12 x 64; ``shakespeare``: the 10.6M model, batch
 16 x 256), the runner's training loop (nanogpt_runner.train.train, evaluation off) with:
@@ -8,15 +9,22 @@ For each config (``baby``: nanoGPT's baby CPU run, batch 12 x 64; ``shakespeare`
   defaults     nothing set: precision=auto (probed on this model, cached), attention=sdpa
   plan=auto    the winner of nanogpt-plan (its cost printed apart, and against a 2,000-step run)
   fixed        every fixed precision this CPU runs natively x attention sdpa/math (fp32 among them)
+  nanoGPT      with --nanogpt: nanoGPT's own train.py at the same model and batch (fp32 and no compile, as
+               nanoGPT runs on a CPU), from a copy of the checkout with shakespeare_char prepared from --data;
+               its tokens/s from its per-iteration times
 
 prints tokens/s (the median over rounds), MFU against the matmul peak of the precision used, and
-defaults / best fixed (goal: >= 0.95, "auto must not lose to a hand choice").
+defaults / best fixed (goal: >= 0.95, "auto must not lose to a hand choice") and, with --nanogpt,
+defaults / nanoGPT. Every variant runs once per round, rounds alternating, so background load hits all alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +42,11 @@ from nanogpt_runner.plan import available_memory, cached_plan  # noqa: E402
 from nanogpt_runner.prepare import prepare  # noqa: E402
 
 CONFIGS = {"baby": ["+experiment=baby_cpu"], "shakespeare": ["model=shakespeare", "train.batch_size=16"]}
+# The same model, batch and dropout in nanoGPT's terms (its README's CPU run, and its shakespeare_char config)
+NANOGPT_CONFIGS = {"baby": ["--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128",
+                            "--dropout=0.0"],
+                   "shakespeare": ["--batch_size=16"]}
+NANOGPT_ITER = re.compile(r"^iter (\d+): loss [-\d.naif]+, time ([\d.]+)ms", re.MULTILINE)
 CPU = torch.device("cpu")
 
 
@@ -42,14 +55,44 @@ def variants(precisions: list[str]) -> dict[str, list[str]]:
     return {"defaults": [], **fixed}
 
 
+def nanogpt_copy(checkout: Path, text: str, workdir: Path) -> Path:
+    """A copy of a nanoGPT checkout with data/shakespeare_char prepared from ``text`` by its own prepare.py
+    (which then downloads nothing); the user's checkout is not written to."""
+    copy = workdir / "nanoGPT"
+    shutil.copytree(checkout, copy, ignore=shutil.ignore_patterns(".git", "out*", "*.bin", "*.pkl"))
+    data = copy / "data" / "shakespeare_char"
+    shutil.copyfile(text, data / "input.txt")
+    subprocess.run([sys.executable, "prepare.py"], cwd=data, check=True, capture_output=True)
+    return copy
+
+
+def nanogpt_loop(copy: Path, name: str, steps: int, tokens_per_iter: int) -> float:
+    """nanoGPT's train.py for ``steps`` timed iterations after 5 warm-up ones; tokens/s from its own
+    per-iteration times (its step-0 evaluation, one batch, falls in the warm-up)."""
+    out = subprocess.run(
+        [sys.executable, "train.py", "config/train_shakespeare_char.py", *NANOGPT_CONFIGS[name], "--device=cpu",
+         "--compile=False", "--dtype=float32", f"--max_iters={steps + 5}", f"--lr_decay_iters={steps + 5}",
+         f"--eval_interval={(steps + 5) * 10}", "--eval_iters=1", "--log_interval=1", f"--out_dir={copy / 'out'}"],
+        cwd=copy, check=True, capture_output=True, text=True).stdout
+    times_ms = [float(ms) for it, ms in NANOGPT_ITER.findall(out) if int(it) > 5]
+    if len(times_ms) < steps:
+        raise SystemExit(f"nanoGPT's train.py printed {len(times_ms)} timed iterations, not {steps}:\n{out[-2000:]}")
+    return tokens_per_iter * len(times_ms) / (sum(times_ms) / 1000)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="tiny-shakespeare input.txt")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--nanogpt", type=Path, help="a checkout of karpathy/nanoGPT to time beside the runner "
+                        "(needs --data)")
     args = parser.parse_args()
+    if args.nanogpt and not args.data:
+        parser.error("--nanogpt needs --data (nanoGPT's prepare.py would otherwise download the text)")
     workdir = Path(tempfile.mkdtemp(prefix="nanogpt-defaults-"))
+    reference = nanogpt_copy(args.nanogpt, args.data, workdir) if args.nanogpt else None
     common = [f"train.max_iters={args.steps + 5}", f"train.eval_interval={args.steps * 10}", "train.eval_iters=1",
               "train.log_interval=5", "train.ckpt_interval=0", "run.progress=false",
               *([f"data.path={args.data}"] if args.data else [])]
@@ -69,24 +112,30 @@ def main() -> None:
         runs = {label: config([*overrides, *extra]) for label, extra in variants(precisions).items()}
         runs["plan=auto"] = plan.apply(plan_cfg)
         results: dict[str, list[float]] = {label: [] for label in runs}
+        tokens_per_iter = cfg.train.batch_size * cfg.train.grad_accum * cfg.model.block_size
         for _ in range(args.rounds):
             for label, run_cfg in runs.items():
                 results[label].append(runner_loop(run_cfg, data, workdir))
+            if reference:
+                results.setdefault("nanoGPT", []).append(nanogpt_loop(reference, name, args.steps, tokens_per_iter))
         flops = GPT(cfg.model, data.vocab_size).flops_per_token()
         cached = "(cached) " if plan.cached else ""
         print(f"\n{name}: batch {cfg.train.batch_size} x {cfg.model.block_size}; plan {cached}took "
               f"{plan_seconds:.1f} s, won by {' '.join(plan.best.overrides())}")
         medians = {label: statistics.median(values) for label, values in results.items()}
         for label, tps in medians.items():
-            precision = runs[label].train.precision
+            precision = runs[label].train.precision if label in runs else "fp32"
             if precision == "auto":  # what the probe chose (cached by the runs above)
                 precision = autotune.resolve_precision(runs[label], data.vocab_size, CPU, caps, cache)[0]
             mfu = flops * tps / hardware.peak_flops(CPU, precision, cache)
             print(f"  {label:<12}{tps:>10,.0f} tokens/s  MFU {mfu:6.1%} of the {precision} peak")
-        fixed = {k: v for k, v in medians.items() if k not in ("defaults", "plan=auto")}
+        fixed = {k: v for k, v in medians.items() if k not in ("defaults", "plan=auto", "nanoGPT")}
         best = max(fixed, key=fixed.get)
         print(f"  defaults / best fixed ({best}) = {medians['defaults'] / fixed[best]:.3f}  (goal >= 0.95); "
               f"plan=auto / best fixed = {medians['plan=auto'] / fixed[best]:.3f}")
+        if reference:
+            print(f"  defaults / nanoGPT = {medians['defaults'] / medians['nanoGPT']:.3f}; fp32 sdpa / nanoGPT = "
+                  f"{medians['fp32 sdpa'] / medians['nanoGPT']:.3f}")
         run_2000 = 2000 * cfg.train.batch_size * cfg.model.block_size / medians["defaults"]
         if not plan.cached:
             print(f"  plan cost {plan_seconds:.1f} s = {plan_seconds / run_2000:.1%} of a 2,000-step run at the "

@@ -34,7 +34,7 @@ def photograph(root: Path, out: Path) -> None:
     from nanogpt_runner.viewer.app import free_port, serve
 
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-    demo, url = serve(root, port=free_port("127.0.0.1", 7880), refresh_s=2.0, block=False)
+    demo, url = serve(root, port=free_port("127.0.0.1", 7880), refresh_s=2.0)
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True,

@@ -229,7 +229,7 @@ def viewer(tmp_path_factory):
     os.mkfifo(root / "fifo_run" / "run.json")
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     port = free_port("127.0.0.1", 7900)
-    demo, url = serve(root, port=port, refresh_s=1.0, block=False, allowed_hosts=("dash.example",))
+    demo, url = serve(root, port=port, refresh_s=1.0, allowed_hosts=("dash.example",))
     yield port
     demo.close()
 

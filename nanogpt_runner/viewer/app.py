@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import signal
 import socket
+import threading
 from pathlib import Path
 
 DEFAULT_PORT = 7860
@@ -90,9 +92,8 @@ def free_port(host: str, start: int) -> int | None:
 
 
 def serve(runs_dir: Path, host: str = "127.0.0.1", port: int = DEFAULT_PORT, refresh_s: float = 2.0,
-          auth: tuple[str, str] | None = None, block: bool = True, data_dirs: tuple[Path, ...] = (),
-          allowed_hosts: tuple[str, ...] = ()):
-    """Build and launch the app; returns (demo, url). With block=False it runs in the background (tests)."""
+          auth: tuple[str, str] | None = None, data_dirs: tuple[Path, ...] = (), allowed_hosts: tuple[str, ...] = ()):
+    """Build and launch the app in the background; returns (demo, url). ``demo.close()`` stops it."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
     from starlette.middleware import Middleware
@@ -110,7 +111,7 @@ def serve(runs_dir: Path, host: str = "127.0.0.1", port: int = DEFAULT_PORT, ref
                      Sampler() if sampling_available() else None)
     demo.queue(default_concurrency_limit=1)
     host_check = Middleware(HostCheck, names=served_names(host, allowed_hosts))
-    _, url, _ = demo.launch(server_name=host, server_port=port, auth=auth, prevent_thread_lock=not block,
+    _, url, _ = demo.launch(server_name=host, server_port=port, auth=auth, prevent_thread_lock=True,
                             quiet=True, theme=gr.themes.Soft(), css=CSS, footer_links=[],
                             app_kwargs={"middleware": [host_check]})
     return demo, url
@@ -125,8 +126,13 @@ def main(argv: list[str] | None = None) -> None:
     root = args.runs_dir.resolve()
     print(f"nanogpt-view: {root} at http://{args.host}:{port} (refresh every {args.refresh:g} s; Ctrl+C to stop)",
           flush=True)
-    try:
-        serve(root, args.host, port, args.refresh, parse_auth(args.auth) if args.auth else None, block=True,
-              data_dirs=tuple(args.data_dirs), allowed_hosts=tuple(args.allowed_hosts))
-    except KeyboardInterrupt:
+    # Our own handlers, set before Gradio starts: a Ctrl+C or SIGTERM that lands while Gradio is still
+    # launching (where an asyncio runner may take SIGINT over and swallow it) still stops the viewer.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda _signum, _frame: stop.set())
+    demo, _ = serve(root, args.host, port, args.refresh, parse_auth(args.auth) if args.auth else None,
+                    data_dirs=tuple(args.data_dirs), allowed_hosts=tuple(args.allowed_hosts))
+    while not stop.wait(0.5):
         pass
+    demo.close()
