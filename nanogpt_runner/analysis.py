@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from nanogpt_runner.config import flatten
 from nanogpt_runner.runs import (
@@ -28,6 +28,10 @@ from nanogpt_runner.runs import (
     metric_names,
     summarized,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd  # imported where frames are built: nanogpt-run imports this module (through the
+    # sweep summary) and need not pay pandas's import before every run
 
 # Keys that say where or how a run was stored, not what it trained: never a "difference" between runs.
 IGNORED_KEY_PREFIXES = ("run.", "data.cache_dir", "data.url", "data.download_timeout_s", "data.num_proc", "sweep.",
@@ -71,6 +75,8 @@ class RunRecord:
         key = (id(lines), len(lines), id(lines[-1]) if lines else 0)
         cached = self._cache.get(kind)
         if cached is None or cached[0] != key:
+            import pandas as pd
+
             columns = metric_names(kind)
             columns += sorted({k for line in lines for k, v in line.items()
                                if k not in columns and as_number(v) is not None})
@@ -182,6 +188,8 @@ def _aggregate(record: RunRecord, metric: Metric):
         return float(columns[0].iloc[-1]) if len(columns[0]) else None
     if metric.aggregate == "steady":  # the first window holds start-up (allocation, compile)
         return finite_stat(columns[0].iloc[1:] if len(columns[0]) > 1 else columns[0], "median")
+    import pandas as pd
+
     how = "min" if metric.aggregate == "best" and metric.better == "lower" else "max"
     value = finite_stat(pd.concat(columns), how)
     return int(value) if value is not None and metric.decimals == 0 else value

@@ -1,25 +1,28 @@
-"""Starting a run's process group: the torchrun command line, and what a failed group leaves behind.
+"""Starting a run's process group: torchrun's elastic agent, and what a failed group leaves behind.
 
-Hydra's torchrun launcher plugin was never published, so the Hydra job starts torchrun itself, as a
-child process: ``python -m torch.distributed.run ... -m nanogpt_runner.worker RUN_DIR``. The workers read
-the resolved config from the run directory, never from Hydra (which would make one output dir per rank).
-One node uses a standalone rendezvous (a fresh free port each time, so sweep jobs never collide); several
-nodes meet at a c10d rendezvous on ``parallel.rdzv_endpoint``. No torch import: this runs in the parent.
+Hydra's torchrun launcher plugin was never published, so the Hydra job runs torchrun itself, in its own
+process: ``torch.distributed.run`` parses the same command line ``torchrun ... -m nanogpt_runner.worker
+RUN_DIR`` would, and its elastic agent starts, watches and restarts the ranks from here. In-process rather
+than as a ``torchrun`` child because the launcher has already imported torch: a second interpreter
+importing it again cost seconds of every group's start-up. The workers read the resolved config from the
+run directory, never from Hydra (which would make one output dir per rank). One node uses a standalone
+rendezvous (a fresh free port each time, so sweep jobs never collide); several nodes meet at a c10d
+rendezvous on ``parallel.rdzv_endpoint``.
 
-Stop signals: torchrun runs in its own session, so the parent alone hears SIGINT/SIGTERM/SIGUSR2 (a terminal,
-SLURM's warning before the time limit, a requeue) and forwards each to torchrun exactly once; torchrun
-forwards it to every rank (SIGUSR2 included), whose loop saves a checkpoint at the next step boundary and
-stops, and gives them ``parallel.timeout_min`` to do so. The parent waits for that, then lets SIGTERM or
-SIGUSR2 do what it would have done to it (submitit's requeue handler, or the default: end the process).
+Stop signals: the ranks run in their own sessions, so this process alone hears SIGINT/SIGTERM/SIGUSR2 (a
+terminal, SLURM's warning before the time limit, a requeue). While the group runs, the agent's handlers
+hold them: it forwards the signal to every rank once, whose loop saves a checkpoint at the next step
+boundary and stops, and gives them ``parallel.timeout_min`` to do so. Afterwards this process's own
+handlers are back, and SIGTERM or SIGUSR2 does what it would have done to it (submitit's requeue handler,
+or the default: end the process).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,50 +30,70 @@ from nanogpt_runner.config import threads_per_rank
 from nanogpt_runner.runs import LOG_FILE, RunWriter, read_run
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
+HANDLED_SIGNALS = ("SIGHUP", "SIGQUIT", *(sig.name for sig in STOP_SIGNALS))
 
 
-def torchrun_command(par, run_dir: Path) -> list[str]:
-    handled = ",".join(sorted({"SIGHUP", "SIGQUIT", *(sig.name for sig in STOP_SIGNALS)}))
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={par.nproc_per_node}",
-           f"--nnodes={par.nnodes}", f"--max-restarts={par.max_restarts}", "--monitor-interval=0.5",
-           f"--signals-to-handle={handled}", f"--shutdown-timeout={60 * par.timeout_min}"]
+def torchrun_args(par, run_dir: Path) -> list[str]:
+    """The torchrun command line (without ``torchrun`` itself) that starts ``par``'s group on this node."""
+    args = [f"--nproc-per-node={par.nproc_per_node}", f"--nnodes={par.nnodes}", f"--max-restarts={par.max_restarts}",
+            "--monitor-interval=0.5", f"--signals-to-handle={','.join(sorted(HANDLED_SIGNALS))}",
+            f"--shutdown-timeout={60 * par.timeout_min}"]
     if par.nnodes == 1:
-        cmd.append("--standalone")
+        args.append("--standalone")
     else:
-        cmd += ["--rdzv-backend=c10d", f"--rdzv-endpoint={par.rdzv_endpoint}", f"--rdzv-id={par.rdzv_id}"]
-    return cmd + ["-m", "nanogpt_runner.worker", str(run_dir)]
+        args += ["--rdzv-backend=c10d", f"--rdzv-endpoint={par.rdzv_endpoint}", f"--rdzv-id={par.rdzv_id}"]
+    return args + ["-m", "nanogpt_runner.worker", str(run_dir)]
 
 
 def run_group(par, run_dir: Path) -> int:
     """Run the process group to its end; returns its exit code after recording a failure in run.json."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads_per_rank(par)))
-    group = subprocess.Popen(torchrun_command(par, run_dir), env=env, start_new_session=True)
-    code, received = _wait_forwarding_signals(group)
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    args = get_args_parser().parse_args(torchrun_args(par, run_dir))
+    received = None
+    with _agent_scope(OMP_NUM_THREADS=str(threads_per_rank(par))):
+        try:
+            run(args)
+            code = 0
+        except ChildFailedError:  # a rank failed (restarts used up): torchrun's own exit code
+            code = 1
+        except SignalException as stopped:  # the ranks were told, and checkpointed or were given up on
+            received = stopped.sigval
+            code = 128 + received
     code = record_group_failure(run_dir, code)
     if received in (signal.SIGTERM, signal.SIGUSR2):
         signal.raise_signal(received)  # now that the ranks have checkpointed: what the signal meant for us
     return code  # after Ctrl-C: the exit code, and run.json says interrupted
 
 
-def _wait_forwarding_signals(group: subprocess.Popen) -> tuple[int, int | None]:
-    """Wait for torchrun, forwarding each stop signal to it; returns its exit code and the first signal."""
-    received: list[int] = []
+@contextlib.contextmanager
+def _agent_scope(**env: str):
+    """The ranks' environment set; this process's signal handlers, environment and name as they were after.
 
-    def forward(signum: int, _frame) -> None:
-        received.append(signum)
-        group.send_signal(signum)
+    The agent installs its own handlers for HANDLED_SIGNALS, writes to ``os.environ`` (which the workers
+    inherit) and renames the thread that runs it (for the main thread: the process's name in ps and top);
+    a sweep runs many groups from one process, and must get its own handlers back."""
+    import torch.multiprocessing
 
-    previous = {}
+    thread_name = torch.multiprocessing._get_thread_name()
+    names = [*env, "TORCHELASTIC_SIGNALS_TO_HANDLE"]
+    saved_env = {name: os.environ.get(name) for name in names}
+    saved_handlers = {sig: signal.getsignal(sig) for sig in (getattr(signal, name) for name in HANDLED_SIGNALS)}
+    os.environ.update(env)
     try:
-        previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
-    except ValueError:  # not the main thread: signals cannot be caught here, torchrun keeps its own session
-        pass
-    try:
-        code = group.wait()
+        yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return code, received[0] if received else None
+        torch.multiprocessing._set_thread_name(thread_name)
+        for sig, handler in saved_handlers.items():
+            with contextlib.suppress(ValueError, TypeError):  # not the main thread: the agent installed none
+                signal.signal(sig, handler)
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def record_group_failure(run_dir: Path, code: int) -> int:

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 
 from nanogpt_runner.launch import CONF_DIR
 from nanogpt_runner.runs import find_runs, read_run
-from nanogpt_runner.torchrun import fill_cluster_rendezvous, torchrun_command
+from nanogpt_runner.torchrun import fill_cluster_rendezvous, torchrun_args
 
 
 def test_a_submitit_local_sweep_runs_each_job_as_a_process_group(tmp_path, tiny_overrides):
@@ -47,14 +47,14 @@ def test_a_multi_node_slurm_job_meets_on_its_first_node(tiny_overrides, monkeypa
     cfg = compose_config([*tiny_overrides, "parallel=ddp", "parallel.nnodes=2"])
     fill_cluster_rendezvous(cfg)
     assert cfg.parallel.rdzv_endpoint.startswith("node-a:") and cfg.parallel.rdzv_id == "nanogpt-4242"
-    command = torchrun_command(cfg.parallel, "RUN")
+    command = torchrun_args(cfg.parallel, "RUN")
     assert "--nnodes=2" in command and "--rdzv-backend=c10d" in command and "--standalone" not in command
     assert command[-3:] == ["-m", "nanogpt_runner.worker", "RUN"]
 
 
 def test_torchrun_forwards_sigusr2_to_the_ranks_and_gives_them_time_to_checkpoint(tiny_overrides):
     cfg = compose_config([*tiny_overrides, "parallel=ddp", "parallel.timeout_min=20"])
-    command = torchrun_command(cfg.parallel, "RUN")
+    command = torchrun_args(cfg.parallel, "RUN")
     [handled] = [arg for arg in command if arg.startswith("--signals-to-handle=")]
     assert {"SIGTERM", "SIGINT", "SIGUSR2"} <= set(handled.split("=", 1)[1].split(","))
     assert "--shutdown-timeout=1200" in command
