@@ -419,7 +419,7 @@ def test_stop_ends_every_process_of_a_two_rank_run_and_it_is_interrupted(tmp_pat
             time.sleep(0.5)
         assert metrics is not None, launcher.log_tail(launched.process.pid)
         processes = {launched.process.pid} | descendants(launched.process.pid)
-        assert len(processes) >= 4, "expected nanogpt-run, torchrun and two ranks"
+        assert len(processes) >= 3, "expected nanogpt-run (torchrun's agent) and two ranks"
         assert "sent SIGTERM" in launcher.stop(launched.process.pid)
         launched.process.wait(timeout=120)
         deadline = time.monotonic() + 120

@@ -6,7 +6,7 @@ will (a resumed run takes its checkpoint's config) and answers with the config i
 checks that too and pins its data source, process count, single node and runs folder on the command
 line, so a checkpoint's config cannot bring back what the page may not choose. Processes start with an
 argument list (never a shell) in their own session: Stop signals that whole process group (nanogpt-run,
-torchrun and every rank), and only groups this viewer started.
+which tells every rank of its group), and only groups this viewer started.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ class Launcher:
             os.killpg(launched.process.pid, signal.SIGTERM)  # the group id is the pid: it leads its session
         except ProcessLookupError:
             return f"pid {pid} already ended"
-        return (f"sent SIGTERM to pid {pid} and its process group (torchrun and every rank): the run checkpoints "
+        return (f"sent SIGTERM to pid {pid} and its process group (nanogpt-run tells every rank): the run checkpoints "
                 f"and is marked interrupted")
 
     def log_tail(self, pid: int, max_bytes: int = 4000) -> str:
