@@ -12,7 +12,8 @@ same, so the loss curve is the same run's. What it may change is how each step i
 
 First it prints the memory estimate (``--estimate-only`` stops there). Then it times candidates one
 dimension at a time from the config as given (a coordinate search: every dimension's alternatives are
-timed with the best of the others so far), within ``plan.budget_s`` seconds, and drops those whose
+timed with the best of the others so far; one replaces the best so far only when faster by more than
+timing noise, ``autotune.SWITCH_MARGIN``), within ``plan.budget_s`` seconds, and drops those whose
 memory estimate exceeds the device's memory. The table shows each candidate's tokens/s, estimated and
 measured memory, and the winner. Plans are cached per (device, threads, model shape, batch, budget) in
 ``<data cache>/autotune.json``; ``train.plan=auto`` runs the plan (or reads it) and trains with the winner,
@@ -151,11 +152,17 @@ def make_plan(cfg: Config, vocab_size: int, device: torch.device, available: flo
         c.status, c.step_ms, c.measured_bytes = MEASURED, timing.step_ms, timing.peak_bytes
         c.tok_per_s = 1000 * c.setting.batch_size * c.setting.grad_accum * cfg.model.block_size / timing.step_ms
 
-    def best_of(options: list[Candidate]) -> Candidate | None:
+    def best_of(options: list[Candidate], incumbent: Candidate) -> Candidate:
+        """The fastest of ``options``, if clearly faster than the incumbent (which near-ties keep)."""
         for c in options:
             run(c)
         measured = [c for c in options if c.status == MEASURED]
-        return max(measured, key=lambda c: c.tok_per_s) if measured else None
+        if not measured:
+            return incumbent
+        fastest = max(measured, key=lambda c: c.tok_per_s)  # every candidate trains the same tokens per step
+        if incumbent.status == MEASURED and not autotune.clearly_faster(fastest.step_ms, incumbent.step_ms):
+            return incumbent
+        return fastest
 
     threads = threads_per_rank(cfg.parallel)
     base = Setting.of(cfg, precisions[0])
@@ -180,8 +187,7 @@ def make_plan(cfg: Config, vocab_size: int, device: torch.device, available: flo
         lambda s, n: [(dataclasses.replace(s, compile=c), n) for c in (False, True)],
     ]
     for alternatives in dimensions:
-        winner = best_of([candidate(s, n) for s, n in alternatives(best.setting, best.threads)])
-        best = winner or best
+        best = best_of([candidate(s, n) for s, n in alternatives(best.setting, best.threads)], best)
     if best.status != MEASURED:
         raise PlanError(_nothing_fits(cfg, vocab_size, device, available, tried))
     candidates = list(tried.values())

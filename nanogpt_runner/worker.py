@@ -7,6 +7,9 @@ RUN_DIR`` for sweep jobs, where the config comes from RUN_DIR/config.yaml, never
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
+import signal
 import sys
 import time
 import traceback
@@ -84,7 +87,26 @@ def load_run_config(run_dir: Path):
     return OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(run_dir / CONFIG_FILE))
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def stop_with_the_launcher() -> None:
+    """Ask the kernel for SIGTERM when the launcher that started this process dies, however it dies.
+
+    A rank leads its own session (a terminal's Ctrl+C and the viewer's Stop reach it only through the
+    launcher), so a launcher killed outright (SIGKILL, the OOM killer) would leave it training on, an orphan
+    nothing stops. SIGTERM is handled as any stop: every rank saves the last completed step and ends
+    ``interrupted``. Linux only; elsewhere nothing changes."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the launcher died before the request was in place
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main(argv: list[str] | None = None) -> None:
+    stop_with_the_launcher()
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or not (Path(args[0]) / CONFIG_FILE).exists():
         error("usage: python -m nanogpt_runner.worker RUN_DIR (a run directory made by nanogpt-run)")

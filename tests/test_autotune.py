@@ -45,6 +45,14 @@ def test_a_slower_bf16_loses_and_the_cache_is_per_micro_batch(tmp_path):
     assert calls == ["fp32", "bf16", "fp32", "bf16"]
 
 
+def test_a_near_tie_keeps_the_devices_usual_precision(tmp_path):
+    cfg = compose_config(["model=tiny"])
+    measure, _ = fake_measure({"fp32": 10.0, "bf16": 9.8})  # 2% faster: within timing noise
+    assert autotune.probe_precision(cfg, 65, CPU, ["fp32", "bf16"], {}, tmp_path, measure).choice == "fp32"
+    measure, _ = fake_measure({"bf16": 10.0, "fp32": 9.8})  # a GPU lists bf16 first
+    assert autotune.probe_precision(cfg, 65, CPU, ["bf16", "fp32"], {}, tmp_path / "gpu", measure).choice == "bf16"
+
+
 def test_one_candidate_is_not_timed_and_the_skip_is_reported(tmp_path):
     measure, calls = fake_measure({})
     probe = autotune.probe_precision(compose_config(["model=tiny"]), 65, CPU, ["fp32"],

@@ -133,3 +133,40 @@ def preempt_and_resume(tmp_path: Path, overrides: list[str]) -> None:
 
 def test_sigusr2_reaches_every_rank_ends_in_a_checkpoint_and_the_run_resumes(tmp_path, tiny_overrides):
     preempt_and_resume(tmp_path, _overrides(tiny_overrides, "parallel=ddp", "train.batch_size=2"))
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_ranks_of_a_launcher_killed_outright_checkpoint_and_end_instead_of_training_on(tmp_path, tiny_overrides):
+    overrides = _overrides(tiny_overrides, "parallel=ddp", "train.batch_size=2", "train.log_interval=1",
+                           "train.max_iters=100000", "run.name=orphaned")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "nanogpt-run"), *overrides], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = _wait_for_training(tmp_path / "outputs", proc)
+    ranks = _children(proc.pid)
+    assert len(ranks) == 2
+    proc.kill()  # SIGKILL: the launcher cannot tell the ranks anything
+    proc.wait()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and any(_alive(pid) for pid in ranks):
+        time.sleep(0.5)
+    try:
+        assert not any(_alive(pid) for pid in ranks), "the ranks outlived their launcher"
+    finally:
+        for pid in ranks:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    run = read_run(run_dir)
+    assert run["status"] == "interrupted" and "SIGTERM" in run["error"], run.get("error")
+    _, meta = resolve(run_dir, "latest", announce=lambda _m: None)
+    assert meta["world_size"] == 2

@@ -52,6 +52,15 @@ def test_the_fastest_candidate_wins_and_the_math_stays_the_same(tmp_path):
     assert restored.best.overrides() == result.best.overrides() and restored.cached
 
 
+def test_a_candidate_within_timing_noise_does_not_replace_the_config_as_given(tmp_path):
+    cfg = compose_config(["model=tiny", "train.batch_size=8", "train.grad_accum=1", "train.precision=fp32",
+                          "model.attention=sdpa", f"data.cache_dir={tmp_path}"])
+    # math 3% faster (noise), half the micro-batch 10% faster (real): only the split changes
+    measure, _ = fake_measure(lambda s: (100.0 if s.attention == "sdpa" else 97.0) * (0.9 if s.batch_size == 4 else 1))
+    best = plan.make_plan(cfg, 65, CPU, math.inf, say=lambda _: None, measure=measure).best.setting
+    assert (best.attention, best.batch_size, best.grad_accum) == ("sdpa", 4, 2)
+
+
 def test_candidates_over_memory_are_never_timed(tmp_path):
     cfg = compose_config(["model=shakespeare", "train.batch_size=8", "train.precision=fp32",
                           f"data.cache_dir={tmp_path}"])

@@ -427,9 +427,9 @@ def test_stop_ends_every_process_of_a_two_rank_run_and_it_is_interrupted(tmp_pat
             time.sleep(0.5)
         assert not any(alive(pid) for pid in processes)
         assert json.loads((metrics.parent / "run.json").read_text())["status"] == "interrupted"
-    finally:
-        for pid in [launched.process.pid]:
+    finally:  # the ranks lead their own sessions: a failed test kills them by pid, not with the launcher's group
+        for pid in {launched.process.pid} | descendants(launched.process.pid):
             try:
-                os.killpg(pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
