@@ -18,6 +18,7 @@ import importlib.util
 import json
 import sys
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,8 +90,9 @@ def _number(value) -> float | None:
     return None
 
 
-class Tracker:
-    """One tracker's adapter. ``settings`` is its section of the ``logger`` config."""
+class Tracker(ABC):
+    """One tracker's adapter; ``settings`` is its section of the ``logger`` config. Every adapter implements
+    the four methods below (an adapter missing one cannot be made)."""
 
     name = ""
     module = ""  # the import that must be available; the pip extra has the tracker's name
@@ -98,17 +100,21 @@ class Tracker:
     def __init__(self, settings):
         self.settings = settings
 
+    @abstractmethod
     def start(self, run: RunIdentity) -> None:
-        raise NotImplementedError
+        """Open the tracker's run (named and tagged from ``run``), with the config as its parameters."""
 
+    @abstractmethod
     def scalars(self, step: int, values: dict[str, float]) -> None:
-        raise NotImplementedError
+        """Log one metrics line's numbers at ``step``."""
 
+    @abstractmethod
     def text(self, step: int, tag: str, text: str) -> None:
-        raise NotImplementedError
+        """Log an event line of the metrics (its JSON) as text under ``tag`` at ``step``."""
 
+    @abstractmethod
     def finish(self, status: str) -> None:
-        raise NotImplementedError
+        """Close the tracker's run, marked with the run's final ``status``."""
 
 
 class TensorBoardTracker(Tracker):

@@ -173,6 +173,12 @@ class Broken(Tracker):
         self.calls += 1
         raise OSError("disk full")
 
+    def text(self, step, tag, text):
+        pass
+
+    def finish(self, status):
+        pass
+
 
 class Recording(Broken):
     name = "recording"
