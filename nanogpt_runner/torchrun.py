@@ -1,6 +1,6 @@
 """Starting a run's process group: torchrun's elastic agent, and what a failed group leaves behind.
 
-Hydra's torchrun launcher plugin was never published, so the Hydra job runs torchrun itself, in its own
+Hydra's torchrun launcher plugin was never published, so the Hydra job runs torchrun itself, in the launcher's
 process: ``torch.distributed.run`` parses the same command line ``torchrun ... -m nanogpt_runner.worker
 RUN_DIR`` would, and its elastic agent starts, watches and restarts the ranks from here. In-process rather
 than as a ``torchrun`` child because the launcher has already imported torch: a second interpreter
