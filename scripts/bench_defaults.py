@@ -1,17 +1,18 @@
 """Are the runner's defaults as fast as its best fixed setting? Side by side in one process, rounds alternating.
 
     python scripts/bench_defaults.py --data /path/to/input.txt [--configs baby shakespeare] [--steps 60] [--rounds 3]
-                                     [--nanogpt /path/to/nanoGPT]
+                                     [--nanogpt /path/to/nanoGPT] [--device cuda]
 
 For each config (``baby``: nanoGPT's baby CPU run, batch 12 x 64; ``shakespeare``: the 10.6M model, batch
 16 x 256), the runner's training loop (nanogpt_runner.train.train, evaluation off) with:
 
   defaults     nothing set: precision=auto (probed on this model, cached), attention=sdpa
   plan=auto    the winner of nanogpt-plan (its cost printed apart, and against a 2,000-step run)
-  fixed        every fixed precision this CPU runs natively x attention sdpa/math (fp32 among them)
-  nanoGPT      with --nanogpt: nanoGPT's own train.py at the same model and batch (fp32 and no compile, as
-               nanoGPT runs on a CPU), from a copy of the checkout with shakespeare_char prepared from --data;
-               its tokens/s from its per-iteration times
+  fixed        every fixed precision the device runs natively x attention sdpa/math (fp32 among them)
+  nanoGPT      with --nanogpt: nanoGPT's own train.py at the same model and batch, as nanoGPT runs by default
+               on that device (CPU: fp32, no compile; GPU: bf16 where the GPU has it, torch.compile), from a
+               copy of the checkout with shakespeare_char prepared from --data; its tokens/s from its
+               per-iteration times (its compile falls in the 5 warm-up iterations)
 
 prints tokens/s (the median over rounds), MFU against the matmul peak of the precision used, and
 defaults / best fixed (goal: >= 0.95, "auto must not lose to a hand choice") and, with --nanogpt,
@@ -47,7 +48,9 @@ NANOGPT_CONFIGS = {"baby": ["--block_size=64", "--batch_size=12", "--n_layer=4",
                             "--dropout=0.0"],
                    "shakespeare": ["--batch_size=16"]}
 NANOGPT_ITER = re.compile(r"^iter (\d+): loss [-\d.naif]+, time ([\d.]+)ms", re.MULTILINE)
-CPU = torch.device("cpu")
+# nanoGPT's own choices per device: on a CPU its README's run; on a GPU its train.py defaults
+NANOGPT_DEVICE_DEFAULTS = {"cpu": ["--device=cpu", "--compile=False", "--dtype=float32"], "cuda": ["--device=cuda"]}
+NANOGPT_PRECISION = {"cpu": "fp32", "cuda": "bf16"}  # its dtype default on a GPU with bf16 (Ampere and later)
 
 
 def variants(precisions: list[str]) -> dict[str, list[str]]:
@@ -66,17 +69,18 @@ def nanogpt_copy(checkout: Path, text: str, workdir: Path) -> Path:
     return copy
 
 
-def nanogpt_loop(copy: Path, name: str, steps: int, tokens_per_iter: int) -> float:
+def nanogpt_loop(copy: Path, name: str, steps: int, tokens_per_iter: int, device: torch.device) -> float:
     """nanoGPT's train.py for ``steps`` timed iterations after 5 warm-up ones; tokens/s from its own
     per-iteration times (its step-0 evaluation, one batch, falls in the warm-up)."""
-    out = subprocess.run(
-        [sys.executable, "train.py", "config/train_shakespeare_char.py", *NANOGPT_CONFIGS[name], "--device=cpu",
-         "--compile=False", "--dtype=float32", f"--max_iters={steps + 5}", f"--lr_decay_iters={steps + 5}",
+    result = subprocess.run(
+        [sys.executable, "train.py", "config/train_shakespeare_char.py", *NANOGPT_CONFIGS[name],
+         *NANOGPT_DEVICE_DEFAULTS[device.type], f"--max_iters={steps + 5}", f"--lr_decay_iters={steps + 5}",
          f"--eval_interval={(steps + 5) * 10}", "--eval_iters=1", "--log_interval=1", f"--out_dir={copy / 'out'}"],
-        cwd=copy, check=True, capture_output=True, text=True).stdout
-    times_ms = [float(ms) for it, ms in NANOGPT_ITER.findall(out) if int(it) > 5]
+        cwd=copy, capture_output=True, text=True)
+    times_ms = [float(ms) for it, ms in NANOGPT_ITER.findall(result.stdout) if int(it) > 5]
     if len(times_ms) < steps:
-        raise SystemExit(f"nanoGPT's train.py printed {len(times_ms)} timed iterations, not {steps}:\n{out[-2000:]}")
+        raise SystemExit(f"nanoGPT's train.py (exit {result.returncode}) printed {len(times_ms)} timed iterations, "
+                         f"not {steps}:\n{result.stdout[-1500:]}{result.stderr[-1500:]}")
     return tokens_per_iter * len(times_ms) / (sum(times_ms) / 1000)
 
 
@@ -88,18 +92,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--nanogpt", type=Path, help="a checkout of karpathy/nanoGPT to time beside the runner "
                         "(needs --data)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: the first GPU")
     args = parser.parse_args()
+    device = torch.device("cuda", 0) if args.device == "cuda" else torch.device("cpu")
     if args.nanogpt and not args.data:
         parser.error("--nanogpt needs --data (nanoGPT's prepare.py would otherwise download the text)")
     workdir = Path(tempfile.mkdtemp(prefix="nanogpt-defaults-"))
     reference = nanogpt_copy(args.nanogpt, args.data, workdir) if args.nanogpt else None
     common = [f"train.max_iters={args.steps + 5}", f"train.eval_interval={args.steps * 10}", "train.eval_iters=1",
-              "train.log_interval=5", "train.ckpt_interval=0", "run.progress=false",
+              "train.log_interval=5", "train.ckpt_interval=0", "run.progress=false", f"train.device={args.device}",
               *([f"data.path={args.data}"] if args.data else [])]
     cache = cache_dir(config(common).data)
-    caps = hardware.device_caps("cpu")
-    precisions, skipped = hardware.precision_candidates(CPU, caps, cache)
-    print(f"machine: {hardware.describe(CPU)}; torch {torch.__version__}; {args.steps} steps per round, "
+    caps = hardware.device_caps(args.device, device)
+    precisions, skipped = hardware.precision_candidates(device, caps, cache)
+    print(f"machine: {hardware.describe(device)}; torch {torch.__version__}; {args.steps} steps per round, "
           f"median of {args.rounds} alternating rounds" + "".join(f"; {p}: {why}" for p, why in skipped.items()))
     for name in args.configs:
         overrides = [*CONFIGS[name], *common]
@@ -107,7 +113,7 @@ def main() -> None:
         data = prepare(cfg.data)
         plan_cfg = config([*overrides, "train.plan=auto"])
         started = time.perf_counter()
-        plan = cached_plan(plan_cfg, data.vocab_size, CPU, available_memory(plan_cfg), say=lambda _: None)
+        plan = cached_plan(plan_cfg, data.vocab_size, device, available_memory(plan_cfg), say=lambda _: None)
         plan_seconds = time.perf_counter() - started
         runs = {label: config([*overrides, *extra]) for label, extra in variants(precisions).items()}
         runs["plan=auto"] = plan.apply(plan_cfg)
@@ -117,17 +123,18 @@ def main() -> None:
             for label, run_cfg in runs.items():
                 results[label].append(runner_loop(run_cfg, data, workdir))
             if reference:
-                results.setdefault("nanoGPT", []).append(nanogpt_loop(reference, name, args.steps, tokens_per_iter))
+                tokens_per_s = nanogpt_loop(reference, name, args.steps, tokens_per_iter, device)
+                results.setdefault("nanoGPT", []).append(tokens_per_s)
         flops = GPT(cfg.model, data.vocab_size).flops_per_token()
         cached = "(cached) " if plan.cached else ""
         print(f"\n{name}: batch {cfg.train.batch_size} x {cfg.model.block_size}; plan {cached}took "
               f"{plan_seconds:.1f} s, won by {' '.join(plan.best.overrides())}")
         medians = {label: statistics.median(values) for label, values in results.items()}
         for label, tps in medians.items():
-            precision = runs[label].train.precision if label in runs else "fp32"
+            precision = runs[label].train.precision if label in runs else NANOGPT_PRECISION[device.type]
             if precision == "auto":  # what the probe chose (cached by the runs above)
-                precision = autotune.resolve_precision(runs[label], data.vocab_size, CPU, caps, cache)[0]
-            mfu = flops * tps / hardware.peak_flops(CPU, precision, cache)
+                precision = autotune.resolve_precision(runs[label], data.vocab_size, device, caps, cache)[0]
+            mfu = flops * tps / hardware.peak_flops(device, precision, cache)
             print(f"  {label:<12}{tps:>10,.0f} tokens/s  MFU {mfu:6.1%} of the {precision} peak")
         fixed = {k: v for k, v in medians.items() if k not in ("defaults", "plan=auto", "nanoGPT")}
         best = max(fixed, key=fixed.get)
