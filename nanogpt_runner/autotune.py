@@ -37,6 +37,7 @@ PROBE_SECONDS = 2.0  # per candidate precision, at most (plus one warm-up step)
 # and a plan that followed such noise trained 14% slower than the config as given: a challenger replaces
 # the incumbent (the config as given, the device's usual precision) only when this much faster.
 SWITCH_MARGIN = 1.05
+GPU_TIMING_GROUP = 5  # steps queued back to back between two synchronisations when timing on a GPU
 
 
 def clearly_faster(step_ms: float, than_ms: float) -> bool:
@@ -86,8 +87,13 @@ class StepTiming:
 
 def time_steps(cfg, vocab_size: int, device: torch.device, setting: Setting, seconds: float,
                min_steps: int = 2, max_steps: int = 20) -> StepTiming:
-    """Build the model as ``setting`` says and time whole training steps (after one warm-up step) until
-    ``seconds`` have passed, at least ``min_steps``."""
+    """Build the model as ``setting`` says and time whole training steps (after warm-up) until ``seconds``
+    have passed, at least ``min_steps``.
+
+    Steps run back to back as in the run, timed in groups with one synchronisation each (GPU_TIMING_GROUP
+    on a GPU): there the host queues the next step's kernels while the device computes this one, and a
+    step timed alone, synchronised, adds the two. On an H200 that ranked bf16 ahead of fp32 (11.9 against
+    13.2 ms) for a model whose run then trained 31% faster in fp32."""
     cfg = setting.apply(cfg)
     with _private_rng(device):
         gc_collect(device)
@@ -114,19 +120,23 @@ def time_steps(cfg, vocab_size: int, device: torch.device, setting: Setting, sec
             optimizers.step(scaler)
             scaler.update()
             optimizers.zero_grad()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
 
-        step()  # warm-up: allocations, kernel selection, the optimizer's state, a compile
-        times: list[float] = []
-        start = time.perf_counter()
-        while len(times) < max_steps and (len(times) < min_steps or time.perf_counter() - start < seconds):
-            t0 = time.perf_counter()
+        group = GPU_TIMING_GROUP if device.type == "cuda" else 1
+        for _ in range(group):  # warm-up: allocations, kernel selection, the optimizer's state, a compile
             step()
-            times.append(time.perf_counter() - t0)
+        hardware.synchronize(device)
+        times: list[float] = []  # seconds per step, one entry per group
+        start = time.perf_counter()
+        while len(times) * group < max_steps and (len(times) * group < min_steps
+                                                  or time.perf_counter() - start < seconds):
+            t0 = time.perf_counter()
+            for _ in range(group):
+                step()
+            hardware.synchronize(device)
+            times.append((time.perf_counter() - t0) / group)
         peak_bytes = peak.result()
         peak.remove()
-    return StepTiming(1000 * statistics.median(times), len(times), peak_bytes)
+    return StepTiming(1000 * statistics.median(times), len(times) * group, peak_bytes)
 
 
 class _PeakAfterForward:

@@ -167,18 +167,19 @@ def _time_matmuls(device: torch.device, dtype: torch.dtype, size: int, seconds: 
     a = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
     b = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
     a @ b
-    _synchronize(device)
+    synchronize(device)
     iterations, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         a @ b
         iterations += 1
         if iterations % 8 == 0:
-            _synchronize(device)
-    _synchronize(device)
+            synchronize(device)
+    synchronize(device)
     return 2 * size**3 * iterations / (time.perf_counter() - start)
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on a CPU, which computes as it is asked): before reading a clock."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 

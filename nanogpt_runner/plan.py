@@ -13,17 +13,20 @@ same, so the loss curve is the same run's. What it may change is how each step i
 First it prints the memory estimate (``--estimate-only`` stops there). Then it times candidates one
 dimension at a time from the config as given (a coordinate search: every dimension's alternatives are
 timed with the best of the others so far; one replaces the best so far only when faster by more than
-timing noise, ``autotune.SWITCH_MARGIN``), within ``plan.budget_s`` seconds, and drops those whose
-memory estimate exceeds the device's memory. The table shows each candidate's tokens/s, estimated and
-measured memory, and the winner. Plans are cached per (device, threads, model shape, batch, budget) in
-``<data cache>/autotune.json``; ``train.plan=auto`` runs the plan (or reads it) and trains with the winner,
-and run.json records both. With several ranks the plan times one rank's share (its threads, its
-micro-batch) in one process; it does not compare layouts.
+timing noise, ``autotune.SWITCH_MARGIN``), within ``plan.budget_s`` seconds but never more than
+``PLAN_SHARE`` of the run it plans (judged from the config as given, always timed first: on a fast GPU a
+2,000-step baby run takes 13 s), and drops those whose memory estimate exceeds the device's memory. The
+table shows each candidate's tokens/s, estimated and measured memory, and the winner. Plans are cached per
+(device, threads, model shape, batch, budget, run length) in ``<data cache>/autotune.json``;
+``train.plan=auto`` runs the plan (or reads it) and trains with the winner, and run.json records both.
+With several ranks the plan times one rank's share (its threads, its micro-batch) in one process; it
+does not compare layouts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,8 +38,11 @@ from rich.table import Table
 from nanogpt_runner import autotune, hardware, memory
 from nanogpt_runner.autotune import Setting, StepTiming
 from nanogpt_runner.config import Config, threads_per_rank
+from nanogpt_runner.model import GPT
+from nanogpt_runner.stopping import planned_steps
 
 COMPILE_SECONDS = 30.0  # a cold torch.compile of the blocks takes 20-30 s on a CPU: probed only with this left
+PLAN_SHARE = 0.05  # of the planned run's training time, the most a plan spends timing candidates
 MEASURED, OVER_MEMORY, OVER_BUDGET = "measured", "over memory", "over budget"
 
 
@@ -115,7 +121,8 @@ def batch_splits(cfg) -> list[tuple[int, int]]:
 
 def make_plan(cfg: Config, vocab_size: int, device: torch.device, available: float, say=print,
               measure=autotune.time_steps) -> Plan:
-    """Time candidate settings (coordinate search from the config as given) within ``plan.budget_s``."""
+    """Time candidate settings (coordinate search from the config as given) within ``plan.budget_s``, cut to
+    PLAN_SHARE of the run once the first candidate's speed says how long the run will take."""
     budget = cfg.plan.budget_s
     started = time.perf_counter()
     caps = hardware.device_caps(cfg.train.device, device)
@@ -135,6 +142,7 @@ def make_plan(cfg: Config, vocab_size: int, device: torch.device, available: flo
         return tried[key]
 
     def run(c: Candidate) -> None:
+        nonlocal budget
         if c.status != OVER_BUDGET or c.step_ms is not None:
             return
         left = budget - (time.perf_counter() - started)
@@ -151,6 +159,9 @@ def make_plan(cfg: Config, vocab_size: int, device: torch.device, available: flo
             return
         c.status, c.step_ms, c.measured_bytes = MEASURED, timing.step_ms, timing.peak_bytes
         c.tok_per_s = 1000 * c.setting.batch_size * c.setting.grad_accum * cfg.model.block_size / timing.step_ms
+        if first and PLAN_SHARE * (run_s := training_seconds(cfg, vocab_size, timing.step_ms)) < budget:
+            budget = PLAN_SHARE * run_s
+            notes.append(f"budget cut to {budget:.2g} s: {PLAN_SHARE:.0%} of this run's {run_s:.0f} s of training")
 
     def best_of(options: list[Candidate], incumbent: Candidate) -> Candidate:
         """The fastest of ``options``, if clearly faster than the incumbent (which near-ties keep)."""
@@ -194,6 +205,16 @@ def make_plan(cfg: Config, vocab_size: int, device: torch.device, available: flo
     return Plan(candidates, candidates.index(best), budget, time.perf_counter() - started, notes=notes)
 
 
+def training_seconds(cfg, vocab_size: int, step_ms: float) -> float:
+    """How long the run trains at ``step_ms`` per step: its planned steps (max_iters, max_tokens, max_flops),
+    or its time budget when that ends it sooner. FLOPs per token from a model on the meta device (no memory)."""
+    with torch.device("meta"):
+        flops_per_token = GPT(cfg.model, vocab_size).flops_per_token()
+    t = cfg.train
+    steps, _ = planned_steps(t, t.batch_size * t.grad_accum * cfg.model.block_size, flops_per_token)
+    return min(steps * step_ms / 1000, t.max_time_s if t.max_time_s is not None else math.inf)
+
+
 class PlanError(Exception):
     """No candidate could be measured: nothing fits in memory, or every candidate failed."""
 
@@ -232,7 +253,7 @@ def plan_key(cfg, vocab_size: int, device: torch.device) -> str:
     return autotune.cache_key(cfg, vocab_size, device, "plan") + (
         f"|batch {t.batch_size * t.grad_accum}|precision {t.precision}|recompute {int(t.recompute)}"
         f"|threads {threads_per_rank(cfg.parallel)}|ranks {par.nproc_per_node}|pp {par.pp}x{par.microbatches}"
-        f"|budget {cfg.plan.budget_s:g}")
+        f"|budget {cfg.plan.budget_s:g}|run {t.max_iters} {t.max_tokens} {t.max_flops} {t.max_time_s}")
 
 
 def cached_plan(cfg, vocab_size: int, device: torch.device, available: float, say=print) -> Plan:

@@ -246,7 +246,7 @@ def _train(cfg: Config, run_dir: Path, data: PreparedData, writer: RunWriter, la
                            grad_norm=grad_norm.item(), tok_per_s=tok_per_s, step_ms=1000 * elapsed / window_steps,
                            mfu=mfu, mem_gb=mem, peak_mem_gb=peak_mem, est_peak_mem_gb=expected_peak_gb,
                            elapsed_s=time.perf_counter() - start, skipped_steps=guard.skipped)
-                writer.update(step=step)
+                writer.progress(step=step)
                 console.progress(step, step, f"loss {last_loss:.4f} | {tok_per_s:,.0f} tok/s | mfu {mfu:.1%}")
                 window_start, eval_seconds, window_steps = time.perf_counter(), 0.0, 0
                 loss_sum = torch.zeros((), device=device)

@@ -46,7 +46,7 @@ def bare_loop(cfg, data, precision: str, steps: int, device: torch.device) -> fl
     warmup = 5
     for step in range(1, steps + warmup + 1):  # the runner's steps are 1-based too: same batches
         if step == warmup + 1:
-            _synchronize(device)
+            hardware.synchronize(device)
             start = time.perf_counter()
         x, y = batches.get(step, 0, batch)
         with autocast:
@@ -55,13 +55,8 @@ def bare_loop(cfg, data, precision: str, steps: int, device: torch.device) -> fl
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
         optimizers.step()
         optimizers.zero_grad()
-    _synchronize(device)
+    hardware.synchronize(device)
     return steps * batch * cfg.model.block_size / (time.perf_counter() - start)
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def runner_loop(cfg, data, workdir: Path) -> float:

@@ -134,6 +134,8 @@ def main() -> None:
             precision = runs[label].train.precision if label in runs else NANOGPT_PRECISION[device.type]
             if precision == "auto":  # what the probe chose (cached by the runs above)
                 precision = autotune.resolve_precision(runs[label], data.vocab_size, device, caps, cache)[0]
+            hardware.configure_matmul(device, precision, cfg.train.tf32)  # as that run did: fp32 on TF32 cores
+            precision = hardware.matmul_precision(device, precision)
             mfu = flops * tps / hardware.peak_flops(device, precision, cache)
             print(f"  {label:<12}{tps:>10,.0f} tokens/s  MFU {mfu:6.1%} of the {precision} peak")
         fixed = {k: v for k, v in medians.items() if k not in ("defaults", "plan=auto", "nanoGPT")}

@@ -1,7 +1,7 @@
 """The CUDA paths, on real GPUs: every layout equals the single process on NCCL (bf16 tolerances), fp16 with
 its GradScaler (one GPU and DDP), each rank's memory peak, MFU against the published peak table, compile +
-recompute + FSDP together, precision and TF32 by compute capability, pinned batches, this rank's CUDA RNG,
-a CPU run that never touches CUDA, and SIGUSR2 -> checkpoint -> resume.
+recompute + FSDP together, precision and TF32 by compute capability, pinned batches, the probe's timing of
+queued steps, this rank's CUDA RNG, a CPU run that never touches CUDA, and SIGUSR2 -> checkpoint -> resume.
 
 Marked ``gpu``: skipped, with the reason, where torch sees no CUDA GPU (or too few for the layout).
 ``scripts/gpu_check.sh`` runs them on a GPU machine. Asking ``torch.cuda`` whether GPUs exist creates no
@@ -20,7 +20,7 @@ import torch
 from test_parallel import LAYOUTS, _curves, _train
 from test_parallel_endings import _overrides, preempt_and_resume
 
-from nanogpt_runner import hardware
+from nanogpt_runner import autotune, hardware
 from nanogpt_runner.parallel import LAYOUT_FILE
 from nanogpt_runner.runs import read_run
 
@@ -135,6 +135,17 @@ def test_pinned_batches_arrive_whole_and_contiguous(tiny_overrides):
     for gpu_tensor, cpu_tensor in zip(on_gpu, on_cpu, strict=True):
         assert gpu_tensor.is_cuda and gpu_tensor.is_contiguous()
         assert torch.equal(gpu_tensor.cpu(), cpu_tensor)
+
+
+def test_probe_steps_run_back_to_back_on_a_gpu(tiny_overrides):
+    """precision=auto and the plan time groups of queued steps, as the run computes them, not single steps."""
+    from conftest import compose_config
+
+    cfg = compose_config(tiny_overrides)
+    setting = autotune.Setting.of(cfg, "bf16")
+    timing = autotune.time_steps(cfg, 65, torch.device("cuda", 0), setting, seconds=0.1)
+    assert timing.steps >= autotune.GPU_TIMING_GROUP and timing.steps % autotune.GPU_TIMING_GROUP == 0
+    assert 0 < timing.step_ms < 1000 and timing.peak_bytes > 0
 
 
 def test_rng_state_is_this_ranks_gpu_only():

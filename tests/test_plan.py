@@ -141,3 +141,27 @@ def test_the_first_candidate_is_timed_whatever_the_budget(tmp_path):
     measure, measured = fake_measure(lambda s: 10.0)
     result = plan.make_plan(cfg, 65, CPU, math.inf, say=lambda _: None, measure=measure)
     assert len(measured) == 1 and result.best.status == plan.MEASURED
+
+
+@pytest.mark.parametrize(("max_iters", "timed_more"), [(100, False), (100_000, True)])
+def test_a_plan_spends_at_most_its_share_of_the_run(tmp_path, monkeypatch, max_iters, timed_more):
+    """10 ms steps: 100 steps train for 1 s, so the plan may spend 5% of that (only the config as given is
+    timed); 100,000 steps leave plan.budget_s (6 s) as the limit. The clock advances as a real timing would."""
+    clock = [0.0]
+    monkeypatch.setattr(plan.time, "perf_counter", lambda: clock[0])
+
+    def measure(cfg, vocab_size, device, setting, seconds):
+        clock[0] += seconds
+        measured.append(setting)
+        return autotune.StepTiming(10.0, steps=3, peak_bytes=2e6)
+
+    measured = []
+    cfg = compose_config(["model=tiny", "train.batch_size=8", "train.precision=fp32", f"train.max_iters={max_iters}",
+                          f"data.cache_dir={tmp_path}"])
+    result = plan.make_plan(cfg, 65, CPU, math.inf, say=lambda _: None, measure=measure)
+    assert (len(measured) > 1) == timed_more
+    if timed_more:
+        assert result.budget_s == cfg.plan.budget_s and not result.notes
+    else:
+        assert result.budget_s == pytest.approx(plan.PLAN_SHARE * 1.0)
+        assert result.notes == ["budget cut to 0.05 s: 5% of this run's 1 s of training"]

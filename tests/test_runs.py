@@ -11,6 +11,7 @@ import pytest
 
 from nanogpt_runner.runs import (
     METRICS_FILE,
+    PROGRESS_WRITE_EVERY_S,
     STALE_AFTER_S,
     MetricsTail,
     RunMetrics,
@@ -42,6 +43,23 @@ def test_run_json_rewrite_leaves_no_temporary_files(tmp_path):
         writer.update(status="running", step=step)
     assert sorted(p.name for p in tmp_path.iterdir()) == [METRICS_FILE, "run.json"]
     assert read_run(tmp_path)["step"] == 4
+
+
+def test_progress_reaches_run_json_at_most_every_few_seconds(tmp_path, monkeypatch):
+    """Training reports its step at every metrics line; run.json is rewritten (fsync) only every
+    PROGRESS_WRITE_EVERY_S, and the run's ending writes the latest step whatever the clock says."""
+    clock = [100.0]
+    monkeypatch.setattr("nanogpt_runner.runs.time.monotonic", lambda: clock[0])
+    writer = RunWriter(tmp_path)
+    writer.update(status="running", step=0)
+    writer.progress(step=5)
+    assert read_run(tmp_path)["step"] == 0
+    clock[0] += PROGRESS_WRITE_EVERY_S
+    writer.progress(step=10)
+    assert read_run(tmp_path)["step"] == 10
+    writer.progress(step=15)
+    writer.update(status="completed")
+    assert (read_run(tmp_path)["status"], read_run(tmp_path)["step"]) == ("completed", 15)
 
 
 def test_read_run_tolerates_missing_and_broken_files(tmp_path):
