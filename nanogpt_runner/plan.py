@@ -207,10 +207,13 @@ def make_plan(cfg: Config, vocab_size: int, device: torch.device, available: flo
 
 def training_seconds(cfg, vocab_size: int, step_ms: float) -> float:
     """How long the run trains at ``step_ms`` per step: its planned steps (max_iters, max_tokens, max_flops),
-    or its time budget when that ends it sooner. FLOPs per token from a model on the meta device (no memory)."""
-    with torch.device("meta"):
-        flops_per_token = GPT(cfg.model, vocab_size).flops_per_token()
+    or its time budget when that ends it sooner. A FLOP budget needs FLOPs per token: from a model on the meta
+    device (no memory, but a first one costs 1.6 s of imports, so only then)."""
     t = cfg.train
+    flops_per_token = 0.0
+    if t.max_flops is not None:
+        with torch.device("meta"):
+            flops_per_token = GPT(cfg.model, vocab_size).flops_per_token()
     steps, _ = planned_steps(t, t.batch_size * t.grad_accum * cfg.model.block_size, flops_per_token)
     return min(steps * step_ms / 1000, t.max_time_s if t.max_time_s is not None else math.inf)
 

@@ -165,3 +165,17 @@ def test_a_plan_spends_at_most_its_share_of_the_run(tmp_path, monkeypatch, max_i
     else:
         assert result.budget_s == pytest.approx(plan.PLAN_SHARE * 1.0)
         assert result.notes == ["budget cut to 0.05 s: 5% of this run's 1 s of training"]
+
+
+def test_the_planned_run_length_counts_every_budget(tmp_path):
+    """1,000 steps of 10 ms train for 10 s, unless a time, token or FLOP budget ends the run sooner."""
+    from nanogpt_runner.model import GPT
+
+    base = ["model=tiny", "train.batch_size=8", "train.grad_accum=1", "train.max_iters=1000",
+            f"data.cache_dir={tmp_path}"]
+    tokens_per_step = 8 * compose_config(base).model.block_size
+    flops_per_step = tokens_per_step * GPT(compose_config(base).model, 65).flops_per_token()
+    for extra, seconds in [([], 10.0), (["train.max_time_s=2"], 2.0),
+                           ([f"train.max_tokens={100 * tokens_per_step}"], 1.0),
+                           ([f"train.max_flops={50 * flops_per_step}"], 0.5)]:
+        assert plan.training_seconds(compose_config(base + extra), 65, 10.0) == pytest.approx(seconds), extra
