@@ -3,7 +3,8 @@
 The plan never changes the math: the global batch, the learning rate, the schedule and the data stay the
 same, so the loss curve is the same run's. What it may change is how each step is computed:
 
-- precision (``train.precision=auto`` only: fp32 and bf16 where the device runs it natively),
+- precision (``train.precision=auto`` only: fp32 and bf16 where the device runs it natively; the search
+  starts from the precision ``auto``'s probe picks, so a plan cut short never trains slower than ``auto``),
 - attention (``sdpa`` or explicit ``math``; which wins depends on the machine and the dtype),
 - the split of each rank's batch into micro-batch x accumulation (``batch_size`` x ``grad_accum``),
 - CPU threads per rank (``parallel.threads_per_rank``),
@@ -126,11 +127,12 @@ def make_plan(cfg: Config, vocab_size: int, device: torch.device, available: flo
     budget = cfg.plan.budget_s
     started = time.perf_counter()
     caps = hardware.device_caps(cfg.train.device, device)
-    if cfg.train.precision == "auto":
+    precisions, notes = [cfg.train.precision], []
+    if cfg.train.precision == "auto":  # start from what precision=auto would train with (its probe, cached)
         precisions, skipped = hardware.precision_candidates(device, caps, autotune_cache(cfg))
-    else:
-        precisions, skipped = [cfg.train.precision], {}
-    notes = [f"{p} not tried: {why}" for p, why in skipped.items()]
+        probe = autotune.probe_precision(cfg, vocab_size, device, precisions, skipped, autotune_cache(cfg), measure)
+        precisions = [probe.choice, *(p for p in precisions if p != probe.choice)]
+        notes.append(probe.describe())
     ranks_here = cfg.parallel.nproc_per_node
     tried: dict[tuple, Candidate] = {}
 

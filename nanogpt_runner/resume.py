@@ -201,6 +201,8 @@ class Checkpointer:
         # The data tokenizer's description: characters as a list (JSON has no tuples), a BPE as a dict.
         self.vocab = list(vocab) if isinstance(vocab, (list, tuple)) else vocab
         self.cfg, self.writer, self.say, self.before_save = cfg, writer, say, before_save
+        # read at every step: copied out of the config once (a DictConfig read costs ~25 us)
+        self.interval, self.only_on_improvement = cfg.train.ckpt_interval, cfg.train.ckpt_only_on_improvement
         self.model, self.optimizer, self.scaler = model, optimizer, scaler
         self.config = OmegaConf.to_container(cfg, resolve=True)
         self.rank = rank_world()[0]
@@ -257,9 +259,9 @@ class Checkpointer:
     def after_step(self, state: TrainState, val_loss: float | None = None, final: bool = False) -> Path | None:
         """Save if step ``state.step`` is due (interval, last step, or a new best val loss; only the last
         with train.ckpt_only_on_improvement)."""
-        interval = self.cfg.train.ckpt_interval
+        interval = self.interval
         best = val_loss is not None and val_loss < self.best_saved
-        if self.cfg.train.ckpt_only_on_improvement:
+        if self.only_on_improvement:
             reason = "best" if best else None
         else:
             reason = "end" if final else "best" if best else "interval" if interval and state.step % interval == 0 \

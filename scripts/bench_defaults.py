@@ -116,8 +116,8 @@ def main() -> None:
         # Planned for the run the goal speaks of (2,000 steps: a plan spends at most plan.PLAN_SHARE of its
         # run), timed at the rounds' length.
         planned_for = config([*overrides, "train.plan=auto", f"train.max_iters={PLAN_GOAL_STEPS}"])
-        if device.type == "cuda":  # CUDA's set-up (seconds) is the run's, whether it plans or not
-            torch.ones(64, 64, device=device).matmul(torch.ones(64, 64, device=device)).sum().item()
+        # What any run pays at its first steps (CUDA's context, kernel loading, the allocator) is not the plan's.
+        autotune.time_steps(cfg, data.vocab_size, device, autotune.Setting.of(cfg, precisions[0]), seconds=0.0)
         started = time.perf_counter()
         plan = cached_plan(planned_for, data.vocab_size, device, available_memory(plan_cfg), say=lambda _: None)
         plan_seconds = time.perf_counter() - started

@@ -179,3 +179,15 @@ def test_the_planned_run_length_counts_every_budget(tmp_path):
                            ([f"train.max_tokens={100 * tokens_per_step}"], 1.0),
                            ([f"train.max_flops={50 * flops_per_step}"], 0.5)]:
         assert plan.training_seconds(compose_config(base + extra), 65, 10.0) == pytest.approx(seconds), extra
+
+
+def test_a_plan_starts_from_what_precision_auto_would_pick(tmp_path, monkeypatch):
+    """On an H200 the small models train faster in fp32 (TF32) than in bf16, the GPU's usual choice. A plan
+    whose budget runs out after its first candidate must not fall back to bf16: it starts from the probe's pick."""
+    monkeypatch.setattr(plan.hardware, "precision_candidates", lambda *_: (["bf16", "fp32"], {}))
+    cfg = compose_config(["model=tiny", "train.precision=auto", "plan.budget_s=0.000001", f"data.cache_dir={tmp_path}"])
+    measure, measured = fake_measure(lambda s: 9.0 if s.precision == "fp32" else 11.0)
+    result = plan.make_plan(cfg, 65, CPU, math.inf, say=lambda _: None, measure=measure)
+    assert [s.precision for s in measured] == ["bf16", "fp32", "fp32"]  # the probe's two, then the plan's first
+    assert result.best.setting.precision == "fp32"
+    assert result.notes[0].startswith("precision=auto chose fp32")
