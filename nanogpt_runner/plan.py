@@ -298,7 +298,8 @@ def plan_run(cfg: Config, vocab_size: int) -> tuple[object, Plan | None, list[st
 def plan_table(plan: Plan) -> Table:
     title = (f"plan: {len(plan.candidates)} candidates, {plan.spent_s:.1f} s of plan.budget_s={plan.budget_s:g}"
              + (" (cached)" if plan.cached else ""))
-    table = Table(title=title, title_justify="left")
+    table = Table(title=title, title_justify="left", caption="\n".join(f"note: {note}" for note in plan.notes) or None,
+                  caption_justify="left")
     table.add_column("candidate")
     for column in ("tokens/s", "est. memory", "measured"):
         table.add_column(column, justify="right")
@@ -374,8 +375,6 @@ def main(argv: list[str] | None = None) -> int:
         error(str(err))
         return 1
     console.print(plan_table(plan))
-    for note in plan.notes:
-        console.print(f"note: {note}")
     console.print(f"winner: nanogpt-run {' '.join([*overrides, *plan.best.overrides()])}", soft_wrap=True)
     return 0
 
