@@ -3,13 +3,25 @@
 #   1. the tests marked `gpu` (tests/test_gpu.py): every layout on NCCL against one GPU, fp16 + GradScaler,
 #      memory per rank, MFU against the peak table, compile + recompute + FSDP, SIGUSR2 -> checkpoint -> resume;
 #   2. scripts/bench_parallel.py on the GPUs (bf16): tokens/s of each layout;
-#   3. scripts/bench.py on the first GPU: the runner's loop against a bare loop.
+#   3. scripts/bench.py on the first GPU: the runner's loop against a bare loop;
+#   4. scripts/bench_defaults.py on the first GPU: the defaults against every fixed precision x attention,
+#      train.plan=auto and (with --nanogpt) nanoGPT's own train.py, at the baby and 10.6M configs.
 # It ends with a Markdown table of the test results to paste into the README ("GPU status").
 #
-#   bash scripts/gpu_check.sh              # from the repository root, in the environment of `pip install -e '.[dev]'`
+#   bash scripts/gpu_check.sh [--data input.txt] [--nanogpt ../nanoGPT]
+#       from the repository root, in the environment of `pip install -e '.[dev]'`; --data: tiny-shakespeare's
+#       input.txt (needed with --nanogpt), --nanogpt: a checkout of karpathy/nanoGPT to time beside the runner
 set -uo pipefail
 cd "$(dirname "$0")/.."
 work="$(mktemp -d -t nanogpt-gpu-check-XXXXXX)"
+data=() defaults=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --data) data=(--data "$2"); shift 2 ;;
+    --nanogpt) defaults=(--nanogpt "$2"); shift 2 ;;
+    *) echo "gpu_check: unknown argument $1 (expected --data PATH, --nanogpt PATH)" >&2; exit 2 ;;
+  esac
+done
 
 python - <<'EOF' || { echo "gpu_check: torch sees no CUDA GPU here; nothing to check" >&2; exit 2; }
 import torch
@@ -26,7 +38,9 @@ tests_status=$?
 echo
 python scripts/bench_parallel.py --device cuda --precision bf16
 echo
-python scripts/bench.py --device cuda
+python scripts/bench.py --device cuda "${data[@]}"
+echo
+python scripts/bench_defaults.py --device cuda --rounds 2 "${data[@]}" "${defaults[@]}"
 
 echo
 echo "GPU test results (paste into the README):"
