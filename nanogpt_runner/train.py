@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from nanogpt_runner import autotune, hardware, memory, parallel, process_group
 from nanogpt_runner.checkpoint import TrainState
-from nanogpt_runner.config import Config, TrainConfig
+from nanogpt_runner.config import Config, plain_train
 from nanogpt_runner.console import RunConsole
 from nanogpt_runner.data import Batches, PreparedData, cache_dir
 from nanogpt_runner.loggers import open_trackers
@@ -116,9 +115,7 @@ def train(cfg: Config, run_dir: Path, data: PreparedData, writer: RunWriter) -> 
 
 
 def _train(cfg: Config, run_dir: Path, data: PreparedData, writer: RunWriter, layout: process_group.Layout) -> Summary:
-    # A plain dataclass: the loop reads these every step, and each read of a DictConfig node costs ~25 us
-    # (a millisecond a step in all, a sixth of a small model's step on a GPU).
-    t: TrainConfig = OmegaConf.to_object(cfg.train)
+    t = plain_train(cfg)  # read every step: a DictConfig's reads cost a small GPU model a sixth of its step
     device = layout.device
     caps = hardware.device_caps(t.device, device)  # this rank's GPU, asked after setup selected it
     memory_baseline_gb = hardware.memory_gb(device)[0]  # what the estimate's growth is measured from

@@ -7,6 +7,7 @@ import math
 
 import pytest
 from conftest import compose_config
+from omegaconf import OmegaConf
 
 from nanogpt_runner.prepare import prepare
 from nanogpt_runner.runs import RunReader, RunWriter
@@ -46,6 +47,19 @@ def test_a_run_logs_train_and_eval_lines(tmp_path, tiny_overrides):
     assert metrics.eval[-1]["val_loss"] < metrics.eval[0]["val_loss"]  # it learns
     assert summary.best_val_loss == min(r["val_loss"] for r in metrics.eval)
     assert summary.steps == 20 and summary.tokens == 20 * 4 * 32
+
+
+def test_an_untyped_copy_of_the_config_trains_like_the_composed_one(tmp_path, tiny_overrides):
+    """A plan's winner (plan.apply) and the benchmark scripts hand train() a resolved copy without the schema."""
+    _, composed = train_in_process(tiny_overrides, tmp_path / "a")
+    cfg = compose_config(tiny_overrides)
+    untyped = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    writer = RunWriter(tmp_path / "b")
+    train(untyped, tmp_path / "b", prepare(cfg.data), writer)
+    writer.close()
+    reader = RunReader(tmp_path / "b")
+    reader.refresh()
+    assert [r["loss"] for r in reader.metrics.train] == [r["loss"] for r in composed.train]
 
 
 def test_same_seed_same_run(tmp_path, tiny_overrides):
