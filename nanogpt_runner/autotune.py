@@ -110,13 +110,14 @@ def time_steps(cfg, vocab_size: int, device: torch.device, setting: Setting, sec
         x = torch.randint(0, vocab_size, shape, device=device)
         y = torch.randint(0, vocab_size, shape, device=device)
         peak = _PeakAfterForward(model, device, baseline)
+        grad_clip = cfg.train.grad_clip  # read once, as the run's loop does
 
         def step() -> None:
             for micro in range(setting.grad_accum):
                 par.forward_backward(x, y, 1 / setting.grad_accum, micro == setting.grad_accum - 1, autocast, scaler)
             par.finish_gradients()
             optimizers.unscale_(scaler)
-            par.clip_grad_norm(cfg.train.grad_clip)
+            par.clip_grad_norm(grad_clip)
             optimizers.step(scaler)
             scaler.update()
             optimizers.zero_grad()
