@@ -114,7 +114,7 @@ class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig, vocab_size: int):
         super().__init__()
         self.cfg = cfg
-        self.vocab_size = vocab_size
+        self.vocab_size, self.block_size = vocab_size, cfg.block_size  # read per forward: not through a DictConfig
         self.recompute = False
         rows = padded_vocab_size(vocab_size)
         self.tok_emb: nn.Embedding | None = nn.Embedding(rows, cfg.n_embd)
@@ -150,8 +150,8 @@ class GPT(nn.Module):
         """
         if self.tok_emb is not None:
             T = idx.shape[1]
-            if T > self.cfg.block_size:
-                raise ValueError(f"sequence of {T} tokens is longer than block_size {self.cfg.block_size}")
+            if T > self.block_size:
+                raise ValueError(f"sequence of {T} tokens is longer than block_size {self.block_size}")
             positions = torch.arange(T, device=idx.device)
             x = self.emb_dropout(self.tok_emb(idx) + self.pos_emb(positions))
         else:
