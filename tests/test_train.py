@@ -88,3 +88,16 @@ def test_compile_traces_the_blocks_and_trains_like_eager(tmp_path, tiny_override
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
     for a, b in zip(eager.train, compiled.train, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+
+
+def test_console_lines_off_a_terminal_are_printed_whole(tmp_path, capsys):
+    """Piped to a file or a log collector, a long line stays one line (rich would wrap it at 80 columns)."""
+    from nanogpt_runner.console import RunConsole
+
+    long_line = "shakespeare: 10.65M parameters, fp32 on single, NVIDIA H200, data shakespeare_char, run dir " + \
+        str(tmp_path / "a" / "long" / "path")
+    with RunConsole(tmp_path / "train.log", total_steps=10, live=True) as console:
+        console.line(long_line)
+        console.progress(5, 5, "loss 2.0000 | 1,000 tok/s")
+    assert capsys.readouterr().out.splitlines() == [long_line, "step 5/10 | loss 2.0000 | 1,000 tok/s"]
+    assert long_line in (tmp_path / "train.log").read_text()
