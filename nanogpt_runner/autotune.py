@@ -127,17 +127,17 @@ def time_steps(cfg, vocab_size: int, device: torch.device, setting: Setting, sec
             step()
         hardware.synchronize(device)
         times: list[float] = []  # seconds per step, one entry per group
-        start = time.perf_counter()
-        while len(times) * group < max_steps and (len(times) * group < min_steps
-                                                  or time.perf_counter() - start < seconds):
+        timed, start = 0, time.perf_counter()
+        while timed < max_steps and (timed < min_steps or time.perf_counter() - start < seconds):
             t0 = time.perf_counter()
             for _ in range(group):
                 step()
             hardware.synchronize(device)
             times.append((time.perf_counter() - t0) / group)
+            timed += group
         peak_bytes = peak.result()
         peak.remove()
-    return StepTiming(1000 * statistics.median(times), len(times) * group, peak_bytes)
+    return StepTiming(1000 * statistics.median(times), timed, peak_bytes)
 
 
 class _PeakAfterForward:

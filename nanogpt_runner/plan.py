@@ -129,8 +129,9 @@ def make_plan(cfg: Config, vocab_size: int, device: torch.device, available: flo
     caps = hardware.device_caps(cfg.train.device, device)
     precisions, notes = [cfg.train.precision], []
     if cfg.train.precision == "auto":  # start from what precision=auto would train with (its probe, cached)
-        precisions, skipped = hardware.precision_candidates(device, caps, autotune_cache(cfg))
-        probe = autotune.probe_precision(cfg, vocab_size, device, precisions, skipped, autotune_cache(cfg), measure)
+        cache = autotune_cache(cfg)
+        precisions, skipped = hardware.precision_candidates(device, caps, cache)
+        probe = autotune.probe_precision(cfg, vocab_size, device, precisions, skipped, cache, measure)
         precisions = [probe.choice, *(p for p in precisions if p != probe.choice)]
         notes.append(probe.describe())
     ranks_here = cfg.parallel.nproc_per_node
