@@ -11,13 +11,15 @@ it. Each part is counted for the rank that holds the most:
   model (``scripts/calibrate_memory.py``): about 16 floats per embedding channel in fp32 (layer norm
   inputs and outputs, q/k/v, the attention output, the MLP's 4x hidden before and after GELU), 40 bytes
   per channel under bf16/fp16 autocast plus the half-precision copies of the weights; explicit (``math``)
-  attention or dropout add the T x T attention weights per head; recomputation keeps only each block's
+  attention, or dropout on a CPU, adds the T x T attention weights per head (a GPU's fused SDPA kernels
+  apply dropout without keeping them); recomputation keeps only each block's
   input plus one block's activations; the logits and their loss add a few floats per vocabulary entry;
 - the runtime: on a CPU, the allocator and thread pools' growth seen in the process's resident set
   (calibrated on CPU); on a GPU, the cuBLAS workspace.
 
 Accuracy (tests/test_memory.py, measured against the growth of the resident set over the process's
-baseline on a CPU): within 20% of the measured peak for the presets and layouts tested.
+baseline on a CPU; scripts/bench_memory.py against the CUDA allocator's peak on an H200): within 20% of the
+measured peak for the presets and layouts tested.
 """
 
 from __future__ import annotations
@@ -32,18 +34,22 @@ OPTIMIZER_STATES = {"adamw": 2.0, "muon": 1.0}  # fp32 state tensors per paramet
 # Bytes autograd saves per token, per layer and per embedding channel, by compute precision (measured with
 # saved-tensor hooks on this model: scripts/calibrate_memory.py).
 SAVED_PER_CHANNEL = {"fp32": 64, "half": 40}
-# ... and per attention weight (token x head x key position) for explicit attention, or any attention with
-# dropout (the CPU's fused kernels fall back to explicit attention then).
+# ... and per attention weight (token x head x key position) for explicit attention, or SDPA with dropout
+# on a CPU (its fused kernels fall back to explicit attention then).
 SAVED_PER_SCORE = {("math", "fp32", False): 4, ("math", "half", False): 2, ("math", "fp32", True): 12,
                    ("math", "half", True): 6, ("sdpa", "fp32", True): 12, ("sdpa", "half", True): 12}
+# Devices whose SDPA kernels (flash, memory-efficient) apply dropout inside the kernel and keep no attention
+# weights (measured on an H200: counting them put the 10.6M model's estimate at 1.6x its peak).
+SDPA_FUSES_DROPOUT = {"cuda"}
 DROPOUT_PER_CHANNEL = {"fp32": 8, "half": 10}
 # The resident-set growth a CPU process shows beyond its tensors (allocator arenas, oneDNN and OpenMP
 # scratch), and the workspace cuBLAS takes from the CUDA allocator.
 RUNTIME_BYTES = {"cpu": 80e6, "cuda": 32e6}
 # Activations as the device's memory counter sees them, per byte autograd saves: on a CPU the resident set
 # also holds the freed temporaries of the forward pass that the allocator keeps (measured: 1.3x, from the
-# 0.8M to the 10.6M model); the CUDA allocator's peak counts live tensors, plus the backward's transients.
-ACTIVATION_SLACK = {"cpu": 1.3, "cuda": 1.1}
+# 0.8M to the 10.6M model); the CUDA allocator's peak counts live tensors, plus the backward's transients
+# (measured on an H200: 1.05x puts 10 cases, 0.8M to 124M, fp32 and bf16, at 0.88-1.17 of the peak).
+ACTIVATION_SLACK = {"cpu": 1.3, "cuda": 1.05}
 
 
 @dataclass(frozen=True)
@@ -150,7 +156,8 @@ def estimate(cfg, vocab_size: int, device_kind: str = "cpu", precision: str | No
     slack = ACTIVATION_SLACK.get(device_kind, 1.0)
     if pp == 1:
         tokens = t.batch_size * shape.block_size
-        activations = slack * activation_bytes(shape, tokens, precision, t.recompute, layers, tp)
+        activations = slack * activation_bytes(shape, tokens, precision, t.recompute, layers, tp,
+                                               device_kind=device_kind)
         where = "each rank"
     else:
         # Pieces of micro-batch in flight: GPipe runs every piece's forward before any backward; 1F1B keeps up
@@ -158,8 +165,9 @@ def estimate(cfg, vocab_size: int, device_kind: str = "cpu", precision: str | No
         piece_tokens = t.batch_size / par.microbatches * shape.block_size
         first = par.microbatches if par.pp_schedule == "gpipe" else min(pp, par.microbatches)
         last = par.microbatches if par.pp_schedule == "gpipe" else 1
-        stages = {"first": activation_bytes(shape, first * piece_tokens, precision, t.recompute, layers, tp, False),
-                  "last": activation_bytes(shape, last * piece_tokens, precision, t.recompute, layers, tp, True)}
+        stages = {name: activation_bytes(shape, pieces * piece_tokens, precision, t.recompute, layers, tp,
+                                         with_head=name == "last", device_kind=device_kind)
+                  for name, pieces in (("first", first), ("last", last))}
         largest = max(stages, key=stages.get)
         activations = slack * stages[largest]
         where = f"the {largest} pipeline stage (the larger)"
@@ -168,7 +176,7 @@ def estimate(cfg, vocab_size: int, device_kind: str = "cpu", precision: str | No
 
 
 def activation_bytes(shape: Shape, tokens: float, precision: str, recompute: bool, layers: int, tp: int = 1,
-                     with_head: bool = True) -> float:
+                     with_head: bool = True, device_kind: str = "cpu") -> float:
     """What the forward pass leaves for the backward pass (plus the largest transient), for ``tokens`` tokens
     through ``layers`` blocks, the embeddings and (``with_head``) the head and loss."""
     kind = "fp32" if precision == "fp32" else "half"
@@ -178,7 +186,8 @@ def activation_bytes(shape: Shape, tokens: float, precision: str, recompute: boo
     # Layer norms and the residual stream stay whole under tensor parallelism; the rest is split.
     replicated = 4 * FP32
     per_layer = c * (replicated + (per_channel - replicated) / tp)
-    per_layer += heads_scores * SAVED_PER_SCORE.get((shape.attention, kind, dropout), 0) / tp
+    if not (shape.attention == "sdpa" and device_kind in SDPA_FUSES_DROPOUT):
+        per_layer += heads_scores * SAVED_PER_SCORE.get((shape.attention, kind, dropout), 0) / tp
     per_layer *= tokens
     weight_casts = 0.0 if kind == "fp32" else 2 * 12 * c * c / tp  # autocast's half copies of the block weights
     if recompute:

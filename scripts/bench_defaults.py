@@ -16,7 +16,8 @@ For each config (``baby``: nanoGPT's baby CPU run, batch 12 x 64; ``shakespeare`
 
 prints tokens/s (the median over rounds), MFU against the matmul peak of the precision used, and
 defaults / best fixed (goal: >= 0.95, "auto must not lose to a hand choice") and, with --nanogpt,
-defaults / nanoGPT. Every variant runs once per round, rounds alternating, so background load hits all alike.
+defaults / nanoGPT. Every variant runs once per round, rounds alternating and each starting at a different
+variant, so background load and warm-up hit all alike.
 """
 
 from __future__ import annotations
@@ -125,9 +126,13 @@ def main() -> None:
         runs["plan=auto"] = plan.apply(plan_cfg)
         results: dict[str, list[float]] = {label: [] for label in runs}
         tokens_per_iter = cfg.train.batch_size * cfg.train.grad_accum * cfg.model.block_size
-        for _ in range(args.rounds):
-            for label, run_cfg in runs.items():
-                results[label].append(runner_loop(run_cfg, data, workdir))
+        labels = list(runs)
+        for round_index in range(args.rounds):
+            # Each round starts at a different variant, so no variant always runs first (on a GPU the first run
+            # after a pause meets lower clocks).
+            shift = round_index % len(labels)
+            for label in labels[shift:] + labels[:shift]:
+                results[label].append(runner_loop(runs[label], data, workdir))
             if reference:
                 tokens_per_s = nanogpt_loop(reference, name, args.steps, tokens_per_iter, device)
                 results.setdefault("nanoGPT", []).append(tokens_per_s)

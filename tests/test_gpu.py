@@ -1,7 +1,8 @@
 """The CUDA paths, on real GPUs: every layout equals the single process on NCCL (bf16 tolerances), fp16 with
-its GradScaler (one GPU and DDP), each rank's memory peak, MFU against the published peak table, compile +
-recompute + FSDP together, precision and TF32 by compute capability, pinned batches, the probe's timing of
-queued steps, this rank's CUDA RNG, a CPU run that never touches CUDA, and SIGUSR2 -> checkpoint -> resume.
+its GradScaler (one GPU and DDP), each rank's memory peak, the memory estimate against the CUDA peak, MFU
+against the published peak table, compile + recompute + FSDP together, precision and TF32 by compute
+capability, pinned batches, the probe's timing of queued steps, this rank's CUDA RNG, a CPU run that never
+touches CUDA, and SIGUSR2 -> checkpoint -> resume.
 
 Marked ``gpu``: skipped, with the reason, where torch sees no CUDA GPU (or too few for the layout).
 ``scripts/gpu_check.sh`` runs them on a GPU machine. Asking ``torch.cuda`` whether GPUs exist creates no
@@ -17,6 +18,7 @@ import sys
 
 import pytest
 import torch
+from conftest import run_cli
 from test_parallel import LAYOUTS, _curves, _train
 from test_parallel_endings import _overrides, preempt_and_resume
 
@@ -90,6 +92,22 @@ def test_fsdp_peak_memory_per_rank_is_below_the_single_gpu_peak(workspace):
     peaks = [r["peak_mem_gb"] for r in ranks]
     assert math.isclose(read_run(run_dir)["summary"]["peak_mem_gb"], max(peaks))
     assert max(peaks) < 0.8 * single["summary"]["peak_mem_gb"], (peaks, single["summary"]["peak_mem_gb"])
+
+
+@pytest.mark.parametrize("overrides", [
+    ["train.precision=fp32"], ["train.precision=bf16"], ["train.precision=fp32", "model.attention=math"],
+    ["train.precision=bf16", "train.recompute=true"],
+])
+def test_the_estimate_is_within_20_percent_of_the_cuda_peak(tmp_path, tiny_overrides, overrides):
+    """The 10.6M model at batch 8, dropout on (SDPA's fused kernels keep no attention weights on a GPU)."""
+    run_dir = tmp_path / "run"
+    result = run_cli([*tiny_overrides, "model=shakespeare", "train.batch_size=8", "train.device=cuda", *overrides,
+                      "train.max_iters=2", "train.eval_interval=2", "train.eval_iters=1", "train.ckpt_interval=0",
+                      f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    est = read_run(run_dir)["memory_estimate"]
+    measured = read_run(run_dir)["summary"]["peak_mem_gb"] - est["baseline_gb"]
+    assert est["total_per_rank"] == pytest.approx(measured, rel=0.2)
 
 
 def test_mfu_uses_the_published_peak_of_this_gpu(workspace):

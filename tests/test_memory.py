@@ -46,6 +46,18 @@ def test_recomputation_and_smaller_micro_batches_cut_activations_not_state():
     assert estimate("model.attention=math", "model.dropout=0").activations > estimate("model.dropout=0").activations
 
 
+def test_a_gpus_fused_attention_keeps_no_attention_weights_under_dropout():
+    """The CPU's SDPA falls back to explicit attention when dropout is on; a GPU's flash and memory-efficient
+    kernels apply dropout inside the kernel (measured on an H200). Explicit attention keeps them everywhere."""
+    def activations(device_kind: str, *overrides: str) -> float:
+        cfg = compose_config(["model=shakespeare", *overrides])
+        return memory.estimate(cfg, VOCAB, device_kind, "fp32").activations
+
+    assert activations("cpu") > activations("cpu", "model.dropout=0") * 1.5
+    assert activations("cuda") < activations("cuda", "model.dropout=0") * 1.2  # only the dropout masks
+    assert activations("cuda", "model.attention=math") > activations("cuda") * 1.5
+
+
 def test_auto_precision_is_estimated_at_the_larger_of_fp32_and_bf16():
     auto = estimate(precision="auto")
     assert auto.total == max(estimate(precision="fp32").total, estimate(precision="bf16").total)
