@@ -141,10 +141,12 @@ def main() -> None:
         print(f"\n{name}: batch {cfg.train.batch_size} x {cfg.model.block_size}; plan {cached}took "
               f"{plan_seconds:.1f} s, won by {' '.join(plan.best.overrides())}")
         medians = {label: statistics.median(values) for label, values in results.items()}
+        # What the probe chose for the defaults (cached by their runs).
+        chosen = autotune.resolve_precision(runs["defaults"], data.vocab_size, device, caps, cache)[0]
         for label, tps in medians.items():
             precision = runs[label].train.precision if label in runs else NANOGPT_PRECISION[device.type]
-            if precision == "auto":  # what the probe chose (cached by the runs above)
-                precision = autotune.resolve_precision(runs[label], data.vocab_size, device, caps, cache)[0]
+            if precision == "auto":
+                precision = chosen
             hardware.configure_matmul(device, precision, cfg.train.tf32)  # as that run did: fp32 on TF32 cores
             precision = hardware.matmul_precision(device, precision)
             mfu = flops * tps / hardware.peak_flops(device, precision, cache)
@@ -153,6 +155,9 @@ def main() -> None:
         best = max(fixed, key=fixed.get)
         print(f"  defaults / best fixed ({best}) = {medians['defaults'] / fixed[best]:.3f}  (goal >= 0.95); "
               f"plan=auto / best fixed = {medians['plan=auto'] / fixed[best]:.3f}")
+        if f"{chosen} {runs['defaults'].model.attention}" == best:
+            print(f"  the defaults ran {best}, the best fixed setting itself: their ratio is this machine's "
+                  "run-to-run spread")
         if reference:
             print(f"  defaults / nanoGPT = {medians['defaults'] / medians['nanoGPT']:.3f}; fp32 sdpa / nanoGPT = "
                   f"{medians['fp32 sdpa'] / medians['nanoGPT']:.3f}")
