@@ -1,9 +1,10 @@
 """Where the time from ``nanogpt-run`` to the end of step 1 goes, for one process and for a 2-rank group.
 
-    python scripts/bench_startup.py --data /path/to/input.txt [--rounds 3]
+    python scripts/bench_startup.py --data /path/to/input.txt [--rounds 3] [--device cpu|cuda]
 
 Each round runs ``nanogpt-run model=baby train.max_iters=1`` (fp32, data already prepared, peak FLOP/s
-cached) through the real CLI, single and ``parallel=ddp``, and reads the run's own timestamps:
+cached) through the real CLI, single and ``parallel=ddp``, on the CPU (gloo; the default, whatever GPUs the
+machine has) or ``--device cuda`` (NCCL, one GPU per rank), and reads the run's own timestamps:
 
   launch     process start -> run.json's start_time (Python, the launcher's imports, Hydra composing)
   to eval 0  -> the step-0 evaluation's line (check and data, torchrun and its workers' imports, the process
@@ -60,13 +61,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="tiny-shakespeare input.txt (prepared once before timing)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
+    from nanogpt_runner.config import available_cores
     from nanogpt_runner.hardware import cpu_model
 
-    extra = [f"data.path={args.data}"] if args.data else []
+    extra = [f"train.device={args.device}", *([f"data.path={args.data}"] if args.data else [])]
     root = Path(tempfile.mkdtemp(prefix="nanogpt-startup-"))
     one_run(extra, root)  # prepares the data and caches the matmul peak: not start-up costs
-    print(f"machine: {cpu_model()}; median of {args.rounds} rounds")
+    print(f"machine: {cpu_model()} ({available_cores()} cores), train.device={args.device}; "
+          f"median of {args.rounds} rounds")
     for name, statement in IMPORTS.items():
         print(f"{name:<26}{statistics.median(import_seconds(statement) for _ in range(args.rounds)):>7.2f} s")
     for layout, overrides in (("single", []), ("ddp, 2 ranks", ["parallel=ddp"])):
