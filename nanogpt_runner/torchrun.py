@@ -23,6 +23,7 @@ import contextlib
 import os
 import re
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -33,11 +34,22 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 HANDLED_SIGNALS = ("SIGHUP", "SIGQUIT", *(sig.name for sig in STOP_SIGNALS))
 
 
-def torchrun_args(par, run_dir: Path) -> list[str]:
-    """The torchrun command line (without ``torchrun`` itself) that starts ``par``'s group on this node."""
+# torchrun options newer than the oldest torch the runner installs on, and what is lost without them.
+NEWER_OPTIONS = {
+    "--signals-to-handle": "torch 2.9: SIGUSR2 (SLURM's warning before the time limit) will not reach the ranks, "
+                           "so they will not checkpoint on it",
+    "--shutdown-timeout": "torch 2.12: after a stop signal the ranks get torchrun's fixed 30 s to checkpoint, "
+                          "not parallel.timeout_min",
+}
+
+
+def torchrun_args(par, run_dir: Path, known_options: set[str] | None = None) -> list[str]:
+    """The torchrun command line (without ``torchrun`` itself) that starts ``par``'s group on this node,
+    with those of NEWER_OPTIONS in ``known_options`` (all by default)."""
+    newer = {"--signals-to-handle": ",".join(sorted(HANDLED_SIGNALS)), "--shutdown-timeout": 60 * par.timeout_min}
+    known = NEWER_OPTIONS.keys() if known_options is None else known_options
     args = [f"--nproc-per-node={par.nproc_per_node}", f"--nnodes={par.nnodes}", f"--max-restarts={par.max_restarts}",
-            "--monitor-interval=0.5", f"--signals-to-handle={','.join(sorted(HANDLED_SIGNALS))}",
-            f"--shutdown-timeout={60 * par.timeout_min}"]
+            "--monitor-interval=0.5", *(f"{option}={value}" for option, value in newer.items() if option in known)]
     if par.nnodes == 1:
         args.append("--standalone")
     else:
@@ -45,13 +57,24 @@ def torchrun_args(par, run_dir: Path) -> list[str]:
     return args + ["-m", "nanogpt_runner.worker", str(run_dir)]
 
 
+def known_newer_options(parser) -> set[str]:
+    """Those of NEWER_OPTIONS that this torch's torchrun parser accepts (an older one refuses the command)."""
+    return {option for option in NEWER_OPTIONS if not parser.parse_known_args([f"{option}=1", "script"])[1]}
+
+
 def run_group(par, run_dir: Path) -> int:
     """Run the process group to its end; returns its exit code after recording a failure in run.json."""
+    import torch
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
-    args = get_args_parser().parse_args(torchrun_args(par, run_dir))
+    parser = get_args_parser()
+    known = known_newer_options(parser)
+    for option in NEWER_OPTIONS.keys() - known:
+        print(f"warning: torch {torch.__version__}'s torchrun has no {option} (from {NEWER_OPTIONS[option]}.",
+              file=sys.stderr)
+    args = parser.parse_args(torchrun_args(par, run_dir, known))
     received = None
     with _agent_scope(OMP_NUM_THREADS=str(threads_per_rank(par))):
         try:

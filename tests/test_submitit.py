@@ -4,6 +4,7 @@ SLURM job fills in for itself."""
 
 from __future__ import annotations
 
+import argparse
 import types
 
 from conftest import compose_config, run_cli
@@ -11,7 +12,7 @@ from hydra import compose, initialize_config_dir
 
 from nanogpt_runner.launch import CONF_DIR
 from nanogpt_runner.runs import find_runs, read_run
-from nanogpt_runner.torchrun import fill_cluster_rendezvous, torchrun_args
+from nanogpt_runner.torchrun import NEWER_OPTIONS, fill_cluster_rendezvous, known_newer_options, torchrun_args
 
 
 def test_a_submitit_local_sweep_runs_each_job_as_a_process_group(tmp_path, tiny_overrides):
@@ -58,6 +59,25 @@ def test_torchrun_forwards_sigusr2_to_the_ranks_and_gives_them_time_to_checkpoin
     [handled] = [arg for arg in command if arg.startswith("--signals-to-handle=")]
     assert {"SIGTERM", "SIGINT", "SIGUSR2"} <= set(handled.split("=", 1)[1].split(","))
     assert "--shutdown-timeout=1200" in command
+
+
+def test_an_older_torchrun_is_given_only_the_options_it_knows(tiny_overrides):
+    """torch before 2.9 has no --signals-to-handle, before 2.12 no --shutdown-timeout: argparse would refuse the
+    whole command line (exit 2), so they are left out there (and run_group says what that costs)."""
+    from torch.distributed.run import get_args_parser
+
+    older = argparse.ArgumentParser()
+    for option in ("--nproc-per-node", "--nnodes", "--max-restarts", "--monitor-interval"):
+        older.add_argument(option)
+    older.add_argument("--standalone", action="store_true")
+    older.add_argument("-m", "--module", action="store_true")
+    older.add_argument("training_script")
+    older.add_argument("training_script_args", nargs=argparse.REMAINDER)
+    assert known_newer_options(get_args_parser()) == set(NEWER_OPTIONS)  # this torch knows both
+    assert known_newer_options(older) == set()
+    cfg = compose_config([*tiny_overrides, "parallel=ddp"])
+    args = older.parse_args(torchrun_args(cfg.parallel, "RUN", known_newer_options(older)))
+    assert args.module and args.training_script == "nanogpt_runner.worker" and args.training_script_args == ["RUN"]
 
 
 def test_submitit_local_hiding_the_gpus_is_said_not_silently_trained_on_cpu(tiny_overrides):
