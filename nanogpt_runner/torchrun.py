@@ -34,10 +34,8 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 HANDLED_SIGNALS = ("SIGHUP", "SIGQUIT", *(sig.name for sig in STOP_SIGNALS))
 
 
-# torchrun options newer than the oldest torch the runner installs on, and what is lost without them.
+# torchrun options newer than the oldest torch the runner installs on (2.9), and what is lost without them.
 NEWER_OPTIONS = {
-    "--signals-to-handle": "torch 2.9: SIGUSR2 (SLURM's warning before the time limit) will not reach the ranks, "
-                           "so they will not checkpoint on it",
     "--shutdown-timeout": "torch 2.12: after a stop signal the ranks get torchrun's fixed 30 s to checkpoint, "
                           "not parallel.timeout_min",
 }
@@ -46,10 +44,11 @@ NEWER_OPTIONS = {
 def torchrun_args(par, run_dir: Path, known_options: set[str] | None = None) -> list[str]:
     """The torchrun command line (without ``torchrun`` itself) that starts ``par``'s group on this node,
     with those of NEWER_OPTIONS in ``known_options`` (all by default)."""
-    newer = {"--signals-to-handle": ",".join(sorted(HANDLED_SIGNALS)), "--shutdown-timeout": 60 * par.timeout_min}
+    newer = {"--shutdown-timeout": 60 * par.timeout_min}
     known = NEWER_OPTIONS.keys() if known_options is None else known_options
     args = [f"--nproc-per-node={par.nproc_per_node}", f"--nnodes={par.nnodes}", f"--max-restarts={par.max_restarts}",
-            "--monitor-interval=0.5", *(f"{option}={value}" for option, value in newer.items() if option in known)]
+            "--monitor-interval=0.5", f"--signals-to-handle={','.join(sorted(HANDLED_SIGNALS))}",
+            *(f"{option}={value}" for option, value in newer.items() if option in known)]
     if par.nnodes == 1:
         args.append("--standalone")
     else:

@@ -62,18 +62,18 @@ def test_torchrun_forwards_sigusr2_to_the_ranks_and_gives_them_time_to_checkpoin
 
 
 def test_an_older_torchrun_is_given_only_the_options_it_knows(tiny_overrides):
-    """torch before 2.9 has no --signals-to-handle, before 2.12 no --shutdown-timeout: argparse would refuse the
-    whole command line (exit 2), so they are left out there (and run_group says what that costs)."""
+    """torch before 2.12 has no --shutdown-timeout: argparse would refuse the whole command line (exit 2), so it is
+    left out there (and run_group says what that costs)."""
     from torch.distributed.run import get_args_parser
 
     older = argparse.ArgumentParser()
-    for option in ("--nproc-per-node", "--nnodes", "--max-restarts", "--monitor-interval"):
+    for option in ("--nproc-per-node", "--nnodes", "--max-restarts", "--monitor-interval", "--signals-to-handle"):
         older.add_argument(option)
     older.add_argument("--standalone", action="store_true")
     older.add_argument("-m", "--module", action="store_true")
     older.add_argument("training_script")
     older.add_argument("training_script_args", nargs=argparse.REMAINDER)
-    assert known_newer_options(get_args_parser()) == set(NEWER_OPTIONS)  # this torch knows both
+    assert known_newer_options(get_args_parser()) == set(NEWER_OPTIONS)  # this torch knows them all
     assert known_newer_options(older) == set()
     cfg = compose_config([*tiny_overrides, "parallel=ddp"])
     args = older.parse_args(torchrun_args(cfg.parallel, "RUN", known_newer_options(older)))
