@@ -36,7 +36,7 @@ HANDLED_SIGNALS = ("SIGHUP", "SIGQUIT", *(sig.name for sig in STOP_SIGNALS))
 
 # torchrun options newer than the oldest torch the runner installs on (2.9), and what is lost without them.
 NEWER_OPTIONS = {
-    "--shutdown-timeout": "torch 2.12: after a stop signal the ranks get torchrun's fixed 30 s to checkpoint, "
+    "--shutdown-timeout": "March 2026: after a stop signal the ranks get torchrun's fixed 30 s to checkpoint, "
                           "not parallel.timeout_min",
 }
 

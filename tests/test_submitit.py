@@ -62,8 +62,8 @@ def test_torchrun_forwards_sigusr2_to_the_ranks_and_gives_them_time_to_checkpoin
 
 
 def test_an_older_torchrun_is_given_only_the_options_it_knows(tiny_overrides):
-    """torch before 2.12 has no --shutdown-timeout: argparse would refuse the whole command line (exit 2), so it is
-    left out there (and run_group says what that costs)."""
+    """A torchrun from before March 2026 has no --shutdown-timeout: argparse would refuse the whole command line
+    (exit 2), so it is left out there (and run_group says what that costs)."""
     from torch.distributed.run import get_args_parser
 
     older = argparse.ArgumentParser()
