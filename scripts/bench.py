@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +29,14 @@ from nanogpt_runner.optim import build_optimizers
 from nanogpt_runner.prepare import prepare
 from nanogpt_runner.runs import RunReader, RunWriter
 from nanogpt_runner.train import train
+
+
+def nanogpt_run(args: list[str]) -> None:
+    """``nanogpt-run ARGS`` (the one beside this Python); a run that fails ends the benchmark with its stderr."""
+    done = subprocess.run([str(Path(sys.executable).parent / "nanogpt-run"), *args], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{Path(sys.argv[0]).name}: nanogpt-run {' '.join(args)} exited with {done.returncode}:\n"
+                         f"{done.stderr[-2000:]}")
 
 
 def config(overrides: list[str]):

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
+from bench import nanogpt_run  # scripts/bench.py, beside this script
 
 from nanogpt_runner import hardware
 
@@ -38,10 +37,9 @@ CASES = {
 def measure(overrides: list[str], root: Path, steps: int, precision: str) -> tuple[float, float]:
     """(estimated, measured) peak bytes of a short run: growth over the baseline on a CPU."""
     run_dir = Path(tempfile.mkdtemp(dir=root))
-    cmd = [str(Path(sys.executable).parent / "nanogpt-run"), *overrides, f"train.max_iters={steps}",
-           f"train.eval_interval={steps}", "train.eval_iters=1", "train.log_interval=1", f"train.precision={precision}",
-           "optimizer.warmup_iters=0", "run.progress=false", "train.ckpt_interval=0", f"hydra.run.dir={run_dir}"]
-    subprocess.run(cmd, check=True, capture_output=True)
+    nanogpt_run([*overrides, f"train.max_iters={steps}", f"train.eval_interval={steps}", "train.eval_iters=1",
+                 "train.log_interval=1", f"train.precision={precision}", "optimizer.warmup_iters=0",
+                 "run.progress=false", "train.ckpt_interval=0", f"hydra.run.dir={run_dir}"])
     record = json.loads((run_dir / "run.json").read_text())
     est = record["memory_estimate"]
     measured = record["summary"]["peak_mem_gb"] - est["baseline_gb"]

@@ -26,7 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
+from bench import nanogpt_run  # scripts/bench.py, beside this script
+
 IMPORTS = {
     "import torch": "import torch",
     "launcher imports": "import nanogpt_runner.launch",
@@ -45,13 +46,9 @@ def import_seconds(statement: str) -> float:
 def one_run(overrides: list[str], root: Path) -> dict[str, float]:
     run_dir = Path(tempfile.mkdtemp(dir=root))
     start_wall = time.time()
-    done = subprocess.run([str(BIN / "nanogpt-run"), "model=baby", "train.max_iters=1", "train.log_interval=1",
-                           "train.eval_interval=100", "train.precision=fp32", "train.ckpt_interval=0",
-                           "run.progress=false", f"hydra.run.dir={run_dir}", *overrides],
-                          capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"bench_startup: nanogpt-run {' '.join(overrides)} exited with {done.returncode}:\n"
-                         f"{done.stderr[-2000:]}")
+    nanogpt_run(["model=baby", "train.max_iters=1", "train.log_interval=1", "train.eval_interval=100",
+                 "train.precision=fp32", "train.ckpt_interval=0", "run.progress=false", f"hydra.run.dir={run_dir}",
+                 *overrides])
     record = json.loads((run_dir / "run.json").read_text())
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     eval0 = next(line for line in lines if line["kind"] == "eval" and line["step"] == 0)

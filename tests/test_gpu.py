@@ -105,8 +105,9 @@ def test_the_estimate_is_within_20_percent_of_the_cuda_peak(tmp_path, tiny_overr
                       "train.max_iters=2", "train.eval_interval=2", "train.eval_iters=1", "train.ckpt_interval=0",
                       f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    est = read_run(run_dir)["memory_estimate"]
-    measured = read_run(run_dir)["summary"]["peak_mem_gb"] - est["baseline_gb"]
+    record = read_run(run_dir)
+    est = record["memory_estimate"]
+    measured = record["summary"]["peak_mem_gb"] - est["baseline_gb"]
     assert est["total_per_rank"] == pytest.approx(measured, rel=0.2)
 
 
