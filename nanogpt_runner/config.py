@@ -350,9 +350,14 @@ MAX_NOTES_CHARS = 2000  # a run's note (run.notes, the viewer's note box)
 DOWNLOAD_SCHEMES = ("http", "https")
 
 
+def world_size(par) -> int:
+    """Processes in the run: one trains alone; more are a torchrun process group."""
+    return par.nproc_per_node * par.nnodes
+
+
 def dp_degree(par) -> int:
     """Data-parallel replicas: the ranks left once tensor and pipeline parallelism took theirs."""
-    return max(par.nproc_per_node * par.nnodes // max(par.tp * par.pp, 1), 1)
+    return max(world_size(par) // max(par.tp * par.pp, 1), 1)
 
 
 def available_cores() -> int:

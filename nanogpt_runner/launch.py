@@ -26,18 +26,16 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from nanogpt_runner.config import CONF_DIR, Config, register_schema
+from nanogpt_runner.config import CONF_DIR, Config, register_schema, world_size
 from nanogpt_runner.console import error
 from nanogpt_runner.data import DataError, PreparedData
 from nanogpt_runner.loggers import logger_problems
 from nanogpt_runner.prepare import prepare
-from nanogpt_runner.pretrained import apply_init_from, vocabulary_problems
-from nanogpt_runner.resume import plan_resume
 from nanogpt_runner.run_control import CheckpointError
 from nanogpt_runner.runs import CONFIG_FILE, LOCK_FILE, RUN_FILE, RunWriter
 from nanogpt_runner.search import register_sweeper
 from nanogpt_runner.sweep import SKIPPED, SweepMismatch, forget_outcome, job_objective, previous_attempt, record_action
-from nanogpt_runner.torchrun import fill_cluster_rendezvous, hidden_gpus_problem, run_group
+from nanogpt_runner.torchrun import fill_cluster_rendezvous, hidden_gpus_problem, run_group, start_rank_server
 from nanogpt_runner.validation import config_warnings, data_problems, validate
 
 EXIT_INVALID_CONFIG = 2
@@ -46,6 +44,7 @@ EXIT_INVALID_CONFIG = 2
 def check(cfg: Config, announce=print) -> tuple[list[str], PreparedData | None]:
     """Every problem with ``cfg``, data included; the prepared data when there is none."""
     from nanogpt_runner.hardware import device_caps, memory_refusal
+    from nanogpt_runner.pretrained import vocabulary_problems
 
     problems = validate(cfg, device_caps(cfg.train.device))
     if hidden := hidden_gpus_problem(cfg):
@@ -78,6 +77,11 @@ def run_job(cfg: Config) -> int:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
     fill_cluster_rendezvous(cfg)
+    if world_size(cfg.parallel) > 1:
+        start_rank_server()  # its imports run beside this process's, which start below (torch is imported lazily)
+    from nanogpt_runner.pretrained import apply_init_from
+    from nanogpt_runner.resume import plan_resume
+
     # Resume (resume=PATH, or train.resume=auto in a run dir with checkpoints) continues an existing run
     # in place, with the checkpoint's config plus the allowed overrides; Hydra's new dir is then unused.
     fresh_dir, fresh_root, plan, speed_plan = run_dir, Path(cfg.run.root), None, None
@@ -159,7 +163,7 @@ def _start(cfg: Config, run_dir: Path, data: PreparedData, plan, speed_plan, hyd
     writer.close()
     for warning in config_warnings(cfg):
         print(f"warning: {warning}", file=sys.stderr)
-    if cfg.parallel.nproc_per_node * cfg.parallel.nnodes > 1:
+    if world_size(cfg.parallel) > 1:
         code = run_group(cfg.parallel, run_dir)  # a torchrun process group; run.json records a failure
         if code and not sweep:
             error(f"the run failed (exit code {code}); the error is in {run_dir / 'run.json'}")

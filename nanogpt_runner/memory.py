@@ -27,6 +27,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from nanogpt_runner.config import dp_degree
+
 GB = 1e9
 FP32 = 4
 OPTIMIZER_STATES = {"adamw": 2.0, "muon": 1.0}  # fp32 state tensors per parameter (muon: momentum; AdamW 2 moments)
@@ -126,9 +128,8 @@ def estimate(cfg, vocab_size: int, device_kind: str = "cpu", precision: str | No
         return max((estimate(cfg, vocab_size, device_kind, p) for p in ("fp32", "bf16")), key=lambda e: e.total)
     shape = Shape.of(cfg.model, vocab_size)
     par, t = cfg.parallel, cfg.train
-    world = par.nproc_per_node * par.nnodes
+    dp = dp_degree(par)
     tp, pp = max(par.tp, 1), max(par.pp, 1)
-    dp = max(world // (tp * pp), 1)
     fsdp = par.dp == "fsdp" and dp > 1
     ddp = par.dp == "ddp" and dp > 1
 

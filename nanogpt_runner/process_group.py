@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from nanogpt_runner.config import dp_degree, threads_per_rank
+from nanogpt_runner.config import dp_degree, threads_per_rank, world_size
 
 MESH_DIMS = ("pp", "dp", "tp")
 # torchrun's attempt number: 0 for the first, n after the group was restarted n times.
@@ -102,7 +102,7 @@ def setup(par, device_kind: str) -> Layout:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    expected = par.nproc_per_node * par.nnodes
+    expected = world_size(par)
     if world != expected:
         raise RuntimeError(f"{world} processes started but parallel.* asks for {expected}: start runs with nanogpt-run")
     if device_kind == "cpu" and (par.threads_per_rank or local_world > 1):

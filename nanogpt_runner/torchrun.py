@@ -2,12 +2,22 @@
 
 Hydra's torchrun launcher plugin was never published, so the Hydra job runs torchrun itself, in the launcher's
 process: ``torch.distributed.run`` parses the same command line ``torchrun ... -m nanogpt_runner.worker
-RUN_DIR`` would, and its elastic agent starts, watches and restarts the ranks from here. In-process rather
-than as a ``torchrun`` child because the launcher has already imported torch: a second interpreter
-importing it again cost seconds of every group's start-up. The workers read the resolved config from the
-run directory, never from Hydra (which would make one output dir per rank). One node uses a standalone
-rendezvous (a fresh free port each time, so sweep jobs never collide); several nodes meet at a c10d
-rendezvous on ``parallel.rdzv_endpoint``.
+RUN_DIR`` would, and its elastic agent starts, watches and restarts the ranks from here, running
+``worker.run_rank(RUN_DIR)`` in each. In-process rather than as a ``torchrun`` child because the launcher
+imports torch anyway: a second interpreter importing it again cost seconds of every group's start-up.
+
+Importing torch is most of a rank's start-up (seconds, and ``torch._dynamo`` as long again, which
+DistributedDataParallel's and fully_shard's constructors import). So the ranks fork from a rank server,
+multiprocessing's forkserver: a fresh, single-threaded interpreter that imports all of that once,
+started as soon as the launcher has composed the config and knows it needs a group, so its imports run
+beside the launcher's own (a process with threads or a used OpenMP pool, like the launcher, must not be
+forked; one that has only imported can be). A sweep's later groups fork from the same server at once.
+A rank forked from it inherits its environment and working directory, so a group started after either
+changed in the launcher (another job's ``hydra.job.env_set``, a test's monkeypatch) is spawned fresh.
+
+The workers read the resolved config from the run directory, never from Hydra (which would make one output
+dir per rank). One node uses a standalone rendezvous (a fresh free port each time, so sweep jobs never
+collide); several nodes meet at a c10d rendezvous on ``parallel.rdzv_endpoint``.
 
 Stop signals: the ranks run in their own sessions, so this process alone hears SIGINT/SIGTERM/SIGUSR2 (a
 terminal, SLURM's warning before the time limit, a requeue). While the group runs, the agent's handlers
@@ -20,11 +30,14 @@ or the default: end the process).
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
+import multiprocessing.forkserver
 import os
 import re
 import signal
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from nanogpt_runner.config import threads_per_rank
@@ -33,6 +46,10 @@ from nanogpt_runner.runs import LOG_FILE, RunWriter, read_run
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 HANDLED_SIGNALS = ("SIGHUP", "SIGQUIT", *(sig.name for sig in STOP_SIGNALS))
 
+
+# What every rank imports before it trains, whatever its layout: imported once, in the rank server.
+RANK_SERVER_PRELOAD = ("nanogpt_runner.worker", "torch._dynamo")
+_rank_server_started_in: tuple[dict[str, str], str] | None = None  # (environment, working directory)
 
 # torchrun options newer than the oldest torch the runner installs on (2.9), and what is lost without them.
 NEWER_OPTIONS = {
@@ -49,11 +66,30 @@ def torchrun_args(par, run_dir: Path, known_options: set[str] | None = None) -> 
     args = [f"--nproc-per-node={par.nproc_per_node}", f"--nnodes={par.nnodes}", f"--max-restarts={par.max_restarts}",
             "--monitor-interval=0.5", f"--signals-to-handle={','.join(sorted(HANDLED_SIGNALS))}",
             *(f"{option}={value}" for option, value in newer.items() if option in known)]
-    if par.nnodes == 1:
-        args.append("--standalone")
-    else:
-        args += ["--rdzv-backend=c10d", f"--rdzv-endpoint={par.rdzv_endpoint}", f"--rdzv-id={par.rdzv_id}"]
+    # One node: torchrun's --standalone spelled out (torchrun's own main applies it, and run_group calls the
+    # agent without it): a free port of this machine, and a fresh id.
+    endpoint, rdzv_id = ("localhost:0", uuid.uuid4()) if par.nnodes == 1 else (par.rdzv_endpoint, par.rdzv_id)
+    args += ["--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", f"--rdzv-id={rdzv_id}"]
     return args + ["-m", "nanogpt_runner.worker", str(run_dir)]
+
+
+def start_rank_server() -> None:
+    """Start the rank server, which imports RANK_SERVER_PRELOAD while this process goes on (see above).
+
+    ``__main__`` is preloaded too: a rank forked from the server then finds the launcher's main module
+    already imported, rather than importing it again as multiprocessing otherwise does."""
+    global _rank_server_started_in
+    if _rank_server_started_in is None:
+        multiprocessing.set_forkserver_preload(["__main__", *RANK_SERVER_PRELOAD])
+        multiprocessing.forkserver.ensure_running()
+        _rank_server_started_in = (dict(os.environ), os.getcwd())
+
+
+def rank_start_method() -> str:
+    """``forkserver`` when ranks forked from the rank server (started now if it was not) would inherit this
+    process's environment and working directory; ``spawn`` (fresh interpreters) when either changed."""
+    start_rank_server()
+    return "forkserver" if _rank_server_started_in == (dict(os.environ), os.getcwd()) else "spawn"
 
 
 def known_newer_options(parser) -> set[str]:
@@ -63,10 +99,14 @@ def known_newer_options(parser) -> set[str]:
 
 def run_group(par, run_dir: Path) -> int:
     """Run the process group to its end; returns its exit code after recording a failure in run.json."""
+    start_method = rank_start_method()
     import torch
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import get_args_parser, run
+    from torch.distributed.launcher.api import elastic_launch
+    from torch.distributed.run import config_from_args, get_args_parser
+
+    from nanogpt_runner.worker import run_rank
 
     parser = get_args_parser()
     known = known_newer_options(parser)
@@ -74,10 +114,12 @@ def run_group(par, run_dir: Path) -> int:
         print(f"warning: torch {torch.__version__}'s torchrun has no {option} (from {NEWER_OPTIONS[option]}.",
               file=sys.stderr)
     args = parser.parse_args(torchrun_args(par, run_dir, known))
+    args.start_method = start_method
     received = None
     with _agent_scope(OMP_NUM_THREADS=str(threads_per_rank(par))):
         try:
-            run(args)
+            config, _command, _ = config_from_args(args)
+            elastic_launch(config, entrypoint=run_rank)(*args.training_script_args, os.getpid())
             code = 0
         except ChildFailedError:  # a rank failed (restarts used up): torchrun's own exit code
             code = 1

@@ -18,16 +18,18 @@ from pathlib import Path
 import torch
 
 from nanogpt_runner import autotune, hardware, memory, parallel, process_group
+from nanogpt_runner.batches import Batches
 from nanogpt_runner.checkpoint import TrainState
 from nanogpt_runner.config import Config, plain_train
 from nanogpt_runner.console import RunConsole
-from nanogpt_runner.data import Batches, PreparedData, cache_dir
+from nanogpt_runner.data import PreparedData, cache_dir
 from nanogpt_runner.loggers import open_trackers
 from nanogpt_runner.model import GPT
+from nanogpt_runner.nonfinite import NonFiniteGuard
 from nanogpt_runner.optim import build_optimizers
 from nanogpt_runner.pretrained import load_initial_weights
 from nanogpt_runner.resume import Checkpointer
-from nanogpt_runner.run_control import Interrupted, NonFiniteGuard, StopSignals
+from nanogpt_runner.run_control import Interrupted, StopSignals
 from nanogpt_runner.runs import RunWriter
 from nanogpt_runner.stopping import Stopper
 

@@ -26,6 +26,7 @@ from nanogpt_runner.config import (
     available_cores,
     dp_degree,
     threads_per_rank,
+    world_size,
 )
 
 
@@ -234,7 +235,7 @@ def layout_problems(cfg: Config, device: DeviceCaps | None = None) -> list[str]:
     if problems:
         return problems
 
-    world = par.nproc_per_node * par.nnodes
+    world = world_size(par)
     if world % (par.tp * par.pp):
         problems.append(
             f"world size {world} (nnodes {par.nnodes} x nproc_per_node {par.nproc_per_node}) is not a multiple of "

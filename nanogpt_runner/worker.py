@@ -1,16 +1,18 @@
 """One run's process: train, and turn every way a run can end into its status in run.json.
 
-The Hydra job runs this in-process for a single-process run, and as ``python -m nanogpt_runner.worker
-RUN_DIR`` for sweep jobs, where the config comes from RUN_DIR/config.yaml, never from Hydra again.
+The Hydra job runs this in-process for a single-process run, as ``python -m nanogpt_runner.worker RUN_DIR``
+for single-process sweep jobs, and as ``run_rank(RUN_DIR)`` in each rank of a torchrun group; the latter
+two read the config from RUN_DIR/config.yaml, never from Hydra again.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
+import select
 import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -87,34 +89,55 @@ def load_run_config(run_dir: Path):
     return OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(run_dir / CONFIG_FILE))
 
 
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def stop_with_the_launcher() -> None:
-    """Ask the kernel for SIGTERM when the launcher that started this process dies, however it dies.
+def stop_with_the_launcher(launcher: int) -> None:
+    """SIGTERM this process when the launcher (process ``launcher``) ends, however it ends.
 
     A rank leads its own session (a terminal's Ctrl+C and the viewer's Stop reach it only through the
     launcher), so a launcher killed outright (SIGKILL, the OOM killer) would leave it training on, an orphan
     nothing stops. SIGTERM is handled as any stop: every rank saves the last completed step and ends
-    ``interrupted``. Linux only; elsewhere nothing changes."""
+    ``interrupted``. The launcher is not always the parent (a rank's parent is the rank server, which
+    lives as long as its ranks), so rather than the kernel's parent-death signal a thread waits on a pidfd
+    of the launcher. Linux only; elsewhere nothing changes."""
     if not sys.platform.startswith("linux"):
         return
-    parent = os.getppid()
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # the launcher died before the request was in place
+    try:
+        launcher_fd = os.pidfd_open(launcher)
+    except ProcessLookupError:  # it ended before this process could watch it
         os.kill(os.getpid(), signal.SIGTERM)
+        return
+
+    def stop_when_it_ends() -> None:
+        select.select([launcher_fd], [], [])  # readable once the process has ended
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=stop_when_it_ends, name="launcher-watch", daemon=True).start()
+
+
+def run_rank(run_dir: str, launcher: int) -> None:
+    """A torchrun rank (torchrun.run_group's entrypoint): returns when the run completed, exits with its
+    code otherwise (torchrun waits for a return value, so a successful rank must not call sys.exit).
+
+    As torchrun starts a command, the rank leads its own session and prints each line as it comes."""
+    os.setsid()
+    sys.stdout.reconfigure(line_buffering=True)
+    if code := run_in(Path(run_dir), launcher):
+        sys.exit(code)
+
+
+def run_in(run_dir: Path, launcher: int) -> int:
+    """Train the run that the launcher (process ``launcher``) prepared in ``run_dir``; the exit code."""
+    stop_with_the_launcher(launcher)
+    record = read_run(run_dir) or {}
+    data = load_prepared(Path(record["dataset"]["dir"]))
+    return execute(load_run_config(run_dir), run_dir, data)
 
 
 def main(argv: list[str] | None = None) -> None:
-    stop_with_the_launcher()
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or not (Path(args[0]) / CONFIG_FILE).exists():
         error("usage: python -m nanogpt_runner.worker RUN_DIR (a run directory made by nanogpt-run)")
         sys.exit(2)
-    run_dir = Path(args[0])
-    record = read_run(run_dir) or {}
-    data = load_prepared(Path(record["dataset"]["dir"]))
-    sys.exit(execute(load_run_config(run_dir), run_dir, data))
+    sys.exit(run_in(Path(args[0]), os.getppid()))
 
 
 if __name__ == "__main__":

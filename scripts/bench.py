@@ -22,8 +22,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from nanogpt_runner import hardware
+from nanogpt_runner.batches import Batches
 from nanogpt_runner.config import CONF_DIR, register_schema
-from nanogpt_runner.data import Batches
 from nanogpt_runner.model import GPT
 from nanogpt_runner.optim import build_optimizers
 from nanogpt_runner.prepare import prepare

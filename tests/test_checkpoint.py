@@ -16,7 +16,7 @@ import torch
 
 from nanogpt_runner import checkpoint as ck
 from nanogpt_runner import checkpoint_folder as folders
-from nanogpt_runner import resume, run_control
+from nanogpt_runner import nonfinite, resume, run_control
 from nanogpt_runner.config import ModelConfig, OptimizerConfig
 from nanogpt_runner.model import GPT
 from nanogpt_runner.optim import Optimizers, build_optimizers
@@ -251,17 +251,17 @@ def test_stop_signals_turn_sigterm_into_a_request(tmp_path):
 def test_nan_guard_stops_at_the_next_check_or_skips_at_once(tmp_path):
     writer = RunWriter(tmp_path)
     finite, nan, inf = torch.tensor(2.0), torch.tensor(math.nan), torch.tensor(math.inf)
-    stop = run_control.NonFiniteGuard("stop", writer)
+    stop = nonfinite.NonFiniteGuard("stop", writer)
     assert not stop.observe(1, finite, finite)
     stop.check()  # all finite so far
     for step, loss in ((7, nan), (8, finite), (9, nan)):  # noted on the device, nothing read yet
         assert not stop.observe(step, loss, finite)
     with pytest.raises(run_control.NonFiniteLoss, match="non-finite loss at step 7"):
         stop.check()  # the first bad step is named
-    skip = run_control.NonFiniteGuard("skip_step", writer)
+    skip = nonfinite.NonFiniteGuard("skip_step", writer)
     assert skip.observe(8, finite, inf) and skip.skipped == 1
     assert skip.window_mean(6.0, 4) == 2.0  # three applied updates in a window of four
-    fp16_guard = run_control.NonFiniteGuard("stop", writer, scaler_enabled=True)
+    fp16_guard = nonfinite.NonFiniteGuard("stop", writer, scaler_enabled=True)
     fp16_guard.observe(9, finite, inf)
     fp16_guard.check()  # fp16 overflow: the scaler skips it
     writer.close()

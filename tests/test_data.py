@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from nanogpt_runner.batches import Batches, sequence_offsets
 from nanogpt_runner.config import DataConfig
-from nanogpt_runner.data import Batches, DataError, sequence_offsets
+from nanogpt_runner.data import DataError
 from nanogpt_runner.prepare import prepare
 from nanogpt_runner.tokenizer import TokenizerError
 

@@ -145,7 +145,7 @@ def test_bf16_and_tf32_follow_the_compute_capability():
 def test_pinned_batches_arrive_whole_and_contiguous(tiny_overrides):
     from conftest import compose_config
 
-    from nanogpt_runner.data import Batches
+    from nanogpt_runner.batches import Batches
     from nanogpt_runner.launch import check
 
     _, data = check(compose_config(tiny_overrides), announce=lambda _m: None)

@@ -135,8 +135,13 @@ def test_sigusr2_reaches_every_rank_ends_in_a_checkpoint_and_the_run_resumes(tmp
     preempt_and_resume(tmp_path, _overrides(tiny_overrides, "parallel=ddp", "train.batch_size=2"))
 
 
-def _children(pid: int) -> list[int]:
-    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+def _descendants(pid: int) -> list[int]:
+    children = [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return children + [grandchild for child in children for grandchild in _descendants(child)]
+
+
+def _is_rank(pid: int) -> bool:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3] == str(pid)  # leads its session
 
 
 def _alive(pid: int) -> bool:
@@ -153,17 +158,17 @@ def test_ranks_of_a_launcher_killed_outright_checkpoint_and_end_instead_of_train
     proc = subprocess.Popen([str(Path(sys.executable).parent / "nanogpt-run"), *overrides], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_dir = _wait_for_training(tmp_path / "outputs", proc)
-    ranks = _children(proc.pid)
-    assert len(ranks) == 2
+    processes = _descendants(proc.pid)  # the ranks, the rank server they were forked from, its helpers
+    assert len([pid for pid in processes if _is_rank(pid)]) == 2
     proc.kill()  # SIGKILL: the launcher cannot tell the ranks anything
     proc.wait()
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and any(_alive(pid) for pid in ranks):
+    while time.monotonic() < deadline and any(_alive(pid) for pid in processes):
         time.sleep(0.5)
     try:
-        assert not any(_alive(pid) for pid in ranks), "the ranks outlived their launcher"
+        assert not any(_alive(pid) for pid in processes), "processes outlived their launcher"
     finally:
-        for pid in ranks:
+        for pid in processes:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
     run = read_run(run_dir)

@@ -12,21 +12,23 @@ from conftest import run_cli
 
 from nanogpt_runner.runs import RunReader, find_runs
 
+# Imported by every interpreter (the ranks are forked from one that has it): which rank and which attempt
+# is asked at the call, when torchrun has set the rank's environment.
 INJECT = textwrap.dedent("""
     import os
 
-    if os.environ.get("RANK") == "1" and os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0":
-        from nanogpt_runner import parallel
+    from nanogpt_runner import parallel
 
-        original, calls = parallel.Parallelized.clip_grad_norm, []
+    original, calls = parallel.Parallelized.clip_grad_norm, []
 
-        def clip_grad_norm(self, max_norm):
+    def clip_grad_norm(self, max_norm):
+        if os.environ.get("RANK") == "1" and os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0":
             calls.append(1)
             if len(calls) == 5:
                 raise RuntimeError("injected failure on rank 1, first attempt")
-            return original(self, max_norm)
+        return original(self, max_norm)
 
-        parallel.Parallelized.clip_grad_norm = clip_grad_norm
+    parallel.Parallelized.clip_grad_norm = clip_grad_norm
 """)
 
 

@@ -26,9 +26,10 @@ from nanogpt_runner import corpus as corpus_module
 from nanogpt_runner import prepare as prep
 from nanogpt_runner import tokenizer as tokenizers
 from nanogpt_runner.analysis import RunRecord
+from nanogpt_runner.batches import Batches
 from nanogpt_runner.comparison import comparison_metric
 from nanogpt_runner.config import DataConfig, ModelConfig
-from nanogpt_runner.data import Batches, DataError, load_prepared
+from nanogpt_runner.data import DataError, load_prepared
 from nanogpt_runner.model import GPT
 from nanogpt_runner.prepare import prepare
 from nanogpt_runner.process_group import Layout

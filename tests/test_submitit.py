@@ -67,9 +67,9 @@ def test_an_older_torchrun_is_given_only_the_options_it_knows(tiny_overrides):
     from torch.distributed.run import get_args_parser
 
     older = argparse.ArgumentParser()
-    for option in ("--nproc-per-node", "--nnodes", "--max-restarts", "--monitor-interval", "--signals-to-handle"):
+    for option in ("--nproc-per-node", "--nnodes", "--max-restarts", "--monitor-interval", "--signals-to-handle",
+                   "--rdzv-backend", "--rdzv-endpoint", "--rdzv-id"):
         older.add_argument(option)
-    older.add_argument("--standalone", action="store_true")
     older.add_argument("-m", "--module", action="store_true")
     older.add_argument("training_script")
     older.add_argument("training_script_args", nargs=argparse.REMAINDER)
