@@ -47,8 +47,9 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 HANDLED_SIGNALS = ("SIGHUP", "SIGQUIT", *(sig.name for sig in STOP_SIGNALS))
 
 
-# What every rank imports before it trains, whatever its layout: imported once, in the rank server.
-RANK_SERVER_PRELOAD = ("nanogpt_runner.worker", "torch._dynamo")
+# What the rank server imports: its own set-up, then what every rank imports before it trains, whatever its
+# layout (once, there, rather than in each rank).
+RANK_SERVER_PRELOAD = ("nanogpt_runner.rank_server", "nanogpt_runner.worker", "torch._dynamo")
 _rank_server_started_in: tuple[dict[str, str], str] | None = None  # (environment, working directory)
 
 # torchrun options newer than the oldest torch the runner installs on (2.9), and what is lost without them.

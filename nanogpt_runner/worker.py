@@ -8,6 +8,7 @@ two read the config from RUN_DIR/config.yaml, never from Hydra again.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import select
 import signal
@@ -89,6 +90,9 @@ def load_run_config(run_dir: Path):
     return OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(run_dir / CONFIG_FILE))
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
 def stop_with_the_launcher(launcher: int) -> None:
     """SIGTERM this process when the launcher (process ``launcher``) ends, however it ends.
 
@@ -117,8 +121,13 @@ def run_rank(run_dir: str, launcher: int) -> None:
     """A torchrun rank (torchrun.run_group's entrypoint): returns when the run completed, exits with its
     code otherwise (torchrun waits for a return value, so a successful rank must not call sys.exit).
 
-    As torchrun starts a command, the rank leads its own session and prints each line as it comes."""
+    As torchrun starts a command, the rank leads its own session and prints each line as it comes. The
+    parent-death signal torch.multiprocessing asks for (SIGINT) is cleared: the parent is the rank server,
+    whose end (SLURM signals every process of a job step) says nothing about the run, and a SIGINT after a
+    stop signal would end the rank before its checkpoint. The launcher is what the rank watches."""
     os.setsid()
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, 0)
     sys.stdout.reconfigure(line_buffering=True)
     if code := run_in(Path(run_dir), launcher):
         sys.exit(code)

@@ -11,7 +11,10 @@ machine has) or ``--device cuda`` (NCCL, one GPU per rank), and reads the run's 
                group, the model, and the evaluation itself, whose length is printed apart)
   step 1     -> the first train line (the first training step)
 
-and, measured apart in fresh interpreters: ``import torch``, the launcher's and the worker's imports, and
+A sweep of two such 2-rank jobs (``-m parallel=ddp train.seed=1,2``) shows what a later job of a sweep pays:
+for each job, from its run.json start_time (the launcher recorded it) to its step-0 evaluation and to step 1.
+
+And, measured apart in fresh interpreters: ``import torch``, the launcher's and the worker's imports, and
 the distributed submodules (FSDP, tensor parallel, pipelining, DCP) that only some layouts need.
 """
 
@@ -43,19 +46,37 @@ def import_seconds(statement: str) -> float:
     return time.perf_counter() - start
 
 
-def one_run(overrides: list[str], root: Path) -> dict[str, float]:
-    run_dir = Path(tempfile.mkdtemp(dir=root))
-    start_wall = time.time()
-    nanogpt_run(["model=baby", "train.max_iters=1", "train.log_interval=1", "train.eval_interval=100",
-                 "train.precision=fp32", "train.ckpt_interval=0", "run.progress=false", f"hydra.run.dir={run_dir}",
-                 *overrides])
+ONE_STEP = ["model=baby", "train.max_iters=1", "train.log_interval=1", "train.eval_interval=100",
+            "train.precision=fp32", "train.ckpt_interval=0", "run.progress=false"]
+
+
+def timestamps(run_dir: Path) -> tuple[float, dict, dict]:
+    """run.json's start_time, the step-0 evaluation's line and the first train line."""
     record = json.loads((run_dir / "run.json").read_text())
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     eval0 = next(line for line in lines if line["kind"] == "eval" and line["step"] == 0)
     step1 = next(line for line in lines if line["kind"] == "train" and line["step"] == 1)
-    return {"launch": record["start_time"] - start_wall, "to eval 0": eval0["time"] - record["start_time"],
+    return record["start_time"], eval0, step1
+
+
+def one_run(overrides: list[str], root: Path) -> dict[str, float]:
+    run_dir = Path(tempfile.mkdtemp(dir=root))
+    start_wall = time.time()
+    nanogpt_run([*ONE_STEP, f"hydra.run.dir={run_dir}", *overrides])
+    start, eval0, step1 = timestamps(run_dir)
+    return {"launch": start - start_wall, "to eval 0": eval0["time"] - start,
             "(eval 0 itself)": eval0["elapsed_s"], "step 1": step1["time"] - eval0["time"],
             "total": step1["time"] - start_wall}
+
+
+def one_sweep(overrides: list[str], root: Path) -> dict[str, float]:
+    sweep_dir = Path(tempfile.mkdtemp(dir=root))
+    nanogpt_run(["-m", *ONE_STEP, f"hydra.sweep.dir={sweep_dir}", "parallel=ddp", "train.seed=1,2", *overrides])
+    times = {}
+    for job in (0, 1):
+        start, eval0, step1 = timestamps(sweep_dir / str(job))
+        times |= {f"job {job + 1} to eval 0": eval0["time"] - start, f"job {job + 1} to step 1": step1["time"] - start}
+    return times
 
 
 def main() -> None:
@@ -74,8 +95,10 @@ def main() -> None:
           f"median of {args.rounds} rounds")
     for name, statement in IMPORTS.items():
         print(f"{name:<26}{statistics.median(import_seconds(statement) for _ in range(args.rounds)):>7.2f} s")
-    for layout, overrides in (("single", []), ("ddp, 2 ranks", ["parallel=ddp"])):
-        rounds = [one_run([*extra, *overrides], root) for _ in range(args.rounds)]
+    for layout, measure in (("single", lambda: one_run(extra, root)),
+                            ("ddp, 2 ranks", lambda: one_run([*extra, "parallel=ddp"], root)),
+                            ("ddp sweep", lambda: one_sweep(extra, root))):
+        rounds = [measure() for _ in range(args.rounds)]
         parts = ", ".join(f"{k} {statistics.median(r[k] for r in rounds):.2f} s" for k in rounds[0])
         print(f"{layout:<14}{parts}")
 

@@ -140,8 +140,8 @@ def _descendants(pid: int) -> list[int]:
     return children + [grandchild for child in children for grandchild in _descendants(child)]
 
 
-def _is_rank(pid: int) -> bool:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3] == str(pid)  # leads its session
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def _alive(pid: int) -> bool:
@@ -151,17 +151,22 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
-def test_ranks_of_a_launcher_killed_outright_checkpoint_and_end_instead_of_training_on(tmp_path, tiny_overrides):
+def _training_group(tmp_path: Path, tiny_overrides: list[str], name: str) -> tuple[subprocess.Popen, Path, list[int]]:
+    """A 2-rank run started by ``nanogpt-run`` and training: the launcher, its run directory, and every process
+    under the launcher (the ranks, the rank server they were forked from, its helpers)."""
     overrides = _overrides(tiny_overrides, "parallel=ddp", "train.batch_size=2", "train.log_interval=1",
-                           "train.max_iters=100000", "run.name=orphaned")
+                           "train.max_iters=100000", f"run.name={name}")
     proc = subprocess.Popen([str(Path(sys.executable).parent / "nanogpt-run"), *overrides], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_dir = _wait_for_training(tmp_path / "outputs", proc)
-    processes = _descendants(proc.pid)  # the ranks, the rank server they were forked from, its helpers
-    assert len([pid for pid in processes if _is_rank(pid)]) == 2
-    proc.kill()  # SIGKILL: the launcher cannot tell the ranks anything
-    proc.wait()
+    processes = _descendants(proc.pid)
+    # The launcher's children are the rank server and multiprocessing's resource tracker; the ranks are forked
+    # from the server.
+    assert len([pid for pid in processes if _parent(pid) != proc.pid]) == 2
+    return proc, run_dir, processes
+
+
+def _all_end(processes: list[int]) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and any(_alive(pid) for pid in processes):
         time.sleep(0.5)
@@ -171,7 +176,32 @@ def test_ranks_of_a_launcher_killed_outright_checkpoint_and_end_instead_of_train
         for pid in processes:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the pidfd is Linux's")
+def test_ranks_of_a_launcher_killed_outright_checkpoint_and_end_instead_of_training_on(tmp_path, tiny_overrides):
+    proc, run_dir, processes = _training_group(tmp_path, tiny_overrides, "orphaned")
+    proc.kill()  # SIGKILL: the launcher cannot tell the ranks anything
+    proc.wait()
+    _all_end(processes)
     run = read_run(run_dir)
     assert run["status"] == "interrupted" and "SIGTERM" in run["error"], run.get("error")
     _, meta = resolve(run_dir, "latest", announce=lambda _m: None)
     assert meta["world_size"] == 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc")
+def test_sigterm_to_every_process_of_a_group_as_slurm_sends_it_ends_in_one_checkpoint(tmp_path, tiny_overrides):
+    """SLURM's scancel and time limit signal every process of a job step: the launcher, the ranks, and the rank
+    server the ranks were forked from. The server's end must not reach the ranks as a second stop signal
+    (one that ends a rank before its checkpoint)."""
+    proc, run_dir, processes = _training_group(tmp_path, tiny_overrides, "cancelled")
+    for pid in [proc.pid, *processes]:
+        os.kill(pid, signal.SIGTERM)
+    proc.wait(timeout=240)
+    _all_end(processes)
+    run = read_run(run_dir)
+    assert run["status"] == "interrupted" and "stopped by SIGTERM" in run["error"], run.get("error")
+    step = int(re.search(r"after step (\d+)", run["error"]).group(1))
+    _, meta = resolve(run_dir, "latest", announce=lambda _m: None)
+    assert meta["step"] == step and meta["world_size"] == 2

@@ -25,7 +25,7 @@ def test_ranks_fork_from_the_rank_server_only_while_they_would_inherit_the_launc
 
     assert torchrun.rank_start_method() == "forkserver"  # started on first use
     torchrun.start_rank_server()
-    assert preloads == [["__main__", "nanogpt_runner.worker", "torch._dynamo"]]  # once per process
+    assert preloads == [["__main__", *torchrun.RANK_SERVER_PRELOAD]]  # once per process
 
     monkeypatch.setenv("A_JOBS_OWN_SETTING", "1")  # e.g. a sweep job's hydra.job.env_set
     assert torchrun.rank_start_method() == "spawn"
