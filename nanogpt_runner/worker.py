@@ -129,7 +129,11 @@ def run_rank(run_dir: str, launcher: int) -> None:
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, 0)
     sys.stdout.reconfigure(line_buffering=True)
-    if code := run_in(Path(run_dir), launcher):
+    try:
+        code = run_in(Path(run_dir), launcher)
+    except KeyboardInterrupt:  # before training started; torch.multiprocessing would exit 0 with no result
+        code = 128 + signal.SIGINT
+    if code:
         sys.exit(code)
 
 

@@ -205,3 +205,15 @@ def test_sigterm_to_every_process_of_a_group_as_slurm_sends_it_ends_in_one_check
     step = int(re.search(r"after step (\d+)", run["error"]).group(1))
     _, meta = resolve(run_dir, "latest", announce=lambda _m: None)
     assert meta["step"] == step and meta["world_size"] == 2
+
+
+def test_a_rank_interrupted_before_it_trains_fails_rather_than_returning_nothing():
+    """torch.multiprocessing's wrapper ends a rank that raised KeyboardInterrupt with exit code 0 and no return
+    value, which torchrun's agent would wait on for ever: a rank interrupted while it starts exits 130."""
+    rank = ("import os, sys\n"
+            "from nanogpt_runner import worker\n"
+            "def interrupted(run_dir, launcher):\n"
+            "    raise KeyboardInterrupt\n"
+            "worker.run_in = interrupted\n"
+            "worker.run_rank('RUN_DIR', os.getppid())\n")
+    assert subprocess.run([sys.executable, "-c", rank], capture_output=True).returncode == 128 + signal.SIGINT
