@@ -101,7 +101,8 @@ def stop_with_the_launcher(launcher: int) -> None:
     nothing stops. SIGTERM is handled as any stop: every rank saves the last completed step and ends
     ``interrupted``. The launcher is not always the parent (a rank's parent is the rank server, which
     lives as long as its ranks), so rather than the kernel's parent-death signal a thread waits on a pidfd
-    of the launcher. Linux only; elsewhere nothing changes."""
+    of the launcher, or, on a kernel without pidfds (before 5.3, e.g. RHEL 8's), looks every second.
+    Linux only; elsewhere nothing changes."""
     if not sys.platform.startswith("linux"):
         return
     try:
@@ -109,12 +110,25 @@ def stop_with_the_launcher(launcher: int) -> None:
     except ProcessLookupError:  # it ended before this process could watch it
         os.kill(os.getpid(), signal.SIGTERM)
         return
+    except OSError:
+        launcher_fd = None
 
     def stop_when_it_ends() -> None:
-        select.select([launcher_fd], [], [])  # readable once the process has ended
+        if launcher_fd is not None:
+            select.select([launcher_fd], [], [])  # readable once the process has ended
+        else:
+            while not _ended(launcher):
+                time.sleep(1)
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=stop_when_it_ends, name="launcher-watch", daemon=True).start()
+
+
+def _ended(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
 
 
 def run_rank(run_dir: str, launcher: int) -> None:

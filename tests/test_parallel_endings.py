@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -217,3 +218,21 @@ def test_a_rank_interrupted_before_it_trains_fails_rather_than_returning_nothing
             "worker.run_in = interrupted\n"
             "worker.run_rank('RUN_DIR', os.getppid())\n")
     assert subprocess.run([sys.executable, "-c", rank], capture_output=True).returncode == 128 + signal.SIGINT
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the pidfd and /proc are Linux's")
+@pytest.mark.parametrize("kernel", ["with pidfds", "before pidfds"])
+def test_a_process_watching_its_launcher_gets_sigterm_when_the_launcher_ends(kernel):
+    watcher = textwrap.dedent(f"""
+        import os, subprocess, sys, time
+        from nanogpt_runner import worker
+        if {kernel == "before pidfds"}:
+            def no_pidfds(pid):
+                raise OSError(38, "Function not implemented")
+            os.pidfd_open = no_pidfds
+        launcher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"])
+        worker.stop_with_the_launcher(launcher.pid)
+        launcher.wait()
+        time.sleep(60)
+    """)
+    assert subprocess.run([sys.executable, "-c", watcher], timeout=120).returncode == -signal.SIGTERM
