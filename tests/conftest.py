@@ -6,6 +6,7 @@ import os
 import random
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,30 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.Comp
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([str(Path(sys.executable).parent / "nanogpt-run"), *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=env)
+
+
+def fail_rank_1(tmp_path: Path, monkeypatch, at_call: int, when: tuple[str, str], message: str) -> None:
+    """Make rank 1 raise RuntimeError(``message``) at its ``at_call``-th gradient-norm computation, while rank 0 is
+    in (or entering) a collective, when the environment variable ``when[0]`` is ``when[1]``.
+
+    A sitecustomize.py on PYTHONPATH, which every Python process of the test imports: the ranks are forked from
+    the rank server, which has it, so rank and environment are asked at the call, once torchrun has set them."""
+    name, value = when
+    (tmp_path / "inject").mkdir()
+    (tmp_path / "inject" / "sitecustomize.py").write_text(textwrap.dedent(f"""
+        import os
+
+        from nanogpt_runner import parallel
+
+        original, calls = parallel.Parallelized.clip_grad_norm, []
+
+        def clip_grad_norm(self, max_norm):
+            if os.environ.get("RANK") == "1" and os.environ.get({name!r}) == {value!r}:
+                calls.append(1)
+                if len(calls) == {at_call}:
+                    raise RuntimeError({message!r})
+            return original(self, max_norm)
+
+        parallel.Parallelized.clip_grad_norm = clip_grad_norm
+    """))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "inject"))

@@ -6,30 +6,10 @@ under FSDP for two more steps. Every logged loss equals the single-process run's
 from __future__ import annotations
 
 import math
-import textwrap
 
-from conftest import run_cli
+from conftest import fail_rank_1, run_cli
 
 from nanogpt_runner.runs import RunReader, find_runs
-
-# Imported by every interpreter (the ranks are forked from one that has it): which rank and which attempt
-# is asked at the call, when torchrun has set the rank's environment.
-INJECT = textwrap.dedent("""
-    import os
-
-    from nanogpt_runner import parallel
-
-    original, calls = parallel.Parallelized.clip_grad_norm, []
-
-    def clip_grad_norm(self, max_norm):
-        if os.environ.get("RANK") == "1" and os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0":
-            calls.append(1)
-            if len(calls) == 5:
-                raise RuntimeError("injected failure on rank 1, first attempt")
-        return original(self, max_norm)
-
-    parallel.Parallelized.clip_grad_norm = clip_grad_norm
-""")
 
 
 def _losses(run_dir) -> dict[int, float]:
@@ -46,9 +26,8 @@ def test_a_restarted_group_resumes_and_a_run_continues_under_another_layout(tmp_
     [single_dir] = [d for d in find_runs(tmp_path / "outputs") if d.name.endswith("_single")]
     expected = _losses(single_dir)
 
-    (tmp_path / "inject").mkdir()
-    (tmp_path / "inject" / "sitecustomize.py").write_text(INJECT)
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "inject"))
+    fail_rank_1(tmp_path, monkeypatch, at_call=5, when=("TORCHELASTIC_RESTART_COUNT", "0"),
+                message="injected failure on rank 1, first attempt")
     elastic = run_cli([*common, "train.max_iters=8", "parallel=ddp", "parallel.max_restarts=1", "run.name=elastic"],
                       cwd=tmp_path)
     assert elastic.returncode == 0, elastic.stderr[-3000:]

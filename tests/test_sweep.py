@@ -9,45 +9,23 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import fail_rank_1, run_cli
 
 from nanogpt_runner.analysis import RunRecord
 from nanogpt_runner.runs import METRICS_FILE, RunReader, find_runs, read_run
 from nanogpt_runner.sweep import error_line, job_objective, summary_table
 from nanogpt_runner.viewer.synthetic import config, write_run
 
-# Loaded by every Python process of the test through PYTHONPATH: on rank 1 of the job whose environment says
-# INJECT_JOB=job1 (the second, seed 13), the third gradient-norm computation raises, while rank 0 is in (or
-# entering) a collective. Rank and environment are asked at the call, once torchrun has set the rank's. Each
-# job sets INJECT_JOB itself (hydra.job.env_set), so the failing job's ranks must see their own job's
-# environment, not that of the rank server the first job started (nanogpt_runner.torchrun: they are spawned).
-INJECT = textwrap.dedent("""
-    import os
-
-    from nanogpt_runner import parallel
-
-    original, calls = parallel.Parallelized.clip_grad_norm, []
-
-    def clip_grad_norm(self, max_norm):
-        if os.environ.get("RANK") == "1" and os.environ.get("INJECT_JOB") == "job1":
-            calls.append(1)
-            if len(calls) == 3:
-                raise RuntimeError("injected failure on rank 1")
-        return original(self, max_norm)
-
-    parallel.Parallelized.clip_grad_norm = clip_grad_norm
-""")
-
 
 def test_a_sweep_of_process_groups_isolates_a_failing_rank(tmp_path, tiny_overrides, monkeypatch):
-    (tmp_path / "inject").mkdir()
-    (tmp_path / "inject" / "sitecustomize.py").write_text(INJECT)
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "inject"))
+    # Rank 1 of the second job (seed 13) fails. Each job sets INJECT_JOB itself (hydra.job.env_set), so the
+    # failing job's ranks must see their own job's environment, not that of the rank server the first job
+    # started (nanogpt_runner.torchrun: they are spawned).
+    fail_rank_1(tmp_path, monkeypatch, at_call=3, when=("INJECT_JOB", "job1"), message="injected failure on rank 1")
     result = run_cli(["-m", *tiny_overrides, "train.max_iters=6", "train.eval_interval=6", "train.log_interval=2",
                       "parallel=ddp", "train.seed=1,13", "+hydra.job.env_set.INJECT_JOB=job${hydra.job.num}"],
                      cwd=tmp_path)
