@@ -142,6 +142,8 @@ def test_a_run_has_the_same_colour_in_every_plot_and_can_be_tagged(page):
     page.get_by_text("Manage a run: tags, note, archive, delete").click()
     page.locator("#manage-run input").click()
     page.get_by_role("option", name="recompute", exact=False).first.click()
+    # Type only once the run's current tags are loaded: the load fills the boxes, overwriting what was typed.
+    expect(page.locator("#manage-status")).to_contain_text("Editing recompute")
     page.locator("#manage-tags input").fill("memory-saver")
     page.locator("#manage-save").click()
     expect(page.locator("#manage-status")).to_contain_text("Saved.")

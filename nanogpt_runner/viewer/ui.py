@@ -191,12 +191,16 @@ def _wire_manage(dashboard: Dashboard, m: dict, common: dict) -> None:
         return "Show again (unarchive)" if marks.archived else "Archive (hide from the list)"
 
     def show(run_id):
+        """The run's current tags and note in the boxes, and a line naming the run: until it shows, the boxes
+        may still be overwritten by this load, so what is typed before it could be lost."""
+        entry = dashboard.store.get(run_id)
         try:
             marks = manage.current(dashboard.store, run_id)
         except manage.ManageError:
             return "", "", gr.Button(archive_label(Annotations())), gr.Button(visible=False), None, ""
+        label = markdown_text(entry.record.label)
         return (" ".join(marks.tags), marks.notes, gr.Button(archive_label(marks)), gr.Button(visible=False), None,
-                "")
+                f"Editing **{label}**: change its tags or note, then save.")
 
     shown = [m["tags"], m["notes"], m["archive"], m["confirm"], m["pending"], m["status"]]
     m["run"].change(show, [m["run"]], shown, **PRIVATE)
