@@ -13,16 +13,12 @@ import json
 import sys
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from nanogpt_runner.config import CONF_DIR, register_schema
+from nanogpt_runner.config import CONF_DIR
 from nanogpt_runner.console import error
-from nanogpt_runner.launch import EXIT_INVALID_CONFIG, check, composition_error
-from nanogpt_runner.pretrained import apply_init_from
-from nanogpt_runner.resume import plan_resume
+from nanogpt_runner.launch import EXIT_INVALID_CONFIG, check, compose_overrides
+from nanogpt_runner.resume_plan import plan_resume
 from nanogpt_runner.run_control import CheckpointError
 
 
@@ -30,12 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     overrides = sys.argv[1:] if argv is None else argv
     as_json = bool(overrides) and overrides[0] == "--json"
     overrides = overrides[1:] if as_json else overrides
-    register_schema()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as err:
-        error(f"invalid config: {composition_error(err)}")
+    cfg, problems = compose_overrides(overrides)
+    if problems:
+        error(f"invalid config: {problems[0]}")
         return EXIT_INVALID_CONFIG
 
     def announce(message: str) -> None:
@@ -47,8 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as err:
         problems = [str(err)]
     else:
-        cfg, problems = apply_init_from(cfg, overrides, CONF_DIR, announce)
-        problems += check(cfg, announce=announce)[0]
+        cfg, problems, _ = check(cfg, overrides, announce=announce)
     if problems:
         error("invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
         return EXIT_INVALID_CONFIG

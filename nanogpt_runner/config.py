@@ -136,6 +136,14 @@ OBJECTIVES = {Objective.val_loss: "minimize", Objective.val_bpb: "minimize", Obj
               Objective.time_to_target: "minimize"}
 
 
+SCRATCH = "scratch"  # model.init_from for random weights
+
+
+def starts_from_weights(cfg) -> bool:
+    """A new run that starts from weights (``model.init_from``); a resumed run continues from its own."""
+    return cfg.model.init_from != SCRATCH and not cfg.resume
+
+
 @dataclass
 class ModelConfig:
     name: str = MISSING
@@ -150,7 +158,7 @@ class ModelConfig:
     activation: Activation = Activation.gelu
     # scratch | gpt2, gpt2-medium, gpt2-large, gpt2-xl (Hugging Face cache) | a Hugging Face GPT-2 folder,
     # a nanoGPT ckpt.pt, or a run / checkpoint of this runner: the weights a new run starts from.
-    init_from: str = "scratch"
+    init_from: str = SCRATCH
 
 
 @dataclass

@@ -23,6 +23,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from nanogpt_runner.config import SCRATCH
 from nanogpt_runner.console import error
 from nanogpt_runner.gpt2_weights import (
     Architecture,
@@ -95,7 +96,7 @@ def _write_hf(folder: Path, state: dict, arch: Architecture, dropout: float, met
 
 def _gpt2_tokenizer_files(meta: dict) -> list[Path]:
     """GPT-2's BPE files: beside the Hugging Face weights the run started from, else gpt2's cached ones."""
-    from nanogpt_runner.pretrained import SCRATCH, cached_snapshot, resolve_source, tokenizer_files
+    from nanogpt_runner.pretrained import cached_snapshot, resolve_source, tokenizer_files
 
     folders = []
     init_from = meta["config"]["model"].get("init_from", SCRATCH)

@@ -26,11 +26,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from nanogpt_runner.config import CONF_DIR, Config, register_schema, world_size
+from nanogpt_runner.config import CONF_DIR, Config, register_schema, starts_from_weights, world_size
 from nanogpt_runner.console import error
 from nanogpt_runner.data import DataError, PreparedData
 from nanogpt_runner.loggers import logger_problems
 from nanogpt_runner.prepare import prepare
+from nanogpt_runner.resume_plan import plan_resume
 from nanogpt_runner.run_control import CheckpointError
 from nanogpt_runner.runs import CONFIG_FILE, LOCK_FILE, RUN_FILE, RunWriter
 from nanogpt_runner.search import register_sweeper
@@ -41,8 +42,20 @@ from nanogpt_runner.validation import config_warnings, data_problems, validate
 EXIT_INVALID_CONFIG = 2
 
 
-def check(cfg: Config, announce=print) -> tuple[list[str], PreparedData | None]:
-    """Every problem with ``cfg``, data included; the prepared data when there is none."""
+def check(cfg: Config, overrides: list[str], announce=print) -> tuple[Config, list[str], PreparedData | None]:
+    """(the config the run trains with, every problem with it, data included, the prepared data when there
+    is none). A new run that starts from weights takes their architecture first.
+
+    The config alone is checked before torch is imported (a mistyped value is refused in about a second,
+    not after torch's import); what depends on the device, the data and the memory follows."""
+    problems: list[str] = []
+    if starts_from_weights(cfg):
+        from nanogpt_runner.pretrained import apply_init_from
+
+        cfg, problems = apply_init_from(cfg, overrides, CONF_DIR, announce)
+    problems += validate(cfg)
+    if problems:
+        return cfg, problems, None
     from nanogpt_runner.hardware import device_caps, memory_refusal
     from nanogpt_runner.pretrained import vocabulary_problems
 
@@ -51,15 +64,15 @@ def check(cfg: Config, announce=print) -> tuple[list[str], PreparedData | None]:
         problems.append(hidden)
     problems += logger_problems(cfg.logger)
     if problems:
-        return problems, None
+        return cfg, problems, None
     try:
         data = prepare(cfg.data, announce=announce)
     except DataError as err:
-        return [str(err)], None
+        return cfg, [str(err)], None
     problems = data_problems(cfg, data.split_sizes()) + vocabulary_problems(cfg, data.tokenizer)
     if not problems and cfg.train.plan != "auto" and (refused := memory_refusal(cfg, data.vocab_size)):
         problems.append(refused)  # (a plan picks a setting that fits, or says that none does)
-    return problems, None if problems else data
+    return cfg, problems, None if problems else data
 
 
 def git_commit() -> str | None:
@@ -79,8 +92,6 @@ def run_job(cfg: Config) -> int:
     fill_cluster_rendezvous(cfg)
     if world_size(cfg.parallel) > 1:
         start_rank_server()  # its imports run beside this process's, which start below (torch is imported lazily)
-    from nanogpt_runner.pretrained import apply_init_from
-    from nanogpt_runner.resume import plan_resume
 
     # Resume (resume=PATH, or train.resume=auto in a run dir with checkpoints) continues an existing run
     # in place, with the checkpoint's config plus the allowed overrides; Hydra's new dir is then unused.
@@ -96,10 +107,7 @@ def run_job(cfg: Config) -> int:
     else:
         if plan is not None:
             cfg, run_dir = plan.cfg, plan.run_dir
-        # A new run that starts from weights takes their architecture (a resumed run has its own).
-        cfg, init_problems = apply_init_from(cfg, list(hydra_cfg.overrides.task), CONF_DIR)
-        problems, data = check(cfg)
-        problems = init_problems + problems
+        cfg, problems, data = check(cfg, list(hydra_cfg.overrides.task))
         if not problems and cfg.train.plan == "auto":  # the fastest setting that fits, timed here (cached)
             from nanogpt_runner.plan import plan_run
 
@@ -261,6 +269,19 @@ def _hydra_main(cfg: Config) -> float | None:
         return run_sweep_job(cfg)
     run_job(cfg)
     return None
+
+
+def compose_overrides(overrides: list[str]) -> tuple[Config | None, list[str]]:
+    """(the config ``nanogpt-run OVERRIDES`` composes, []) or (None, [why it cannot be composed]): for the
+    tools that check or plan a run without starting it."""
+    from hydra import compose, initialize_config_dir
+
+    register_schema()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name="config", overrides=overrides), []
+    except (HydraException, OmegaConfBaseException) as err:
+        return None, [composition_error(err)]
 
 
 def composition_error(err: Exception) -> str:

@@ -323,28 +323,9 @@ def estimate_table(est: memory.MemoryEstimate, available: float, device_kind: st
     return table
 
 
-def _compose(overrides: list[str], say) -> tuple[object, list[str]]:
-    """The config nanogpt-run would train with these overrides (a new run: init_from's architecture)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from nanogpt_runner.config import CONF_DIR, register_schema
-    from nanogpt_runner.launch import composition_error
-    from nanogpt_runner.pretrained import apply_init_from
-
-    register_schema()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as err:
-        return None, [composition_error(err)]
-    return apply_init_from(cfg, overrides, CONF_DIR, say)
-
-
 def main(argv: list[str] | None = None) -> int:
     from nanogpt_runner.console import error
-    from nanogpt_runner.launch import EXIT_INVALID_CONFIG, check
+    from nanogpt_runner.launch import EXIT_INVALID_CONFIG, check, compose_overrides
 
     args = sys.argv[1:] if argv is None else argv
     if {"-h", "--help"} & set(args):
@@ -357,10 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     def say(message: str) -> None:
         print(message, file=sys.stderr)
 
-    cfg, problems = _compose(overrides, say)
+    cfg, problems = compose_overrides(overrides)
     if not problems:
         cfg.train.plan = "auto"  # the plan finds what fits: the memory refusal is its job here
-        problems, data = check(cfg, announce=say)
+        cfg, problems, data = check(cfg, overrides, announce=say)
     if problems:
         error("invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
         return EXIT_INVALID_CONFIG

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from nanogpt_runner.config import Config
+from nanogpt_runner.config import SCRATCH, Config, starts_from_weights
 from nanogpt_runner.gpt2_weights import (
     HF_BUFFERS,
     Architecture,
@@ -41,7 +41,6 @@ from nanogpt_runner.gpt2_weights import (
 )
 from nanogpt_runner.model import padded_vocab_size
 
-SCRATCH = "scratch"
 HUB_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 HUB_FILES = ["config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer.json",
              "tokenizer_config.json", "generation_config.json"]
@@ -257,9 +256,9 @@ def apply_init_from(cfg: Config, overrides: list[str], conf_dir: Path, announce=
     """For a new run: ``cfg`` with the architecture of the weights ``model.init_from`` names, and the
     problems (an unusable source, a command-line override that contradicts the weights). ``cfg`` is
     returned as it is for scratch and for a resumed run (which continues from its own checkpoint)."""
-    from nanogpt_runner.resume import override_paths
+    from nanogpt_runner.resume_plan import override_paths
 
-    if cfg.model.init_from == SCRATCH or cfg.resume:
+    if not starts_from_weights(cfg):
         return cfg, []
     try:
         source = resolve_source(cfg.model.init_from, announce)
@@ -272,7 +271,7 @@ def apply_init_from(cfg: Config, overrides: list[str], conf_dir: Path, announce=
 
 def vocabulary_problems(cfg, tokenizer) -> list[str]:
     """The data check of a new run that starts from weights: their vocabulary must be the data tokenizer's."""
-    if cfg.model.init_from == SCRATCH or cfg.resume:
+    if not starts_from_weights(cfg):
         return []
     try:
         problem = vocabulary_problem(resolve_source(cfg.model.init_from, download=False), tokenizer)
@@ -377,7 +376,7 @@ def load_initial_weights(model: torch.nn.Module, cfg) -> dict | None:
     scratch and for a resumed run, whose checkpoint replaces the weights anyway)."""
     from nanogpt_runner.run_control import CheckpointError
 
-    if cfg.model.init_from == SCRATCH or cfg.resume:
+    if not starts_from_weights(cfg):
         return None
     try:
         source = resolve_source(cfg.model.init_from, download=False)

@@ -14,8 +14,10 @@ machine has) or ``--device cuda`` (NCCL, one GPU per rank), and reads the run's 
 A sweep of two such 2-rank jobs (``-m parallel=ddp train.seed=1,2``) shows what a later job of a sweep pays:
 for each job, from its run.json start_time (the launcher recorded it) to its step-0 evaluation and to step 1.
 
-And, measured apart in fresh interpreters: ``import torch``, the launcher's and the worker's imports, and
-the distributed submodules (FSDP, tensor parallel, pipelining, DCP) that only some layouts need.
+And, measured apart in fresh interpreters: ``import torch`` (with ``torch._dynamo``, which every run imports),
+the launcher's and the worker's imports, and the distributed submodules (FSDP, tensor parallel, pipelining,
+DCP) that only some layouts need; and how long ``nanogpt-run`` takes to refuse a config mistake
+(``model.dropout=2``: checked before torch is imported).
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ from bench import nanogpt_run  # scripts/bench.py, beside this script
 
 IMPORTS = {
     "import torch": "import torch",
+    # Every run imports both: torch.optim's constructors and DDP's import torch._dynamo. Their sum is the floor
+    # of a run's start-up on this machine, whatever the runner does.
+    "torch + torch._dynamo": "import torch, torch._dynamo",
     "launcher imports": "import nanogpt_runner.launch",
     "worker imports": "import nanogpt_runner.worker",
     "distributed submodules": "import torch.distributed.fsdp, torch.distributed.tensor.parallel, "
@@ -57,6 +62,17 @@ def timestamps(run_dir: Path) -> tuple[float, dict, dict]:
     eval0 = next(line for line in lines if line["kind"] == "eval" and line["step"] == 0)
     step1 = next(line for line in lines if line["kind"] == "train" and line["step"] == 1)
     return record["start_time"], eval0, step1
+
+
+def refusal_seconds(root: Path) -> float:
+    """From ``nanogpt-run model.dropout=2`` to its exit with the invalid-config message (code 2)."""
+    start = time.perf_counter()
+    done = subprocess.run([str(Path(sys.executable).parent / "nanogpt-run"), "model.dropout=2", f"run.root={root}"],
+                          capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 2 or "model.dropout" not in done.stderr:
+        raise SystemExit(f"expected the invalid-config refusal, got exit {done.returncode}:\n{done.stderr[-2000:]}")
+    return seconds
 
 
 def one_run(overrides: list[str], root: Path) -> dict[str, float]:
@@ -95,6 +111,8 @@ def main() -> None:
           f"median of {args.rounds} rounds")
     for name, statement in IMPORTS.items():
         print(f"{name:<26}{statistics.median(import_seconds(statement) for _ in range(args.rounds)):>7.2f} s")
+    refusal = statistics.median(refusal_seconds(root) for _ in range(args.rounds))
+    print(f"{'config mistake refused':<26}{refusal:>7.2f} s")
     for layout, measure in (("single", lambda: one_run(extra, root)),
                             ("ddp, 2 ranks", lambda: one_run([*extra, "parallel=ddp"], root)),
                             ("ddp sweep", lambda: one_sweep(extra, root))):

@@ -16,7 +16,7 @@ import torch
 
 from nanogpt_runner import checkpoint as ck
 from nanogpt_runner import checkpoint_folder as folders
-from nanogpt_runner import nonfinite, resume, run_control
+from nanogpt_runner import nonfinite, resume, resume_plan, run_control
 from nanogpt_runner.config import ModelConfig, OptimizerConfig
 from nanogpt_runner.model import GPT
 from nanogpt_runner.optim import Optimizers, build_optimizers
@@ -272,9 +272,9 @@ def test_nan_guard_stops_at_the_next_check_or_skips_at_once(tmp_path):
 
 def test_config_changes_allow_schedule_and_refuse_architecture():
     saved = {"model": {"n_embd": 32, "dropout": 0.0}, "train": {"max_iters": 10, "seed": 1}, "resume": None}
-    changes, problems = resume.config_changes(saved, {"model": {"n_embd": 32, "dropout": 0.0},
+    changes, problems = resume_plan.config_changes(saved, {"model": {"n_embd": 32, "dropout": 0.0},
                                                   "train": {"max_iters": 20, "seed": 1}, "resume": "/x"})
     assert changes == {"train.max_iters": [10, 20]} and problems == []
-    _, problems = resume.config_changes(saved, {"model": {"n_embd": 64, "dropout": 0.0}, "train": {"max_iters": 10,
+    _, problems = resume_plan.config_changes(saved, {"model": {"n_embd": 64, "dropout": 0.0}, "train": {"max_iters": 10,
                                                                                                "seed": 2}})
     assert len(problems) == 2 and "model.n_embd=64 conflicts with the checkpoint's model.n_embd=32" in problems[0]

@@ -148,7 +148,7 @@ def test_pinned_batches_arrive_whole_and_contiguous(tiny_overrides):
     from nanogpt_runner.batches import Batches
     from nanogpt_runner.launch import check
 
-    _, data = check(compose_config(tiny_overrides), announce=lambda _m: None)
+    _, _, data = check(compose_config(tiny_overrides), tiny_overrides, announce=lambda _m: None)
     on_gpu = Batches(data, "train", 32, 1, torch.device("cuda", 0)).get(step=3, start=2, count=4)
     on_cpu = Batches(data, "train", 32, 1, torch.device("cpu")).get(step=3, start=2, count=4)
     for gpu_tensor, cpu_tensor in zip(on_gpu, on_cpu, strict=True):

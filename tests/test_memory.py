@@ -87,7 +87,7 @@ def test_a_run_that_does_not_fit_is_refused_with_what_would(monkeypatch, tiny_ov
     fits_with_half = memory.estimate(compose_config([*tiny_overrides, "model=shakespeare", "train.batch_size=8",
                                                      "train.grad_accum=2"]), VOCAB, "cpu").total
     monkeypatch.setattr(hardware, "available_memory", lambda kind: fits_with_half * 1.01)
-    problems, data = launch.check(cfg)
+    _, problems, data = launch.check(cfg, [])
     assert data is None and len(problems) == 1
     assert problems[0].startswith("memory: this run needs about")
     assert "train.batch_size=8 train.grad_accum=2" in problems[0] and "train.recompute=true" in problems[0]

@@ -13,7 +13,7 @@ from nanogpt_runner import checkpoint as ck
 from nanogpt_runner.config import DeviceCaps, OptimizerConfig, OptimizerName, choices
 from nanogpt_runner.model import GPT
 from nanogpt_runner.optim import OPTIMIZERS, build_optimizers, is_hidden_matrix, lr_at
-from nanogpt_runner.resume import config_changes
+from nanogpt_runner.resume_plan import config_changes
 from nanogpt_runner.runs import find_runs
 from nanogpt_runner.validation import config_warnings, validate
 

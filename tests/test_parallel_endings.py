@@ -81,7 +81,7 @@ def test_every_ending_leaves_the_process_group(ending, tmp_path, tiny_overrides)
     from nanogpt_runner.launch import check
 
     cfg = compose_config(_overrides(tiny_overrides, "parallel=ddp", "train.batch_size=2", "train.max_iters=4"))
-    problems, data = check(cfg, announce=lambda _m: None)
+    _, problems, data = check(cfg, [], announce=lambda _m: None)
     assert not problems, problems
     run_dir = tmp_path / "run"
     run_dir.mkdir()

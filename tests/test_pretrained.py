@@ -92,7 +92,7 @@ def at_step(run: Path, kind: str, step: int) -> dict:
 def char_vocab(tmp_path_factory, corpus_path) -> int:
     """The character vocabulary size of the test corpus (the size a 'pretrained' model for it needs)."""
     cache = tmp_path_factory.mktemp("cache")
-    _, data = check(compose_config(["model=tiny", f"data.path={corpus_path}", f"data.cache_dir={cache}"]))
+    _, _, data = check(compose_config(["model=tiny", f"data.path={corpus_path}", f"data.cache_dir={cache}"]), [])
     return data.vocab_size
 
 
@@ -166,8 +166,9 @@ def test_architecture_comes_from_the_weights_and_a_contradicting_override_is_ref
 
 def test_weights_for_another_vocabulary_are_refused_before_a_run_dir_exists(tmp_path, tiny_overrides):
     save_hf_model(tmp_path / "hf", GPT2_VOCAB)
-    result = run_cli([*tiny_overrides, f"model.init_from={tmp_path / 'hf'}"], cwd=tmp_path)
-    assert result.returncode == 2
+    overrides = [o for o in tiny_overrides if o != "model=tiny"]  # the architecture comes from the weights
+    result = run_cli([*overrides, f"model.init_from={tmp_path / 'hf'}"], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
     assert "was made for another vocabulary: its vocabulary has 50,257 tokens" in result.stderr
     assert "data.tokenizer=gpt2" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "outputs").exists() or run_dirs(tmp_path / "outputs") == []
@@ -335,7 +336,7 @@ def test_a_run_of_this_runner_starts_a_new_one(sharded_run, tiny_overrides):
     overrides = [o for o in tiny_overrides if o != "model=tiny"] + [init]
     cfg, problems = apply_init_from(compose_config(overrides), [init], CONF_DIR)
     assert problems == [] and (cfg.model.n_layer, cfg.model.block_size, cfg.model.bias) == (2, 32, False)
-    assert check(cfg)[0] == []  # the same tokenizer: the same corpus, characters
+    assert check(cfg, [init])[1] == []  # the same tokenizer: the same corpus, characters
     source = resolve_source(str(sharded_run))
     assert source.kind == "runner" and source.path == resolve(sharded_run, "best")[0]
     other = vocabulary_problem(source, tokenizers.CharTokenizer(list("ab")))

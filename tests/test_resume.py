@@ -18,7 +18,7 @@ import torch
 from conftest import compose_config, run_cli
 
 from nanogpt_runner import checkpoint_folder as folders
-from nanogpt_runner import process_group, resume, run_control
+from nanogpt_runner import process_group, resume_plan, run_control
 from nanogpt_runner.launch import CONF_DIR
 from nanogpt_runner.model import GPT
 from nanogpt_runner.prepare import prepare
@@ -163,7 +163,7 @@ def test_a_conflicting_override_is_refused_and_the_run_left_alone(tmp_path, refe
 
 def plan(base: list[str], run_dir: Path, *overrides: str):
     cfg = compose_config([*base, *overrides])
-    return resume.plan_resume(cfg, run_dir, list(overrides), CONF_DIR, announce=pytest.fail)
+    return resume_plan.plan_resume(cfg, run_dir, list(overrides), CONF_DIR, announce=pytest.fail)
 
 
 def test_plan_takes_architecture_from_the_checkpoint(tmp_path, reference):

@@ -191,7 +191,7 @@ def test_a_checkpoint_never_chooses_where_the_processes_meet(sharded_run, tmp_pa
     """torchrun's rendezvous store unpickles what it is sent: a resumed run takes nnodes and the rendezvous
     from its own command line, whatever the checkpoint's config says."""
     from nanogpt_runner.launch import CONF_DIR
-    from nanogpt_runner.resume import plan_resume
+    from nanogpt_runner.resume_plan import plan_resume
 
     def rendezvous_elsewhere(folder: Path, marker: Path) -> None:
         meta = json.loads((folder / "meta.json").read_text())

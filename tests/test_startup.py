@@ -1,6 +1,7 @@
-"""What keeps a run's start-up short: the launcher composes the config before it imports torch, so a process
-group's rank server (nanogpt_runner.torchrun) imports torch beside it, and ranks fork from that server only
-while they would inherit the launcher's own environment and working directory."""
+"""What keeps a run's start-up short: the launcher composes and checks the config before it imports torch, so a
+mistake is refused at once and a process group's rank server (nanogpt_runner.torchrun) imports torch beside
+the launcher; ranks fork from that server only while they would inherit the launcher's own environment and
+working directory."""
 
 from __future__ import annotations
 
@@ -9,12 +10,27 @@ import multiprocessing.forkserver
 import subprocess
 import sys
 
+import pytest
+
 from nanogpt_runner import torchrun
 
 
 def test_the_launcher_composes_the_config_before_it_imports_torch():
     probe = "import sys, nanogpt_runner.launch; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+@pytest.mark.parametrize("tool", ["nanogpt_runner.launch", "nanogpt_runner.check"])
+def test_a_config_mistake_is_refused_before_torch_is_imported(tool, tmp_path):
+    """nanogpt-run and nanogpt-check (the viewer's launch form) answer a mistyped value in about a second."""
+    probe = ("import atexit, importlib, sys; "
+             "atexit.register(lambda: print('torch imported:', 'torch' in sys.modules)); "
+             f"sys.argv = ['{tool}', 'model.dropout=2', 'run.root={tmp_path}']; "
+             f"sys.exit(importlib.import_module('{tool}').main())")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "model.dropout=2.0 is outside [0, 1)" in result.stderr
+    assert result.stdout.strip().endswith("torch imported: False")
 
 
 def test_ranks_fork_from_the_rank_server_only_while_they_would_inherit_the_launchers_state(tmp_path, monkeypatch):

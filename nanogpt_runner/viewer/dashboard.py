@@ -26,6 +26,7 @@ from nanogpt_runner.comparison import (
     objective_value,
     seed_groups,
 )
+from nanogpt_runner.config import SCRATCH
 from nanogpt_runner.runs import METRIC, axis_title, summarized
 from nanogpt_runner.viewer.curves import (
     PLOTS,
@@ -131,7 +132,7 @@ class Dashboard:
         if self.groupable(group_by, shown):
             keys = [group_by, *(k for k in keys if k != group_by)]
             shown = sorted(shown, key=lambda r: _sort_value(self._row(r)[1].get(group_by)))
-        if INIT_FROM not in keys and any(self._row(r)[1].get(INIT_FROM, "scratch") != "scratch" for r in shown):
+        if INIT_FROM not in keys and any(self._row(r)[1].get(INIT_FROM, SCRATCH) != SCRATCH for r in shown):
             keys.append(INIT_FROM)  # where fine-tuned runs started from, even when they all started from one
         rows = []
         spread = {}  # run id -> its seed group's val loss, for runs in a group of several
