@@ -3,15 +3,17 @@ that only read checkpoints catch these without importing it).
 
 Every way a run can stop before completing is a ``RunStopped`` with the status run.json records and the
 process's exit code; the worker turns it into one line on the console. ``StopSignals`` turns SIGTERM and
-SIGINT into a request the loop polls between steps (so the last completed step is saved first);
-nanogpt_runner.nonfinite decides what a NaN or infinite loss does.
+SIGINT into a request the loop polls between steps (so the last completed step is saved first), and
+``until_the_end_is_recorded`` keeps a late one from killing the process before run.json says how the run
+ended; nanogpt_runner.nonfinite decides what a NaN or infinite loss does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -49,6 +51,34 @@ class NonFiniteLoss(RunStopped):
 
 
 
+# The stop signals that may come again after the loop saw one: SLURM's SIGTERM goes to every process of a
+# job step, and a rank's launcher watch (nanogpt_runner.worker) sends one when the launcher ends first.
+LATE_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+_recording_the_end = False  # inside until_the_end_is_recorded (signal handlers are per process, as this is)
+
+
+@contextlib.contextmanager
+def until_the_end_is_recorded() -> Iterator[None]:
+    """Around a run's training and the record of how it ended (nanogpt_runner.worker.execute).
+
+    Before the loop, a stop signal keeps its usual effect (the default ends the process at once, even while
+    it waits in the process group's rendezvous); during the loop StopSignals turns it into a checkpoint.
+    From the loop's end until this block ends, SIGTERM and SIGUSR2 are ignored: the process is leaving
+    the group and writing run.json, and a late signal would kill it in between, leaving run.json saying
+    "running" for ever. A process that hangs there still ends by the SIGKILL that torchrun and SLURM send
+    after their grace period. The handlers found on entry are put back on exit."""
+    global _recording_the_end
+    main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.getsignal(sig) for sig in LATE_SIGNALS} if main else {}
+    _recording_the_end = main
+    try:
+        yield
+    finally:
+        _recording_the_end = False
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 class StopSignals:
     """SIGTERM, SIGINT and SIGUSR2 become a request the loop polls at step boundaries, so the run can save
     the last completed step and stop cleanly. A second SIGINT stops at once (KeyboardInterrupt).
@@ -74,7 +104,8 @@ class StopSignals:
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            ending = _recording_the_end and sig in LATE_SIGNALS
+            signal.signal(sig, signal.SIG_IGN if ending else handler)
         self._previous = {}
 
     def _handle(self, signum: int, frame) -> None:

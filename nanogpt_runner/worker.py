@@ -25,13 +25,19 @@ from nanogpt_runner.console import error
 from nanogpt_runner.data import DataError, PreparedData, load_prepared
 from nanogpt_runner.fsutil import overwrite_json
 from nanogpt_runner.process_group import NullWriter, env_rank
-from nanogpt_runner.run_control import RunStopped
+from nanogpt_runner.run_control import RunStopped, until_the_end_is_recorded
 from nanogpt_runner.runs import CONFIG_FILE, LOG_FILE, RUN_FILE, RunWriter, read_run
 from nanogpt_runner.train import train
 
 
 def execute(cfg: Config, run_dir: Path, data: PreparedData) -> int:
-    """Train and record the outcome; returns the process exit code (0 only for a completed run)."""
+    """Train and record the outcome; returns the process exit code (0 only for a completed run). A stop
+    signal that comes after the loop cannot cut in between (run_control.until_the_end_is_recorded)."""
+    with until_the_end_is_recorded():
+        return _train_and_record(cfg, run_dir, data)
+
+
+def _train_and_record(cfg: Config, run_dir: Path, data: PreparedData) -> int:
     # Under torchrun only rank 0 writes run.json and metrics.jsonl; the others log to rank{N}.log.
     rank = env_rank()
     writer = RunWriter(run_dir) if rank == 0 else NullWriter()

@@ -248,6 +248,16 @@ def test_stop_signals_turn_sigterm_into_a_request(tmp_path):
     assert len(asked) == 3
 
 
+def test_after_the_loop_a_late_stop_signal_is_ignored_until_the_end_is_recorded():
+    previous = {sig: signal.getsignal(sig) for sig in run_control.StopSignals.SIGNALS}
+    with run_control.until_the_end_is_recorded():
+        with run_control.StopSignals():
+            pass  # the loop
+        assert [signal.getsignal(sig) for sig in run_control.LATE_SIGNALS] == [signal.SIG_IGN] * 2
+        assert signal.getsignal(signal.SIGINT) is previous[signal.SIGINT]  # a Ctrl+C still interrupts
+    assert {sig: signal.getsignal(sig) for sig in previous} == previous  # nothing outlives the run
+
+
 def test_nan_guard_stops_at_the_next_check_or_skips_at_once(tmp_path):
     writer = RunWriter(tmp_path)
     finite, nan, inf = torch.tensor(2.0), torch.tensor(math.nan), torch.tensor(math.inf)

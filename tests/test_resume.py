@@ -151,6 +151,39 @@ def test_sigterm_saves_then_resume_path_continues_in_place(tmp_path, base, refer
     assert clean_curve(run_dir) == list(range(1, MAX_ITERS + 1))
 
 
+# Trains through the worker as a torchrun rank or sweep job does, with a SIGTERM as the run leaves its process
+# group: after the loop, before run.json records how the run ended (SLURM's second signal, or the launcher
+# watch's when the launcher ended first). "interrupted": the loop itself stops at its first poll, as for a signal.
+LATE_STOP = """
+import os, signal, sys
+from pathlib import Path
+from nanogpt_runner import process_group, run_control
+from nanogpt_runner.launch import compose_overrides
+from nanogpt_runner.prepare import prepare
+from nanogpt_runner.worker import execute
+
+leave = process_group.shutdown
+def leave_after_a_late_stop(completed):
+    os.kill(os.getpid(), signal.SIGTERM)
+    leave(completed)
+process_group.shutdown = leave_after_a_late_stop
+if sys.argv[2] == "interrupted":
+    run_control.StopSignals.requested = lambda self: True
+cfg, _ = compose_overrides(sys.argv[3:])
+sys.exit(execute(cfg, Path(sys.argv[1]), prepare(cfg.data)))
+"""
+
+
+@pytest.mark.parametrize("ending, code", [("completed", 0), ("interrupted", 128 + signal.SIGTERM)])
+def test_a_stop_signal_after_the_loop_does_not_lose_how_the_run_ended(ending, code, tmp_path, tiny_overrides):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    done = subprocess.run([sys.executable, "-c", LATE_STOP, str(run_dir), ending, *tiny_overrides], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == code, done.stderr[-2000:]
+    assert read_run(run_dir)["status"] == ending
+
+
 def test_a_conflicting_override_is_refused_and_the_run_left_alone(tmp_path, reference):
     before = (reference / "run.json").read_bytes()
     result = run_cli([f"resume={reference}", f"train.max_iters={MAX_ITERS + 10}", "model.n_embd=64"], cwd=tmp_path)
