@@ -33,6 +33,29 @@ def test_a_config_mistake_is_refused_before_torch_is_imported(tool, tmp_path):
     assert result.stdout.strip().endswith("torch imported: False")
 
 
+# Counts the calls into torch.cuda that would initialise CUDA (or its driver) while the rank server imports.
+CUDA_PROBE = """
+import torch, torch.cuda
+from nanogpt_runner.torchrun import RANK_SERVER_PRELOAD
+called = []
+for name in ("is_available", "device_count", "get_device_capability", "get_device_properties", "init",
+             "current_device", "is_bf16_supported", "mem_get_info", "set_device"):
+    real = getattr(torch.cuda, name)
+    setattr(torch.cuda, name, lambda *a, _real=real, _name=name, **k: called.append(_name) or _real(*a, **k))
+for module in RANK_SERVER_PRELOAD:
+    __import__(module)
+print(called)
+"""
+
+
+def test_the_rank_server_imports_never_touch_cuda():
+    """A process that initialised CUDA cannot hand it to a forked child: a GPU rank forked from the rank server
+    would fail at its first CUDA call. So what the server preloads must not ask torch.cuda anything (on a CPU
+    build those calls return at once, and are counted here all the same)."""
+    result = subprocess.run([sys.executable, "-c", CUDA_PROBE], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
 def test_ranks_fork_from_the_rank_server_only_while_they_would_inherit_the_launchers_state(tmp_path, monkeypatch):
     preloads = []
     monkeypatch.setattr(torchrun, "_rank_server_started_in", None)
