@@ -59,7 +59,7 @@ def check(cfg: Config, overrides: list[str], announce=print) -> tuple[Config, li
     from nanogpt_runner.hardware import device_caps, memory_refusal
     from nanogpt_runner.pretrained import vocabulary_problems
 
-    problems = validate(cfg, device_caps(cfg.train.device))
+    problems = validate(cfg, device_caps(cfg.train.device))  # the config's own checks passed: the device's
     if hidden := hidden_gpus_problem(cfg):
         problems.append(hidden)
     problems += logger_problems(cfg.logger)
