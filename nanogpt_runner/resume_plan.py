@@ -14,8 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from nanogpt_runner.checkpoint_folder import checkpoint_dir, find_latest, resolve
-from nanogpt_runner.config import Config, flatten
+from nanogpt_runner.config import Config, dp_degree, flatten
 from nanogpt_runner.run_control import CheckpointError
 from nanogpt_runner.runs import CHECKPOINT_DIR, read_run
 
@@ -63,10 +65,6 @@ def config_changes(saved: dict, current: dict) -> tuple[dict[str, list], list[st
 def global_batch_problem(saved: dict, current: dict) -> str | None:
     """A refusal when the sequences per step change: a step's global batch is the pure function of
     (seed, step) that the run trained on, and any layout that keeps its size sees the same sequences."""
-    from omegaconf import OmegaConf
-
-    from nanogpt_runner.config import Config, dp_degree
-
     def shape(cfg: dict) -> tuple[int, int, int]:
         full = OmegaConf.merge(OmegaConf.structured(Config), cfg)
         return dp_degree(full.parallel), full.train.batch_size, full.train.grad_accum
@@ -88,7 +86,6 @@ def override_paths(overrides: list[str], conf_dir: Path) -> list[str]:
     paths from the command line (the rest from the checkpoint's config), and ``model.init_from`` checks
     them against the weights' architecture (pretrained.apply_init_from)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
 
     paths = []
     for override in OverridesParser.create().parse_overrides(overrides):
@@ -119,8 +116,6 @@ class ResumePlan:
 
     def run_record(self) -> dict:
         """run.json fields for the resumed run: its identity stays, the config is now the effective one."""
-        from omegaconf import OmegaConf
-
         previous = (read_run(self.run_dir) or {}).get("resumes", [])
         entry = {"time": time.time(), "step": self.step, "checkpoint": str(self.checkpoint), "changes": self.changes}
         return {"config": OmegaConf.to_container(self.cfg, resolve=True), "resumes": [*previous, entry]}
@@ -134,10 +129,6 @@ def plan_resume(cfg: Config, run_dir: Path, overrides: list[str], conf_dir: Path
     place. Otherwise ``train.resume=auto`` continues ``run_dir`` when it already has checkpoints (the user
     passed hydra.run.dir=THAT_DIR). The config is the checkpoint's; only the fields the command line names,
     and LOCAL_FIELDS, are taken from ``cfg``; a change to a FIXED_FIELDS entry is refused with CheckpointError."""
-    from omegaconf import OmegaConf
-
-    from nanogpt_runner.config import Config
-
     run_dir = Path(run_dir)
     if cfg.resume:
         checkpoint, meta = resolve(Path(cfg.resume), "latest", announce)

@@ -41,10 +41,11 @@ import uuid
 from pathlib import Path
 
 from nanogpt_runner.config import threads_per_rank
+from nanogpt_runner.run_control import StopSignals
 from nanogpt_runner.runs import LOG_FILE, RunWriter, read_run
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
-HANDLED_SIGNALS = ("SIGHUP", "SIGQUIT", *(sig.name for sig in STOP_SIGNALS))
+# The agent forwards each of these to the ranks: the stop signals end in a checkpoint (StopSignals).
+HANDLED_SIGNALS = ("SIGHUP", "SIGQUIT", *(sig.name for sig in StopSignals.SIGNALS))
 
 
 # What the rank server imports: its own set-up, then what every rank imports before it trains, whatever its

@@ -251,8 +251,8 @@ def test_stop_signals_turn_sigterm_into_a_request(tmp_path):
 def test_after_the_loop_a_late_stop_signal_is_ignored_until_the_end_is_recorded():
     previous = {sig: signal.getsignal(sig) for sig in run_control.StopSignals.SIGNALS}
     with run_control.until_the_end_is_recorded():
-        with run_control.StopSignals():
-            pass  # the loop
+        with run_control.StopSignals() as stop:  # the loop, which saw no stop signal
+            assert not stop.requested()
         assert [signal.getsignal(sig) for sig in run_control.LATE_SIGNALS] == [signal.SIG_IGN] * 2
         assert signal.getsignal(signal.SIGINT) is previous[signal.SIGINT]  # a Ctrl+C still interrupts
     assert {sig: signal.getsignal(sig) for sig in previous} == previous  # nothing outlives the run
