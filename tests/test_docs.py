@@ -1,8 +1,9 @@
-"""The README is the user's manual, so its commands must work as written: every ``nanogpt-run`` and
-``nanogpt-plan`` command in it composes and passes the config's checks (each job of a sweep), and each
-refusal it shows is the refusal the runner gives, word for word.
+"""The docs are held to the code.
 
-A renamed field, a removed preset or a reworded message fails here rather than in a user's terminal.
+The README is the user's manual, so its commands must work as written: every ``nanogpt-run`` and
+``nanogpt-plan`` command in it composes and passes the config's checks (each job of a sweep), and each
+refusal it shows is the refusal the runner gives, word for word. A renamed field, a removed preset or a
+reworded message fails here rather than in a user's terminal. docs/ARCHITECTURE.md names every module.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from nanogpt_runner.launch import check, compose_overrides
 from nanogpt_runner.torchrun import fill_cluster_rendezvous
 from nanogpt_runner.validation import validate
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 CONFIG_PROGRAMS = ("nanogpt-run", "nanogpt-plan")
 # Command-line flags of the programs above that are not config overrides (with how many values each takes).
 FLAGS = {"-m": 0, "--multirun": 0, "--help": 0, "--cfg": 1, "--estimate-only": 0}
@@ -131,3 +133,10 @@ def test_every_refusal_in_the_readme_is_the_one_the_runner_gives(command, shown)
     cfg, problems = compose_overrides(overrides)
     assert not problems
     assert check(cfg, overrides)[1] == shown
+
+
+def test_the_architecture_names_every_module():
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    modules = [path for path in (ROOT / "nanogpt_runner").rglob("*.py") if path.name != "__init__.py"]
+    assert len(modules) > 50
+    assert [str(path.relative_to(ROOT)) for path in modules if f"`{path.name}`" not in text] == []
