@@ -141,9 +141,7 @@ def _write_nanogpt(folder: Path, state: dict, arch: Architecture, dropout: float
     return warnings
 
 
-def main(argv: list[str] | None = None) -> None:
-    from nanogpt_runner.run_control import CheckpointError
-
+def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nanogpt-export", description="Write a run's checkpoint for Hugging Face "
                                      "transformers (GPT2LMHeadModel) or for nanoGPT's sample.py.")
     parser.add_argument("target", metavar="RUN_OR_CHECKPOINT", help="a run directory or one of its checkpoints")
@@ -152,7 +150,13 @@ def main(argv: list[str] | None = None) -> None:
                         "nanogpt: nanoGPT's ckpt.pt")
     parser.add_argument("--which", choices=("best", "latest"), default="best",
                         help="for a run directory: its best-by-val checkpoint (default) or the newest")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    from nanogpt_runner.run_control import CheckpointError
+
+    args = argument_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         warnings = export(Path(args.target), Path(args.out_dir), args.format, args.which)
     except (WeightsError, CheckpointError) as err:

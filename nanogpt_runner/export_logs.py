@@ -16,11 +16,15 @@ from nanogpt_runner.loggers import TRACKERS, replay
 from nanogpt_runner.runs import find_runs
 
 
-def main(argv: list[str] | None = None) -> None:
+def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nanogpt-export-logs", description=__doc__.splitlines()[0])
     parser.add_argument("runs_dir", type=Path, help="a runs folder (e.g. outputs/) or one run directory")
     parser.add_argument("--to", required=True, choices=list(TRACKERS), help="the tracker to replay into")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = argument_parser().parse_args(argv)
     if not args.runs_dir.is_dir():
         error(f"{args.runs_dir} is not a folder: give the runs folder (e.g. outputs/) or a run directory")
         sys.exit(2)

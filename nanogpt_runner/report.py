@@ -128,11 +128,16 @@ def notes_text(runs: list[RunRecord], target: float | None = None) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
+def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nanogpt-report", description=__doc__.splitlines()[0])
     parser.add_argument("runs_dir", type=Path, help="folder holding runs (searched recursively for run.json)")
     parser.add_argument("--out", type=Path, default=None, help="where to write the files (default RUNS_DIR/report)")
     parser.add_argument("--target-loss", type=float, default=None, help="val loss for the time-to-target column")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argument_parser()
     args = parser.parse_args(argv)
     if not args.runs_dir.is_dir():
         parser.error(f"runs folder {args.runs_dir} does not exist or is not a folder: pass the folder that holds "

@@ -1,9 +1,10 @@
 """The docs are held to the code.
 
 The README is the user's manual, so its commands must work as written: every ``nanogpt-run`` and
-``nanogpt-plan`` command in it composes and passes the config's checks (each job of a sweep), and each
-refusal it shows is the refusal the runner gives, word for word. A renamed field, a removed preset or a
-reworded message fails here rather than in a user's terminal. docs/ARCHITECTURE.md names every module.
+``nanogpt-plan`` command in it composes and passes the config's checks (each job of a sweep), each
+refusal it shows is the refusal the runner gives, word for word, and the other programs' command lines
+are accepted by their parsers. A renamed field or flag, a removed preset or a reworded message fails
+here rather than in a user's terminal. docs/ARCHITECTURE.md names every module.
 """
 
 from __future__ import annotations
@@ -20,13 +21,24 @@ import pytest
 import submitit
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from nanogpt_runner import export, export_logs, report, sample
 from nanogpt_runner.launch import check, compose_overrides
 from nanogpt_runner.torchrun import fill_cluster_rendezvous
 from nanogpt_runner.validation import validate
+from nanogpt_runner.viewer import app
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 CONFIG_PROGRAMS = ("nanogpt-run", "nanogpt-plan")
+# The other programs' own command-line parsers: each refuses a line it cannot take (argparse's SystemExit,
+# SampleError) before it looks at any file.
+COMMAND_LINE_PARSERS = {
+    "nanogpt-sample": sample.parse_args,
+    "nanogpt-view": app.argument_parser().parse_args,
+    "nanogpt-report": report.argument_parser().parse_args,
+    "nanogpt-export": export.argument_parser().parse_args,
+    "nanogpt-export-logs": export_logs.argument_parser().parse_args,
+}
 # Command-line flags of the programs above that are not config overrides (with how many values each takes).
 FLAGS = {"-m": 0, "--multirun": 0, "--help": 0, "--cfg": 1, "--estimate-only": 0}
 
@@ -39,16 +51,21 @@ def readme_examples() -> list[tuple[str, list[str]]]:
         lines = textwrap.dedent(block).replace("\\\n", " ").splitlines()
         for i, line in enumerate(lines):
             command = line.removeprefix("$ ").strip()
-            if not command.startswith(CONFIG_PROGRAMS):
+            if command.split(" ", 1)[0] not in (*CONFIG_PROGRAMS, *COMMAND_LINE_PARSERS):
                 continue
             output = list(itertools.takewhile(lambda text: not text.startswith("$ "), lines[i + 1:]))
             examples.append((command, output))
     return examples
 
 
+def arguments_of(command: str) -> list[str]:
+    """A README command's arguments as the shell passes them: its program and comment left out."""
+    return shlex.split(command, comments=True)[1:]
+
+
 def overrides_of(command: str) -> list[str]:
     """The config overrides of a README command: its program, flags and comment left out."""
-    words = shlex.split(command, comments=True)[1:]
+    words = arguments_of(command)
     overrides, skip = [], 0
     for word in words:
         if skip:
@@ -81,8 +98,10 @@ def refusal_shown(output: list[str]) -> list[str]:
 
 
 EXAMPLES = readme_examples()
-RUNS = [command for command, output in EXAMPLES if not refusal_shown(output)]
-REFUSALS = [(command, refusal_shown(output)) for command, output in EXAMPLES
+CONFIG_EXAMPLES = [(command, output) for command, output in EXAMPLES if command.startswith(CONFIG_PROGRAMS)]
+OTHER_COMMANDS = [command for command, _ in EXAMPLES if not command.startswith(CONFIG_PROGRAMS)]
+RUNS = [command for command, output in CONFIG_EXAMPLES if not refusal_shown(output)]
+REFUSALS = [(command, refusal_shown(output)) for command, output in CONFIG_EXAMPLES
             # the memory refusal's figures are the RAM of the machine it was shown on: test_memory holds it
             if refusal_shown(output) and "available RAM" not in output[-1]]
 
@@ -93,6 +112,7 @@ def test_the_readme_is_read_as_expected():
     assert len(REFUSALS) == 2
     assert any(" -m " in command for command in RUNS)
     assert max(len(jobs(overrides_of(command))) for command in RUNS) >= 4
+    assert {command.split(" ", 1)[0] for command in OTHER_COMMANDS} == set(COMMAND_LINE_PARSERS)
 
 
 @pytest.fixture
@@ -133,6 +153,11 @@ def test_every_refusal_in_the_readme_is_the_one_the_runner_gives(command, shown)
     cfg, problems = compose_overrides(overrides)
     assert not problems
     assert check(cfg, overrides)[1] == shown
+
+
+@pytest.mark.parametrize("command", OTHER_COMMANDS)
+def test_every_other_command_in_the_readme_is_accepted_by_its_program(command):
+    COMMAND_LINE_PARSERS[command.split(" ", 1)[0]](arguments_of(command))
 
 
 def test_the_architecture_names_every_module():

@@ -20,7 +20,7 @@ DEFAULT_PORT = 7860
 PORT_TRIES = 100
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nanogpt-view", description="Live dashboard of nanogpt-runner runs.")
     parser.add_argument("runs_dir", nargs="?", default="outputs", type=Path,
                         help="folder searched recursively for runs (run.json); default outputs/")
@@ -36,6 +36,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME", dest="allowed_hosts",
                         help="another name the page is reached by, e.g. a DNS name or a proxy's (repeatable); "
                              "requests naming any other host are refused")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argument_parser()
     args = parser.parse_args(argv)
     problem = argument_problem(args)
     if problem:
