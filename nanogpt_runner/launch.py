@@ -20,7 +20,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
+from hydra.errors import HydraException, MissingConfigException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -285,7 +285,14 @@ def compose_overrides(overrides: list[str]) -> tuple[Config | None, list[str]]:
 
 
 def composition_error(err: Exception) -> str:
-    """Hydra's composition error and the OmegaConf error under it as one line (what, where, the fix)."""
+    """Hydra's composition error and the OmegaConf error under it as one line (what, where, the fix).
+
+    A group member that does not exist (``model=nosuch``) is named with the members there are; Hydra's own
+    report adds its config search path, which only a plugin author needs."""
+    missing = next((e for e in (err, err.__cause__) if isinstance(e, MissingConfigException)), None)
+    if missing is not None and missing.options and missing.missing_cfg_file:
+        group, _, name = missing.missing_cfg_file.rpartition("/")
+        return f"{group}={name} is not a member of the {group} group: use one of {', '.join(missing.options)}"
     parts = [str(err), str(err.__cause__ or "")]
     lines = [line.strip().rstrip(".") for part in parts for line in part.splitlines()]
     return "; ".join(line for line in lines if line and not line.startswith(
