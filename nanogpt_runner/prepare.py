@@ -51,6 +51,15 @@ PROGRESS_FILE = "progress.json"
 TOKENS_FILE = "tokens.bin"
 HF_PARALLELISM = "TOKENIZERS_PARALLELISM"  # Hugging Face tokenizers' own thread pool
 SHAKESPEARE = ("shakespeare_char", "shakespeare")
+MIN_TOKENS = 4  # a corpus shorter than this cannot give a train and a val split
+
+
+class WorkerDied(DataError):
+    """A tokenizer worker process died mid-preparation: the chunks done so far are kept for a rerun."""
+
+
+def too_little_text(source: Source, tokens: int) -> DataError:
+    return DataError(f"{source.description} holds only {tokens} tokens: give it more text")
 
 
 def prepare(cfg: DataConfig, announce=print, chunk_bytes: int = CHUNK_BYTES) -> PreparedData:
@@ -83,7 +92,15 @@ def prepare(cfg: DataConfig, announce=print, chunk_bytes: int = CHUNK_BYTES) -> 
         entry = _entry(root, cfg, source.name, source.identity)
         with _locked(entry):
             if not (entry / META_FILE).exists():
-                _build(entry, source, cfg, announce, chunk_bytes)
+                try:
+                    _build(entry, source, cfg, announce, chunk_bytes)
+                except WorkerDied:
+                    raise  # the chunks done so far are kept, for the next run to continue
+                except (DataError, tokenizers.TokenizerError):
+                    # The source itself cannot be prepared (its content, too little text, a tokenizer's files):
+                    # nothing for a rerun to continue, which would otherwise say it found an interrupted one.
+                    shutil.rmtree(_work_dir(entry), ignore_errors=True)
+                    raise
         return load_prepared(entry)
     except tokenizers.TokenizerError as err:
         raise DataError(str(err)) from None
@@ -138,8 +155,12 @@ def _write_progress(work: Path, progress: Progress) -> None:
     write_atomic(work / PROGRESS_FILE, json.dumps(asdict(progress)))
 
 
+def _work_dir(entry: Path) -> Path:
+    return entry.with_name(f"{entry.name}.partial")
+
+
 def _build(entry: Path, source: Source, cfg: DataConfig, announce, chunk_bytes: int) -> None:
-    work = entry.with_name(f"{entry.name}.partial")
+    work = _work_dir(entry)
     tokenizer = None
     progress = _read_progress(work) if work.exists() else None
     tokens_on_disk = (work / TOKENS_FILE).stat().st_size if (work / TOKENS_FILE).exists() else 0
@@ -185,6 +206,8 @@ def _fit_tokenizer(source: Source, cfg: DataConfig, announce) -> tokenizers.Toke
     for text, new_document in source.pieces():
         seen[np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)] = True
         seen[ord("\n")] |= new_document
+    if not seen.any():
+        raise too_little_text(source, 0)
     return tokenizers.CharTokenizer([chr(c) for c in np.flatnonzero(seen)])
 
 
@@ -244,7 +267,7 @@ def _encoded(tokenizer: tokenizers.Tokenizer, chunks: Iterator[list[Piece]], wor
         while pending:
             yield pending.popleft().result()
     except BrokenProcessPool:
-        raise DataError(f"a tokenizer worker process died (killed, or out of memory?) while preparing "
+        raise WorkerDied(f"a tokenizer worker process died (killed, or out of memory?) while preparing "
                         f"{source.description}; the chunks done so far are kept in {work}: run again to continue, "
                         f"with a lower data.num_proc if memory is short") from None
     finally:
@@ -266,9 +289,8 @@ def _finish(work: Path, entry: Path, source: Source, tokenizer: tokenizers.Token
             val_fraction: float, announce) -> None:
     """Split tokens.bin into train.bin and val.bin (each step safe to repeat), then publish the folder."""
     total = progress.tokens
-    if total < 4:
-        shutil.rmtree(work)
-        raise DataError(f"{source.description} holds only {total} tokens: give it more text")
+    if total < MIN_TOKENS:
+        raise too_little_text(source, total)
     cut = int(total * (1 - val_fraction))
     if progress.stage == "encode":
         token_bytes = tokenizer.token_bytes()

@@ -157,12 +157,25 @@ def test_a_folder_of_txt_md_jsonl_and_parquet_is_read_in_path_order(tmp_path, gp
     ('{"title": "no text"}', r"bad.jsonl:2 has no text field 'text': set data.text_field"),
     ('["a list"]', r"bad.jsonl:2 has no text field"),
     ("[" * 100_000 + "]" * 100_000, r"bad.jsonl:2 nests JSON too deeply"),
-])
+], ids=["torn", "no_text_field", "not_an_object", "deeply_nested"])
 def test_a_bad_jsonl_line_is_named_by_file_and_line(tmp_path, line, message):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "fine"}\n' + line + "\n")
     with pytest.raises(DataError, match=message):
         prepare(config(tmp_path, path=str(path)))
+    assert list((tmp_path / "cache").glob("*.partial")) == []  # nothing a rerun could continue
+
+
+@pytest.mark.parametrize(("tokenizer", "text"), [("char", ""), ("char", "ab"), ("bpe", ""), ("gpt2", "")])
+def test_too_little_text_is_refused_and_leaves_nothing_behind(tmp_path, gpt2, tokenizer, text):
+    path = tmp_path / "small.txt"
+    path.write_text(text)
+    for _attempt in range(2):  # the second attempt says the same, not "continuing" or "starting over"
+        messages = []
+        with pytest.raises(DataError, match=r"small.txt holds only \d tokens: give it more text"):
+            prepare(config(tmp_path, path=str(path), tokenizer=tokenizer), announce=messages.append)
+        assert not any(m.startswith(("continuing", "starting over")) for m in messages), messages
+    assert list((tmp_path / "cache").glob("*.partial")) == []
 
 
 def test_an_endless_jsonl_line_is_refused_without_reading_it_whole(tmp_path, monkeypatch):
