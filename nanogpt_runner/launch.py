@@ -290,9 +290,12 @@ def composition_error(err: Exception) -> str:
     A group member that does not exist (``model=nosuch``) is named with the members there are; Hydra's own
     report adds its config search path, which only a plugin author needs."""
     missing = next((e for e in (err, err.__cause__) if isinstance(e, MissingConfigException)), None)
-    if missing is not None and missing.options and missing.missing_cfg_file:
+    if missing is not None and missing.missing_cfg_file:
         group, _, name = missing.missing_cfg_file.rpartition("/")
-        return f"{group}={name} is not a member of the {group} group: use one of {', '.join(missing.options)}"
+        # Hydra lists the members of a group chosen by name, not of one chosen as a list (logger=[...])
+        members = missing.options or sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+        if members:
+            return f"{group}={name} is not a member of the {group} group: use one of {', '.join(members)}"
     parts = [str(err), str(err.__cause__ or "")]
     lines = [line.strip().rstrip(".") for part in parts for line in part.splitlines()]
     return "; ".join(line for line in lines if line and not line.startswith(

@@ -70,6 +70,7 @@ def prepare(cfg: DataConfig, announce=print, chunk_bytes: int = CHUNK_BYTES) -> 
     recorded as the data actually used)."""
     root = cache_dir(cfg)
     try:
+        root.mkdir(parents=True, exist_ok=True)  # before any download: an unusable cache is said at once
         if cfg.name == "bin":
             return _adopt_bin_folder(Path(cfg.path).expanduser().resolve(), root, announce)
         if cfg.name in SHAKESPEARE and cfg.path is None:
@@ -104,6 +105,10 @@ def prepare(cfg: DataConfig, announce=print, chunk_bytes: int = CHUNK_BYTES) -> 
         return load_prepared(entry)
     except tokenizers.TokenizerError as err:
         raise DataError(str(err)) from None
+    except OSError as err:  # a cache folder that cannot be made or written, a full disk, an unreadable source
+        raise DataError(f"preparing the data failed: {err.strerror or err} ({err.filename}): data.cache_dir={root} "
+                        f"must be a folder you can write, with room for the tokens, and data.path one you can "
+                        f"read") from None
 
 
 def _with_name(cfg: DataConfig, name: str) -> DataConfig:

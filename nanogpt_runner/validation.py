@@ -97,6 +97,8 @@ def validate(cfg: Config, device: DeviceCaps | None = None) -> list[str]:
         problems.append(f"optimizer.weight_decay={o.weight_decay} must be zero or positive.")
     problems += _muon_problems(o)
 
+    if not 0 <= t.seed < 2**64:  # the batch sampler hashes it as an unsigned 64-bit number
+        problems.append(f"train.seed={t.seed} must be a whole number from 0 to 2**64-1, e.g. train.seed=1337.")
     if t.grad_clip < 0:
         problems.append(f"train.grad_clip={t.grad_clip} must be zero (off) or positive.")
     if t.ckpt_interval < 0:

@@ -43,6 +43,8 @@ def test_an_invalid_config_is_refused_before_anything_runs(tmp_path, tiny_overri
     ("train.precision=fp8", "Invalid value 'fp8', expected one of [fp32, bf16, fp16, auto]"),
     ("model=nosuch", "model=nosuch is not a member of the model group: use one of baby, gpt2, shakespeare, tiny"),
     ("hydra/launcher=nosuch", "hydra/launcher=nosuch is not a member of the hydra/launcher group: use one of basic, "),
+    ("logger=[tensorboard,nosuch]",
+     "logger=nosuch is not a member of the logger group: use one of mlflow, tensorboard, trackio, wandb"),
 ])
 def test_an_unknown_key_or_choice_is_refused_by_hydra_in_one_line(tmp_path, tiny_overrides, override, words):
     result = run_cli(tiny_overrides + [override], cwd=tmp_path)

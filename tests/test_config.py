@@ -119,6 +119,7 @@ def test_the_yaml_states_only_what_differs_from_the_schema_defaults():
     (["train.precision=fp16"], "train.precision=fp16 on the CPU"),
     (["data.path=/no/such/file.txt"], "data.path=/no/such/file.txt"),
     (["data=text_file"], "data=text_file needs data.path"),
+    (["train.seed=-1"], "train.seed=-1 must be a whole number from 0"),
 ])
 def test_each_problem_is_named_with_its_value(overrides, field):
     problems = problems_for(*overrides)

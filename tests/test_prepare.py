@@ -166,6 +166,14 @@ def test_a_bad_jsonl_line_is_named_by_file_and_line(tmp_path, line, message):
     assert list((tmp_path / "cache").glob("*.partial")) == []  # nothing a rerun could continue
 
 
+def test_a_cache_folder_that_cannot_be_made_is_one_line_naming_it(tmp_path, corpus_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    cfg = config(tmp_path, path=str(corpus_path), cache_dir=str(blocker / "cache"))
+    with pytest.raises(DataError, match=r"data.cache_dir=.*a_file/cache must be a folder you can write"):
+        prepare(cfg)
+
+
 @pytest.mark.parametrize(("tokenizer", "text"), [("char", ""), ("char", "ab"), ("bpe", ""), ("gpt2", "")])
 def test_too_little_text_is_refused_and_leaves_nothing_behind(tmp_path, gpt2, tokenizer, text):
     path = tmp_path / "small.txt"
