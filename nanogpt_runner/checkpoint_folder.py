@@ -193,8 +193,9 @@ def resolve(target: Path, which: str = "latest", announce: Callable[[str], None]
     """A checkpoint folder from what a user typed: a checkpoint folder, a run's checkpoints/ folder, or a
     run directory (then its ``which`` checkpoint: latest or best). Raises CheckpointError when none is usable."""
     target = Path(target).expanduser()
-    if not target.exists():
-        raise CheckpointError(f"{target} does not exist: pass a run directory or a checkpoint folder "
+    if not target.is_dir():
+        what = "is a file" if target.exists() else "does not exist"
+        raise CheckpointError(f"{target} {what}: pass a run directory or a checkpoint folder "
                               f"(RUN_DIR/{CHECKPOINT_DIR}/step_...)")
     if (target / META_FILE).exists():
         return target, read_meta(target)
