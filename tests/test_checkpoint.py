@@ -172,11 +172,14 @@ def test_every_checkpoint_damaged_is_a_clear_error(tmp_path):
         folders.resolve(tmp_path / "..", announce=lambda _: None)
 
 
-@pytest.mark.parametrize(("make", "what"), [(lambda p: p.write_text("x"), "is a file"), (lambda p: None, "does not exist")])
-def test_a_resume_target_that_is_no_folder_is_named_as_such(tmp_path, make, what):
-    make(tmp_path / "target")
-    with pytest.raises(run_control.CheckpointError, match=f"target {what}: pass a run directory or a checkpoint folder"):
-        folders.resolve(tmp_path / "target", announce=lambda _: None)
+@pytest.mark.parametrize("is_file", [True, False])
+def test_a_resume_target_that_is_no_folder_is_named_as_such(tmp_path, is_file):
+    target = tmp_path / "target"
+    if is_file:
+        target.write_text("x")
+    what = "is a file" if is_file else "does not exist"
+    with pytest.raises(run_control.CheckpointError, match=f"target {what}: pass a run directory or a checkpoint"):
+        folders.resolve(target, announce=lambda _: None)
 
 
 class Exploit:
