@@ -273,8 +273,8 @@ def _encoded(tokenizer: tokenizers.Tokenizer, chunks: Iterator[list[Piece]], wor
             yield pending.popleft().result()
     except BrokenProcessPool:
         raise WorkerDied(f"a tokenizer worker process died (killed, or out of memory?) while preparing "
-                        f"{source.description}; the chunks done so far are kept in {work}: run again to continue, "
-                        f"with a lower data.num_proc if memory is short") from None
+                         f"{source.description}; the chunks done so far are kept in {work}: run again to continue, "
+                         f"with a lower data.num_proc if memory is short") from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         if parallelism is None:

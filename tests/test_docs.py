@@ -39,8 +39,12 @@ COMMAND_LINE_PARSERS = {
     "nanogpt-export": export.argument_parser().parse_args,
     "nanogpt-export-logs": export_logs.argument_parser().parse_args,
 }
-# Command-line flags of the programs above that are not config overrides (with how many values each takes).
+# Flags of nanogpt-run and nanogpt-plan that are not config overrides (with how many values each takes).
 FLAGS = {"-m": 0, "--multirun": 0, "--help": 0, "--cfg": 1, "--estimate-only": 0}
+
+
+def program(command: str) -> str:
+    return command.split(" ", 1)[0]
 
 
 def readme_examples() -> list[tuple[str, list[str]]]:
@@ -51,7 +55,7 @@ def readme_examples() -> list[tuple[str, list[str]]]:
         lines = textwrap.dedent(block).replace("\\\n", " ").splitlines()
         for i, line in enumerate(lines):
             command = line.removeprefix("$ ").strip()
-            if command.split(" ", 1)[0] not in (*CONFIG_PROGRAMS, *COMMAND_LINE_PARSERS):
+            if program(command) not in (*CONFIG_PROGRAMS, *COMMAND_LINE_PARSERS):
                 continue
             output = list(itertools.takewhile(lambda text: not text.startswith("$ "), lines[i + 1:]))
             examples.append((command, output))
@@ -98,8 +102,8 @@ def refusal_shown(output: list[str]) -> list[str]:
 
 
 EXAMPLES = readme_examples()
-CONFIG_EXAMPLES = [(command, output) for command, output in EXAMPLES if command.startswith(CONFIG_PROGRAMS)]
-OTHER_COMMANDS = [command for command, _ in EXAMPLES if not command.startswith(CONFIG_PROGRAMS)]
+CONFIG_EXAMPLES = [(command, output) for command, output in EXAMPLES if program(command) in CONFIG_PROGRAMS]
+OTHER_COMMANDS = [command for command, _ in EXAMPLES if program(command) not in CONFIG_PROGRAMS]
 RUNS = [command for command, output in CONFIG_EXAMPLES if not refusal_shown(output)]
 REFUSALS = [(command, refusal_shown(output)) for command, output in CONFIG_EXAMPLES
             # the memory refusal's figures are the RAM of the machine it was shown on: test_memory holds it
@@ -112,7 +116,7 @@ def test_the_readme_is_read_as_expected():
     assert len(REFUSALS) == 2
     assert any(" -m " in command for command in RUNS)
     assert max(len(jobs(overrides_of(command))) for command in RUNS) >= 4
-    assert {command.split(" ", 1)[0] for command in OTHER_COMMANDS} == set(COMMAND_LINE_PARSERS)
+    assert {program(command) for command in OTHER_COMMANDS} == set(COMMAND_LINE_PARSERS)
 
 
 @pytest.fixture
@@ -157,7 +161,7 @@ def test_every_refusal_in_the_readme_is_the_one_the_runner_gives(command, shown)
 
 @pytest.mark.parametrize("command", OTHER_COMMANDS)
 def test_every_other_command_in_the_readme_is_accepted_by_its_program(command):
-    COMMAND_LINE_PARSERS[command.split(" ", 1)[0]](arguments_of(command))
+    COMMAND_LINE_PARSERS[program(command)](arguments_of(command))
 
 
 def test_the_architecture_names_every_module():
