@@ -2,7 +2,7 @@
 
     python scripts/bench.py --data /path/to/input.txt [--model baby] [--steps 200] [--rounds 3] [--device cuda]
 
-1. The runner's training loop (nanogpt_runner.train.train, with its logging, evaluation off) against a
+1. The runner's training loop (nanogpt_runner.train.loop.train, with its logging, evaluation off) against a
    bare hand-written loop over the same model, batch and dtype: tokens/s, MFU and the ratio
    (goal: runner >= 0.97x the bare loop). Rounds alternate so background load hits both alike.
 2. fp32 against bf16 autocast for the 10.6M model (model=shakespeare) in the bare loop.
@@ -21,14 +21,14 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from nanogpt_runner import hardware
-from nanogpt_runner.batches import Batches
-from nanogpt_runner.config import CONF_DIR, register_schema
-from nanogpt_runner.model import GPT
-from nanogpt_runner.optim import build_optimizers
-from nanogpt_runner.prepare import prepare
-from nanogpt_runner.runs import RunReader, RunWriter
-from nanogpt_runner.train import train
+from nanogpt_runner.config.schema import CONF_DIR, register_schema
+from nanogpt_runner.data.prepare import prepare
+from nanogpt_runner.model.gpt import GPT
+from nanogpt_runner.model.optimizers import build_optimizers
+from nanogpt_runner.perf import hardware
+from nanogpt_runner.runs.rundir import RunReader, RunWriter
+from nanogpt_runner.train.batches import Batches
+from nanogpt_runner.train.loop import train
 
 
 def nanogpt_run(args: list[str]) -> None:

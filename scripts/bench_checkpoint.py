@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from nanogpt_runner import checkpoint as ck
-from nanogpt_runner import checkpoint_folder as folders
-from nanogpt_runner.config import CONF_DIR, ModelConfig, OptimizerConfig
-from nanogpt_runner.model import GPT
-from nanogpt_runner.optim import Optimizers, build_optimizers
+from nanogpt_runner.checkpoint import folder as folders
+from nanogpt_runner.checkpoint import state as ck
+from nanogpt_runner.config.schema import CONF_DIR, ModelConfig, OptimizerConfig
+from nanogpt_runner.model.gpt import GPT
+from nanogpt_runner.model.optimizers import Optimizers, build_optimizers
 
 VOCAB = tuple(chr(c) for c in range(32, 97))
 

@@ -4,7 +4,7 @@
                                      [--nanogpt /path/to/nanoGPT] [--device cuda]
 
 For each config (``baby``: nanoGPT's baby CPU run, batch 12 x 64; ``shakespeare``: the 10.6M model, batch
-16 x 256), the runner's training loop (nanogpt_runner.train.train, evaluation off) with:
+16 x 256), the runner's training loop (nanogpt_runner.train.loop.train, evaluation off) with:
 
   defaults     nothing set: precision=auto (probed on this model, cached), attention=sdpa
   plan=auto    the winner of nanogpt-plan (its cost printed apart, and against a 2,000-step run)
@@ -37,11 +37,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import config, runner_loop  # noqa: E402  (the runner's loop, timed as scripts/bench.py times it)
 
-from nanogpt_runner import autotune, hardware  # noqa: E402
-from nanogpt_runner.data import cache_dir  # noqa: E402
-from nanogpt_runner.model import GPT  # noqa: E402
-from nanogpt_runner.plan import available_memory, cached_plan  # noqa: E402
-from nanogpt_runner.prepare import prepare  # noqa: E402
+from nanogpt_runner.data.prepare import prepare  # noqa: E402
+from nanogpt_runner.data.prepared import cache_dir  # noqa: E402
+from nanogpt_runner.model.gpt import GPT  # noqa: E402
+from nanogpt_runner.perf import (
+    autotune,
+    hardware,  # noqa: E402
+)
+from nanogpt_runner.perf.plan import available_memory, cached_plan  # noqa: E402
 
 CONFIGS = {"baby": ["+experiment=baby_cpu"], "shakespeare": ["model=shakespeare", "train.batch_size=16"]}
 # The same model, batch and dropout in nanoGPT's terms (its README's CPU run, and its shakespeare_char config)

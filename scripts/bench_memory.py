@@ -2,7 +2,7 @@
 
     python scripts/bench_memory.py --data /path/to/input.txt [--steps 3] [--precision fp32] [--only NAME ...]
 
-Each case is a short ``nanogpt-run``; run.json holds the estimate (nanogpt_runner.memory) and the process's
+Each case is a short ``nanogpt-run``; run.json holds the estimate (nanogpt_runner.perf.memory) and the process's
 baseline, the summary its peak. On a CPU the measured number is the resident set's growth over the baseline
 (rank 0's); on a GPU the CUDA allocator's peak. Prints estimate / measured per case (target: within 20%).
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from bench import nanogpt_run  # scripts/bench.py, beside this script
 
-from nanogpt_runner import hardware
+from nanogpt_runner.perf import hardware
 
 CASES = {
     "shakespeare": ["model=shakespeare", "train.batch_size=8"],

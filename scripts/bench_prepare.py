@@ -6,12 +6,12 @@ Writes a corpus of ``--mb`` megabytes (this Python's standard library source, re
 tokenizer prepares it the naive way and streaming with 1 and ``--num-proc`` processes, each in a fresh
 child process so that its peak resident memory is its own:
 
-    streaming   nanogpt_runner.prepare.prepare (chunks, N tokenizer processes, ids appended as they come)
+    streaming   nanogpt_runner.data.prepare.prepare (chunks, N tokenizer processes, ids appended as they come)
     naive       the whole text read into memory, the tokenizer fitted on it and called on it once, the
                 ids written with numpy (what a prepare.py script usually does)
 
 Both include fitting the tokenizer (the character set; BPE training) and writing train.bin/val.bin, not
-importing modules. Peak RSS does include them: the streaming child has torch imported (nanogpt_runner.data
+importing modules. Peak RSS does include them: the streaming child has torch imported (nanogpt_runner.data.prepared
 needs it, ~200 MB), the naive one only numpy and the tokenizer libraries.
 MB/s is corpus megabytes over wall time; "per process" divides by the tokenizer processes used. Peak RSS
 is the parent's and, for streaming, the largest worker's (resource.getrusage). gpt2 needs GPT-2's BPE
@@ -30,16 +30,16 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from nanogpt_runner.corpus import pystdlib_source
-from nanogpt_runner.tokenizer import TokenizerUnavailable, gpt2_encoding
+from nanogpt_runner.data.sources import pystdlib_source
+from nanogpt_runner.data.tokenizers import TokenizerUnavailable, gpt2_encoding
 
 CHILD = textwrap.dedent("""
     import json, resource, sys, time
-    from nanogpt_runner.config import DataConfig
-    from nanogpt_runner import tokenizer as tokenizers
+    from nanogpt_runner.config.schema import DataConfig
+    from nanogpt_runner.data import tokenizers
     way, tokenizer, corpus, cache, num_proc = sys.argv[1:6]
     if way == "streaming":
-        from nanogpt_runner.prepare import prepare  # imports torch (nanogpt_runner.data): outside the timing
+        from nanogpt_runner.data.prepare import prepare  # imports torch (nanogpt_runner.data.prepared): outside the timing
     start = time.perf_counter()
     if way == "streaming":
         data = prepare(DataConfig(name="text_file", path=corpus, cache_dir=cache, tokenizer=tokenizer,
@@ -100,7 +100,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     corpus = work / "corpus.txt"
     size_mb = write_corpus(corpus, args.mb) / 1e6
-    from nanogpt_runner.hardware import cpu_model
+    from nanogpt_runner.perf.hardware import cpu_model
 
     print(f"{cpu_model()}, {os.cpu_count()} cores; corpus {size_mb:.0f} MB (Python stdlib source, repeated)")
     print(f"{'tokenizer':<10}{'way':<11}{'procs':>6}{'tokens':>14}{'s':>8}{'MB/s':>8}{'MB/s/proc':>10}"

@@ -38,8 +38,8 @@ IMPORTS = {
     # Every run imports both: torch.optim's constructors and DDP's import torch._dynamo. Their sum is the floor
     # of a run's start-up on this machine, whatever the runner does.
     "torch + torch._dynamo": "import torch, torch._dynamo",
-    "launcher imports": "import nanogpt_runner.launch",
-    "worker imports": "import nanogpt_runner.worker",
+    "launcher imports": "import nanogpt_runner.launch.app",
+    "worker imports": "import nanogpt_runner.train.worker",
     "distributed submodules": "import torch.distributed.fsdp, torch.distributed.tensor.parallel, "
                               "torch.distributed.pipelining, torch.distributed.checkpoint",
 }
@@ -101,8 +101,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
-    from nanogpt_runner.config import available_cores
-    from nanogpt_runner.hardware import cpu_model
+    from nanogpt_runner.config.schema import available_cores
+    from nanogpt_runner.perf.hardware import cpu_model
 
     extra = [f"train.device={args.device}", *([f"data.path={args.data}"] if args.data else [])]
     root = Path(tempfile.mkdtemp(prefix="nanogpt-startup-"))

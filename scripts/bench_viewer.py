@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from nanogpt_runner.runs import RunWriter
+from nanogpt_runner.runs.rundir import RunWriter
 from nanogpt_runner.viewer.dashboard import Dashboard
 from nanogpt_runner.viewer.store import RunStore
 from nanogpt_runner.viewer.synthetic import config, write_run

@@ -19,10 +19,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch.profiler import ProfilerActivity, profile
 
-from nanogpt_runner import hardware
-from nanogpt_runner.config import CONF_DIR, register_schema
-from nanogpt_runner.model import GPT
-from nanogpt_runner.optim import build_optimizers
+from nanogpt_runner.config.schema import CONF_DIR, register_schema
+from nanogpt_runner.model.gpt import GPT
+from nanogpt_runner.model.optimizers import build_optimizers
+from nanogpt_runner.perf import hardware
 
 KINDS = (  # first match wins
     ("attention", r"scaled_dot_product|flash_attention|softmax|_masked|masked_fill|tril"),

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from nanogpt_runner.config import CONF_DIR, register_schema
+from nanogpt_runner.config.schema import CONF_DIR, register_schema
 
 SHARED_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
@@ -65,7 +65,7 @@ def fail_rank_1(tmp_path: Path, monkeypatch, at_call: int, when: tuple[str, str]
     (tmp_path / "inject" / "sitecustomize.py").write_text(textwrap.dedent(f"""
         import os
 
-        from nanogpt_runner import parallel
+        from nanogpt_runner.distributed import parallelize as parallel
 
         original, calls = parallel.Parallelized.clip_grad_norm, []
 

@@ -1,4 +1,4 @@
-"""nanogpt_runner.analysis: a run's numbers and what they mean, in words a user can act on."""
+"""nanogpt_runner.analysis.records: a run's numbers and what they mean, in words a user can act on."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import statistics
 
 import pytest
 
-from nanogpt_runner.analysis import RunRecord, differing_keys, diverged_at, load_runs, run_notes, summarize
-from nanogpt_runner.comparison import closest_pairs, compare_notes, seed_groups
-from nanogpt_runner.runs import RunWriter
+from nanogpt_runner.analysis.comparison import closest_pairs, compare_notes, seed_groups
+from nanogpt_runner.analysis.records import RunRecord, differing_keys, diverged_at, load_runs, run_notes, summarize
+from nanogpt_runner.runs.rundir import RunWriter
 from nanogpt_runner.viewer.synthetic import config, write_run
 
 

@@ -8,7 +8,7 @@ import json
 import torch
 from conftest import compose_config, run_cli
 
-from nanogpt_runner import autotune
+from nanogpt_runner.perf import autotune
 
 CPU = torch.device("cpu")
 

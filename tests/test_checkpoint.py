@@ -14,13 +14,16 @@ import numpy as np
 import pytest
 import torch
 
-from nanogpt_runner import checkpoint as ck
-from nanogpt_runner import checkpoint_folder as folders
-from nanogpt_runner import nonfinite, resume, resume_plan, run_control
-from nanogpt_runner.config import ModelConfig, OptimizerConfig
-from nanogpt_runner.model import GPT
-from nanogpt_runner.optim import Optimizers, build_optimizers
-from nanogpt_runner.runs import RunWriter
+from nanogpt_runner.checkpoint import checkpointer as resume
+from nanogpt_runner.checkpoint import folder as folders
+from nanogpt_runner.checkpoint import resume_plan
+from nanogpt_runner.checkpoint import state as ck
+from nanogpt_runner.config.schema import ModelConfig, OptimizerConfig
+from nanogpt_runner.model.gpt import GPT
+from nanogpt_runner.model.optimizers import Optimizers, build_optimizers
+from nanogpt_runner.runs.rundir import RunWriter
+from nanogpt_runner.train import nonfinite
+from nanogpt_runner.train import signals as run_control
 
 VOCAB = tuple(chr(c) for c in range(32, 97))
 
@@ -232,7 +235,7 @@ def test_checkpointer_saves_on_interval_best_and_end(tmp_path):
 def ck_config(**train):
     from omegaconf import OmegaConf
 
-    from nanogpt_runner.config import Config
+    from nanogpt_runner.config.schema import Config
 
     cfg = OmegaConf.structured(Config)
     cfg.model.name = "tiny"

@@ -8,7 +8,7 @@ import json
 import pytest
 from conftest import run_cli
 
-from nanogpt_runner.runs import find_runs, read_run
+from nanogpt_runner.runs.rundir import find_runs, read_run
 
 
 def test_a_tiny_run_end_to_end(tmp_path, tiny_overrides):

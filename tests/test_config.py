@@ -10,8 +10,8 @@ from conftest import compose_config
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from nanogpt_runner.config import CONF_DIR, Config, DeviceCaps
-from nanogpt_runner.validation import data_problems, validate
+from nanogpt_runner.config.schema import CONF_DIR, Config, DeviceCaps
+from nanogpt_runner.config.validate import data_problems, validate
 
 CPU = DeviceCaps(kind="cpu", bf16=True, cuda_available=False)
 OLD_GPU = DeviceCaps(kind="cuda", bf16=False, cuda_available=True)

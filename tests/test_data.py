@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from nanogpt_runner.batches import Batches, sequence_offsets
-from nanogpt_runner.config import DataConfig
-from nanogpt_runner.data import DataError
-from nanogpt_runner.prepare import prepare
-from nanogpt_runner.tokenizer import TokenizerError
+from nanogpt_runner.config.schema import DataConfig
+from nanogpt_runner.data.prepare import prepare
+from nanogpt_runner.data.prepared import DataError
+from nanogpt_runner.data.tokenizers import TokenizerError
+from nanogpt_runner.train.batches import Batches, sequence_offsets
 
 CPU = torch.device("cpu")
 UNREACHABLE = "http://127.0.0.1:9/input.txt"  # the discard port: refused at once, never the network

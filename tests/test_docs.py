@@ -21,11 +21,13 @@ import pytest
 import submitit
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from nanogpt_runner import export, export_logs, report, sample
-from nanogpt_runner.launch import check, compose_overrides
-from nanogpt_runner.torchrun import fill_cluster_rendezvous
-from nanogpt_runner.validation import validate
+from nanogpt_runner.analysis import report
+from nanogpt_runner.cli import export_logs
+from nanogpt_runner.config.validate import validate
+from nanogpt_runner.launch.app import check, compose_overrides
+from nanogpt_runner.launch.torchrun import fill_cluster_rendezvous
 from nanogpt_runner.viewer import app
+from nanogpt_runner.weights import export, sample
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

@@ -22,9 +22,9 @@ from conftest import run_cli
 from test_parallel import LAYOUTS, _curves, _train
 from test_parallel_endings import _overrides, preempt_and_resume
 
-from nanogpt_runner import autotune, hardware
-from nanogpt_runner.parallel import LAYOUT_FILE
-from nanogpt_runner.runs import read_run
+from nanogpt_runner.distributed.parallelize import LAYOUT_FILE
+from nanogpt_runner.perf import autotune, hardware
+from nanogpt_runner.runs.rundir import read_run
 
 GPUS = torch.cuda.device_count() if torch.cuda.is_available() else 0
 pytestmark = [pytest.mark.gpu,
@@ -145,8 +145,8 @@ def test_bf16_and_tf32_follow_the_compute_capability():
 def test_pinned_batches_arrive_whole_and_contiguous(tiny_overrides):
     from conftest import compose_config
 
-    from nanogpt_runner.batches import Batches
-    from nanogpt_runner.launch import check
+    from nanogpt_runner.launch.app import check
+    from nanogpt_runner.train.batches import Batches
 
     _, _, data = check(compose_config(tiny_overrides), tiny_overrides, announce=lambda _m: None)
     on_gpu = Batches(data, "train", 32, 1, torch.device("cuda", 0)).get(step=3, start=2, count=4)
@@ -168,7 +168,7 @@ def test_probe_steps_run_back_to_back_on_a_gpu(tiny_overrides):
 
 
 def test_rng_state_is_this_ranks_gpu_only():
-    from nanogpt_runner.rng import rng_state, set_rng_state
+    from nanogpt_runner.checkpoint.rng import rng_state, set_rng_state
 
     torch.cuda.set_device(0)
     torch.cuda.manual_seed(7)
@@ -184,7 +184,7 @@ def test_a_cpu_run_on_a_gpu_machine_never_initialises_cuda(tmp_path, tiny_overri
     script = f"""
 import sys, torch
 sys.argv = ["nanogpt-run", *{_overrides(tiny_overrides, "train.device=cpu", "train.max_iters=4")!r}]
-from nanogpt_runner.launch import main
+from nanogpt_runner.launch.app import main
 try:
     main()
 except SystemExit:

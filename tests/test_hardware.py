@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from nanogpt_runner import hardware
-from nanogpt_runner.config import DeviceCaps
+from nanogpt_runner.config.schema import DeviceCaps
+from nanogpt_runner.perf import hardware
 
 CPU = torch.device("cpu")
 CPU_CAPS = DeviceCaps(kind="cpu", bf16=True, cuda_available=False)

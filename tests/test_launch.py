@@ -17,10 +17,10 @@ import pytest
 from conftest import compose_config, run_cli
 
 from nanogpt_runner import fsutil
-from nanogpt_runner.model import GPT
-from nanogpt_runner.prepare import prepare
-from nanogpt_runner.runs import METRICS_FILE, read_run
-from nanogpt_runner.worker import execute
+from nanogpt_runner.data.prepare import prepare
+from nanogpt_runner.model.gpt import GPT
+from nanogpt_runner.runs.rundir import METRICS_FILE, read_run
+from nanogpt_runner.train.worker import execute
 
 
 @pytest.mark.parametrize("where", ["under_a_file", "proc"])
@@ -97,7 +97,7 @@ def _fail_training_on_a_full_disk(monkeypatch, in_place_fails: bool) -> None:
     monkeypatch.setattr(GPT, "forward", forward)
     monkeypatch.setattr(os, "fsync", fsync)
     if in_place_fails:
-        monkeypatch.setattr("nanogpt_runner.worker.overwrite_json", overwrite_json)
+        monkeypatch.setattr("nanogpt_runner.train.worker.overwrite_json", overwrite_json)
 
 
 @pytest.mark.parametrize("in_place_fails", [False, True], ids=["in-place-fits", "nothing-fits"])

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import compose_config, run_cli
 
-from nanogpt_runner import loggers
-from nanogpt_runner.loggers import Tracker, Trackers, logger_problems, namespaced
-from nanogpt_runner.runs import METRICS_FILE, MetricsTail, RunWriter, find_runs, read_run
+from nanogpt_runner.runs import trackers as loggers
+from nanogpt_runner.runs.rundir import METRICS_FILE, MetricsTail, RunWriter, find_runs, read_run
+from nanogpt_runner.runs.trackers import Tracker, Trackers, logger_problems, namespaced
 from nanogpt_runner.viewer.synthetic import write_run
 
 pytest.importorskip("tensorboard")
@@ -221,7 +221,7 @@ def test_export_logs_replays_existing_runs_into_tensorboard_and_mlflow(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     for target in ("tensorboard", "mlflow"):
-        result = subprocess.run([sys.executable, "-m", "nanogpt_runner.export_logs", str(tmp_path / "runs"),
+        result = subprocess.run([sys.executable, "-m", "nanogpt_runner.cli.export_logs", str(tmp_path / "runs"),
                                  "--to", target], capture_output=True, text=True, env=env, timeout=300)
         assert result.returncode == 0, result.stderr
     client = MlflowClient(tracking_uri=uri)
@@ -238,6 +238,6 @@ def test_export_logs_replays_existing_runs_into_tensorboard_and_mlflow(tmp_path)
 
 
 def test_export_logs_refuses_a_missing_folder(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "nanogpt_runner.export_logs", str(tmp_path / "nope"), "--to",
+    result = subprocess.run([sys.executable, "-m", "nanogpt_runner.cli.export_logs", str(tmp_path / "nope"), "--to",
                              "tensorboard"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "is not a folder" in result.stderr

@@ -8,8 +8,9 @@ import json
 import pytest
 from conftest import compose_config, run_cli
 
-from nanogpt_runner import hardware, launch, memory
-from nanogpt_runner.model import GPT
+from nanogpt_runner.launch import app as launch
+from nanogpt_runner.model.gpt import GPT
+from nanogpt_runner.perf import hardware, memory
 
 VOCAB = 65
 

@@ -7,9 +7,9 @@ import json
 
 from conftest import run_cli
 
-from nanogpt_runner.analysis import load_runs, summarize
-from nanogpt_runner.report import CSV_FIELDS
-from nanogpt_runner.runs import EVENT, METRIC, METRICS, METRICS_FILE, find_runs, metric_names, plots, summarized
+from nanogpt_runner.analysis.records import load_runs, summarize
+from nanogpt_runner.analysis.report import CSV_FIELDS
+from nanogpt_runner.runs.rundir import EVENT, METRIC, METRICS, METRICS_FILE, find_runs, metric_names, plots, summarized
 from nanogpt_runner.viewer.dashboard import STAT_COLUMNS
 from nanogpt_runner.viewer.synthetic import write_run
 

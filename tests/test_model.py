@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import compose_config
 
-from nanogpt_runner.model import GPT
+from nanogpt_runner.model.gpt import GPT
 
 
 def build(preset: str = "tiny", vocab_size: int = 65, **changes) -> GPT:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nanogpt_runner.runs import read_run
+from nanogpt_runner.runs.rundir import read_run
 
 
 def _free_port() -> int:

@@ -9,13 +9,13 @@ import pytest
 import torch
 from conftest import compose_config, run_cli
 
-from nanogpt_runner import checkpoint as ck
-from nanogpt_runner.config import DeviceCaps, OptimizerConfig, OptimizerName, choices
-from nanogpt_runner.model import GPT
-from nanogpt_runner.optim import OPTIMIZERS, build_optimizers, is_hidden_matrix, lr_at
-from nanogpt_runner.resume_plan import config_changes
-from nanogpt_runner.runs import find_runs
-from nanogpt_runner.validation import config_warnings, validate
+from nanogpt_runner.checkpoint import state as ck
+from nanogpt_runner.checkpoint.resume_plan import config_changes
+from nanogpt_runner.config.schema import DeviceCaps, OptimizerConfig, OptimizerName, choices
+from nanogpt_runner.config.validate import config_warnings, validate
+from nanogpt_runner.model.gpt import GPT
+from nanogpt_runner.model.optimizers import OPTIMIZERS, build_optimizers, is_hidden_matrix, lr_at
+from nanogpt_runner.runs.rundir import find_runs
 
 CPU = DeviceCaps(kind="cpu", bf16=True, cuda_available=False)
 VOCAB = 65

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nanogpt_runner.config import CONF_DIR
+from nanogpt_runner.config.schema import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ("pyproject.toml", "README.md", "nanogpt_runner", "conf", "hydra_plugins")
@@ -39,7 +39,7 @@ def test_a_wheel_installed_without_the_source_tree_composes_and_trains(tmp_path,
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
 
-    where = run([venv / "bin" / "python", "-c", "from nanogpt_runner.config import CONF_DIR; print(CONF_DIR)"],
+    where = run([venv / "bin" / "python", "-c", "from nanogpt_runner.config.schema import CONF_DIR; print(CONF_DIR)"],
                 cwd=elsewhere)
     assert Path(where.strip()).is_relative_to(venv)  # the wheel's own configs, not the checkout's
     job = run([venv / "bin" / "nanogpt-run", "--cfg", "job", "model=tiny"], cwd=elsewhere)

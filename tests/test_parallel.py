@@ -18,12 +18,12 @@ import pytest
 import torch
 from conftest import compose_config, run_cli
 
-from nanogpt_runner.checkpoint import load_model_state
-from nanogpt_runner.checkpoint_folder import resolve
-from nanogpt_runner.config import DeviceCaps
-from nanogpt_runner.parallel import LAYOUT_FILE
-from nanogpt_runner.runs import find_runs, read_run
-from nanogpt_runner.validation import layout_problems, layout_warnings, validate
+from nanogpt_runner.checkpoint.folder import resolve
+from nanogpt_runner.checkpoint.state import load_model_state
+from nanogpt_runner.config.schema import DeviceCaps
+from nanogpt_runner.config.validate import layout_problems, layout_warnings, validate
+from nanogpt_runner.distributed.parallelize import LAYOUT_FILE
+from nanogpt_runner.runs.rundir import find_runs, read_run
 
 STEPS = 12
 
@@ -213,7 +213,7 @@ LAYOUT_CASES = [
 
 @pytest.mark.parametrize(("overrides", "phrase"), LAYOUT_CASES)
 def test_validate_refuses_impossible_layouts_with_the_reason(overrides, phrase, tiny_overrides):
-    from nanogpt_runner.config import DeviceCaps
+    from nanogpt_runner.config.schema import DeviceCaps
 
     cfg = compose_config(tiny_overrides + overrides)
     problems = validate(cfg, DeviceCaps(kind="cpu", bf16=True, cuda_available=False))

@@ -20,8 +20,8 @@ import torch.multiprocessing as mp
 from conftest import compose_config, run_cli
 from omegaconf import OmegaConf
 
-from nanogpt_runner.checkpoint_folder import resolve
-from nanogpt_runner.runs import find_runs, read_run
+from nanogpt_runner.checkpoint.folder import resolve
+from nanogpt_runner.runs.rundir import find_runs, read_run
 
 ENDINGS = {"non_finite": "NonFiniteLoss", "interrupted": "Interrupted", "checkpoint_error": "CheckpointError"}
 
@@ -40,7 +40,9 @@ def _free_port() -> int:
 
 def _end_early(ending: str) -> None:
     """Make this rank's run end the way ``ending`` names, as the real cause would."""
-    from nanogpt_runner import parallel, resume, run_control
+    from nanogpt_runner.checkpoint import checkpointer as resume
+    from nanogpt_runner.distributed import parallelize as parallel
+    from nanogpt_runner.train import signals as run_control
 
     if ending == "non_finite":
         forward_backward = parallel.Parallelized.forward_backward
@@ -60,11 +62,11 @@ def _rank(rank: int, world: int, port: int, run_dir: str, data_dir: str, ending:
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     import torch.distributed as dist
 
-    from nanogpt_runner.data import load_prepared
-    from nanogpt_runner.process_group import NullWriter
-    from nanogpt_runner.run_control import RunStopped
-    from nanogpt_runner.train import train
-    from nanogpt_runner.worker import load_run_config
+    from nanogpt_runner.data.prepared import load_prepared
+    from nanogpt_runner.distributed.process_group import NullWriter
+    from nanogpt_runner.train.loop import train
+    from nanogpt_runner.train.signals import RunStopped
+    from nanogpt_runner.train.worker import load_run_config
 
     _end_early(ending)
     try:
@@ -78,7 +80,7 @@ def _rank(rank: int, world: int, port: int, run_dir: str, data_dir: str, ending:
 
 @pytest.mark.parametrize("ending", list(ENDINGS))
 def test_every_ending_leaves_the_process_group(ending, tmp_path, tiny_overrides):
-    from nanogpt_runner.launch import check
+    from nanogpt_runner.launch.app import check
 
     cfg = compose_config(_overrides(tiny_overrides, "parallel=ddp", "train.batch_size=2", "train.max_iters=4"))
     _, problems, data = check(cfg, [], announce=lambda _m: None)
@@ -212,7 +214,7 @@ def test_a_rank_interrupted_before_it_trains_fails_rather_than_returning_nothing
     """torch.multiprocessing's wrapper ends a rank that raised KeyboardInterrupt with exit code 0 and no return
     value, which torchrun's agent would wait on for ever: a rank interrupted while it starts exits 130."""
     rank = ("import os, sys\n"
-            "from nanogpt_runner import worker\n"
+            "from nanogpt_runner.train import worker\n"
             "def interrupted(run_dir, launcher):\n"
             "    raise KeyboardInterrupt\n"
             "worker.run_in = interrupted\n"
@@ -225,7 +227,7 @@ def test_a_rank_interrupted_before_it_trains_fails_rather_than_returning_nothing
 def test_a_process_watching_its_launcher_gets_sigterm_when_the_launcher_ends(kernel):
     watcher = textwrap.dedent(f"""
         import os, subprocess, sys, time
-        from nanogpt_runner import worker
+        from nanogpt_runner.train import worker
         if {kernel == "before pidfds"}:
             def no_pidfds(pid):
                 raise OSError(38, "Function not implemented")

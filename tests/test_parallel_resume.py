@@ -9,7 +9,7 @@ import math
 
 from conftest import fail_rank_1, run_cli
 
-from nanogpt_runner.runs import RunReader, find_runs
+from nanogpt_runner.runs.rundir import RunReader, find_runs
 
 
 def _losses(run_dir) -> dict[int, float]:

@@ -14,8 +14,9 @@ import torch
 import yaml
 from conftest import compose_config, run_cli
 
-from nanogpt_runner import analysis, autotune, memory, plan
-from nanogpt_runner.runs import RunWriter
+from nanogpt_runner.analysis import records as analysis
+from nanogpt_runner.perf import autotune, memory, plan
+from nanogpt_runner.runs.rundir import RunWriter
 
 CPU = torch.device("cpu")
 
@@ -169,7 +170,7 @@ def test_a_plan_spends_at_most_its_share_of_the_run(tmp_path, monkeypatch, max_i
 
 def test_the_planned_run_length_counts_every_budget(tmp_path):
     """1,000 steps of 10 ms train for 10 s, unless a time, token or FLOP budget ends the run sooner."""
-    from nanogpt_runner.model import GPT
+    from nanogpt_runner.model.gpt import GPT
 
     base = ["model=tiny", "train.batch_size=8", "train.grad_accum=1", "train.max_iters=1000",
             f"data.cache_dir={tmp_path}"]

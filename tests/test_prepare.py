@@ -22,20 +22,20 @@ import torch.nn.functional as F
 from conftest import run_cli
 from worker_killer import KilledByKILL
 
-from nanogpt_runner import corpus as corpus_module
-from nanogpt_runner import prepare as prep
-from nanogpt_runner import tokenizer as tokenizers
-from nanogpt_runner.analysis import RunRecord
-from nanogpt_runner.batches import Batches
-from nanogpt_runner.comparison import comparison_metric
-from nanogpt_runner.config import DataConfig, ModelConfig
-from nanogpt_runner.data import DataError, load_prepared
-from nanogpt_runner.model import GPT
-from nanogpt_runner.prepare import prepare
-from nanogpt_runner.process_group import Layout
-from nanogpt_runner.runs import RunReader, find_runs
-from nanogpt_runner.sample import SampleOptions, sample
-from nanogpt_runner.train import evaluate
+from nanogpt_runner.analysis.comparison import comparison_metric
+from nanogpt_runner.analysis.records import RunRecord
+from nanogpt_runner.config.schema import DataConfig, ModelConfig
+from nanogpt_runner.data import prepare as prep
+from nanogpt_runner.data import sources as corpus_module
+from nanogpt_runner.data import tokenizers
+from nanogpt_runner.data.prepare import prepare
+from nanogpt_runner.data.prepared import DataError, load_prepared
+from nanogpt_runner.distributed.process_group import Layout
+from nanogpt_runner.model.gpt import GPT
+from nanogpt_runner.runs.rundir import RunReader, find_runs
+from nanogpt_runner.train.batches import Batches
+from nanogpt_runner.train.loop import evaluate
+from nanogpt_runner.weights.sample import SampleOptions, sample
 
 CPU = torch.device("cpu")
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -321,9 +321,9 @@ def test_memory_stays_flat_on_a_corpus_many_times_a_chunk(tmp_path):
     corpus = generated_corpus(tmp_path / "big.txt", 24, seed=1)
     script = textwrap.dedent(f"""
         import resource, sys
-        from nanogpt_runner.config import DataConfig
-        from nanogpt_runner.prepare import prepare
-        from nanogpt_runner import corpus
+        from nanogpt_runner.config.schema import DataConfig
+        from nanogpt_runner.data.prepare import prepare
+        from nanogpt_runner.data import sources as corpus
         corpus.PIECE_CHARS = 1 << 18
         small = {str(tmp_path / "small.txt")!r}
         open(small, "w").write("warm up the imports " * 1000)

@@ -18,15 +18,18 @@ import torch
 from conftest import compose_config, run_cli
 from safetensors.torch import load_file
 
-from nanogpt_runner import tokenizer as tokenizers
-from nanogpt_runner.checkpoint import TrainState, load_model_state, save_checkpoint
-from nanogpt_runner.checkpoint_folder import checkpoint_dir, resolve
-from nanogpt_runner.config import ModelConfig
-from nanogpt_runner.export import export
-from nanogpt_runner.gpt2_weights import Architecture, WeightsError, nanogpt_to_hf, ours_to_nanogpt
-from nanogpt_runner.launch import CONF_DIR, check
-from nanogpt_runner.model import GPT
-from nanogpt_runner.pretrained import (
+from nanogpt_runner.checkpoint.folder import checkpoint_dir, resolve
+from nanogpt_runner.checkpoint.state import TrainState, load_model_state, save_checkpoint
+from nanogpt_runner.config.schema import ModelConfig
+from nanogpt_runner.data import tokenizers
+from nanogpt_runner.launch.app import CONF_DIR, check
+from nanogpt_runner.model.gpt import GPT
+from nanogpt_runner.runs.rundir import read_run
+from nanogpt_runner.viewer.dashboard import Dashboard
+from nanogpt_runner.viewer.store import RunStore
+from nanogpt_runner.weights.export import export
+from nanogpt_runner.weights.gpt2_layouts import Architecture, WeightsError, nanogpt_to_hf, ours_to_nanogpt
+from nanogpt_runner.weights.init_from import (
     apply_init_from,
     checkpoint_architecture,
     initialize,
@@ -34,10 +37,7 @@ from nanogpt_runner.pretrained import (
     resolve_source,
     vocabulary_problem,
 )
-from nanogpt_runner.runs import read_run
-from nanogpt_runner.sample import SampleOptions, sample
-from nanogpt_runner.viewer.dashboard import Dashboard
-from nanogpt_runner.viewer.store import RunStore
+from nanogpt_runner.weights.sample import SampleOptions, sample
 
 transformers = pytest.importorskip("transformers")
 

@@ -17,13 +17,15 @@ import pytest
 import torch
 from conftest import compose_config, run_cli
 
-from nanogpt_runner import checkpoint_folder as folders
-from nanogpt_runner import process_group, resume_plan, run_control
-from nanogpt_runner.launch import CONF_DIR
-from nanogpt_runner.model import GPT
-from nanogpt_runner.prepare import prepare
-from nanogpt_runner.runs import METRICS_FILE, RunReader, read_run
-from nanogpt_runner.worker import execute
+from nanogpt_runner.checkpoint import folder as folders
+from nanogpt_runner.checkpoint import resume_plan
+from nanogpt_runner.data.prepare import prepare
+from nanogpt_runner.distributed import process_group
+from nanogpt_runner.launch.app import CONF_DIR
+from nanogpt_runner.model.gpt import GPT
+from nanogpt_runner.runs.rundir import METRICS_FILE, RunReader, read_run
+from nanogpt_runner.train import signals as run_control
+from nanogpt_runner.train.worker import execute
 
 MAX_ITERS = 80
 
@@ -157,10 +159,11 @@ def test_sigterm_saves_then_resume_path_continues_in_place(tmp_path, base, refer
 LATE_STOP = """
 import os, signal, sys
 from pathlib import Path
-from nanogpt_runner import process_group, run_control
-from nanogpt_runner.launch import compose_overrides
-from nanogpt_runner.prepare import prepare
-from nanogpt_runner.worker import execute
+from nanogpt_runner.distributed import process_group
+from nanogpt_runner.train import signals as run_control
+from nanogpt_runner.launch.app import compose_overrides
+from nanogpt_runner.data.prepare import prepare
+from nanogpt_runner.train.worker import execute
 
 leave = process_group.shutdown
 def leave_after_a_late_stop(completed):

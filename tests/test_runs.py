@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from nanogpt_runner.runs import (
+from nanogpt_runner.runs.rundir import (
     METRICS_FILE,
     PROGRESS_WRITE_EVERY_S,
     STALE_AFTER_S,
@@ -49,7 +49,7 @@ def test_progress_reaches_run_json_at_most_every_few_seconds(tmp_path, monkeypat
     """Training reports its step at every metrics line; run.json is rewritten (fsync) only every
     PROGRESS_WRITE_EVERY_S, and the run's ending writes the latest step whatever the clock says."""
     clock = [100.0]
-    monkeypatch.setattr("nanogpt_runner.runs.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("nanogpt_runner.runs.rundir.time.monotonic", lambda: clock[0])
     writer = RunWriter(tmp_path)
     writer.update(status="running", step=0)
     writer.progress(step=5)
@@ -167,7 +167,7 @@ def test_find_runs_finds_single_runs_and_sweep_jobs(tmp_path):
 def test_runs_module_imports_no_torch(tmp_path):
     import subprocess
 
-    code = "import sys, nanogpt_runner.runs; print('torch' in sys.modules)"
+    code = "import sys, nanogpt_runner.runs.rundir; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

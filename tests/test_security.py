@@ -174,7 +174,7 @@ def test_the_page_resumes_a_real_sharded_run_by_its_folder_in_the_runs_folder(sh
 def test_metadata_shapes_larger_than_the_files_are_refused_before_allocating(sharded_run, tmp_path):
     import torch
 
-    from nanogpt_runner import dcp_read
+    from nanogpt_runner.checkpoint import dcp_read
     from nanogpt_runner.safe_pickle import UnsafePickleError, load_dcp_metadata
 
     def huge(folder: Path, marker: Path) -> None:
@@ -190,8 +190,8 @@ def test_metadata_shapes_larger_than_the_files_are_refused_before_allocating(sha
 def test_a_checkpoint_never_chooses_where_the_processes_meet(sharded_run, tmp_path):
     """torchrun's rendezvous store unpickles what it is sent: a resumed run takes nnodes and the rendezvous
     from its own command line, whatever the checkpoint's config says."""
-    from nanogpt_runner.launch import CONF_DIR
-    from nanogpt_runner.resume_plan import plan_resume
+    from nanogpt_runner.checkpoint.resume_plan import plan_resume
+    from nanogpt_runner.launch.app import CONF_DIR
 
     def rendezvous_elsewhere(folder: Path, marker: Path) -> None:
         meta = json.loads((folder / "meta.json").read_text())
@@ -327,7 +327,7 @@ def test_the_sample_tab_checks_its_own_limits(tmp_path, prompt, tokens):
 
 
 def test_names_and_values_are_escaped_before_markdown():
-    from nanogpt_runner.analysis import RunRecord
+    from nanogpt_runner.analysis.records import RunRecord
     from nanogpt_runner.viewer.dashboard import analysis_markdown, markdown_text
 
     hostile = "![x](http://attacker.example/pixel.png) <img src=x onerror=alert(1)> **b** `c`\n# h"
@@ -348,7 +348,7 @@ def test_names_and_values_are_escaped_before_markdown():
     ("run.name=../../../x", "run.name='../../../x' must be 1-64 letters"),
 ])
 def test_data_sources_and_run_names_are_checked_by_validation(override, message):
-    from nanogpt_runner.validation import validate
+    from nanogpt_runner.config.validate import validate
 
 
     problems = validate(compose_config(["model=tiny", override]))
@@ -356,7 +356,7 @@ def test_data_sources_and_run_names_are_checked_by_validation(override, message)
 
 
 def test_a_fifo_data_path_is_one_line_not_a_hang(tmp_path):
-    from nanogpt_runner.validation import validate
+    from nanogpt_runner.config.validate import validate
 
 
     os.mkfifo(tmp_path / "input.txt")

@@ -1,5 +1,5 @@
 """What keeps a run's start-up short: the launcher composes and checks the config before it imports torch, so a
-mistake is refused at once and a process group's rank server (nanogpt_runner.torchrun) imports torch beside
+mistake is refused at once and a process group's rank server (nanogpt_runner.launch.torchrun) imports torch beside
 the launcher; ranks fork from that server only while they would inherit the launcher's own environment and
 working directory."""
 
@@ -12,15 +12,15 @@ import sys
 
 import pytest
 
-from nanogpt_runner import torchrun
+from nanogpt_runner.launch import torchrun
 
 
 def test_the_launcher_composes_the_config_before_it_imports_torch():
-    probe = "import sys, nanogpt_runner.launch; print('torch' in sys.modules)"
+    probe = "import sys, nanogpt_runner.launch.app; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "False\n"
 
 
-@pytest.mark.parametrize("tool", ["nanogpt_runner.launch", "nanogpt_runner.check"])
+@pytest.mark.parametrize("tool", ["nanogpt_runner.launch.app", "nanogpt_runner.launch.check"])
 def test_a_config_mistake_is_refused_before_torch_is_imported(tool, tmp_path):
     """nanogpt-run and nanogpt-check (the viewer's launch form) answer a mistyped value in about a second."""
     probe = ("import atexit, importlib, sys; "
@@ -36,7 +36,7 @@ def test_a_config_mistake_is_refused_before_torch_is_imported(tool, tmp_path):
 # Counts the calls into torch.cuda that would initialise CUDA (or its driver) while the rank server imports.
 CUDA_PROBE = """
 import torch, torch.cuda
-from nanogpt_runner.torchrun import RANK_SERVER_PRELOAD
+from nanogpt_runner.launch.torchrun import RANK_SERVER_PRELOAD
 called = []
 for name in ("is_available", "device_count", "get_device_capability", "get_device_properties", "init",
              "current_device", "is_bf16_supported", "mem_get_info", "set_device"):

@@ -9,11 +9,11 @@ from types import SimpleNamespace
 import pytest
 from conftest import compose_config, run_cli
 
-from nanogpt_runner.checkpoint_folder import checkpoint_dir, find_latest
-from nanogpt_runner.prepare import prepare
-from nanogpt_runner.runs import RunReader, read_run
-from nanogpt_runner.stopping import Stopper, planned_steps
-from nanogpt_runner.worker import execute
+from nanogpt_runner.checkpoint.folder import checkpoint_dir, find_latest
+from nanogpt_runner.data.prepare import prepare
+from nanogpt_runner.runs.rundir import RunReader, read_run
+from nanogpt_runner.train.stopping import Stopper, planned_steps
+from nanogpt_runner.train.worker import execute
 
 
 def limits(**changes) -> SimpleNamespace:
@@ -114,7 +114,7 @@ def test_every_rank_of_a_process_group_stops_at_the_same_step(tmp_path, tiny_ove
 
 
 def test_stop_settings_are_checked_before_a_run_starts():
-    from nanogpt_runner.validation import validate
+    from nanogpt_runner.config.validate import validate
 
     cfg = compose_config(["train.early_stop_patience=0", "train.divergence_factor=0.5", "train.max_tokens=-1",
                           "sweep.objective=time_to_target"])

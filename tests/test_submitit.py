@@ -10,9 +10,9 @@ import types
 from conftest import compose_config, run_cli
 from hydra import compose, initialize_config_dir
 
-from nanogpt_runner.launch import CONF_DIR
-from nanogpt_runner.runs import find_runs, read_run
-from nanogpt_runner.torchrun import NEWER_OPTIONS, fill_cluster_rendezvous, known_newer_options, torchrun_args
+from nanogpt_runner.launch.app import CONF_DIR
+from nanogpt_runner.launch.torchrun import NEWER_OPTIONS, fill_cluster_rendezvous, known_newer_options, torchrun_args
+from nanogpt_runner.runs.rundir import find_runs, read_run
 
 
 def test_a_submitit_local_sweep_runs_each_job_as_a_process_group(tmp_path, tiny_overrides):
@@ -28,7 +28,7 @@ def test_a_submitit_local_sweep_runs_each_job_as_a_process_group(tmp_path, tiny_
 
 
 def test_the_slurm_preset_runs_one_torchrun_agent_per_node(tiny_overrides):
-    from nanogpt_runner.config import register_schema
+    from nanogpt_runner.config.schema import register_schema
 
     register_schema()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -50,7 +50,7 @@ def test_a_multi_node_slurm_job_meets_on_its_first_node(tiny_overrides, monkeypa
     assert cfg.parallel.rdzv_endpoint.startswith("node-a:") and cfg.parallel.rdzv_id == "nanogpt-4242"
     command = torchrun_args(cfg.parallel, "RUN")
     assert "--nnodes=2" in command and "--rdzv-backend=c10d" in command and "--standalone" not in command
-    assert command[-3:] == ["-m", "nanogpt_runner.worker", "RUN"]
+    assert command[-3:] == ["-m", "nanogpt_runner.train.worker", "RUN"]
 
 
 def test_torchrun_forwards_sigusr2_to_the_ranks_and_gives_them_time_to_checkpoint(tiny_overrides):
@@ -77,11 +77,11 @@ def test_an_older_torchrun_is_given_only_the_options_it_knows(tiny_overrides):
     assert known_newer_options(older) == set()
     cfg = compose_config([*tiny_overrides, "parallel=ddp"])
     args = older.parse_args(torchrun_args(cfg.parallel, "RUN", known_newer_options(older)))
-    assert args.module and args.training_script == "nanogpt_runner.worker" and args.training_script_args == ["RUN"]
+    assert args.module and args.training_script == "nanogpt_runner.train.worker" and args.training_script_args == ["RUN"]
 
 
 def test_submitit_local_hiding_the_gpus_is_said_not_silently_trained_on_cpu(tiny_overrides):
-    from nanogpt_runner.torchrun import hidden_gpus_problem
+    from nanogpt_runner.launch.torchrun import hidden_gpus_problem
 
     cfg = compose_config([*tiny_overrides, "train.device=auto", "parallel=ddp"])
     hidden = {"SUBMITIT_EXECUTOR": "local", "CUDA_VISIBLE_DEVICES": ""}

@@ -15,16 +15,16 @@ from pathlib import Path
 import pytest
 from conftest import fail_rank_1, run_cli
 
-from nanogpt_runner.analysis import RunRecord
-from nanogpt_runner.runs import METRICS_FILE, RunReader, find_runs, read_run
-from nanogpt_runner.sweep import error_line, job_objective, summary_table
+from nanogpt_runner.analysis.records import RunRecord
+from nanogpt_runner.launch.sweep import error_line, job_objective, summary_table
+from nanogpt_runner.runs.rundir import METRICS_FILE, RunReader, find_runs, read_run
 from nanogpt_runner.viewer.synthetic import config, write_run
 
 
 def test_a_sweep_of_process_groups_isolates_a_failing_rank(tmp_path, tiny_overrides, monkeypatch):
     # Rank 1 of the second job (seed 13) fails. Each job sets INJECT_JOB itself (hydra.job.env_set), so the
     # failing job's ranks must see their own job's environment, not that of the rank server the first job
-    # started (nanogpt_runner.torchrun: they are spawned).
+    # started (nanogpt_runner.launch.torchrun: they are spawned).
     fail_rank_1(tmp_path, monkeypatch, at_call=3, when=("INJECT_JOB", "job1"), message="injected failure on rank 1")
     result = run_cli(["-m", *tiny_overrides, "train.max_iters=6", "train.eval_interval=6", "train.log_interval=2",
                       "parallel=ddp", "train.seed=1,13", "+hydra.job.env_set.INJECT_JOB=job${hydra.job.num}"],
@@ -164,7 +164,7 @@ def _text(path: Path) -> str:
 
 
 def test_a_search_without_optuna_or_without_a_space_is_one_message_and_exit_2(monkeypatch, capsys):
-    from nanogpt_runner.search import OptunaSearch
+    from nanogpt_runner.launch.search import OptunaSearch
 
     search = OptunaSearch(n_trials=2)
     with pytest.raises(SystemExit) as exit_info:

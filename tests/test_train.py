@@ -9,9 +9,9 @@ import pytest
 from conftest import compose_config
 from omegaconf import OmegaConf
 
-from nanogpt_runner.prepare import prepare
-from nanogpt_runner.runs import RunReader, RunWriter
-from nanogpt_runner.train import train
+from nanogpt_runner.data.prepare import prepare
+from nanogpt_runner.runs.rundir import RunReader, RunWriter
+from nanogpt_runner.train.loop import train
 
 
 def train_in_process(tiny_overrides, run_dir, *extra):

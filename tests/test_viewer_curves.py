@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nanogpt_runner.analysis import load_runs
+from nanogpt_runner.analysis.records import load_runs
 from nanogpt_runner.viewer.curves import curve_frame, downsample, ema, panel, run_frame
 from nanogpt_runner.viewer.synthetic import write_run
 

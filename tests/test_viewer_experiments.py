@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from nanogpt_runner.analysis import load_runs, summarize
+from nanogpt_runner.analysis.records import load_runs, summarize
 from nanogpt_runner.viewer.dashboard import Dashboard
 from nanogpt_runner.viewer.store import RunStore
 from nanogpt_runner.viewer.synthetic import config, write_run
@@ -104,7 +104,7 @@ def test_figures_survive_labels_written_to_break_them(tmp_path):
     """Run folders are hostile: a "$" would start matplotlib's mathtext, and a malformed formula fails a figure."""
     import io
 
-    from nanogpt_runner.figures import hyperparameter_figure, seed_band_figure
+    from nanogpt_runner.analysis.figures import hyperparameter_figure, seed_band_figure
 
     for seed in range(2):
         write_run(tmp_path / f"a{seed}", 30, cfg=config(**{"train.seed": seed, "run.group": "$\\frac{$",

@@ -11,9 +11,9 @@ import os
 
 import pytest
 
-from nanogpt_runner import annotations
-from nanogpt_runner.annotations import ANNOTATIONS_FILE, AnnotationError
-from nanogpt_runner.runs import LOCK_FILE
+from nanogpt_runner.runs import annotations
+from nanogpt_runner.runs.annotations import ANNOTATIONS_FILE, AnnotationError
+from nanogpt_runner.runs.rundir import LOCK_FILE
 from nanogpt_runner.viewer import manage
 from nanogpt_runner.viewer.dashboard import Dashboard
 from nanogpt_runner.viewer.store import RunStore

@@ -7,7 +7,7 @@ import json
 import os
 import time
 
-from nanogpt_runner.runs import METRICS_FILE, RUN_FILE, RunWriter
+from nanogpt_runner.runs.rundir import METRICS_FILE, RUN_FILE, RunWriter
 from nanogpt_runner.viewer.store import RunStore, last_train_line
 from nanogpt_runner.viewer.synthetic import write_run
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import signal
 
-from nanogpt_runner.tokenizer import CharTokenizer
+from nanogpt_runner.data.tokenizers import CharTokenizer
 
 
 class KilledByKILL(CharTokenizer):

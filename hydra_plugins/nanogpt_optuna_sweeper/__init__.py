@@ -1,5 +1,5 @@
 """Hydra finds sweepers only in the ``hydra_plugins`` namespace: this is the entry of ``hydra/sweeper=optuna``
-(conf/hydra/sweeper/optuna.yaml); the search itself is nanogpt_runner.search. Nothing heavy is imported
+(conf/hydra/sweeper/optuna.yaml); the search itself is nanogpt_runner.launch.search. Nothing heavy is imported
 here, since Hydra imports every plugin module whenever any Hydra app starts."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from omegaconf import DictConfig
 
 
 class OptunaSweeper(Sweeper):
-    """Optuna's ask/tell search over the sweep's parameters; see nanogpt_runner.search."""
+    """Optuna's ask/tell search over the sweep's parameters; see nanogpt_runner.launch.search."""
 
     def __init__(self, **options: Any) -> None:
-        from nanogpt_runner.search import OptunaSearch
+        from nanogpt_runner.launch.search import OptunaSearch
 
         self.search = OptunaSearch(**options)
 

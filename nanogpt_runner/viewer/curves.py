@@ -18,11 +18,11 @@ import math
 import numpy as np
 import pandas as pd
 
-from nanogpt_runner.analysis import X_AXES, RunRecord, diverged_at
-from nanogpt_runner.runs import EVENT, Metric, axis_title, plots
+from nanogpt_runner.analysis.records import X_AXES, RunRecord, diverged_at
+from nanogpt_runner.runs.rundir import EVENT, Metric, axis_title, plots
 
 MAX_POINTS = 400
-# A panel per plotted metric of the registry (nanogpt_runner.runs.METRICS), in its order; a plot of several
+# A panel per plotted metric of the registry (nanogpt_runner.runs.rundir.METRICS), in its order; a plot of several
 # metrics (train and val loss) becomes panels named by each metric, so each run keeps one colour in all.
 PLOTS: dict[str, Metric] = {metric.name: metric for metrics in plots().values() for metric in metrics}
 COLUMNS = ["x", "y", "series"]

@@ -15,9 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nanogpt_runner.analysis import RunRecord, differing_keys, finite, format_duration, run_notes, summarize
-from nanogpt_runner.annotations import Annotations
-from nanogpt_runner.comparison import (
+from nanogpt_runner.analysis.comparison import (
     Group,
     best_run,
     compare_notes,
@@ -26,8 +24,10 @@ from nanogpt_runner.comparison import (
     objective_value,
     seed_groups,
 )
-from nanogpt_runner.config import SCRATCH
-from nanogpt_runner.runs import METRIC, axis_title, summarized
+from nanogpt_runner.analysis.records import RunRecord, differing_keys, finite, format_duration, run_notes, summarize
+from nanogpt_runner.config.schema import SCRATCH
+from nanogpt_runner.runs.annotations import Annotations
+from nanogpt_runner.runs.rundir import METRIC, axis_title, summarized
 from nanogpt_runner.viewer.curves import (
     PLOTS,
     group_name,
@@ -52,7 +52,7 @@ BARS = {  # bar plot -> (summary field, axis title)
        (("time", "elapsed_s"), ("memory", "peak_mem_gb"), ("throughput", "tok_per_s"))},
     "to_target": ("time_to_target_s", "time to target val loss (s)"),
 }
-# The runs table's number columns, from the metrics registry (nanogpt_runner.runs.METRICS).
+# The runs table's number columns, from the metrics registry (nanogpt_runner.runs.rundir.METRICS).
 STAT_COLUMNS = {m.column: m for m in summarized() if m.column}
 
 
@@ -332,7 +332,7 @@ def group_table(groups: list[Group], summaries: dict[str, dict]) -> pd.DataFrame
 
 def _draw(figure: str, runs: list[RunRecord], x: str):
     """One experiment figure ("band" or "hyperparameters"); matplotlib is loaded by the first one drawn."""
-    from nanogpt_runner.figures import hyperparameter_figure, seed_band_figure
+    from nanogpt_runner.analysis.figures import hyperparameter_figure, seed_band_figure
 
     return seed_band_figure(runs, x) if figure == "band" else hyperparameter_figure(runs)
 
@@ -425,6 +425,6 @@ def export_plot_data(view: CompareView, x: str, log_y: bool, out_dir: Path) -> l
 
 def export_report(runs: list[RunRecord], out_dir: Path, target: float | None = None) -> list[Path]:
     """The same CSV and PNG as ``nanogpt-report``, for the selected runs (matplotlib loaded only now)."""
-    from nanogpt_runner.report import write_report
+    from nanogpt_runner.analysis.report import write_report
 
     return write_report(runs, out_dir, target)

@@ -14,9 +14,9 @@ import shutil
 import stat
 from pathlib import Path
 
-from nanogpt_runner import annotations
-from nanogpt_runner.annotations import AnnotationError, Annotations
-from nanogpt_runner.runs import LOCK_FILE
+from nanogpt_runner.runs import annotations
+from nanogpt_runner.runs.annotations import AnnotationError, Annotations
+from nanogpt_runner.runs.rundir import LOCK_FILE
 from nanogpt_runner.viewer.store import RunStore
 
 LIVE = ("running", "queued")

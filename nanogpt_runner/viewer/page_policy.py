@@ -20,7 +20,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from nanogpt_runner.config import (
+from nanogpt_runner.config.schema import (
     ATTENTION_IMPLEMENTATIONS,
     BACKENDS,
     CONF_DIR,

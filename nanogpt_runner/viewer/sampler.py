@@ -11,8 +11,8 @@ import importlib.util
 import subprocess
 from pathlib import Path
 
-from nanogpt_runner.analysis import RunRecord
-from nanogpt_runner.runs import CHECKPOINT_DIR
+from nanogpt_runner.analysis.records import RunRecord
+from nanogpt_runner.runs.rundir import CHECKPOINT_DIR
 from nanogpt_runner.viewer.launcher import installed_script
 from nanogpt_runner.viewer.page_policy import LaunchError
 
@@ -24,7 +24,7 @@ MAX_LISTED = 500
 
 def sampling_available() -> bool:
     """True when this environment has the runner's sampling command."""
-    has_module = importlib.util.find_spec("nanogpt_runner.sample") is not None
+    has_module = importlib.util.find_spec("nanogpt_runner.weights.sample") is not None
     return has_module and installed_script("nanogpt-sample") is not None
 
 

@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nanogpt_runner import annotations
-from nanogpt_runner.analysis import RunRecord
-from nanogpt_runner.annotations import ANNOTATIONS_FILE, Annotations
-from nanogpt_runner.runs import METRICS_FILE, RUN_FILE, MetricsTail, RunReader, find_runs, open_regular, read_run
+from nanogpt_runner.analysis.records import RunRecord
+from nanogpt_runner.runs import annotations
+from nanogpt_runner.runs.annotations import ANNOTATIONS_FILE, Annotations
+from nanogpt_runner.runs.rundir import METRICS_FILE, RUN_FILE, MetricsTail, RunReader, find_runs, open_regular, read_run
 
 # How much of a metrics file's end to read for its newest train line (a line is about 250 bytes).
 TAIL_BYTES = 4 * 1024

@@ -13,8 +13,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from nanogpt_runner.config import Config
-from nanogpt_runner.runs import CHECKPOINT_DIR, RunWriter
+from nanogpt_runner.config.schema import Config
+from nanogpt_runner.runs.rundir import CHECKPOINT_DIR, RunWriter
 
 
 def config(**changes) -> dict:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from nanogpt_runner.analysis import X_TITLES
-from nanogpt_runner.annotations import Annotations
-from nanogpt_runner.config import MAX_NOTES_CHARS, PRECISIONS
+from nanogpt_runner.analysis.records import X_TITLES
+from nanogpt_runner.config.schema import MAX_NOTES_CHARS, PRECISIONS
+from nanogpt_runner.runs.annotations import Annotations
 from nanogpt_runner.viewer import manage
 from nanogpt_runner.viewer.curves import PLOTS, log_scaled, plot_title
 from nanogpt_runner.viewer.dashboard import BARS, STATUSES, Dashboard, export_plot_data, export_report, markdown_text

@@ -1,0 +1,159 @@
+"""``nanogpt-report RUNS_DIR``: the comparison of every run as files: summary.csv and comparison.png, plus
+groups.csv and seeds.png when runs repeat a configuration over seeds, and hyperparameters.png when
+runs differ in settings (a sweep).
+
+The same numbers and sentences as the viewer's Compare tab (both come from nanogpt_runner.analysis.records),
+for a notebook, a paper or a machine without a browser. matplotlib draws real log axes, which the
+browser's plots do not have. No torch is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+from nanogpt_runner.analysis.comparison import compare_notes, seed_groups
+from nanogpt_runner.analysis.figures import hyperparameter_figure, plain, seed_band_figure
+from nanogpt_runner.analysis.records import RunRecord, differing_keys, finite, load_runs, run_notes, summarize
+from nanogpt_runner.runs.rundir import METRIC, axis_title, summarized
+
+CSV_NAME = "summary.csv"
+PNG_NAME = "comparison.png"
+GROUPS_CSV_NAME = "groups.csv"
+SEEDS_PNG_NAME = "seeds.png"
+HYPERPARAMETERS_PNG_NAME = "hyperparameters.png"
+# One column per summarized metric of the registry (nanogpt_runner.runs.rundir.METRICS).
+CSV_FIELDS = ["run", "name", "sweep", "status", *(m.summary for m in summarized()), "time_to_target_s",
+              "diverged_at", "stop_reason", "group"]
+# The numbers a seed group is summarized by (mean, std, min, max over its seeds): those with a better direction.
+GROUP_FIELDS = [m.summary for m in summarized() if m.better]
+
+
+def write_csv(runs: list[RunRecord], path: Path, target: float | None = None) -> Path:
+    """One row per run: the summary numbers, then the config keys that differ between the runs."""
+    keys = differing_keys(runs)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_FIELDS + keys)
+        group_of = {run.id: group.label for group in seed_groups(runs) for run in group.runs}
+        for run in runs:
+            summary = {**summarize(run, target), "group": group_of[run.id]}
+            config = run.config
+            writer.writerow([run.id] + [summary.get(k) for k in CSV_FIELDS[1:]] + [config.get(k) for k in keys])
+    return path
+
+
+def write_groups_csv(runs: list[RunRecord], path: Path, target: float | None = None) -> Path:
+    """One row per seed group (runs that differ only by train.seed, or share run.group): how many runs, their
+    seeds, then each number's mean, sample standard deviation, min and max over the runs."""
+    summaries = {run.id: summarize(run, target) for run in runs}
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["group", "runs", "seeds"] + [f"{field}_{stat}" for field in GROUP_FIELDS
+                                                      for stat in ("mean", "std", "min", "max")])
+        for group in seed_groups(runs):
+            row = [group.label, len(group.runs), " ".join(str(r.config.get("train.seed")) for r in group.runs)]
+            for field in GROUP_FIELDS:
+                spread = group.stats(lambda r, name=field: summaries[r.id][name])
+                row += [spread.mean, spread.std, min(spread.values), max(spread.values)] if spread.n else [None] * 4
+            writer.writerow(row)
+    return path
+
+
+def write_png(runs: list[RunRecord], path: Path, target: float | None = None) -> Path:
+    """Train and val loss against tokens (log y), then tokens/s and peak memory per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
+    (train_ax, val_ax), (speed_ax, memory_ax) = axes
+    for run in runs:
+        metrics = run.metrics
+        if metrics is None:
+            continue
+        for ax, lines, field in ((train_ax, metrics.train, "loss"), (val_ax, metrics.eval, "val_loss")):
+            points = [r for r in lines if finite(r.get("tokens")) and finite(r.get(field))]
+            if points:
+                ax.plot([r["tokens"] for r in points], [r[field] for r in points], label=plain(run.label),
+                        marker="." if field == "val_loss" else None)
+    for ax, field in ((train_ax, "loss"), (val_ax, "val_loss")):
+        ax.set(title=METRIC[field].label, xlabel="tokens", yscale="log")
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    if target is not None:
+        val_ax.axhline(target, color="grey", linestyle="--", linewidth=1)
+    summaries = [summarize(run, target) for run in runs]
+    labels = [plain(run.label) for run in runs]
+    for ax, field in ((speed_ax, "tok_per_s"), (memory_ax, "peak_mem_gb")):
+        ax.barh(labels, [s[field] if finite(s[field]) else 0.0 for s in summaries])
+        ax.set(title=axis_title(METRIC[field]))
+        ax.tick_params(axis="y", labelsize=7)
+        ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(runs: list[RunRecord], out_dir: Path, target: float | None = None) -> list[Path]:
+    """summary.csv and comparison.png; groups.csv and seeds.png when a configuration ran with several seeds;
+    hyperparameters.png when the runs differ in settings."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [write_csv(runs, out_dir / CSV_NAME, target), write_png(runs, out_dir / PNG_NAME, target)]
+    if any(len(group.runs) > 1 for group in seed_groups(runs)):
+        paths.append(write_groups_csv(runs, out_dir / GROUPS_CSV_NAME, target))
+        seed_band_figure(runs, "tokens").savefig(out_dir / SEEDS_PNG_NAME, dpi=110)
+        paths.append(out_dir / SEEDS_PNG_NAME)
+    if (figure := hyperparameter_figure(runs)) is not None:
+        figure.savefig(out_dir / HYPERPARAMETERS_PNG_NAME, dpi=110)
+        paths.append(out_dir / HYPERPARAMETERS_PNG_NAME)
+    return paths
+
+
+def notes_text(runs: list[RunRecord], target: float | None = None) -> str:
+    lines = []
+    for run in runs:
+        lines.append(f"{run.label} ({run.status})")
+        lines += [f"  - {note}" for note in run_notes(run)]
+    across = compare_notes(runs, target)
+    if across:
+        lines.append("across runs")
+        lines += [f"  - {note}" for note in across]
+    return "\n".join(lines)
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nanogpt-report", description=__doc__.splitlines()[0])
+    parser.add_argument("runs_dir", type=Path, help="folder holding runs (searched recursively for run.json)")
+    parser.add_argument("--out", type=Path, default=None, help="where to write the files (default RUNS_DIR/report)")
+    parser.add_argument("--target-loss", type=float, default=None, help="val loss for the time-to-target column")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argument_parser()
+    args = parser.parse_args(argv)
+    if not args.runs_dir.is_dir():
+        parser.error(f"runs folder {args.runs_dir} does not exist or is not a folder: pass the folder that holds "
+                     f"your runs, e.g. nanogpt-report outputs/")
+    runs = load_runs(args.runs_dir)
+    if not runs:
+        parser.error(f"no runs (folders with a run.json) under {args.runs_dir}: start one with nanogpt-run, "
+                     f"or point at the folder that holds them")
+    out_dir = args.out or args.runs_dir / "report"
+    try:
+        paths = write_report(runs, out_dir, args.target_loss)
+    except OSError as err:
+        parser.error(f"cannot write the report to {out_dir} ({err.strerror}): pass --out DIR with a writable folder")
+    print(notes_text(runs, args.target_loss))
+    print(f"\n{len(runs)} runs: wrote " + " and ".join(str(p) for p in paths))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""The Checkpointer, the one place in the training process that decides which checkpoint a run continues
+from and when it saves.
+
+``Checkpointer.restore`` loads the checkpoint the run continues from (checking it against the run's config
+with resume_plan's rules) and ``after_step``/``save`` apply the keep/save policy. Which run and config a
+launch continues was planned before, in the launcher (resume_plan.py). Storage itself is
+checkpoint_folder.py's (folders, hashes) and checkpoint.py's (state dicts).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from nanogpt_runner.checkpoint.folder import (
+    checkpoint_dir,
+    discard_after,
+    find_latest,
+    mark_latest,
+    prune,
+    remove_temporaries,
+    resolve,
+)
+from nanogpt_runner.checkpoint.resume_plan import config_changes
+from nanogpt_runner.checkpoint.state import TrainState, load_checkpoint, rank_world, save_checkpoint
+from nanogpt_runner.config.schema import Config
+from nanogpt_runner.data.tokenizers import vocab_size_of
+from nanogpt_runner.distributed.process_group import restart_count
+from nanogpt_runner.runs.rundir import METRICS_FILE
+from nanogpt_runner.train.signals import CheckpointError
+
+
+class Checkpointer:
+    """When to save and what to keep, for the training loop.
+
+    Saves after step ``s`` when ``s`` is a multiple of ``train.ckpt_interval``, at the last step, when an
+    evaluation sets a new best val loss (so the best model is always on disk), and on request (a signal).
+    After each save it keeps the newest ``train.keep_last`` plus the best-by-val checkpoint. Every save
+    is logged as a ``checkpoint`` event; a restore as a ``resume`` event. ``before_save`` runs on every
+    rank before each save and may refuse it by raising (the loop's non-finite check: a checkpoint is only
+    written once the updates in it are known to be finite)."""
+
+    def __init__(self, run_dir: Path, cfg: Config, vocab, model, optimizer, scaler, writer,
+                 say: Callable[[str], None] = print, before_save: Callable[[], None] = lambda: None):
+        from omegaconf import OmegaConf
+
+        self.run_dir, self.dir = Path(run_dir), checkpoint_dir(run_dir)
+        # The data tokenizer's description: characters as a list (JSON has no tuples), a BPE as a dict.
+        self.vocab = list(vocab) if isinstance(vocab, (list, tuple)) else vocab
+        self.cfg, self.writer, self.say, self.before_save = cfg, writer, say, before_save
+        # read at every step: copied out of the config once (a DictConfig read costs ~25 us)
+        self.interval, self.only_on_improvement = cfg.train.ckpt_interval, cfg.train.ckpt_only_on_improvement
+        self.model, self.optimizer, self.scaler = model, optimizer, scaler
+        self.config = OmegaConf.to_container(cfg, resolve=True)
+        self.rank = rank_world()[0]
+        self.last_saved_step = -1
+        self.best_saved = math.inf
+
+    def source(self) -> tuple[Path, dict] | None:
+        """The checkpoint this attempt continues from, and its meta; None for a fresh start.
+
+        A group that torchrun restarted (parallel.max_restarts) continues from this run directory's
+        latest checkpoint: it is the same run, further along than where it started (its config still
+        names, in ``resume``, the checkpoint the run was first continued from). Otherwise ``resume`` names
+        the checkpoint, and with train.resume=auto this run directory's latest is used."""
+        cfg = self.cfg
+        if restart_count() > 0 and (own := find_latest(self.dir, self.say)) is not None:
+            return own
+        if cfg.resume:
+            return resolve(Path(cfg.resume), "latest", self.say)
+        if cfg.train.resume == "auto":
+            return find_latest(self.dir, self.say)
+        return None
+
+    def restore(self) -> TrainState:
+        """Load the checkpoint this run continues from (``source``); a fresh TrainState when there is none.
+        Checkpoints newer than the one loaded are deleted: the resumed run replaces that part of the history."""
+        found = self.source()
+        if found is not None:
+            path, meta = found
+        else:
+            metrics = self.run_dir / METRICS_FILE
+            if self.rank == 0 and metrics.exists() and metrics.stat().st_size:
+                self.writer.event("resume", step=0, checkpoint=None)  # an attempt that saved nothing: start over
+            return TrainState()
+        if meta["vocab"] != self.vocab:
+            raise CheckpointError(f"{path} was trained on a different vocabulary ({vocab_size_of(meta['vocab'])} "
+                                  f"tokens) than this run's data ({vocab_size_of(self.vocab)}): resume with the data "
+                                  f"config it was saved with")
+        changes, problems = config_changes(meta["config"], self.config)
+        if problems:
+            raise CheckpointError(f"cannot resume from {path}: " + "; ".join(problems))
+        state = load_checkpoint(path, self.model, self.optimizer, self.scaler, meta=meta)
+        self.last_saved_step, self.best_saved = state.step, state.best_val_loss
+        discarded = []
+        if self.rank == 0 and path.parent.resolve() == self.dir.resolve():
+            discarded = discard_after(self.dir, state.step)
+            mark_latest(path)
+        if self.rank == 0:
+            self.writer.event("resume", step=state.step, checkpoint=str(path), changes=changes, discarded=discarded)
+        self.say(f"resumed from {path} at step {state.step}"
+                 + (f"; changed: {', '.join(f'{k} {a} -> {b}' for k, (a, b) in changes.items())}" if changes else "")
+                 + (f"; discarded newer checkpoints {', '.join(discarded)}" if discarded else ""))
+        return state
+
+    def after_step(self, state: TrainState, val_loss: float | None = None, final: bool = False) -> Path | None:
+        """Save if step ``state.step`` is due (interval, last step, or a new best val loss; only the last
+        with train.ckpt_only_on_improvement)."""
+        interval = self.interval
+        best = val_loss is not None and val_loss < self.best_saved
+        if self.only_on_improvement:
+            reason = "best" if best else None
+        else:
+            reason = "end" if final else "best" if best else "interval" if interval and state.step % interval == 0 \
+                else None
+        if reason is None:
+            return None
+        return self.save(state, reason, val_loss)
+
+    def save(self, state: TrainState, reason: str, val_loss: float | None = None) -> Path | None:
+        """Save now (``reason`` is recorded in the event); None when this step is already saved or is 0."""
+        if state.step == self.last_saved_step or state.step == 0:
+            return None
+        self.before_save()
+        start = time.perf_counter()
+        try:
+            path = save_checkpoint(self.dir, state, self.model, self.optimizer, config=self.config,
+                                   vocab=self.vocab, scaler=self.scaler, val_loss=val_loss)
+        except OSError:
+            if rank_world()[1] == 1:  # (in a group another rank may still be writing: the next save cleans up)
+                remove_temporaries(self.dir)  # a full disk: give back what the failed save took
+            raise
+        self.last_saved_step = state.step
+        if val_loss is not None:
+            self.best_saved = min(self.best_saved, val_loss)
+        if self.rank == 0:
+            removed = prune(self.dir, self.cfg.train.keep_last)
+            seconds = time.perf_counter() - start
+            self.writer.event("checkpoint", step=state.step, path=str(path.relative_to(self.run_dir)), reason=reason,
+                              val_loss=val_loss, seconds=round(seconds, 3), removed=removed)
+            self.say(f"checkpoint {path.name} saved ({reason}, {seconds:.2f} s)")
+        return path

@@ -1,0 +1,2 @@
+"""The GPT and its optimizers.
+Imports config and the ground floor."""

@@ -1,0 +1,365 @@
+"""``nanogpt-plan [--estimate-only] OVERRIDES`` (or ``python -m nanogpt_runner.perf.plan``): the fastest way to train here.
+
+The plan never changes the math: the global batch, the learning rate, the schedule and the data stay the
+same, so the loss curve is the same run's. What it may change is how each step is computed:
+
+- precision (``train.precision=auto`` only: fp32 and bf16 where the device runs it natively; the search
+  starts from the precision ``auto``'s probe picks, so a plan cut short never trains slower than ``auto``),
+- attention (``sdpa`` or explicit ``math``; which wins depends on the machine and the dtype),
+- the split of each rank's batch into micro-batch x accumulation (``batch_size`` x ``grad_accum``),
+- CPU threads per rank (``parallel.threads_per_rank``),
+- recomputation, tried only when nothing fits without it (it saves memory and always costs time),
+- compile, tried only when the budget leaves room for its first-step compilation (``COMPILE_SECONDS``).
+
+First it prints the memory estimate (``--estimate-only`` stops there). Then it times candidates one
+dimension at a time from the config as given (a coordinate search: every dimension's alternatives are
+timed with the best of the others so far; one replaces the best so far only when faster by more than
+timing noise, ``autotune.SWITCH_MARGIN``), within ``plan.budget_s`` seconds but never more than
+``PLAN_SHARE`` of the run it plans (judged from the config as given, always timed first: on a fast GPU a
+2,000-step baby run takes 13 s), and drops those whose memory estimate exceeds the device's memory. The
+table shows each candidate's tokens/s, estimated and measured memory, and the winner. Plans are cached per
+(device, threads, model shape, batch, budget, run length) in ``<data cache>/autotune.json``;
+``train.plan=auto`` runs the plan (or reads it) and trains with the winner, and run.json records both.
+With several ranks the plan times one rank's share (its threads, its micro-batch) in one process; it
+does not compare layouts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from nanogpt_runner.config.schema import Config, threads_per_rank
+from nanogpt_runner.model.gpt import GPT
+from nanogpt_runner.perf import autotune, hardware, memory
+from nanogpt_runner.perf.autotune import Setting, StepTiming
+from nanogpt_runner.train.stopping import planned_steps
+
+COMPILE_SECONDS = 30.0  # a cold torch.compile of the blocks takes 20-30 s on a CPU: probed only with this left
+PLAN_SHARE = 0.05  # of the planned run's training time, the most a plan spends timing candidates
+MEASURED, OVER_MEMORY, OVER_BUDGET = "measured", "over memory", "over budget"
+
+
+@dataclass
+class Candidate:
+    setting: Setting
+    threads: int
+    estimate_bytes: float
+    status: str = OVER_BUDGET
+    step_ms: float | None = None
+    tok_per_s: float | None = None
+    measured_bytes: float | None = None
+    error: str | None = None
+
+    def as_record(self) -> dict:
+        return {**dataclasses.asdict(self), "setting": self.overrides()}
+
+    def overrides(self) -> list[str]:
+        return [*self.setting.overrides(), f"parallel.threads_per_rank={self.threads}"]
+
+    def describe(self) -> str:
+        s = self.setting
+        extras = [name for name, on in (("recompute", s.recompute), ("compile", s.compile)) if on]
+        return ", ".join([s.precision, s.attention, f"{s.batch_size} x {s.grad_accum}", f"{self.threads} thr", *extras])
+
+
+@dataclass
+class Plan:
+    candidates: list[Candidate]
+    winner: int  # index into candidates
+    budget_s: float
+    spent_s: float
+    cached: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def best(self) -> Candidate:
+        return self.candidates[self.winner]
+
+    def as_record(self) -> dict:
+        """run.json's ``plan``: the winner's overrides, every candidate, the time it took."""
+        return {"winner": self.best.overrides(), "tok_per_s": self.best.tok_per_s, "budget_s": self.budget_s,
+                "spent_s": round(self.spent_s, 2), "cached": self.cached, "notes": self.notes,
+                "candidates": [c.as_record() for c in self.candidates]}
+
+    @classmethod
+    def from_record(cls, record: dict) -> Plan:
+        candidates = [Candidate(**{**c, "setting": _setting_from_overrides(c["setting"])})
+                      for c in record["candidates"]]
+        winner = next(i for i, c in enumerate(candidates) if c.overrides() == record["winner"])
+        return cls(candidates, winner, record["budget_s"], record["spent_s"], True, record["notes"])
+
+    def apply(self, cfg):
+        """``cfg`` computing as the winner does (the same config otherwise)."""
+        out = self.best.setting.apply(cfg)
+        out.parallel.threads_per_rank = self.best.threads
+        return out
+
+
+def _setting_from_overrides(overrides: list[str]) -> Setting:
+    values = dict(o.split("=", 1) for o in overrides)
+    return Setting(values["train.precision"], values["model.attention"], values["train.compile"] == "true",
+                   values["train.recompute"] == "true", int(values["train.batch_size"]),
+                   int(values["train.grad_accum"]))
+
+
+def batch_splits(cfg) -> list[tuple[int, int]]:
+    """(micro-batch, accumulation) splits of the same per-rank batch: the config's own, and accumulation 1, 2, 4,
+    ... while it divides the batch (a pipeline needs a micro-batch its ``parallel.microbatches`` divide)."""
+    t = cfg.train
+    total = t.batch_size * t.grad_accum
+    divisor = cfg.parallel.microbatches if cfg.parallel.pp > 1 else 1
+    accums = {t.grad_accum} | {2**i for i in range(total.bit_length()) if total % 2**i == 0}
+    return [(total // k, k) for k in sorted(accums) if (total // k) % divisor == 0]
+
+
+def make_plan(cfg: Config, vocab_size: int, device: torch.device, available: float, say=print,
+              measure=autotune.time_steps) -> Plan:
+    """Time candidate settings (coordinate search from the config as given) within ``plan.budget_s``, cut to
+    PLAN_SHARE of the run once the first candidate's speed says how long the run will take."""
+    budget = cfg.plan.budget_s
+    started = time.perf_counter()
+    caps = hardware.device_caps(cfg.train.device, device)
+    precisions, notes = [cfg.train.precision], []
+    if cfg.train.precision == "auto":  # start from what precision=auto would train with (its probe, cached)
+        cache = autotune_cache(cfg)
+        precisions, skipped = hardware.precision_candidates(device, caps, cache)
+        probe = autotune.probe_precision(cfg, vocab_size, device, precisions, skipped, cache, measure)
+        precisions = [probe.choice, *(p for p in precisions if p != probe.choice)]
+        notes.append(probe.describe())
+    ranks_here = cfg.parallel.nproc_per_node
+    tried: dict[tuple, Candidate] = {}
+
+    def candidate(setting: Setting, threads: int) -> Candidate:
+        key = (setting, threads)
+        if key not in tried:
+            est = memory.estimate(setting.apply(cfg), vocab_size, device.type).total
+            tried[key] = Candidate(setting, threads, est, OVER_MEMORY if ranks_here * est > available else OVER_BUDGET)
+        return tried[key]
+
+    def run(c: Candidate) -> None:
+        nonlocal budget
+        if c.status != OVER_BUDGET or c.step_ms is not None:
+            return
+        left = budget - (time.perf_counter() - started)
+        first = not any(other.status == MEASURED for other in tried.values())  # timed whatever the budget
+        if (left <= 0 and not first) or (c.setting.compile and left < COMPILE_SECONDS):
+            return
+        seconds = min(max(left / 8, 0.2), 2.0)
+        say(f"plan: timing {' '.join(c.overrides())}")
+        try:
+            with _threads(c.threads):
+                timing: StepTiming = measure(cfg, vocab_size, device, c.setting, seconds)
+        except (RuntimeError, torch.OutOfMemoryError) as err:  # a candidate that cannot run is dropped, not fatal
+            c.status, c.error = "failed", f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+            return
+        c.status, c.step_ms, c.measured_bytes = MEASURED, timing.step_ms, timing.peak_bytes
+        c.tok_per_s = 1000 * c.setting.batch_size * c.setting.grad_accum * cfg.model.block_size / timing.step_ms
+        if first and PLAN_SHARE * (run_s := training_seconds(cfg, vocab_size, timing.step_ms)) < budget:
+            budget = PLAN_SHARE * run_s
+            notes.append(f"budget cut to {budget:.2g} s: {PLAN_SHARE:.0%} of this run's {run_s:.0f} s of training")
+
+    def best_of(options: list[Candidate], incumbent: Candidate) -> Candidate:
+        """The fastest of ``options``, if clearly faster than the incumbent (which near-ties keep)."""
+        for c in options:
+            run(c)
+        measured = [c for c in options if c.status == MEASURED]
+        if not measured:
+            return incumbent
+        fastest = max(measured, key=lambda c: c.tok_per_s)  # every candidate trains the same tokens per step
+        if incumbent.status == MEASURED and not autotune.clearly_faster(fastest.step_ms, incumbent.step_ms):
+            return incumbent
+        return fastest
+
+    threads = threads_per_rank(cfg.parallel)
+    base = Setting.of(cfg, precisions[0])
+    splits = batch_splits(cfg)
+    # Recomputation only when nothing fits without it: it never makes a step faster.
+    recompute = cfg.train.recompute or all(
+        candidate(dataclasses.replace(base, batch_size=b, grad_accum=k), threads).status == OVER_MEMORY
+        for b, k in splits)
+    if recompute and not cfg.train.recompute:
+        notes.append("recomputation on: no split of the batch fits in memory without it")
+    # Start from the config's own split, or from the largest micro-batch that fits when it does not.
+    starts = [candidate(dataclasses.replace(base, recompute=recompute, batch_size=b, grad_accum=k), threads)
+              for b, k in splits]
+    own = candidate(dataclasses.replace(base, recompute=recompute), threads)
+    best = own if own.status != OVER_MEMORY else next((c for c in starts if c.status != OVER_MEMORY), own)
+    dimensions = [
+        lambda s, n: [(dataclasses.replace(s, precision=p), n) for p in precisions],
+        lambda s, n: [(dataclasses.replace(s, attention=a), n) for a in ("sdpa", "math")],
+        lambda s, n: [(dataclasses.replace(s, batch_size=b, grad_accum=k), n) for b, k in splits],
+        lambda s, n: [(s, k) for k in sorted({threads, max(threads // 2, 1)}, reverse=True)] if device.type == "cpu"
+        else [(s, n)],
+        lambda s, n: [(dataclasses.replace(s, compile=c), n) for c in (False, True)],
+    ]
+    for alternatives in dimensions:
+        best = best_of([candidate(s, n) for s, n in alternatives(best.setting, best.threads)], best)
+    if best.status != MEASURED:
+        raise PlanError(_nothing_fits(cfg, vocab_size, device, available, tried))
+    candidates = list(tried.values())
+    return Plan(candidates, candidates.index(best), budget, time.perf_counter() - started, notes=notes)
+
+
+def training_seconds(cfg, vocab_size: int, step_ms: float) -> float:
+    """How long the run trains at ``step_ms`` per step: its planned steps (max_iters, max_tokens, max_flops),
+    or its time budget when that ends it sooner. A FLOP budget needs FLOPs per token: from a model on the meta
+    device (no memory, but a first one costs 1.6 s of imports, so only then)."""
+    t = cfg.train
+    flops_per_token = 0.0
+    if t.max_flops is not None:
+        with torch.device("meta"):
+            flops_per_token = GPT(cfg.model, vocab_size).flops_per_token()
+    steps, _ = planned_steps(t, t.batch_size * t.grad_accum * cfg.model.block_size, flops_per_token)
+    return min(steps * step_ms / 1000, t.max_time_s if t.max_time_s is not None else math.inf)
+
+
+class PlanError(Exception):
+    """No candidate could be measured: nothing fits in memory, or every candidate failed."""
+
+
+def _nothing_fits(cfg, vocab_size, device, available, tried) -> str:
+    failed = [c.error for c in tried.values() if c.error]
+    if failed:
+        return f"no candidate setting could train: {failed[0]}"
+    smallest = min(tried.values(), key=lambda c: c.estimate_bytes)
+    return (f"nothing fits: the smallest candidate ({' '.join(smallest.overrides())}) needs about "
+            f"{smallest.estimate_bytes / memory.GB:.2f} GB per rank, {'RAM' if device.type == 'cpu' else 'GPU'} "
+            f"available {available / memory.GB:.2f} GB; use a smaller model or shard it (parallel=fsdp, tp or pp).")
+
+
+class _threads:
+    """Run a candidate with ``n`` CPU threads, then restore the process's setting."""
+
+    def __init__(self, n: int):
+        self.n, self.before = n, torch.get_num_threads()
+
+    def __enter__(self):
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.before)
+
+
+def autotune_cache(cfg):
+    from nanogpt_runner.data.prepared import cache_dir
+
+    return cache_dir(cfg.data)
+
+
+def plan_key(cfg, vocab_size: int, device: torch.device) -> str:
+    t, par = cfg.train, cfg.parallel
+    return autotune.cache_key(cfg, vocab_size, device, "plan") + (
+        f"|batch {t.batch_size * t.grad_accum}|precision {t.precision}|recompute {int(t.recompute)}"
+        f"|threads {threads_per_rank(cfg.parallel)}|ranks {par.nproc_per_node}|pp {par.pp}x{par.microbatches}"
+        f"|budget {cfg.plan.budget_s:g}|run {t.max_iters} {t.max_tokens} {t.max_flops} {t.max_time_s}")
+
+
+def cached_plan(cfg, vocab_size: int, device: torch.device, available: float, say=print) -> Plan:
+    """The plan for this config on this machine: read from the cache, or made and cached."""
+    cache = autotune_cache(cfg)
+    key = plan_key(cfg, vocab_size, device)
+    if (record := autotune.read_cache(cache).get(key)) is not None:
+        try:
+            return Plan.from_record(record)
+        except (KeyError, TypeError, ValueError, StopIteration):
+            say("plan: the cached plan is unreadable; planning again")
+    plan = make_plan(cfg, vocab_size, device, available, say)
+    autotune.write_cache(cache, key, plan.as_record())
+    return plan
+
+
+def plan_device(kind: str) -> torch.device:
+    return torch.device("cuda", 0) if kind == "cuda" else torch.device("cpu")
+
+
+def available_memory(cfg) -> float:
+    return hardware.available_memory(hardware.device_kind(cfg.train.device))
+
+
+def plan_run(cfg: Config, vocab_size: int) -> tuple[object, Plan | None, list[str]]:
+    """``train.plan=auto`` before a run: (the config computing as the winner, the plan, problems). The table
+    goes to the console; nothing that fits is a problem that refuses the run."""
+    device = plan_device(hardware.device_kind(cfg.train.device))
+    try:
+        plan = cached_plan(cfg, vocab_size, device, available_memory(cfg))
+    except PlanError as err:
+        return cfg, None, [str(err)]
+    Console(highlight=False).print(plan_table(plan))
+    return plan.apply(cfg), plan, []
+
+
+def plan_table(plan: Plan) -> Table:
+    title = (f"plan: {len(plan.candidates)} candidates, {plan.spent_s:.1f} s of plan.budget_s={plan.budget_s:g}"
+             + (" (cached)" if plan.cached else ""))
+    table = Table(title=title, title_justify="left", caption="\n".join(f"note: {note}" for note in plan.notes) or None,
+                  caption_justify="left")
+    table.add_column("candidate")
+    for column in ("tokens/s", "est. memory", "measured"):
+        table.add_column(column, justify="right")
+    table.add_column("chosen")
+    for i, c in enumerate(plan.candidates):
+        table.add_row(c.describe(), f"{c.tok_per_s:,.0f}" if c.tok_per_s else c.error or c.status,
+                      memory.size(c.estimate_bytes),
+                      memory.size(c.measured_bytes) if c.measured_bytes is not None else "",
+                      "<- chosen" if i == plan.winner else "")
+    return table
+
+
+def estimate_table(est: memory.MemoryEstimate, available: float, device_kind: str) -> Table:
+    table = Table(title=f"memory estimate: {est.precision}, {est.where}", title_justify="left")
+    table.add_column("part")
+    table.add_column("memory", justify="right")
+    for name, value in est.parts().items():
+        table.add_row(name, memory.size(value))
+    table.add_row(f"available ({'RAM' if device_kind == 'cpu' else 'GPU'})", memory.size(available))
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nanogpt_runner.console import error
+    from nanogpt_runner.launch.app import EXIT_INVALID_CONFIG, check, compose_overrides
+
+    args = sys.argv[1:] if argv is None else argv
+    if {"-h", "--help"} & set(args):
+        print(__doc__)
+        return 0
+    estimate_only = "--estimate-only" in args
+    overrides = [a for a in args if a != "--estimate-only"]
+    console = Console(highlight=False)
+
+    def say(message: str) -> None:
+        print(message, file=sys.stderr)
+
+    cfg, problems = compose_overrides(overrides)
+    if not problems:
+        cfg.train.plan = "auto"  # the plan finds what fits: the memory refusal is its job here
+        cfg, problems, data = check(cfg, overrides, announce=say)
+    if problems:
+        error("invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
+        return EXIT_INVALID_CONFIG
+    kind = hardware.device_kind(cfg.train.device)
+    available = available_memory(cfg)
+    console.print(estimate_table(memory.estimate(cfg, data.vocab_size, kind), available, kind))
+    if estimate_only:
+        return 0
+    device = plan_device(kind)
+    try:
+        plan = cached_plan(cfg, data.vocab_size, device, available, say)
+    except PlanError as err:
+        error(str(err))
+        return 1
+    console.print(plan_table(plan))
+    console.print(f"winner: nanogpt-run {' '.join([*overrides, *plan.best.overrides()])}", soft_wrap=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""How a run ends early, and how the loop notices a stop signal (no torch: the launcher and the tools
+that only read checkpoints catch these without importing it).
+
+Every way a run can stop before completing is a ``RunStopped`` with the status run.json records and the
+process's exit code; the worker turns it into one line on the console. ``StopSignals`` turns SIGTERM and
+SIGINT into a request the loop polls between steps (so the last completed step is saved first), and
+``until_the_end_is_recorded`` keeps a late one from killing the process before run.json says how the run
+ended; nanogpt_runner.train.nonfinite decides what a NaN or infinite loss does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+
+class RunStopped(Exception):
+    """A run that ends before completing, for a reason the user can act on: recorded as ``status`` in
+    run.json, reported in one line (the message), and the process exits with ``exit_code``."""
+
+    status = "failed"
+    exit_code = 1
+
+
+class CheckpointError(RunStopped):
+    """A checkpoint cannot be used (missing, damaged, or incompatible with the config): the message
+    names the checkpoint, the problem and the fix."""
+
+    exit_code = 2
+
+
+class Interrupted(RunStopped):
+    """SIGTERM, SIGINT or SIGUSR2 arrived; the last completed step was checkpointed."""
+
+    status = "interrupted"
+
+    def __init__(self, signum: int, step: int, saved: Path | None):
+        name = signal.Signals(signum).name
+        where = f"checkpoint {saved}" if saved else "no new checkpoint (nothing trained since the last one)"
+        super().__init__(f"stopped by {name} after step {step}; {where}; resume with train.resume=auto "
+                         f"(same run dir) or resume=RUN_DIR")
+        self.exit_code = 128 + signum
+        self.step = step
+
+
+class NonFiniteLoss(RunStopped):
+    """The loss or the gradient norm became NaN or infinite under ``train.nan_policy=stop``."""
+
+
+
+# The stop signals that may come again after the loop saw one: SLURM's SIGTERM goes to every process of a
+# job step, and a rank's launcher watch (nanogpt_runner.train.worker) sends one when the launcher ends first.
+LATE_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+_recording_the_end = False  # inside until_the_end_is_recorded (signal handlers are per process, as this is)
+
+
+@contextlib.contextmanager
+def until_the_end_is_recorded() -> Iterator[None]:
+    """Around a run's training and the record of how it ended (nanogpt_runner.train.worker.execute).
+
+    Before the loop, a stop signal keeps its usual effect (the default ends the process at once, even while
+    it waits in the process group's rendezvous); during the loop StopSignals turns it into a checkpoint.
+    From the loop's end until this block ends, SIGTERM and SIGUSR2 are ignored: the process is leaving
+    the group and writing run.json, and a late signal would kill it in between, leaving run.json saying
+    "running" for ever. A process that hangs there still ends by the SIGKILL that torchrun and SLURM send
+    after their grace period. The handlers found on entry are put back on exit."""
+    global _recording_the_end
+    main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.getsignal(sig) for sig in LATE_SIGNALS} if main else {}
+    _recording_the_end = main
+    try:
+        yield
+    finally:
+        _recording_the_end = False
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class StopSignals:
+    """SIGTERM, SIGINT and SIGUSR2 become a request the loop polls at step boundaries, so the run can save
+    the last completed step and stop cleanly. A second SIGINT stops at once (KeyboardInterrupt).
+
+    ``agree`` turns this process's flag into the group's decision (an all-reduce of the flag, so every
+    rank stops at the same step); without it the flag is local and read at every poll. The group is asked
+    only every ``every``-th poll (a collective is a device sync on a GPU): every rank polls at the same
+    steps, so all still agree, at most ``every - 1`` steps after the signal."""
+
+    # SIGUSR2: SLURM's warning before the time limit (the slurm_torchrun preset asks for it signal_delay_s
+    # ahead), forwarded to every rank by torchrun (nanogpt_runner.launch.torchrun); it ends in a checkpoint too.
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
+
+    def __init__(self, agree: Callable[[bool], bool] | None = None, every: int = 1):
+        self.received: int | None = None
+        self._agree, self._every, self._polls = agree, max(every, 1), 0
+        self._previous: dict = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            ending = _recording_the_end and sig in LATE_SIGNALS
+            signal.signal(sig, signal.SIG_IGN if ending else handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def requested(self) -> bool:
+        """Poll at a step boundary: True when the run should save and stop now."""
+        flag = self.received is not None
+        if self._agree is None:
+            return flag
+        self._polls += 1
+        return self._agree(flag) if (self._polls - 1) % self._every == 0 else False
+
+    @property
+    def signum(self) -> int:
+        return self.received if self.received is not None else signal.SIGTERM

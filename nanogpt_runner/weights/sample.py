@@ -1,0 +1,144 @@
+"""``nanogpt-sample RUN_DIR_OR_CHECKPOINT [key=value ...]``: text from a trained run.
+
+    nanogpt-sample outputs/2026-01-01/12-00-00_baby prompt="ROMEO:" num_samples=3 max_new_tokens=300 \\
+        temperature=0.8 top_k=200 seed=7 which=best
+
+The checkpoint is the run's best-by-val one (``which=latest`` for the newest), or the checkpoint folder
+given. Everything the model needs comes from the checkpoint (architecture, the run's tokenizer: characters,
+GPT-2's BPE or the BPE trained on its corpus), so a copied checkpoint folder samples the same as the run it
+came from; only a character vocabulary refuses a prompt (a character it does not have). With the same
+seed the text is the same.
+Samples go to stdout, separated by a dashed line; a problem is one ``error:`` line on stderr and exit
+code 2. The viewer calls ``sample()`` through this command.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from nanogpt_runner.console import error
+
+EXIT_USAGE = 2
+SEPARATOR = "-" * 40
+
+
+@dataclass
+class SampleOptions:
+    prompt: str = "\n"
+    num_samples: int = 1
+    max_new_tokens: int = 200
+    temperature: float = 0.8
+    top_k: int | None = 200  # 0 or none: sample from the whole distribution
+    seed: int = 1337
+    which: str = "best"  # best | latest: which of a run's checkpoints
+    device: str = "auto"  # auto | cpu | cuda
+
+
+class SampleError(Exception):
+    """A problem with the request (options, checkpoint, prompt): the message names it and the fix."""
+
+
+def parse_args(args: list[str]) -> tuple[Path, SampleOptions]:
+    """RUN_DIR_OR_CHECKPOINT followed by key=value options, each checked and converted to its type."""
+    usage = ("usage: nanogpt-sample RUN_DIR_OR_CHECKPOINT [prompt=TEXT] [num_samples=N] [max_new_tokens=N] "
+             "[temperature=T] [top_k=K] [seed=S] [which=best|latest] [device=auto|cpu|cuda]")
+    positional = [a for a in args if "=" not in a]
+    if len(positional) != 1:
+        raise SampleError(usage)
+    known = {f.name: f for f in fields(SampleOptions)}
+    options = SampleOptions()
+    for arg in args:
+        if "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        if key not in known:
+            raise SampleError(f"unknown option {key}=: the options are {', '.join(f'{k}=' for k in known)}")
+        setattr(options, key, _convert(key, value))
+    problems = []
+    if options.num_samples < 1:
+        problems.append(f"num_samples={options.num_samples} must be 1 or more")
+    if options.max_new_tokens < 0:
+        problems.append(f"max_new_tokens={options.max_new_tokens} must be 0 or more")
+    if options.temperature <= 0:
+        problems.append(f"temperature={options.temperature} must be positive (e.g. 0.8; lower is more conservative)")
+    if options.top_k is not None and options.top_k < 0:
+        problems.append(f"top_k={options.top_k} must be positive, or 0/none for no limit")
+    if options.which not in ("best", "latest"):
+        problems.append(f"which={options.which} is unknown: use best or latest")
+    if options.device not in ("auto", "cpu", "cuda"):
+        problems.append(f"device={options.device} is unknown: use auto, cpu or cuda")
+    if not options.prompt:
+        problems.append('prompt is empty: give at least one character (the default is a newline)')
+    if problems:
+        raise SampleError("; ".join(problems))
+    return Path(positional[0]), options
+
+
+def _convert(key: str, value: str):
+    if key in ("prompt", "which", "device"):
+        return value
+    if key == "top_k" and value.lower() in ("0", "none", "null"):
+        return None
+    try:
+        return float(value) if key == "temperature" else int(value)
+    except ValueError:
+        kind = "a number" if key == "temperature" else "an integer"
+        raise SampleError(f"{key}={value!r} is not {kind}") from None
+
+
+def sample(target: Path, options: SampleOptions, announce=lambda message: print(message, file=sys.stderr)) -> list[str]:
+    """``options.num_samples`` texts, each the prompt followed by ``max_new_tokens`` sampled tokens, encoded
+    and decoded with the tokenizer the checkpoint records (its run's).
+
+    Raises SampleError (or CheckpointError) with a message fit to show a user."""
+    import torch
+
+    from nanogpt_runner.checkpoint.folder import resolve
+    from nanogpt_runner.checkpoint.state import load_model_state
+    from nanogpt_runner.config.schema import ModelConfig
+    from nanogpt_runner.data.tokenizers import TokenizerError, TokenizerUnavailable, from_description
+    from nanogpt_runner.model.gpt import GPT
+
+    path, meta = resolve(target, options.which, announce)
+    try:
+        tokenizer = from_description(meta["vocab"])
+        prompt = tokenizer.encode(options.prompt)
+    except TokenizerUnavailable as err:
+        raise SampleError(str(err)) from None
+    except TokenizerError as err:  # only a character vocabulary refuses text
+        raise SampleError(f"the prompt has {err}; remove or replace them") from None
+    if options.device == "cuda" and not torch.cuda.is_available():
+        raise SampleError("device=cuda but no CUDA GPU is visible: use device=cpu or auto")
+    device = torch.device("cuda" if options.device != "cpu" and torch.cuda.is_available() else "cpu")
+
+    saved = meta["config"]["model"]
+    model_cfg = ModelConfig(**{f.name: saved[f.name] for f in fields(ModelConfig) if f.name in saved})
+    model = GPT(model_cfg, tokenizer.vocab_size)
+    model.load_state_dict(load_model_state(path, meta))
+    model.to(device).eval()
+
+    generator = torch.Generator(device=device).manual_seed(options.seed)
+    context = torch.as_tensor(prompt, dtype=torch.long, device=device)[None]
+    texts = []
+    for _ in range(options.num_samples):
+        out = model.generate(context, options.max_new_tokens, options.temperature, options.top_k, generator)
+        texts.append(tokenizer.decode(out[0].tolist()))
+    return texts
+
+
+def main(argv: list[str] | None = None) -> None:
+    from nanogpt_runner.train.signals import CheckpointError
+
+    try:
+        target, options = parse_args(sys.argv[1:] if argv is None else argv)
+        texts = sample(target, options)
+    except (SampleError, CheckpointError) as err:
+        error(str(err))
+        sys.exit(EXIT_USAGE)
+    print(f"\n{SEPARATOR}\n".join(texts))
+
+
+if __name__ == "__main__":
+    main()
