@@ -39,7 +39,7 @@ CHILD = textwrap.dedent("""
     from nanogpt_runner.data import tokenizers
     way, tokenizer, corpus, cache, num_proc = sys.argv[1:6]
     if way == "streaming":
-        from nanogpt_runner.data.prepare import prepare  # imports torch (nanogpt_runner.data.prepared): outside the timing
+        from nanogpt_runner.data.prepare import prepare  # imports torch (data.prepared): outside the timing
     start = time.perf_counter()
     if way == "streaming":
         data = prepare(DataConfig(name="text_file", path=corpus, cache_dir=cache, tokenizer=tokenizer,

@@ -19,11 +19,11 @@ from nanogpt_runner.checkpoint import folder as folders
 from nanogpt_runner.checkpoint import resume_plan
 from nanogpt_runner.checkpoint import state as ck
 from nanogpt_runner.config.schema import ModelConfig, OptimizerConfig
+from nanogpt_runner.errors import CheckpointError, NonFiniteLoss
 from nanogpt_runner.model.gpt import GPT
 from nanogpt_runner.model.optimizers import Optimizers, build_optimizers
 from nanogpt_runner.runs.rundir import RunWriter
-from nanogpt_runner.train import nonfinite
-from nanogpt_runner.train import signals as run_control
+from nanogpt_runner.train import nonfinite, signals
 
 VOCAB = tuple(chr(c) for c in range(32, 97))
 
@@ -169,9 +169,9 @@ def test_every_checkpoint_damaged_is_a_clear_error(tmp_path):
     model, optimizer = tiny_model()
     path = save(tmp_path, model, optimizer, 1)
     (path / folders.MODEL_FILE).write_bytes(b"")
-    with pytest.raises(run_control.CheckpointError, match="checkpoints are all damaged"):
+    with pytest.raises(CheckpointError, match="checkpoints are all damaged"):
         folders.resolve(tmp_path, announce=lambda _: None)
-    with pytest.raises(run_control.CheckpointError, match="has no checkpoint yet"):
+    with pytest.raises(CheckpointError, match="has no checkpoint yet"):
         folders.resolve(tmp_path / "..", announce=lambda _: None)
 
 
@@ -181,7 +181,7 @@ def test_a_resume_target_that_is_no_folder_is_named_as_such(tmp_path, is_file):
     if is_file:
         target.write_text("x")
     what = "is a file" if is_file else "does not exist"
-    with pytest.raises(run_control.CheckpointError, match=f"target {what}: pass a run directory or a checkpoint"):
+    with pytest.raises(CheckpointError, match=f"target {what}: pass a run directory or a checkpoint"):
         folders.resolve(target, announce=lambda _: None)
 
 
@@ -200,7 +200,7 @@ def test_a_checkpoint_cannot_run_code(tmp_path, monkeypatch):
     meta["files"] = folders.manifest(path)  # a forged manifest: the hash check passes, the loader must still refuse
     (path / folders.META_FILE).write_text(json.dumps(meta))
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(run_control.CheckpointError, match="refusing to load"):
+    with pytest.raises(CheckpointError, match="refusing to load"):
         ck.load_checkpoint(path, tiny_model()[0])
     assert not (tmp_path / "pwned").exists()
 
@@ -246,27 +246,27 @@ def ck_config(**train):
 
 def test_stop_signals_turn_sigterm_into_a_request(tmp_path):
     previous = signal.getsignal(signal.SIGTERM)
-    with run_control.StopSignals() as stop:
+    with signals.StopSignals() as stop:
         assert not stop.requested()
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.requested() and stop.signum == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is previous
     # The group's decision, e.g. another rank was signalled.
-    with run_control.StopSignals(agree=lambda flag: True) as stop:
+    with signals.StopSignals(agree=lambda flag: True) as stop:
         assert stop.requested()
     # A group is asked every `every` polls only (a collective each time), at the same polls on every rank.
     asked = []
-    with run_control.StopSignals(agree=lambda flag: asked.append(flag) or True, every=3) as stop:
+    with signals.StopSignals(agree=lambda flag: asked.append(flag) or True, every=3) as stop:
         assert [stop.requested() for _ in range(7)] == [True, False, False, True, False, False, True]
     assert len(asked) == 3
 
 
 def test_after_the_loop_a_late_stop_signal_is_ignored_until_the_end_is_recorded():
-    previous = {sig: signal.getsignal(sig) for sig in run_control.StopSignals.SIGNALS}
-    with run_control.until_the_end_is_recorded():
-        with run_control.StopSignals() as stop:  # the loop, which saw no stop signal
+    previous = {sig: signal.getsignal(sig) for sig in signals.StopSignals.SIGNALS}
+    with signals.until_the_end_is_recorded():
+        with signals.StopSignals() as stop:  # the loop, which saw no stop signal
             assert not stop.requested()
-        assert [signal.getsignal(sig) for sig in run_control.LATE_SIGNALS] == [signal.SIG_IGN] * 2
+        assert [signal.getsignal(sig) for sig in signals.LATE_SIGNALS] == [signal.SIG_IGN] * 2
         assert signal.getsignal(signal.SIGINT) is previous[signal.SIGINT]  # a Ctrl+C still interrupts
     assert {sig: signal.getsignal(sig) for sig in previous} == previous  # nothing outlives the run
 
@@ -279,7 +279,7 @@ def test_nan_guard_stops_at_the_next_check_or_skips_at_once(tmp_path):
     stop.check()  # all finite so far
     for step, loss in ((7, nan), (8, finite), (9, nan)):  # noted on the device, nothing read yet
         assert not stop.observe(step, loss, finite)
-    with pytest.raises(run_control.NonFiniteLoss, match="non-finite loss at step 7"):
+    with pytest.raises(NonFiniteLoss, match="non-finite loss at step 7"):
         stop.check()  # the first bad step is named
     skip = nonfinite.NonFiniteGuard("skip_step", writer)
     assert skip.observe(8, finite, inf) and skip.skipped == 1

@@ -64,8 +64,8 @@ def _rank(rank: int, world: int, port: int, run_dir: str, data_dir: str, ending:
 
     from nanogpt_runner.data.prepared import load_prepared
     from nanogpt_runner.distributed.process_group import NullWriter
+    from nanogpt_runner.errors import RunStopped
     from nanogpt_runner.train.loop import train
-    from nanogpt_runner.train.signals import RunStopped
     from nanogpt_runner.train.worker import load_run_config
 
     _end_early(ending)

@@ -10,9 +10,10 @@ import pytest
 from conftest import compose_config, run_cli
 
 from nanogpt_runner.checkpoint.folder import checkpoint_dir, find_latest
+from nanogpt_runner.config.schema import planned_steps
 from nanogpt_runner.data.prepare import prepare
 from nanogpt_runner.runs.rundir import RunReader, read_run
-from nanogpt_runner.train.stopping import Stopper, planned_steps
+from nanogpt_runner.train.stopping import Stopper
 from nanogpt_runner.train.worker import execute
 
 

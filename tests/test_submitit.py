@@ -77,7 +77,8 @@ def test_an_older_torchrun_is_given_only_the_options_it_knows(tiny_overrides):
     assert known_newer_options(older) == set()
     cfg = compose_config([*tiny_overrides, "parallel=ddp"])
     args = older.parse_args(torchrun_args(cfg.parallel, "RUN", known_newer_options(older)))
-    assert args.module and args.training_script == "nanogpt_runner.train.worker" and args.training_script_args == ["RUN"]
+    assert args.module and args.training_script == "nanogpt_runner.train.worker"
+    assert args.training_script_args == ["RUN"]
 
 
 def test_submitit_local_hiding_the_gpus_is_said_not_silently_trained_on_cpu(tiny_overrides):

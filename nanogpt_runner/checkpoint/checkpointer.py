@@ -28,8 +28,8 @@ from nanogpt_runner.checkpoint.state import TrainState, load_checkpoint, rank_wo
 from nanogpt_runner.config.schema import Config
 from nanogpt_runner.data.tokenizers import vocab_size_of
 from nanogpt_runner.distributed.process_group import restart_count
+from nanogpt_runner.errors import CheckpointError
 from nanogpt_runner.runs.rundir import METRICS_FILE
-from nanogpt_runner.train.signals import CheckpointError
 
 
 class Checkpointer:

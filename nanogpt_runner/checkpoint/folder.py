@@ -38,9 +38,9 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from nanogpt_runner.errors import CheckpointError
 from nanogpt_runner.fsutil import TMP_PREFIX, write_atomic
 from nanogpt_runner.runs.rundir import CHECKPOINT_DIR, open_regular
-from nanogpt_runner.train.signals import CheckpointError
 
 FORMAT = "nanogpt-runner-checkpoint"
 VERSION = 1

@@ -18,8 +18,8 @@ from omegaconf import OmegaConf
 
 from nanogpt_runner.checkpoint.folder import checkpoint_dir, find_latest, resolve
 from nanogpt_runner.config.schema import Config, dp_degree, flatten
+from nanogpt_runner.errors import CheckpointError
 from nanogpt_runner.runs.rundir import CHECKPOINT_DIR, read_run
-from nanogpt_runner.train.signals import CheckpointError
 
 # Config fields a resumed run cannot change. The architecture must match the saved tensors; the data
 # identity and the seed decide which sequences every step trains on (and so what "step k" means). The

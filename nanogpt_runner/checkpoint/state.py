@@ -46,9 +46,9 @@ from nanogpt_runner.checkpoint.folder import (
     remove_folder,
 )
 from nanogpt_runner.checkpoint.rng import rng_state, set_rng_state
+from nanogpt_runner.errors import CheckpointError
 from nanogpt_runner.fsutil import TMP_PREFIX, fsync_dir, write_atomic
 from nanogpt_runner.safe_pickle import UnsafePickleError, weights_only_refusal
-from nanogpt_runner.train.signals import CheckpointError
 
 
 @dataclass

@@ -382,3 +382,14 @@ def threads_per_rank(par, cores: int | None = None) -> int:
     """CPU threads each rank uses: ``parallel.threads_per_rank``, or the available cores shared by the node's
     ranks (ranks x threads above the cores ran 2-6x slower)."""
     return par.threads_per_rank or max((cores or available_cores()) // par.nproc_per_node, 1)
+
+
+def planned_steps(t, tokens_per_step: int, flops_per_token: float) -> tuple[int, str]:
+    """The steps the run takes unless it stops early, and which limit sets them (at least one step)."""
+    steps, reason = t.max_iters, "max_iters"
+    budgets = (("max_tokens", t.max_tokens, tokens_per_step), ("max_flops", t.max_flops,
+                                                               tokens_per_step * flops_per_token))
+    for name, budget, per_step in budgets:
+        if budget is not None and budget // per_step < steps:
+            steps, reason = max(int(budget // per_step), 1), name
+    return steps, reason

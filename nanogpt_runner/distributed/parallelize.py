@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from nanogpt_runner.distributed.process_group import MESH_DIMS, Layout
 from nanogpt_runner.model.gpt import GPT
-from nanogpt_runner.perf.hardware import DTYPES
+from nanogpt_runner.model.precision import DTYPES
 
 LAYOUT_FILE = "layout.json"
 

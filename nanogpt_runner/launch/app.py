@@ -32,6 +32,7 @@ from nanogpt_runner.config.validate import config_warnings, data_problems, valid
 from nanogpt_runner.console import error
 from nanogpt_runner.data.prepare import prepare
 from nanogpt_runner.data.prepared import DataError, PreparedData
+from nanogpt_runner.errors import CheckpointError
 from nanogpt_runner.launch.search import register_sweeper
 from nanogpt_runner.launch.sweep import (
     SKIPPED,
@@ -44,7 +45,6 @@ from nanogpt_runner.launch.sweep import (
 from nanogpt_runner.launch.torchrun import fill_cluster_rendezvous, hidden_gpus_problem, run_group, start_rank_server
 from nanogpt_runner.runs.rundir import CONFIG_FILE, LOCK_FILE, RUN_FILE, RunWriter
 from nanogpt_runner.runs.trackers import logger_problems
-from nanogpt_runner.train.signals import CheckpointError
 
 EXIT_INVALID_CONFIG = 2
 

@@ -18,8 +18,8 @@ from omegaconf import OmegaConf
 from nanogpt_runner.checkpoint.resume_plan import plan_resume
 from nanogpt_runner.config.schema import CONF_DIR
 from nanogpt_runner.console import error
+from nanogpt_runner.errors import CheckpointError
 from nanogpt_runner.launch.app import EXIT_INVALID_CONFIG, check, compose_overrides
-from nanogpt_runner.train.signals import CheckpointError
 
 
 def main(argv: list[str] | None = None) -> int:

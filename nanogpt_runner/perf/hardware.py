@@ -21,9 +21,8 @@ import torch
 
 from nanogpt_runner.config.schema import Config, DeviceCaps
 from nanogpt_runner.fsutil import write_json_atomic
+from nanogpt_runner.model.precision import DTYPES
 from nanogpt_runner.perf import memory
-
-DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Dense (non-sparse) peaks in FLOP/s per GPU, by a pattern of its device name. The first match wins, so the
 # variants come before their family: H100 NVL and PCIe before H100 (SXM), A10G apart from A10 and A100.

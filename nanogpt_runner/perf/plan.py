@@ -1,4 +1,5 @@
-"""``nanogpt-plan [--estimate-only] OVERRIDES`` (or ``python -m nanogpt_runner.perf.plan``): the fastest way to train here.
+"""``nanogpt-plan [--estimate-only] OVERRIDES`` (or ``python -m nanogpt_runner.cli.plan``): the fastest way to
+train here.
 
 The plan never changes the math: the global batch, the learning rate, the schedule and the data stay the
 same, so the loss curve is the same run's. What it may change is how each step is computed:
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -36,11 +36,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from nanogpt_runner.config.schema import Config, threads_per_rank
+from nanogpt_runner.config.schema import Config, planned_steps, threads_per_rank
 from nanogpt_runner.model.gpt import GPT
 from nanogpt_runner.perf import autotune, hardware, memory
 from nanogpt_runner.perf.autotune import Setting, StepTiming
-from nanogpt_runner.train.stopping import planned_steps
 
 COMPILE_SECONDS = 30.0  # a cold torch.compile of the blocks takes 20-30 s on a CPU: probed only with this left
 PLAN_SHARE = 0.05  # of the planned run's training time, the most a plan spends timing candidates
@@ -321,45 +320,3 @@ def estimate_table(est: memory.MemoryEstimate, available: float, device_kind: st
         table.add_row(name, memory.size(value))
     table.add_row(f"available ({'RAM' if device_kind == 'cpu' else 'GPU'})", memory.size(available))
     return table
-
-
-def main(argv: list[str] | None = None) -> int:
-    from nanogpt_runner.console import error
-    from nanogpt_runner.launch.app import EXIT_INVALID_CONFIG, check, compose_overrides
-
-    args = sys.argv[1:] if argv is None else argv
-    if {"-h", "--help"} & set(args):
-        print(__doc__)
-        return 0
-    estimate_only = "--estimate-only" in args
-    overrides = [a for a in args if a != "--estimate-only"]
-    console = Console(highlight=False)
-
-    def say(message: str) -> None:
-        print(message, file=sys.stderr)
-
-    cfg, problems = compose_overrides(overrides)
-    if not problems:
-        cfg.train.plan = "auto"  # the plan finds what fits: the memory refusal is its job here
-        cfg, problems, data = check(cfg, overrides, announce=say)
-    if problems:
-        error("invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
-        return EXIT_INVALID_CONFIG
-    kind = hardware.device_kind(cfg.train.device)
-    available = available_memory(cfg)
-    console.print(estimate_table(memory.estimate(cfg, data.vocab_size, kind), available, kind))
-    if estimate_only:
-        return 0
-    device = plan_device(kind)
-    try:
-        plan = cached_plan(cfg, data.vocab_size, device, available, say)
-    except PlanError as err:
-        error(str(err))
-        return 1
-    console.print(plan_table(plan))
-    console.print(f"winner: nanogpt-run {' '.join([*overrides, *plan.best.overrides()])}", soft_wrap=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,7 +5,7 @@
     config.yaml     the resolved config the run trained with
     train.log       what the console showed
     checkpoints/    see nanogpt_runner.checkpoint.state
-    annotations.json  tags, note, archived flag edited in the viewer (nanogpt_runner.runs.annotations); never the runner's
+    annotations.json  tags, note, archived flag edited in the viewer (runs.annotations); never the runner's
     .lock           held by the live nanogpt-run (launch.run_dir_lock)
 
 Readers must survive torn last lines, garbage, empty or vanished files and files that grow while
@@ -96,7 +96,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("mem_gb", (TRAIN,), "memory", "GB", better="lower", plot="memory (GB)"),
     Metric("peak_mem_gb", (TRAIN,), "peak memory", "GB", better="lower", summary="peak_mem_gb", aggregate="max",
            column="peak mem (GB)", decimals=3),
-    # nanogpt_runner.perf.memory's estimate of the peak (the process's baseline added on a CPU), beside the measured one.
+    # perf.memory's estimate of the peak (the process's baseline added on a CPU), beside the measured one.
     Metric("est_peak_mem_gb", (TRAIN,), "estimated peak memory", "GB", summary="est_peak_mem_gb", aggregate="max",
            column="est. mem (GB)", decimals=3),
     Metric("mfu", (TRAIN,), "MFU", "%", better="higher", summary="mfu", aggregate="steady", column="MFU %",

@@ -24,6 +24,7 @@ from nanogpt_runner.console import RunConsole
 from nanogpt_runner.data.prepared import PreparedData, cache_dir
 from nanogpt_runner.distributed import parallelize as parallel
 from nanogpt_runner.distributed import process_group
+from nanogpt_runner.errors import Interrupted
 from nanogpt_runner.model.gpt import GPT
 from nanogpt_runner.model.optimizers import build_optimizers
 from nanogpt_runner.perf import autotune, hardware, memory
@@ -31,7 +32,7 @@ from nanogpt_runner.runs.rundir import RunWriter
 from nanogpt_runner.runs.trackers import open_trackers
 from nanogpt_runner.train.batches import Batches
 from nanogpt_runner.train.nonfinite import NonFiniteGuard
-from nanogpt_runner.train.signals import Interrupted, StopSignals
+from nanogpt_runner.train.signals import StopSignals
 from nanogpt_runner.train.stopping import Stopper
 from nanogpt_runner.weights.init_from import load_initial_weights
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from nanogpt_runner.train.signals import NonFiniteLoss
+from nanogpt_runner.errors import NonFiniteLoss
 
 
 class NonFiniteGuard:

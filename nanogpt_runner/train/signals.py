@@ -1,8 +1,6 @@
-"""How a run ends early, and how the loop notices a stop signal (no torch: the launcher and the tools
-that only read checkpoints catch these without importing it).
+"""How the loop notices a stop signal (the ways a run ends are nanogpt_runner.errors).
 
-Every way a run can stop before completing is a ``RunStopped`` with the status run.json records and the
-process's exit code; the worker turns it into one line on the console. ``StopSignals`` turns SIGTERM and
+``StopSignals`` turns SIGTERM and
 SIGINT into a request the loop polls between steps (so the last completed step is saved first), and
 ``until_the_end_is_recorded`` keeps a late one from killing the process before run.json says how the run
 ended; nanogpt_runner.train.nonfinite decides what a NaN or infinite loss does.
@@ -14,42 +12,6 @@ import contextlib
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
-
-
-class RunStopped(Exception):
-    """A run that ends before completing, for a reason the user can act on: recorded as ``status`` in
-    run.json, reported in one line (the message), and the process exits with ``exit_code``."""
-
-    status = "failed"
-    exit_code = 1
-
-
-class CheckpointError(RunStopped):
-    """A checkpoint cannot be used (missing, damaged, or incompatible with the config): the message
-    names the checkpoint, the problem and the fix."""
-
-    exit_code = 2
-
-
-class Interrupted(RunStopped):
-    """SIGTERM, SIGINT or SIGUSR2 arrived; the last completed step was checkpointed."""
-
-    status = "interrupted"
-
-    def __init__(self, signum: int, step: int, saved: Path | None):
-        name = signal.Signals(signum).name
-        where = f"checkpoint {saved}" if saved else "no new checkpoint (nothing trained since the last one)"
-        super().__init__(f"stopped by {name} after step {step}; {where}; resume with train.resume=auto "
-                         f"(same run dir) or resume=RUN_DIR")
-        self.exit_code = 128 + signum
-        self.step = step
-
-
-class NonFiniteLoss(RunStopped):
-    """The loss or the gradient norm became NaN or infinite under ``train.nan_policy=stop``."""
-
-
 
 # The stop signals that may come again after the loop saw one: SLURM's SIGTERM goes to every process of a
 # job step, and a rank's launcher watch (nanogpt_runner.train.worker) sends one when the launcher ends first.

@@ -19,20 +19,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from nanogpt_runner.config.schema import planned_steps
+
 # Why a run ended: its step limit, a budget, or an early stop (the config field that caused it).
 STOP_REASONS = ("max_iters", "max_tokens", "max_flops", "max_time_s", "target_loss", "early_stop_patience",
                 "divergence_factor")
 
-
-def planned_steps(t, tokens_per_step: int, flops_per_token: float) -> tuple[int, str]:
-    """The steps the run takes unless it stops early, and which limit sets them (at least one step)."""
-    steps, reason = t.max_iters, "max_iters"
-    budgets = (("max_tokens", t.max_tokens, tokens_per_step), ("max_flops", t.max_flops,
-                                                               tokens_per_step * flops_per_token))
-    for name, budget, per_step in budgets:
-        if budget is not None and budget // per_step < steps:
-            steps, reason = max(int(budget // per_step), 1), name
-    return steps, reason
 
 
 class Stopper:

@@ -24,15 +24,16 @@ from nanogpt_runner.config.schema import Config
 from nanogpt_runner.console import error
 from nanogpt_runner.data.prepared import DataError, PreparedData, load_prepared
 from nanogpt_runner.distributed.process_group import NullWriter, env_rank
+from nanogpt_runner.errors import RunStopped
 from nanogpt_runner.fsutil import overwrite_json
 from nanogpt_runner.runs.rundir import CONFIG_FILE, LOG_FILE, RUN_FILE, RunWriter, read_run
 from nanogpt_runner.train.loop import train
-from nanogpt_runner.train.signals import RunStopped, until_the_end_is_recorded
+from nanogpt_runner.train.signals import until_the_end_is_recorded
 
 
 def execute(cfg: Config, run_dir: Path, data: PreparedData) -> int:
     """Train and record the outcome; returns the process exit code (0 only for a completed run). A stop
-    signal that comes after the loop cannot cut in between (run_control.until_the_end_is_recorded)."""
+    signal that comes after the loop cannot cut in between (signals.until_the_end_is_recorded)."""
     with until_the_end_is_recorded():
         return _train_and_record(cfg, run_dir, data)
 

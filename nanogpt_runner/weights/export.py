@@ -154,7 +154,7 @@ def argument_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from nanogpt_runner.train.signals import CheckpointError
+    from nanogpt_runner.errors import CheckpointError
 
     args = argument_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:

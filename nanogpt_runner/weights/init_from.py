@@ -204,7 +204,7 @@ def _nanogpt(spec: str, path: Path) -> Source:
 
 def _runner(spec: str, path: Path, announce) -> Source:
     from nanogpt_runner.checkpoint.folder import resolve
-    from nanogpt_runner.train.signals import CheckpointError
+    from nanogpt_runner.errors import CheckpointError
 
     try:
         checkpoint, meta = resolve(path, "best", announce)
@@ -374,7 +374,7 @@ def initialize(model: torch.nn.Module, source: Source) -> None:
 def load_initial_weights(model: torch.nn.Module, cfg) -> dict | None:
     """Start a new run's model from ``model.init_from``; returns run.json's ``init_from`` record (None for
     scratch and for a resumed run, whose checkpoint replaces the weights anyway)."""
-    from nanogpt_runner.train.signals import CheckpointError
+    from nanogpt_runner.errors import CheckpointError
 
     if not starts_from_weights(cfg):
         return None

@@ -129,7 +129,7 @@ def sample(target: Path, options: SampleOptions, announce=lambda message: print(
 
 
 def main(argv: list[str] | None = None) -> None:
-    from nanogpt_runner.train.signals import CheckpointError
+    from nanogpt_runner.errors import CheckpointError
 
     try:
         target, options = parse_args(sys.argv[1:] if argv is None else argv)
