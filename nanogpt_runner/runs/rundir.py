@@ -43,6 +43,8 @@ SKIP_DIRS = {CHECKPOINT_DIR, ".hydra", "__pycache__", ".git"}
 MAX_RUN_FILE_BYTES = 16 * 1024 * 1024
 MAX_POLL_BYTES = 64 * 1024 * 1024
 MAX_JSON_DEPTH = 32  # a real run.json nests a few levels (config sections, lists)
+MAX_EXACT_INT_DIGITS = 15  # longer integers are read as floats: every value stays JSON-safe (64-bit, and JS)
+MAX_EXTRA_METRICS = 64  # fields of metrics lines the registry does not name, kept per run; the rest are dropped
 
 
 TRAIN, EVAL, EVENT = "train", "eval", "event"  # the kinds of metrics lines
@@ -222,10 +224,21 @@ def read_run(run_dir: Path) -> dict | None:
     try:
         with f:
             raw = f.read(MAX_RUN_FILE_BYTES + 1)
-        data = json.loads(raw.decode("utf-8")) if len(raw) <= MAX_RUN_FILE_BYTES else None
+        data = loads(raw.decode("utf-8")) if len(raw) <= MAX_RUN_FILE_BYTES else None
     except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) and not _too_deep(data) else None
+
+
+def loads(text: str):
+    """JSON from a run folder, every integer of more than MAX_EXACT_INT_DIGITS digits read as a float: a
+    crafted ``"step": 100000000000000000000`` would otherwise pass through to every page and API that
+    sends it on (orjson refuses integers past 64 bits) and cost Python's int parser time per digit."""
+    return json.loads(text, parse_int=_bounded_int)
+
+
+def _bounded_int(digits: str) -> int | float:
+    return float(digits) if len(digits.lstrip("-")) > MAX_EXACT_INT_DIGITS else int(digits)
 
 
 def _too_deep(value, limit: int = MAX_JSON_DEPTH) -> bool:
@@ -265,13 +278,18 @@ class MetricsTail:
 
     A torn last line stays unread until its newline arrives; lines that are not JSON objects are
     counted in ``garbage`` and skipped. A file that shrank or was replaced is read again from the
-    start, and ``poll`` reports that with ``reset=True`` so the caller drops what it had.
+    start, and ``poll`` reports that with ``reset=True`` so the caller drops what it had. Fields the
+    registry (``METRIC``) does not name are kept for the first MAX_EXTRA_METRICS such names only; later
+    ones are dropped and counted in ``dropped``, so a file with 300,000 distinct keys costs one parse,
+    not a 300,000-column frame at every refresh.
     """
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.offset = 0
         self.garbage = 0
+        self.dropped = 0  # values of unregistered fields past the first MAX_EXTRA_METRICS names
+        self._extra: set[str] = set()
         self._inode: int | None = None
 
     def poll(self) -> tuple[list[dict], bool]:
@@ -282,7 +300,8 @@ class MetricsTail:
             return [], False
         reset = False
         if info.st_size < self.offset or (self._inode is not None and info.st_ino != self._inode):
-            self.offset, self.garbage, reset = 0, 0, True
+            self.offset, self.garbage, self.dropped, reset = 0, 0, 0, True
+            self._extra = set()
         self._inode = info.st_ino
         f = open_regular(self.path) if info.st_size != self.offset else None
         if f is None:
@@ -306,13 +325,25 @@ class MetricsTail:
             if record is None:
                 self.garbage += raw.strip() != b""
             else:
-                records.append(record)
+                records.append(self._capped(record))
         return records, reset
+
+    def _capped(self, record: dict) -> dict:
+        """``record`` without the unregistered fields past this file's first MAX_EXTRA_METRICS names."""
+        kept = {}
+        for key, value in record.items():
+            if key not in METRIC and key not in self._extra:
+                if len(self._extra) >= MAX_EXTRA_METRICS:
+                    self.dropped += 1
+                    continue
+                self._extra.add(key)
+            kept[key] = value
+        return kept
 
 
 def _parse_line(raw: bytes) -> dict | None:
     try:
-        record = json.loads(raw.decode("utf-8"))
+        record = loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     if not isinstance(record, dict) or not isinstance(record.get("kind"), str):

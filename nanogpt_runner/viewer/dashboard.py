@@ -45,6 +45,7 @@ MARKDOWN_SPECIAL = re.compile(r"([\\`\[\]!])")  # what can start a link, an imag
 STATUSES = ["running", "queued", "completed", "failed", "interrupted", "stalled"]
 MAX_TABLE_ROWS = 500  # more rows make the page slow to update; the filter narrows them
 MAX_CONFIG_COLUMNS = 8
+MAX_EXACT_INT = 2**53  # larger whole numbers are sent as floats (exact in JSON and JavaScript up to here)
 INIT_FROM = "model.init_from"  # the weights a run started from (config.ModelConfig.init_from)
 DEFAULT_SELECTED = 5
 BARS = {  # bar plot -> (summary field, axis title)
@@ -397,9 +398,12 @@ def _cell(value):
 
 
 def _rounded(value, decimals: int):
+    """A table number: None when not finite; a whole number as an int only within JSON's exact range (a run
+    folder may claim 1e20 steps, and an int past 64 bits breaks the page's and the API's encoder)."""
     if not finite(value):
         return None
-    return round(float(value), decimals) if decimals else int(round(value))
+    value = round(float(value), decimals)
+    return int(value) if not decimals and abs(value) <= MAX_EXACT_INT else value
 
 
 def _or_zero(value) -> float:

@@ -18,7 +18,16 @@ from pathlib import Path
 from nanogpt_runner.analysis.records import RunRecord
 from nanogpt_runner.runs import annotations
 from nanogpt_runner.runs.annotations import ANNOTATIONS_FILE, Annotations
-from nanogpt_runner.runs.rundir import METRICS_FILE, RUN_FILE, MetricsTail, RunReader, find_runs, open_regular, read_run
+from nanogpt_runner.runs.rundir import (
+    MAX_EXTRA_METRICS,
+    METRICS_FILE,
+    RUN_FILE,
+    MetricsTail,
+    RunReader,
+    find_runs,
+    open_regular,
+    read_run,
+)
 
 # How much of a metrics file's end to read for its newest train line (a line is about 250 bytes).
 TAIL_BYTES = 4 * 1024
@@ -121,10 +130,13 @@ class RunStore:
         metrics = entry.reader.metrics
         entry.record.metrics = metrics
         entry.record.last_train = metrics.train[-1] if metrics.train else None
-        garbage = entry.reader.tail.garbage
-        entry.notes = [n for n in entry.notes if "unreadable line" not in n]
+        garbage, dropped = entry.reader.tail.garbage, entry.reader.tail.dropped
+        entry.notes = [n for n in entry.notes if "unreadable line" not in n and "unregistered" not in n]
         if garbage:
             entry.notes.append(f"{garbage} unreadable line(s) in {METRICS_FILE} skipped")
+        if dropped:
+            entry.notes.append(f"{dropped} value(s) of unregistered metrics dropped: a run keeps the first "
+                               f"{MAX_EXTRA_METRICS} metric names the registry does not know")
 
     # -- lookups -----------------------------------------------------------------------------------
 
