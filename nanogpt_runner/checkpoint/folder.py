@@ -39,8 +39,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nanogpt_runner.errors import CheckpointError
-from nanogpt_runner.fsutil import TMP_PREFIX, write_atomic
-from nanogpt_runner.runs.rundir import CHECKPOINT_DIR, open_regular
+from nanogpt_runner.fsutil import TMP_PREFIX, open_regular, write_atomic
+from nanogpt_runner.runs.rundir import CHECKPOINT_DIR
 
 FORMAT = "nanogpt-runner-checkpoint"
 VERSION = 1

@@ -13,8 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from nanogpt_runner.config.schema import MAX_NOTES_CHARS, RUN_NAME
-from nanogpt_runner.fsutil import write_json_atomic
-from nanogpt_runner.runs.rundir import open_regular
+from nanogpt_runner.fsutil import open_regular, write_json_atomic
 
 ANNOTATIONS_FILE = "annotations.json"
 MAX_TAGS = 32

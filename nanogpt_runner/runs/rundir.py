@@ -19,13 +19,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nanogpt_runner.fsutil import write_json_atomic
+from nanogpt_runner.fsutil import TRASH_DIR, open_nofollow, open_regular, write_json_atomic
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
@@ -38,7 +37,7 @@ STALE_AFTER_S = 120.0
 # While training, run.json's step and heartbeat are rewritten at most this often (metrics.jsonl has every
 # step at once): an fsynced rewrite at every metrics line cost a fast GPU a tenth of its step time.
 PROGRESS_WRITE_EVERY_S = 5.0
-SKIP_DIRS = {CHECKPOINT_DIR, ".hydra", "__pycache__", ".git"}
+SKIP_DIRS = {CHECKPOINT_DIR, ".hydra", "__pycache__", ".git", TRASH_DIR}
 # Bounds on what a reader holds in memory, whatever a run folder contains.
 MAX_RUN_FILE_BYTES = 16 * 1024 * 1024
 MAX_POLL_BYTES = 64 * 1024 * 1024
@@ -162,7 +161,7 @@ class RunWriter:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.record = read_run(self.run_dir) or {}
         self.record.update(initial or {})
-        self._metrics = open(self.run_dir / METRICS_FILE, "a", encoding="utf-8")
+        self._metrics = open_nofollow(self.run_dir / METRICS_FILE, "a")  # a planted symlink is refused, not followed
         self._subscribers: list = []
         self._written_at = -math.inf  # time.monotonic() of the last run.json write
 
@@ -197,22 +196,6 @@ class RunWriter:
 
     def close(self) -> None:
         self._metrics.close()
-
-
-def open_regular(path: Path):
-    """``path`` opened for binary reading when it is a regular file, else None. A runs folder may come from
-    anyone: a FIFO or device named like a run's file would block a reader forever, and a symlink could
-    point out of the folder, so both count as absent (checked without following links, opened non-blocking)."""
-    try:
-        if not stat.S_ISREG(os.lstat(path).st_mode):
-            return None
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        return None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped between the check and the open
-        os.close(fd)
-        return None
-    return os.fdopen(fd, "rb")
 
 
 def read_run(run_dir: Path) -> dict | None:
