@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 import sys
 import textwrap
@@ -13,21 +12,13 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from nanogpt_runner.config.schema import CONF_DIR, register_schema
-
-SHARED_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
+from nanogpt_runner.data.sources import embedded_path
 
 
 @pytest.fixture(scope="session")
-def corpus_path(tmp_path_factory) -> Path:
-    """tiny-shakespeare when ../shared has it, otherwise a generated text of similar character statistics."""
-    if SHARED_TEXT.exists():
-        return SHARED_TEXT
-    rng = random.Random(0)
-    words = "the of and to in that is was he for it with as his on be at by I thou thee art king lord".split()
-    lines = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))).capitalize() + "." for _ in range(20000)]
-    path = tmp_path_factory.mktemp("corpus") / "input.txt"
-    path.write_text("\n".join(lines))
-    return path
+def corpus_path() -> Path:
+    """tiny-shakespeare, the copy shipped inside the package: the same text wherever the suite runs."""
+    return embedded_path()
 
 
 @pytest.fixture

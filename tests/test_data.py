@@ -1,4 +1,4 @@
-"""Data: corpora prepared once into a cache, the offline fallback, and batches that are a pure function
+"""Data: corpora prepared once into a cache, the packaged default corpus, and batches that are a pure function
 of (seed, step) so that accumulation, data-parallel ranks and resumed runs see the same sequences."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from nanogpt_runner.config.schema import DataConfig
+from nanogpt_runner.data import sources
 from nanogpt_runner.data.prepare import prepare
-from nanogpt_runner.data.prepared import DataError
+from nanogpt_runner.data.prepared import DataError, load_prepared
 from nanogpt_runner.data.tokenizers import TokenizerError
 from nanogpt_runner.train.batches import Batches, sequence_offsets
 
@@ -36,7 +37,7 @@ def test_a_download_is_prepared_once_and_then_needs_no_network(tmp_path, corpus_
     copy = tmp_path / "served.txt"
     copy.write_text(corpus_path.read_text()[:20_000])
     data = prepare(DataConfig(url=copy.as_uri(), cache_dir=str(tmp_path)))
-    assert data.name == "shakespeare_char" and data.source == copy.as_uri()
+    assert data.name == "shakespeare_char" and data.source == copy.as_uri() and data.origin == "download"
     copy.unlink()  # the "server" is gone: the prepared entry for that URL is used
     assert prepare(DataConfig(url=copy.as_uri(), cache_dir=str(tmp_path))).directory == data.directory
 
@@ -51,12 +52,25 @@ def test_two_sources_never_share_a_cache_entry(tmp_path, corpus_path):
     assert prepare(DataConfig(path=str(corpus_path), cache_dir=str(tmp_path))).tokenizer.vocab_size > 26
 
 
-def test_offline_fallback_is_announced_and_recorded(tmp_path):
-    messages = []
-    data = prepare(DataConfig(url=UNREACHABLE, download_timeout_s=2, cache_dir=str(tmp_path)), announce=messages.append)
-    assert data.name == "pystdlib_char" and "standard library" in data.source
-    warnings = [m for m in messages if m.startswith("WARNING")]
-    assert len(warnings) == 1 and "offline fallback" in warnings[0] and "data.path=" in warnings[0]
+def test_the_default_is_the_tiny_shakespeare_shipped_in_the_package(tmp_path, monkeypatch):
+    """No data.path, no data.url, no network: the packaged copy, recorded as embedded."""
+    monkeypatch.setattr(sources, "download", lambda *args: pytest.fail("the default must not download"))
+    data = prepare(DataConfig(cache_dir=str(tmp_path)))
+    assert (data.name, data.origin, data.vocab_size) == ("shakespeare_char", "embedded", 65)
+    assert sum(data.split_sizes().values()) == 1_115_394  # every character of input.txt
+    assert data.as_record()["origin"] == "embedded" and "shipped in the package" in data.source
+    assert data.tokenizer.decode(data.tokenizer.encode("ROMEO:")) == "ROMEO:"
+
+
+def test_a_failed_download_is_one_error_naming_the_fix_never_a_substitute(tmp_path):
+    with pytest.raises(DataError, match="downloading data.url=.* failed .*leave data.url unset"):
+        prepare(DataConfig(url=UNREACHABLE, download_timeout_s=2, cache_dir=str(tmp_path)))
+    assert list(tmp_path.iterdir()) == []  # nothing prepared, nothing half-made
+
+
+def test_the_stdlib_corpus_is_a_named_source_recorded_as_builtin(tmp_path):
+    data = prepare(DataConfig(name="pystdlib_char", cache_dir=str(tmp_path)))
+    assert data.name == "pystdlib_char" and data.origin == "builtin" and "standard library" in data.source
     assert data.as_record()["name"] == "pystdlib_char"
     assert min(data.split_sizes().values()) > 100_000
 
@@ -139,3 +153,7 @@ def test_meta_records_the_source(tmp_path, corpus_path):
     data = prepare(DataConfig(path=str(corpus_path), cache_dir=str(tmp_path)))
     meta = json.loads((data.directory / "meta.json").read_text())
     assert meta["source"] == str(corpus_path.resolve()) and meta["name"] == "shakespeare_char"
+    assert meta["origin"] == data.origin == "file"
+    del meta["origin"]  # prepared by a version that did not record it: its source tells
+    (data.directory / "meta.json").write_text(json.dumps(meta))
+    assert load_prepared(data.directory).origin == "file"

@@ -1,9 +1,11 @@
 """The wheel is the product a user installs (``pip install .`` or a git URL): built from a copy of the
-checkout, installed into a fresh virtual environment, it must compose its configs and train from a
-folder that has no source tree in sight."""
+checkout, installed into a fresh virtual environment, it must compose its configs and train on the
+tiny-shakespeare it carries from a folder that has no source tree in sight. Nothing is written into
+the checkout: the build, the venv and the runs all live under tmp_path."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -14,13 +16,15 @@ from nanogpt_runner.config.schema import CONF_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ("pyproject.toml", "README.md", "nanogpt_runner", "conf", "hydra_plugins")
+BUILD_LEFTOVERS = {"build", "dist", "outputs", "multirun"}  # what a build or a run in the checkout would leave
 
 
 def test_the_editable_install_reads_the_checkouts_conf():
     assert CONF_DIR == ROOT / "conf"  # edits to conf/ apply at once, nothing is copied
 
 
-def test_a_wheel_installed_without_the_source_tree_composes_and_trains(tmp_path, corpus_path):
+def test_a_wheel_installed_without_the_source_tree_composes_and_trains(tmp_path):
+    checkout_before = {p.name for p in ROOT.iterdir()}
     source = tmp_path / "source"
     source.mkdir()
     for name in SHIPPED:
@@ -46,9 +50,12 @@ def test_a_wheel_installed_without_the_source_tree_composes_and_trains(tmp_path,
     assert "n_embd: 32" in job and "precision: auto" in job
     run([venv / "bin" / "nanogpt-run", "model=tiny", "train.max_iters=5", "train.eval_interval=5",
          "train.eval_iters=1", "train.log_interval=5", "train.batch_size=2", "train.precision=fp32",
-         "run.progress=false", f"data.path={corpus_path}", f"data.cache_dir={tmp_path / 'cache'}", "run.root=runs"],
-        cwd=elsewhere)
-    assert list((elsewhere / "runs").rglob("metrics.jsonl"))
+         "run.progress=false", f"data.cache_dir={tmp_path / 'cache'}", "run.root=runs"], cwd=elsewhere)
+    [record] = (elsewhere / "runs").rglob("run.json")
+    dataset = json.loads(record.read_text())["dataset"]  # no data.path: the corpus inside the wheel
+    assert (dataset["name"], dataset["origin"], dataset["vocab_size"]) == ("shakespeare_char", "embedded", 65)
+    assert str(venv) in dataset["source"]  # the wheel's own copy, not the checkout's
+    assert not ({p.name for p in ROOT.iterdir()} - checkout_before) & BUILD_LEFTOVERS
 
 
 def run(args: list, cwd: Path) -> str:

@@ -28,6 +28,8 @@ from omegaconf import MISSING
 # The shipped configs, found through the package: nanogpt_runner.conf is the top-level conf/ (pyproject.toml
 # maps it), so an editable install reads edits there at once and a wheel carries the files inside the package.
 CONF_DIR = Path(str(importlib.resources.files("nanogpt_runner.conf")))
+# Where the packaged tiny-shakespeare (nanogpt_runner/data/corpora) came from; data.url may name it to download.
+TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
 
 class Choice(str, Enum):
@@ -180,7 +182,9 @@ class OptimizerConfig:
 class DataConfig:
     name: Dataset = Dataset.shakespeare_char
     path: str | None = None  # text_file: a file or folder of .txt/.md/.jsonl/.parquet; bin: a nanoGPT data folder
-    url: str = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+    # shakespeare_char/shakespeare: None trains on the tiny-shakespeare copy shipped in the package; an http(s)
+    # address is downloaded once instead (TINY_SHAKESPEARE_URL is the copy's origin)
+    url: str | None = None
     download_timeout_s: float = 10.0
     cache_dir: str | None = None  # None: $XDG_CACHE_HOME/nanogpt-runner or ~/.cache/nanogpt-runner
     val_fraction: float = 0.1

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,14 @@ import numpy as np
 from nanogpt_runner.config.schema import DataConfig
 from nanogpt_runner.data import tokenizers
 from nanogpt_runner.data.prepared import FORMAT, META_FILE, SPLITS, DataError, PreparedData, cache_dir, load_prepared
-from nanogpt_runner.data.sources import Piece, Source, download, file_source, pystdlib_source, text_source
+from nanogpt_runner.data.sources import (
+    Piece,
+    Source,
+    download_source,
+    embedded_source,
+    file_source,
+    pystdlib_source,
+)
 from nanogpt_runner.fsutil import write_atomic
 from nanogpt_runner.safe_pickle import UnsafePickleError, load_plain
 
@@ -65,31 +72,17 @@ def too_little_text(source: Source, tokens: int) -> DataError:
 def prepare(cfg: DataConfig, announce=print, chunk_bytes: int = CHUNK_BYTES) -> PreparedData:
     """Find or build the prepared corpus that ``cfg`` names; ``announce`` receives what a user should read.
 
-    tiny-shakespeare (shakespeare_char, shakespeare) resolves, in order: ``data.path``, already prepared
-    from ``data.url``, a download from it, and finally the offline fallback pystdlib_char (announced, and
-    recorded as the data actually used)."""
+    tiny-shakespeare (shakespeare_char, shakespeare) is read from ``data.path`` when set, else downloaded from
+    ``data.url`` when set (once: the prepared entry is found again offline), else the copy shipped in the
+    package. Nothing stands in for a source that fails: the failure is a DataError naming the fix."""
     root = cache_dir(cfg)
     try:
         root.mkdir(parents=True, exist_ok=True)  # before any download: an unusable cache is said at once
         if cfg.name == "bin":
             return _adopt_bin_folder(Path(cfg.path).expanduser().resolve(), root, announce)
-        if cfg.name in SHAKESPEARE and cfg.path is None:
-            entry = _entry(root, cfg, cfg.name, cfg.url)
-            if (entry / META_FILE).exists():
-                return load_prepared(entry)
-            try:
-                text = download(cfg.url, cfg.download_timeout_s)
-            except (OSError, ValueError) as err:
-                announce(
-                    f"WARNING: tiny-shakespeare is not prepared, data.path is unset and the download from {cfg.url} "
-                    f"failed ({err}). Training on the offline fallback corpus pystdlib_char (this Python's standard "
-                    f"library source) instead; pass data.path=/path/to/input.txt to use tiny-shakespeare.")
-                return prepare(_with_name(cfg, "pystdlib_char"), announce, chunk_bytes)
-            source = text_source(cfg.name, text, cfg.url, cfg.url)
-        elif cfg.name == "pystdlib_char":
-            source = pystdlib_source()
-        else:
-            source = file_source(cfg.name, Path(cfg.path).expanduser().resolve(), cfg.text_field)
+        if _downloads(cfg) and (_entry(root, cfg, cfg.name, cfg.url) / META_FILE).exists():
+            return load_prepared(_entry(root, cfg, cfg.name, cfg.url))
+        source = _source(cfg)
         entry = _entry(root, cfg, source.name, source.identity)
         with _locked(entry):
             if not (entry / META_FILE).exists():
@@ -111,8 +104,24 @@ def prepare(cfg: DataConfig, announce=print, chunk_bytes: int = CHUNK_BYTES) -> 
                         f"read") from None
 
 
-def _with_name(cfg: DataConfig, name: str) -> DataConfig:
-    return DataConfig(**{**{f.name: getattr(cfg, f.name) for f in fields(DataConfig)}, "name": name, "path": None})
+def _downloads(cfg: DataConfig) -> bool:
+    return cfg.name in SHAKESPEARE and cfg.path is None and cfg.url is not None
+
+
+def _source(cfg: DataConfig) -> Source:
+    """The text ``cfg`` names: each built-in corpus is chosen by its own name, never put in another's place."""
+    if cfg.name == "pystdlib_char":
+        return pystdlib_source()
+    if cfg.name in SHAKESPEARE and cfg.path is None:
+        if cfg.url is None:
+            return embedded_source(cfg.name)
+        try:
+            return download_source(cfg.name, cfg.url, cfg.download_timeout_s)
+        except (OSError, ValueError) as err:
+            raise DataError(f"downloading data.url={cfg.url} failed ({err}): check the address and the network, or "
+                            f"leave data.url unset (null) to train on the tiny-shakespeare copy shipped in the "
+                            f"package") from None
+    return file_source(cfg.name, Path(cfg.path).expanduser().resolve(), cfg.text_field)
 
 
 def _entry(root: Path, cfg: DataConfig, name: str, identity: str) -> Path:
@@ -315,7 +324,8 @@ def _finish(work: Path, entry: Path, source: Source, tokenizer: tokenizers.Token
         os.truncate(work / TOKENS_FILE, cut * np.dtype(progress.dtype).itemsize)
         os.replace(work / TOKENS_FILE, work / "train.bin")
     _publish(work, entry, {
-        "name": source.name, "source": source.description, "tokenizer": tokenizer.kind, "dtype": progress.dtype,
+        "name": source.name, "origin": source.origin, "source": source.description, "tokenizer": tokenizer.kind,
+        "dtype": progress.dtype,
         "tokens": {"train": cut, "val": total - cut},
         "bytes": {"train": progress.text_bytes - progress.val_bytes, "val": progress.val_bytes},
     })
@@ -377,7 +387,7 @@ def _adopt_bin_folder(folder: Path, root: Path, announce) -> PreparedData:
             work.mkdir(parents=True)
             tokenizers.save(tokenizer, work)
             _publish(work, entry, {
-                "name": "bin", "source": str(folder), "tokenizer": tokenizer.kind, "dtype": "uint16",
+                "name": "bin", "origin": "file", "source": str(folder), "tokenizer": tokenizer.kind, "dtype": "uint16",
                 "bin_dir": str(folder), "tokens": {s: counts[s][0] for s in SPLITS},
                 "bytes": {s: counts[s][1] for s in SPLITS},
             })

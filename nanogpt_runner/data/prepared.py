@@ -39,6 +39,7 @@ class PreparedData:
     text_bytes: dict[str, int]  # UTF-8 bytes of text per split (end-of-text tokens count none)
     dtype: np.dtype
     bin_dir: Path  # where train.bin and val.bin are: ``directory``, or a nanoGPT folder used in place
+    origin: str  # how the text was found: embedded, file, download or builtin (nanogpt_runner.data.sources)
 
     @property
     def vocab_size(self) -> int:
@@ -56,7 +57,7 @@ class PreparedData:
         return dict(self.tokens)
 
     def as_record(self) -> dict:
-        return {"name": self.name, "dir": str(self.directory), "source": self.source,
+        return {"name": self.name, "origin": self.origin, "dir": str(self.directory), "source": self.source,
                 "tokenizer": self.tokenizer.kind, "vocab_size": self.vocab_size, "tokens": self.tokens,
                 "bytes": self.text_bytes,
                 "bytes_per_token": {s: self.text_bytes[s] / max(self.tokens[s], 1) for s in SPLITS}}
@@ -71,6 +72,13 @@ def cache_dir(cfg: DataConfig) -> Path:
     return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
 
 
+def _origin_before_it_was_recorded(meta: dict) -> str:
+    """A corpus prepared before meta.json said its origin: its source tells (a URL, the stdlib, or a path)."""
+    if meta["name"] == "pystdlib_char":
+        return "builtin"
+    return "download" if str(meta["source"]).startswith(("http://", "https://")) else "file"
+
+
 def load_prepared(directory: Path) -> PreparedData:
     """The prepared corpus in ``directory``; a DataError naming the fix when it is unreadable."""
     try:
@@ -80,7 +88,8 @@ def load_prepared(directory: Path) -> PreparedData:
         tokenizer = tokenizers.load(directory)
         return PreparedData(meta["name"], directory, meta["source"], tokenizer,
                             {s: int(meta["tokens"][s]) for s in SPLITS}, {s: int(meta["bytes"][s]) for s in SPLITS},
-                            np.dtype(meta["dtype"]), Path(meta.get("bin_dir") or directory))
+                            np.dtype(meta["dtype"]), Path(meta.get("bin_dir") or directory),
+                            meta.get("origin") or _origin_before_it_was_recorded(meta))
     except tokenizers.TokenizerUnavailable as err:
         raise DataError(str(err)) from None
     except (OSError, ValueError, KeyError, TypeError, AttributeError, tokenizers.TokenizerError) as err:

@@ -8,16 +8,25 @@ a prepared cache and a changed file is prepared again.
     text files   .txt and .md (UTF-8; a file is one document)
     .jsonl       one JSON object per line, the document in field ``data.text_field``
     .parquet     the document in column ``data.text_field``, read a batch of rows at a time
+
+Its ``origin`` says how the text was found, and run.json records it beside the corpus's name:
+
+    embedded     a text shipped inside this package (tiny-shakespeare): no network, no checkout needed
+    file         data.path (a file, a folder, or nanoGPT's prepared folder for data=bin)
+    download     data.url
+    builtin      made on this machine (pystdlib_char: this Python's standard library source)
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import sysconfig
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from nanogpt_runner.data.prepared import DataError
@@ -29,13 +38,18 @@ DOCUMENT_SUFFIXES = (*TEXT_SUFFIXES, ".jsonl", ".parquet")
 # One .jsonl record at most this long: memory stays bounded whatever the file holds.
 MAX_JSONL_LINE_BYTES = 64 << 20
 PARQUET_BATCH_ROWS = 1024
+# tiny-shakespeare (Karpathy's char-rnn input.txt; Shakespeare's text is in the public domain), shipped as
+# package data so that the default run trains on it with no network and no source checkout.
+EMBEDDED_CORPUS = "tinyshakespeare.txt"
+ORIGINS = ("embedded", "file", "download", "builtin")
 
 Piece = tuple[str, bool]
 
 
 @dataclass(frozen=True)
 class Source:
-    name: str  # the data.name it was read for (pystdlib_char when tiny-shakespeare was unreachable)
+    name: str  # the data.name it was read for
+    origin: str  # one of ORIGINS: how the text was found (recorded in meta.json and run.json)
     description: str  # where the text came from, for people: recorded in meta.json and run.json
     identity: str  # what the cache key is made of
     total_bytes: int  # size on disk, for the progress bar (JSON and parquet framing included)
@@ -66,12 +80,28 @@ def file_source(name: str, path: Path, text_field: str) -> Source:
         for f in files:
             yield from _documents(f, text_field)
 
-    return Source(name, str(path), identity, sum(s.st_size for _, s in stats), read)
+    return Source(name, "file", str(path), identity, sum(s.st_size for _, s in stats), read)
 
 
-def text_source(name: str, text: str, description: str, identity: str) -> Source:
-    """Text already in memory (a download of a few megabytes), cut into pieces like a file."""
-    return Source(name, description, identity, len(text.encode("utf-8")), lambda: _split(text))
+def embedded_path() -> Path:
+    """The tiny-shakespeare text inside the installed package (a wheel's or the checkout's copy)."""
+    return Path(str(resources.files("nanogpt_runner.data") / "corpora" / EMBEDDED_CORPUS))
+
+
+def embedded_source(name: str) -> Source:
+    """tiny-shakespeare from the package itself. Its cache key is its content's hash, not its path, so a
+    reinstall elsewhere finds the corpus already prepared."""
+    path = embedded_path()
+    data = path.read_bytes()
+    identity = f"embedded:{EMBEDDED_CORPUS}:{hashlib.sha256(data).hexdigest()[:16]}"
+    return Source(name, "embedded", f"tiny-shakespeare shipped in the package ({path})", identity, len(data),
+                  lambda: _text_pieces(path))
+
+
+def download_source(name: str, url: str, timeout_s: float) -> Source:
+    """The text at ``url``, read whole (a corpus to download is a few megabytes)."""
+    text = download(url, timeout_s)
+    return Source(name, "download", url, url, len(text.encode("utf-8")), lambda: _split(text))
 
 
 def _split(text: str) -> Iterator[Piece]:
@@ -102,7 +132,7 @@ def pystdlib_source() -> Source:
         yield from _split("".join(parts))
 
     version = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    return Source("pystdlib_char", f"python {sys.version.split()[0]} standard library ({stdlib})",
+    return Source("pystdlib_char", "builtin", f"python {sys.version.split()[0]} standard library ({stdlib})",
                   f"pystdlib-py{version}", PYSTDLIB_MAX_BYTES, read)
 
 

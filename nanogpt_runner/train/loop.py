@@ -177,7 +177,7 @@ def _train(cfg: Config, run_dir: Path, data: PreparedData, writer: RunWriter, la
         console.console.quiet = not layout.is_main
         console.line(
             f"{cfg.model.name}: {record['n_params'] / 1e6:.2f}M parameters, {precision} on {record['layout']}, "
-            f"{hardware.describe(device)}, data {data.name} ({data.vocab_size} symbols), run dir {run_dir}"
+            f"{hardware.describe(device)}, data {data.name} ({data.origin}, {data.vocab_size} symbols), run dir {run_dir}"
         )
         if precision_probe is not None:
             console.line(precision_probe.describe())

@@ -29,7 +29,7 @@ from nanogpt_runner.config.schema import (
     PP_SCHEDULES,
     PRECISIONS,
     RUN_NAME,
-    DataConfig,
+    TINY_SHAKESPEARE_URL,
 )
 
 TOKEN = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*)=(.*)$", re.DOTALL)
@@ -123,7 +123,7 @@ def built_in_urls() -> set[str]:
     """The download addresses the runner's own data presets name: the only sources a page-started run uses."""
     from omegaconf import OmegaConf
 
-    urls = {DataConfig.url}
+    urls = {TINY_SHAKESPEARE_URL}
     for preset in (CONF_DIR / "data").glob("*.yaml"):
         url = OmegaConf.load(preset).get("url")
         if isinstance(url, str):
