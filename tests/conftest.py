@@ -15,6 +15,16 @@ from nanogpt_runner.config.schema import CONF_DIR, register_schema
 from nanogpt_runner.data.sources import embedded_path
 
 
+INTEGRATION = Path(__file__).parent / "integration"
+
+
+def pytest_collection_modifyitems(items):
+    """Everything under tests/integration carries the ``integration`` marker (``-m "not integration"``)."""
+    for item in items:
+        if INTEGRATION in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session")
 def corpus_path() -> Path:
     """tiny-shakespeare, the copy shipped inside the package: the same text wherever the suite runs."""

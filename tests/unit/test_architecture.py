@@ -1,4 +1,4 @@
-"""The package map as a test: imports only go down the floors, and the torch-free packages stay torch-free.
+"""The package map as a test: imports only go down the floors, and no cycles.
 
 docs/ARCHITECTURE.md draws the same map. A module may import its own package and any package on a lower floor;
 imports inside functions count too (a lazy import is still a dependency)."""
@@ -6,19 +6,8 @@ imports inside functions count too (a lazy import is still a dependency)."""
 from __future__ import annotations
 
 import ast
-import json
-import subprocess
-import sys
-from pathlib import Path
 
-import nanogpt_runner
-
-PACKAGE = Path(nanogpt_runner.__file__).parent
-GROUND = {"console", "errors", "fsutil", "safe_pickle"}
-FLOORS = [GROUND, {"config"}, {"runs"}, {"analysis", "data"}, {"model"}, {"distributed"}, {"checkpoint"},
-          {"weights"}, {"perf"}, {"train"}, {"launch"}, {"cli"}]
-VIEWER_MAY_IMPORT = GROUND | {"config", "runs", "analysis", "viewer"}
-TORCH_FREE = ["config", "runs", "analysis", "data", "viewer"]
+from package_map import FLOORS, PACKAGE, VIEWER_MAY_IMPORT, module_name
 
 
 def unit(module: str) -> str:
@@ -28,10 +17,6 @@ def unit(module: str) -> str:
 
 def floor(name: str) -> int:
     return next(i for i, names in enumerate(FLOORS) if name in names)
-
-
-def module_name(path: Path) -> str:
-    return ".".join(("nanogpt_runner", *path.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(".__init__")
 
 
 def internal_imports() -> dict[str, set[str]]:
@@ -94,14 +79,3 @@ def test_no_import_cycles_between_modules():
     for start in sorted(graph):
         if not state.get(start) and (cycle := visit(start, [])):
             raise AssertionError("import cycle: " + " -> ".join(cycle))
-
-
-def test_torch_free_packages_never_import_torch():
-    """Every module of a torch-free package, imported in a fresh interpreter, leaves torch unloaded."""
-    modules = sorted(module_name(path) for name in TORCH_FREE for path in (PACKAGE / name).rglob("*.py"))
-    modules += [f"nanogpt_runner.{name}" for name in sorted(GROUND)]
-    code = ("import importlib, json, sys\n"
-            f"for m in {modules!r}: importlib.import_module(m)\n"
-            "print(json.dumps(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))))")
-    out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    assert json.loads(out.stdout) == [], "a torch-free package imported torch"

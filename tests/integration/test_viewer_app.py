@@ -16,7 +16,7 @@ import pytest
 
 from nanogpt_runner.viewer.synthetic import config, write_run
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = next(folder for folder in Path(__file__).resolve().parents if (folder / "pyproject.toml").exists())
 ENV = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
 
 

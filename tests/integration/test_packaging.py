@@ -14,7 +14,7 @@ from pathlib import Path
 
 from nanogpt_runner.config.schema import CONF_DIR
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = next(folder for folder in Path(__file__).resolve().parents if (folder / "pyproject.toml").exists())
 SHIPPED = ("pyproject.toml", "README.md", "nanogpt_runner", "conf", "hydra_plugins")
 BUILD_LEFTOVERS = {"build", "dist", "outputs", "multirun"}  # what a build or a run in the checkout would leave
 
