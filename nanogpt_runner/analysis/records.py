@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 # Keys that say where or how a run was stored, not what it trained: never a "difference" between runs.
 IGNORED_KEY_PREFIXES = ("run.", "data.cache_dir", "data.url", "data.download_timeout_s", "data.num_proc", "sweep.",
-                        "resume")
+                        "resume", "study.")
 # The x axes curves are drawn against: name -> the column of the train and eval lines, and its title.
 X_AXES = {"step": "step", "tokens": "tokens", "time": "elapsed_s", "flops": "flops"}
 X_TITLES = {"step": "step", "tokens": "tokens", "time": "wall time (s)", "flops": "FLOPs (tokens x FLOPs per token)"}

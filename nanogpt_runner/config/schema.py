@@ -257,6 +257,19 @@ class SweepConfig:
 
 
 @dataclass
+class StudyConfig:
+    """A study (``+study=techniques`` or ``+study=scaling``, docs/studies.md): which card the sweep ends with,
+    and the dials its presets derive the runs from."""
+
+    kind: str | None = None  # techniques | scaling: the card printed at the end of the sweep (null: not a study)
+    arm: str = "baseline"  # techniques: this run's arm (conf/technique/); it changes one thing against baseline
+    global_batch: int = 12  # techniques: sequences per optimizer step, kept by every arm (accumulation, layouts)
+    depth: int = 2  # scaling: the one dial of the model: n_layer = depth, n_embd = depth x aspect
+    aspect: int = 64  # scaling: model width per layer (nanochat's 64)
+    head_dim: int = 32  # scaling: width per attention head, so n_head = n_embd / head_dim
+
+
+@dataclass
 class RunConfig:
     name: str = "${model.name}"
     root: str = "outputs"
@@ -311,6 +324,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     resume: str | None = None  # a run dir or checkpoint folder to continue in place (README: Checkpoints and resume)
 
@@ -345,6 +359,8 @@ def register_schema() -> None:
     ConfigStore.instance().store(name="schema", node=Config)
     # ${floordiv:32,${train.grad_accum}}: a micro-batch that keeps the global batch fixed (hparams_search=batch_accum).
     OmegaConf.register_new_resolver("floordiv", lambda a, b: int(a) // int(b), replace=True)
+    # ${mul:${study.depth},${study.aspect}}: the scaling study's width from its depth dial (conf/study/scaling.yaml).
+    OmegaConf.register_new_resolver("mul", lambda a, b: int(a) * int(b), replace=True)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from nanogpt_runner.data.prepare import prepare
 from nanogpt_runner.data.prepared import DataError, PreparedData
 from nanogpt_runner.errors import CheckpointError
 from nanogpt_runner.launch.search import register_sweeper
+from nanogpt_runner.launch.study import record_unsupported, unsupported_reason
 from nanogpt_runner.launch.sweep import (
     SKIPPED,
     SweepMismatch,
@@ -264,7 +265,11 @@ def run_sweep_job(cfg: Config) -> float:
         sys.exit(EXIT_INVALID_CONFIG)
     if action != SKIPPED:
         forget_outcome(run_dir)
-        run_job(cfg)
+        if (reason := unsupported_reason(cfg)) is None:
+            run_job(cfg)
+        else:  # a study arm this machine cannot run: listed in the study's card with the reason
+            print(f"not run on this machine: {reason}", file=sys.stderr)
+            record_unsupported(run_dir, _identity(cfg, run_dir, hydra_cfg), reason)
     record_action(run_dir, action)
     return job_objective(run_dir)
 

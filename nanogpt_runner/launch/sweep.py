@@ -27,6 +27,7 @@ from rich.table import Table
 
 from nanogpt_runner.analysis.comparison import best_run, objective_name, objective_value, seed_groups
 from nanogpt_runner.analysis.records import RunRecord, finite, load_runs
+from nanogpt_runner.analysis.study import TECHNIQUES, UNSUPPORTED, scaling_card, study_kind, technique_card
 from nanogpt_runner.checkpoint.folder import checkpoint_dir, list_checkpoints
 from nanogpt_runner.config.schema import OBJECTIVES
 from nanogpt_runner.runs.rundir import RUN_FILE, read_run, write_json_atomic
@@ -145,7 +146,7 @@ def summary_table(jobs: list[RunRecord], sweep_dir: Path) -> Table:
         start, end = run.get("start_time"), run.get("end_time")
         seconds = end - start if finite(start) and finite(end) else None
         status = run.get("status", "unknown")
-        style = {"completed": "green", "failed": "red", "interrupted": "yellow"}.get(status, "")
+        style = {"completed": "green", "failed": "red", "interrupted": "yellow", UNSUPPORTED: "dim"}.get(status, "")
         action = (run.get("sweep") or {}).get("action")
         shown = f"[{style}]{status}[/{style}]" if style else status
         table.add_row(
@@ -156,7 +157,7 @@ def summary_table(jobs: list[RunRecord], sweep_dir: Path) -> Table:
             str(summary.get("stop_reason") or "-"),
             _number(summary.get("tok_per_s"), ",.0f"),
             f"{seconds:.1f} s" if seconds is not None else "-",
-            error_line(run) if status != "completed" else "",
+            error_line(run) if status != "completed" else "",  # an unsupported study arm: why
         )
     return table
 
@@ -186,6 +187,24 @@ def actions_line(jobs: list[RunRecord]) -> str:
     return f"this launch: {', '.join(parts)}" if parts else ""
 
 
+def study_card(jobs: list[RunRecord]) -> tuple[Table, list[str]] | None:
+    """A study sweep's card (nanogpt_runner.analysis.study) as a table and its sentences; None for other sweeps."""
+    kind = study_kind(jobs)
+    if kind is None:
+        return None
+    card = technique_card(jobs) if kind == TECHNIQUES else scaling_card(jobs)
+    rows = card.table_rows()
+    title = ("technique card: each arm against baseline, paired by seed (ratios arm / baseline, ± 95% interval)"
+             if kind == TECHNIQUES else "scaling card: final val loss per FLOP budget and model size")
+    table = Table(title=title, title_justify="left")
+    for column in rows[0] if rows else ["(no runs)"]:
+        table.add_column(column, overflow="fold", max_width=48 if column in ("change", "trust") else None)
+    for row in rows:
+        table.add_row(*(format(v, ".4g") if isinstance(v, float) else str("-" if v is None else v)
+                        for v in row.values()))
+    return table, card.sentences()
+
+
 class SweepSummary(Callback):
     """Hydra callback: after the last job, print the sweep's tables; exit non-zero if any job failed."""
 
@@ -207,7 +226,12 @@ class SweepSummary(Callback):
                           f"with {name} {format(objective_value(best), OBJECTIVE_FORMATS[name])}")
         if line := actions_line(jobs):
             console.print(line)
-        failed = [job for job in jobs if job.info.get("status") != "completed"]
+        if (card := study_card(jobs)) is not None:
+            console.print(card[0])
+            for sentence in card[1]:
+                console.print(f"  - {sentence}", markup=False)
+            console.print(f"(nanogpt-report {sweep_dir} writes this card as study.md, study.csv and study.png)")
+        failed = [job for job in jobs if job.info.get("status") not in ("completed", UNSUPPORTED)]
         if failed:
             print(f"error: {len(failed)} of {len(jobs)} sweep jobs did not complete; their run.json files hold "
                   f"the errors (run dirs under {sweep_dir})", file=sys.stderr)
