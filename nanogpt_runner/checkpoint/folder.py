@@ -38,6 +38,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from nanogpt_runner.config.saved import interpolation_problem
 from nanogpt_runner.errors import CheckpointError
 from nanogpt_runner.fsutil import TMP_PREFIX, open_regular, write_atomic
 from nanogpt_runner.runs.rundir import CHECKPOINT_DIR
@@ -102,7 +103,8 @@ def read_meta(path: Path, verify: bool = True) -> dict:
     """A checkpoint folder's meta.json, after checking every file against its manifest.
 
     Raises CheckpointError naming the damage: missing folder or file, wrong size (truncated), wrong
-    hash (corrupted), unreadable meta (the folder is not a checkpoint or was cut short)."""
+    hash (corrupted), unreadable meta (the folder is not a checkpoint or was cut short), a saved config
+    holding an interpolation (``${...}``: saved configs are data, never resolved)."""
     path = Path(path)
     meta_file = open_regular(path / META_FILE)  # a FIFO or a link out of the folder would be read as if ours
     if meta_file is None:
@@ -117,6 +119,10 @@ def read_meta(path: Path, verify: bool = True) -> dict:
     if meta.get("version", 0) > VERSION:
         raise CheckpointError(f"checkpoint {path} has format version {meta['version']}, newer than this "
                               f"nanogpt-runner reads ({VERSION}): upgrade nanogpt-runner")
+    if not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"checkpoint {path} is damaged: its {META_FILE} holds no config")
+    if problem := interpolation_problem(meta["config"], f"checkpoint {path}'s {META_FILE}"):
+        raise CheckpointError(problem)
     files = meta.get("files")
     if verify and not (isinstance(files, dict) and all(isinstance(n, str) and n == Path(n).name and
                                                         isinstance(e, dict) for n, e in files.items())):

@@ -1,10 +1,12 @@
 """Planning a resume, in the launcher, before anything is imported that a config check does not need (torch).
 
 Before a run directory is chosen, ``plan_resume`` decides whether this launch continues a run, in which
-directory, and with which config: the checkpoint's, plus the overrides the command line names, refusing
-changes to FIXED_FIELDS and to the global batch. It reads the checkpoint's meta.json only (checkpoint_folder),
-never its tensors, so a config mistake is refused before torch loads. Inside the training process,
-resume.Checkpointer restores the checkpoint and checks the same rules again (``config_changes``).
+directory, and with which config: this launch's, with what defines the training taken from the checkpoint
+(config.saved.RESUMED) where the command line does not name it, refusing changes to FIXED_FIELDS and to the
+global batch. A saved config is data: never interpolated, and never the source of a destination. It reads
+the checkpoint's meta.json only (checkpoint.folder), never its tensors, so a config mistake is refused
+before torch loads. Inside the training process, checkpoint.checkpointer restores the checkpoint and checks
+the same rules again (``config_changes``).
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from nanogpt_runner.checkpoint.folder import checkpoint_dir, find_latest, resolve
+from nanogpt_runner.config.saved import resumed_part
 from nanogpt_runner.config.schema import Config, dp_degree, flatten
 from nanogpt_runner.errors import CheckpointError
+from nanogpt_runner.fsutil import UnsafeFolder, refuse_symlinks
 from nanogpt_runner.runs.rundir import CHECKPOINT_DIR, read_run
 
 # Config fields a resumed run cannot change. The architecture must match the saved tensors; the data
@@ -46,8 +51,9 @@ LOCAL_FIELDS = ("parallel.nnodes", "parallel.rdzv_endpoint", "parallel.rdzv_id")
 
 
 def config_changes(saved: dict, current: dict) -> tuple[dict[str, list], list[str]]:
-    """(allowed changes as {field: [saved, now]}, one refusal sentence per fixed field that differs)."""
-    old, new = flatten(saved), flatten(current)
+    """(allowed changes as {field: [saved, now]}, one refusal sentence per fixed field that differs): of the
+    fields that define the training (config.saved.RESUMED); where this launch writes is no change of the run."""
+    old, new = flatten(resumed_part(saved)), flatten(resumed_part(current))
     changes, problems = {}, []
     for key in sorted(set(old) | set(new)):
         if key in IGNORED_FIELDS or old.get(key) == new.get(key):
@@ -121,14 +127,35 @@ class ResumePlan:
         return {"config": OmegaConf.to_container(self.cfg, resolve=True), "resumes": [*previous, entry]}
 
 
+def resumed_config(cfg: Config, saved: dict, typed: list[str], checkpoint: Path):
+    """The config a resume trains with: this launch's (command line and defaults), with the checkpoint's
+    RESUMED fields (config.saved) laid over it, except the paths the command line names (``typed``).
+
+    Nothing else of the saved config is used: every destination, process count and side channel comes from
+    this launch, and LOCAL_FIELDS (where its processes meet) are never RESUMED."""
+    def typed_here(path: str) -> bool:
+        return any(path == t or path.startswith(f"{t}.") or t.startswith(f"{path}.") for t in typed)
+
+    kept = {path: value for path, value in flatten(resumed_part(saved)).items()
+            if not typed_here(path) and not isinstance(value, dict)}
+    effective = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.to_container(cfg, resolve=True))
+    try:
+        for path, value in kept.items():
+            OmegaConf.update(effective, path, value, merge=False)
+    except (OmegaConfBaseException, ValueError) as err:
+        raise CheckpointError(f"cannot resume from {checkpoint}: its saved config has an invalid value "
+                              f"({str(err).splitlines()[0]}); start a new run instead") from err
+    return effective
+
+
 def plan_resume(cfg: Config, run_dir: Path, overrides: list[str], conf_dir: Path,
                 announce: Callable[[str], None] = print) -> ResumePlan | None:
     """Decide whether this launch continues a run, and with which config; None for a fresh run.
 
     ``resume=PATH`` continues the run that PATH (a run directory or a checkpoint folder) belongs to, in
     place. Otherwise ``train.resume=auto`` continues ``run_dir`` when it already has checkpoints (the user
-    passed hydra.run.dir=THAT_DIR). The config is the checkpoint's; only the fields the command line names,
-    and LOCAL_FIELDS, are taken from ``cfg``; a change to a FIXED_FIELDS entry is refused with CheckpointError."""
+    passed hydra.run.dir=THAT_DIR). The run folder must hold no symlink (it is written through), and the
+    config is ``resumed_config``'s; a change to a FIXED_FIELDS entry is refused with CheckpointError."""
     run_dir = Path(run_dir)
     if cfg.resume:
         checkpoint, meta = resolve(Path(cfg.resume), "latest", announce)
@@ -144,12 +171,11 @@ def plan_resume(cfg: Config, run_dir: Path, overrides: list[str], conf_dir: Path
                 f"or train.resume=auto to continue this one")
         (checkpoint, meta), target_dir = found, run_dir
 
-    composed = OmegaConf.to_container(cfg, resolve=True)
-    effective = OmegaConf.merge(OmegaConf.structured(Config), meta["config"])
-    for path in [*LOCAL_FIELDS, *override_paths(overrides, conf_dir)]:
-        patch = OmegaConf.create()
-        OmegaConf.update(patch, path, OmegaConf.select(OmegaConf.create(composed), path, default=None))
-        effective = OmegaConf.merge(effective, patch)
+    try:
+        refuse_symlinks(target_dir)
+    except UnsafeFolder as err:
+        raise CheckpointError(f"cannot resume {target_dir}: {err}") from err
+    effective = resumed_config(cfg, meta["config"], override_paths(overrides, conf_dir), checkpoint)
     changes, problems = config_changes(meta["config"], OmegaConf.to_container(effective, resolve=True))
     if problems:
         raise CheckpointError(f"cannot resume from {checkpoint}: " + "; ".join(problems))
