@@ -18,6 +18,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from nanogpt_runner.fsutil import open_nofollow
+
 
 class RunConsole:
     """Rank 0's console. ``line`` is for things worth keeping (eval, warnings); ``progress`` is the
@@ -25,7 +27,7 @@ class RunConsole:
 
     def __init__(self, log_path: Path | None, total_steps: int, live: bool = True):
         self.console = Console(highlight=False)
-        self.log_file = open(log_path, "a", encoding="utf-8") if log_path else None
+        self.log_file = open_nofollow(log_path, "a") if log_path else None  # a symlinked train.log is refused
         self.total_steps = total_steps
         self.bar: Progress | None = None
         if live and self.console.is_terminal:

@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nanogpt_runner.distributed.process_group import MESH_DIMS, Layout
+from nanogpt_runner.fsutil import write_atomic
 from nanogpt_runner.model.gpt import GPT
 from nanogpt_runner.model.precision import DTYPES
 
@@ -205,7 +206,7 @@ class Parallelized:
             dist.all_gather_object(ranks, mine)
         if self.layout.is_main:
             record = {**self.layout.as_record(), "ranks": ranks}
-            (Path(run_dir) / LAYOUT_FILE).write_text(json.dumps(record, indent=1))
+            write_atomic(Path(run_dir) / LAYOUT_FILE, json.dumps(record, indent=1))
 
 
 def _foreach(mesh) -> bool | None:

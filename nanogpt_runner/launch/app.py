@@ -33,6 +33,7 @@ from nanogpt_runner.console import error
 from nanogpt_runner.data.prepare import prepare
 from nanogpt_runner.data.prepared import DataError, PreparedData
 from nanogpt_runner.errors import CheckpointError
+from nanogpt_runner.fsutil import open_nofollow, write_atomic
 from nanogpt_runner.launch.search import register_sweeper
 from nanogpt_runner.launch.study import record_unsupported, unsupported_reason
 from nanogpt_runner.launch.sweep import (
@@ -154,7 +155,13 @@ def run_dir_lock(run_dir: Path, cfg: Config):
     if cfg.parallel.nnodes > 1:
         yield None
         return
-    with open(run_dir / LOCK_FILE, "a+", encoding="utf-8") as handle:
+    try:
+        handle = open_nofollow(run_dir / LOCK_FILE, "a+")  # a planted symlink is refused, never written through
+    except OSError as err:
+        yield (f"cannot use {run_dir / LOCK_FILE} as the run's lock ({err.strerror or err}): remove it if it is "
+               f"a symlink or not a regular file, then start again")
+        return
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -173,7 +180,7 @@ def run_dir_lock(run_dir: Path, cfg: Config):
 def _start(cfg: Config, run_dir: Path, data: PreparedData, plan, speed_plan, hydra_cfg, sweep: bool) -> int:
     """Record the run as queued in its directory, then train it: here, in a torchrun group, or (a sweep
     job) in a child process."""
-    (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_atomic(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
     writer = RunWriter(run_dir, plan.run_record() if plan else _identity(cfg, run_dir, hydra_cfg))
     writer.update(status="queued", dataset=data.as_record(), **({"plan": speed_plan.as_record()} if speed_plan else {}))
     writer.close()
@@ -192,7 +199,13 @@ def _start(cfg: Config, run_dir: Path, data: PreparedData, plan, speed_plan, hyd
         if code:
             sys.exit(code)
         return 0
-    return subprocess.run([sys.executable, "-m", "nanogpt_runner.train.worker", str(run_dir)]).returncode
+    return subprocess.run(worker_command(run_dir), cwd=os.getcwd()).returncode
+
+
+def worker_command(run_dir: Path) -> list[str]:
+    """A sweep job's training process. ``-P``: the working directory (the user's, which relative paths in the
+    config mean) is not on sys.path, so a ``nanogpt_runner/`` folder planted there is never imported."""
+    return [sys.executable, "-P", "-m", "nanogpt_runner.train.worker", str(run_dir)]
 
 
 def _remove_run_dir(run_dir: Path, root: Path) -> None:

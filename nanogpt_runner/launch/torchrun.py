@@ -41,6 +41,7 @@ import uuid
 from pathlib import Path
 
 from nanogpt_runner.config.schema import threads_per_rank
+from nanogpt_runner.fsutil import open_regular
 from nanogpt_runner.runs.rundir import LOG_FILE, RunWriter, read_run
 from nanogpt_runner.train.signals import StopSignals
 
@@ -83,8 +84,26 @@ def start_rank_server() -> None:
     global _rank_server_started_in
     if _rank_server_started_in is None:
         multiprocessing.set_forkserver_preload(["__main__", *RANK_SERVER_PRELOAD])
-        multiprocessing.forkserver.ensure_running()
+        with _safe_path():
+            multiprocessing.forkserver.ensure_running()
         _rank_server_started_in = (dict(os.environ), os.getcwd())
+
+
+@contextlib.contextmanager
+def _safe_path():
+    """PYTHONSAFEPATH=1 (``python -P``) for the Python processes started meanwhile: the server is ``python -c``,
+    which would put the working directory first on sys.path, so a ``nanogpt_runner/`` folder planted there
+    would be imported instead of the package. Its ranks inherit the setting; this process's environment
+    is as it was after."""
+    saved = os.environ.get("PYTHONSAFEPATH")
+    os.environ["PYTHONSAFEPATH"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONSAFEPATH")
+        else:
+            os.environ["PYTHONSAFEPATH"] = saved
 
 
 def rank_start_method() -> str:
@@ -118,7 +137,7 @@ def run_group(par, run_dir: Path) -> int:
     args = parser.parse_args(torchrun_args(par, run_dir, known))
     args.start_method = start_method
     received = None
-    with _agent_scope(OMP_NUM_THREADS=str(threads_per_rank(par))):
+    with _agent_scope(OMP_NUM_THREADS=str(threads_per_rank(par)), PYTHONSAFEPATH="1"):  # spawned ranks: -P
         try:
             config, _command, _ = config_from_args(args)
             elastic_launch(config, entrypoint=run_rank)(*args.training_script_args, os.getpid())
@@ -199,10 +218,11 @@ def rank_tracebacks(run_dir: Path) -> dict[int, str]:
         if match:
             logs[int(match.group(1))] = path
     for rank, path in sorted(logs.items()):
-        try:
-            text = path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
+        f = open_regular(path)  # a rank log that is a symlink is not read
+        if f is None:
             continue
+        with f:
+            text = f.read().decode("utf-8", errors="replace")
         start = text.rfind("Traceback (most recent call last)")
         if start >= 0:
             traces[rank] = text[start:].strip()

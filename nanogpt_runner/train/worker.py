@@ -20,12 +20,13 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from nanogpt_runner.config.saved import load_saved_yaml
 from nanogpt_runner.config.schema import Config
 from nanogpt_runner.console import error
 from nanogpt_runner.data.prepared import DataError, PreparedData, load_prepared
 from nanogpt_runner.distributed.process_group import NullWriter, env_rank
 from nanogpt_runner.errors import RunStopped
-from nanogpt_runner.fsutil import overwrite_json
+from nanogpt_runner.fsutil import open_nofollow, overwrite_json
 from nanogpt_runner.runs.rundir import CONFIG_FILE, LOG_FILE, RUN_FILE, RunWriter, read_run
 from nanogpt_runner.train.loop import train
 from nanogpt_runner.train.signals import until_the_end_is_recorded
@@ -55,7 +56,7 @@ def _train_and_record(cfg: Config, run_dir: Path, data: PreparedData) -> int:
     except Exception as err:  # any other failure is recorded with its traceback, then reported in one line
         trace = traceback.format_exc()
         try:
-            with open(log_file, "a", encoding="utf-8") as log:
+            with open_nofollow(log_file, "a") as log:
                 log.write(trace)
             where = f"traceback in {log_file}"
         except OSError as log_err:
@@ -93,8 +94,9 @@ def _end(writer: RunWriter | NullWriter, code: int, message: str | None, **field
 
 
 def load_run_config(run_dir: Path):
-    """The resolved config a launcher saved in the run directory, checked against the schema."""
-    return OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(run_dir / CONFIG_FILE))
+    """The resolved config a launcher saved in the run directory, checked against the schema: read as data
+    (never through a symlink, never interpolated; config.saved.load_saved_yaml), ValueError naming what is wrong."""
+    return OmegaConf.merge(OmegaConf.structured(Config), load_saved_yaml(run_dir / CONFIG_FILE))
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -171,7 +173,12 @@ def main(argv: list[str] | None = None) -> None:
     if len(args) != 1 or not (Path(args[0]) / CONFIG_FILE).exists():
         error("usage: python -m nanogpt_runner.train.worker RUN_DIR (a run directory made by nanogpt-run)")
         sys.exit(2)
-    sys.exit(run_in(Path(args[0]), os.getppid()))
+    try:
+        code = run_in(Path(args[0]), os.getppid())
+    except ValueError as err:  # a config.yaml that is not what nanogpt-run saved
+        error(str(err))
+        code = 2
+    sys.exit(code)
 
 
 if __name__ == "__main__":

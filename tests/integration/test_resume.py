@@ -140,7 +140,9 @@ def test_sigterm_saves_then_resume_path_continues_in_place(tmp_path, base, refer
     # resume=PATH from another directory; an eval-cadence change is allowed and recorded.
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    result = run_cli([f"resume={run_dir}", "train.eval_interval=25"], cwd=elsewhere)
+    # (where prepared data is cached is this command line's, never the checkpoint's)
+    result = run_cli([f"resume={run_dir}", "train.eval_interval=25", f"data.cache_dir={tmp_path / 'cache'}"],
+                     cwd=elsewhere)
     assert result.returncode == 0, result.stderr
     assert not [p for p in elsewhere.rglob("*") if p.is_file()]  # continued in place: no new run directory
     assert_bitwise_equal(run_dir, reference)

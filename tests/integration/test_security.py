@@ -115,7 +115,8 @@ def sample_cli(run: Path) -> tuple[int, str]:
 
 def resume_cli(run: Path) -> tuple[int, str]:
     # One process (the checkpoint was written by two): the same global batch, the same readers.
-    done = run_cli([f"resume={run}", "train.max_iters=9", "parallel=single", "train.batch_size=8"], cwd=run.parent)
+    done = run_cli([f"resume={run}", "train.max_iters=9", "parallel=single", "train.batch_size=8",
+                    f"data.cache_dir={run.parent / 'cache'}"], cwd=run.parent)
     return done.returncode, done.stderr + done.stdout + (run / "run.json").read_text()
 
 
