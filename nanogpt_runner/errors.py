@@ -4,6 +4,7 @@ loop all raise or catch them (no torch)."""
 
 from __future__ import annotations
 
+import shlex
 import signal
 from pathlib import Path
 
@@ -23,16 +24,31 @@ class CheckpointError(RunStopped):
     exit_code = 2
 
 
+def how_to_continue(run_dir: Path, checkpoint: Path | None) -> str:
+    """The exact command that continues a stopped run from ``checkpoint`` (its run dir when the checkpoint is
+    in it, else the checkpoint itself: a run resumed from another that saved nothing yet), or, without one,
+    that there is nothing to continue: a message never names a checkpoint that does not exist."""
+    if checkpoint is None:
+        return "no checkpoint was saved, so there is nothing to resume: run the same command again to start over"
+    target = run_dir if Path(checkpoint).resolve().is_relative_to(Path(run_dir).resolve()) else checkpoint
+    return f"continue with: nanogpt-run resume={shlex.quote(str(target))}"
+
+
 class Interrupted(RunStopped):
-    """SIGTERM, SIGINT or SIGUSR2 arrived; the last completed step was checkpointed."""
+    """SIGTERM, SIGINT, SIGHUP or SIGUSR2 arrived; the last completed step was checkpointed (when anything was
+    trained since the last checkpoint)."""
 
     status = "interrupted"
 
-    def __init__(self, signum: int, step: int, saved: Path | None):
+    def __init__(self, signum: int, step: int, saved: Path | None, last_good: Path | None, run_dir: Path):
         name = signal.Signals(signum).name
-        where = f"checkpoint {saved}" if saved else "no new checkpoint (nothing trained since the last one)"
-        super().__init__(f"stopped by {name} after step {step}; {where}; resume with train.resume=auto "
-                         f"(same run dir) or resume=RUN_DIR")
+        if saved is not None:
+            where = f"checkpoint {saved}"
+        elif last_good is not None:
+            where = f"no new checkpoint (nothing trained since {last_good})"
+        else:
+            where = "nothing trained yet"
+        super().__init__(f"stopped by {name} after step {step}; {where}; {how_to_continue(run_dir, last_good)}")
         self.exit_code = 128 + signum
         self.step = step
 

@@ -57,6 +57,9 @@ class Checkpointer:
         self.rank = rank_world()[0]
         self.last_saved_step = -1
         self.best_saved = math.inf
+        # The newest state known good: the checkpoint restored, then each one saved. None: there is none, and
+        # no message may point at one.
+        self.last_good: Path | None = None
 
     def source(self) -> tuple[Path, dict] | None:
         """The checkpoint this attempt continues from, and its meta; None for a fresh start.
@@ -93,7 +96,7 @@ class Checkpointer:
         if problems:
             raise CheckpointError(f"cannot resume from {path}: " + "; ".join(problems))
         state = load_checkpoint(path, self.model, self.optimizer, self.scaler, meta=meta)
-        self.last_saved_step, self.best_saved = state.step, state.best_val_loss
+        self.last_saved_step, self.best_saved, self.last_good = state.step, state.best_val_loss, path
         discarded = []
         if self.rank == 0 and path.parent.resolve() == self.dir.resolve():
             discarded = discard_after(self.dir, state.step)
@@ -132,7 +135,7 @@ class Checkpointer:
             if rank_world()[1] == 1:  # (in a group another rank may still be writing: the next save cleans up)
                 remove_temporaries(self.dir)  # a full disk: give back what the failed save took
             raise
-        self.last_saved_step = state.step
+        self.last_saved_step, self.last_good = state.step, path
         if val_loss is not None:
             self.best_saved = min(self.best_saved, val_loss)
         if self.rank == 0:

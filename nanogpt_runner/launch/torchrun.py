@@ -19,10 +19,10 @@ The workers read the resolved config from the run directory, never from Hydra (w
 dir per rank). One node uses a standalone rendezvous (a fresh free port each time, so sweep jobs never
 collide); several nodes meet at a c10d rendezvous on ``parallel.rdzv_endpoint``.
 
-Stop signals: the ranks run in their own sessions, so this process alone hears SIGINT/SIGTERM/SIGUSR2 (a
-terminal, SLURM's warning before the time limit, a requeue). While the group runs, the agent's handlers
-hold them: it forwards the signal to every rank once, whose loop saves a checkpoint at the next step
-boundary and stops, and gives them ``parallel.timeout_min`` to do so. Afterwards this process's own
+Stop signals: the ranks run in their own sessions, so this process alone hears SIGINT/SIGTERM/SIGHUP/SIGUSR2
+(a terminal, or its closing, SLURM's warning before the time limit, a requeue). While the group runs, the
+agent's handlers hold them: it forwards the signal to every rank once, whose loop saves a checkpoint at the
+next step boundary and stops, and gives them ``parallel.timeout_min`` to do so. Afterwards this process's own
 handlers are back, and SIGTERM or SIGUSR2 does what it would have done to it (submitit's requeue handler,
 or the default: end the process).
 """
@@ -46,7 +46,7 @@ from nanogpt_runner.runs.rundir import LOG_FILE, RunWriter, read_run
 from nanogpt_runner.train.signals import StopSignals
 
 # The agent forwards each of these to the ranks: the stop signals end in a checkpoint (StopSignals).
-HANDLED_SIGNALS = ("SIGHUP", "SIGQUIT", *(sig.name for sig in StopSignals.SIGNALS))
+HANDLED_SIGNALS = ("SIGQUIT", *(sig.name for sig in StopSignals.SIGNALS))
 
 
 # What the rank server imports: its own set-up, then what every rank imports before it trains, whatever its

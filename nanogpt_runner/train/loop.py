@@ -177,7 +177,8 @@ def _train(cfg: Config, run_dir: Path, data: PreparedData, writer: RunWriter, la
         console.console.quiet = not layout.is_main
         console.line(
             f"{cfg.model.name}: {record['n_params'] / 1e6:.2f}M parameters, {precision} on {record['layout']}, "
-            f"{hardware.describe(device)}, data {data.name} ({data.origin}, {data.vocab_size} symbols), run dir {run_dir}"
+            f"{hardware.describe(device)}, data {data.name} ({data.origin}, {data.vocab_size} symbols), "
+            f"run dir {run_dir}"
         )
         if precision_probe is not None:
             console.line(precision_probe.describe())
@@ -199,8 +200,9 @@ def _train(cfg: Config, run_dir: Path, data: PreparedData, writer: RunWriter, la
 
         # nan_policy: a non-finite update is noted on the device and read at the next metrics line, evaluation
         # or checkpoint (stop), or read every step (skip_step, which must decide before the update).
+        # (its failure message names the checkpointer's last good state, read when it fails, after ckpt exists)
         guard = NonFiniteGuard(t.nan_policy, writer, scaler.is_enabled(), replicas_mean=par.mean_over_replicas,
-                               agree=par.max_over_ranks)
+                               agree=par.max_over_ranks, precision=precision, last_good=lambda: ckpt.last_good)
         # Resume (train.resume / resume=PATH) restores model, optimizer, scaler, RNG and progress in place.
         ckpt = Checkpointer(run_dir, cfg, data.tokenizer.describe(), model, optimizers, scaler, writer,
                             say=console.line, before_save=guard.check)
@@ -218,8 +220,9 @@ def _train(cfg: Config, run_dir: Path, data: PreparedData, writer: RunWriter, la
             run_eval(0)
         window_start, eval_seconds, step = time.perf_counter(), 0.0, resumed.step
         for step in range(resumed.step + 1, stopper.steps + 1):
-            if stop.requested():  # SIGTERM/SIGINT: save the last completed step, then stop
-                raise Interrupted(stop.signum, step - 1, ckpt.save(progress(step - 1), "signal"))
+            if stop.requested():  # SIGTERM/SIGINT/SIGHUP/SIGUSR2: save the last completed step, then stop
+                saved = ckpt.save(progress(step - 1), "signal")
+                raise Interrupted(stop.signum, step - 1, saved, ckpt.last_good, run_dir)
             lr = optimizers.set_lr(stopper.schedule_step(step - 1), stopper.steps)
             step_loss = torch.zeros((), device=device)
             for micro in range(t.grad_accum):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -18,21 +19,24 @@ class NonFiniteGuard:
     an evaluation, and before every checkpoint (the Checkpointer calls it). A non-finite update is applied
     like any other, so the run stops at the next check, up to ``train.log_interval - 1`` steps after the bad
     one, raising NonFiniteLoss that names the first bad step; nothing after it is ever saved, so the last
-    checkpoint is the last good state. The ranks agree at the check (``agree``: each number's maximum
-    over the ranks), so they all stop together.
+    checkpoint (``last_good``, when there is one) is the last good state. The ranks agree at the check
+    (``agree``: each number's maximum over the ranks), so they all stop together.
 
     ``policy="skip_step"``: a bad update must not be applied, so the decision is read on the host every
     step (one device-to-host copy per step, and the replicas' mean loss through ``replicas_mean``, a
     collective, so every rank decides alike: the price of skipping). The update is dropped and counted.
 
     Either way a ``nan`` event names the step and values. With fp16 loss scaling an infinite gradient norm
-    is the scaler's business (it skips the step and lowers the scale), so only the loss is checked then."""
+    is the scaler's business (it skips the step and lowers the scale), so only the loss is checked then.
+    The stop message suggests only a precision other than ``precision``, the one in use."""
 
     def __init__(self, policy: str, writer, scaler_enabled: bool = False, skipped: int = 0,
                  replicas_mean: Callable[[torch.Tensor], torch.Tensor] = lambda loss: loss,
-                 agree: Callable[[list[float]], list[float]] = lambda values: values):
+                 agree: Callable[[list[float]], list[float]] = lambda values: values, precision: str = "fp32",
+                 last_good: Callable[[], Path | None] = lambda: None):
         self.policy, self.writer, self.scaler_enabled, self.skipped = policy, writer, scaler_enabled, skipped
         self._replicas_mean, self._agree = replicas_mean, agree
+        self.precision, self._last_good = precision, last_good
         self._window_skipped = 0
         self._first_bad: torch.Tensor | None = None  # (step, loss, grad norm); step 0 while every update was finite
 
@@ -79,10 +83,18 @@ class NonFiniteGuard:
         else:
             what = "loss" if not math.isfinite(loss) else "gradient norm"
         self._report(step, loss, grad_norm, action="stopped")
-        raise NonFiniteLoss(
-            f"non-finite {what} at step {step} (loss {loss}, grad norm {grad_norm}); the last checkpoint holds the "
-            f"last good state. Lower optimizer.lr, use train.precision=bf16 or fp32, or set "
-            f"train.nan_policy=skip_step to skip such updates")
+        raise NonFiniteLoss(f"non-finite {what} at step {step} (loss {loss}, grad norm {grad_norm}); "
+                            f"{self._advice()}")
+
+    def _advice(self) -> str:
+        """Where the last good state is, and the fixes that apply to this run."""
+        saved = self._last_good()
+        state = (f"{saved} holds the last good state" if saved is not None
+                 else "no checkpoint was saved before it")
+        other_precisions = {"fp16": "bf16 or fp32", "bf16": "fp32"}.get(self.precision)
+        fixes = ["lower optimizer.lr", *([f"use train.precision={other_precisions}"] if other_precisions else []),
+                 "set train.nan_policy=skip_step to skip such updates"]
+        return f"{state}. {', '.join(fixes[:-1]).capitalize()} or {fixes[-1]}"
 
     def _report(self, step: int, loss: float, grad_norm: float, action: str) -> None:
         if self.writer is not None:

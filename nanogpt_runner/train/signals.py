@@ -1,7 +1,7 @@
 """How the loop notices a stop signal (the ways a run ends are nanogpt_runner.errors).
 
-``StopSignals`` turns SIGTERM and
-SIGINT into a request the loop polls between steps (so the last completed step is saved first), and
+``StopSignals`` turns SIGTERM, SIGINT,
+SIGHUP and SIGUSR2 into a request the loop polls between steps (so the last completed step is saved first), and
 ``until_the_end_is_recorded`` keeps a late one from killing the process before run.json says how the run
 ended; nanogpt_runner.train.nonfinite decides what a NaN or infinite loss does.
 """
@@ -14,8 +14,9 @@ import threading
 from collections.abc import Callable, Iterator
 
 # The stop signals that may come again after the loop saw one: SLURM's SIGTERM goes to every process of a
-# job step, and a rank's launcher watch (nanogpt_runner.train.worker) sends one when the launcher ends first.
-LATE_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+# job step, a rank's launcher watch (nanogpt_runner.train.worker) sends one when the launcher ends first, and
+# a closing terminal or SSH session sends SIGHUP to everything it started.
+LATE_SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGHUP)
 _recording_the_end = False  # inside until_the_end_is_recorded (signal handlers are per process, as this is)
 
 
@@ -25,7 +26,7 @@ def until_the_end_is_recorded() -> Iterator[None]:
 
     Before the loop, a stop signal keeps its usual effect (the default ends the process at once, even while
     it waits in the process group's rendezvous); during the loop StopSignals turns it into a checkpoint.
-    From the loop's end until this block ends, SIGTERM and SIGUSR2 are ignored: the process is leaving
+    From the loop's end until this block ends, SIGTERM, SIGUSR2 and SIGHUP are ignored: the process is leaving
     the group and writing run.json, and a late signal would kill it in between, leaving run.json saying
     "running" for ever. A process that hangs there still ends by the SIGKILL that torchrun and SLURM send
     after their grace period. The handlers found on entry are put back on exit."""
@@ -42,8 +43,8 @@ def until_the_end_is_recorded() -> Iterator[None]:
 
 
 class StopSignals:
-    """SIGTERM, SIGINT and SIGUSR2 become a request the loop polls at step boundaries, so the run can save
-    the last completed step and stop cleanly. A second SIGINT stops at once (KeyboardInterrupt).
+    """SIGTERM, SIGINT, SIGHUP and SIGUSR2 become a request the loop polls at step boundaries, so the run can
+    save the last completed step and stop cleanly. A second SIGINT stops at once (KeyboardInterrupt).
 
     ``agree`` turns this process's flag into the group's decision (an all-reduce of the flag, so every
     rank stops at the same step); without it the flag is local and read at every poll. The group is asked
@@ -52,7 +53,9 @@ class StopSignals:
 
     # SIGUSR2: SLURM's warning before the time limit (the slurm_torchrun preset asks for it signal_delay_s
     # ahead), forwarded to every rank by torchrun (nanogpt_runner.launch.torchrun); it ends in a checkpoint too.
-    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
+    # SIGHUP: the terminal or SSH session that started the run was closed (its default would end the run
+    # with no checkpoint and run.json still saying "running").
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
 
     def __init__(self, agree: Callable[[bool], bool] | None = None, every: int = 1):
         self.received: int | None = None

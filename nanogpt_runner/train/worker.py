@@ -20,12 +20,13 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from nanogpt_runner.checkpoint.folder import checkpoint_dir, list_checkpoints
 from nanogpt_runner.config.saved import load_saved_yaml
 from nanogpt_runner.config.schema import Config
 from nanogpt_runner.console import error
 from nanogpt_runner.data.prepared import DataError, PreparedData, load_prepared
 from nanogpt_runner.distributed.process_group import NullWriter, env_rank
-from nanogpt_runner.errors import RunStopped
+from nanogpt_runner.errors import RunStopped, how_to_continue
 from nanogpt_runner.fsutil import open_nofollow, overwrite_json
 from nanogpt_runner.runs.rundir import CONFIG_FILE, LOG_FILE, RUN_FILE, RunWriter, read_run
 from nanogpt_runner.train.loop import train
@@ -46,8 +47,10 @@ def _train_and_record(cfg: Config, run_dir: Path, data: PreparedData) -> int:
     log_file = run_dir / (LOG_FILE if rank == 0 else f"rank{rank}.log")
     try:
         summary = train(cfg, run_dir, data, writer)
-    except KeyboardInterrupt:
-        return _end(writer, 130, f"interrupted; the run directory is {run_dir}", status="interrupted",
+    except KeyboardInterrupt:  # a second Ctrl+C: stopped at once, the steps since the last checkpoint unsaved
+        saved = list_checkpoints(checkpoint_dir(run_dir))
+        return _end(writer, 130, f"interrupted at once (a second Ctrl+C); "
+                    f"{how_to_continue(run_dir, saved[-1] if saved else None)}", status="interrupted",
                     error="interrupted by the user (SIGINT)")
     except RunStopped as err:  # a signal, a non-finite loss, an unusable checkpoint: status and exit code say which
         return _end(writer, err.exit_code, str(err), status=err.status, error=str(err))

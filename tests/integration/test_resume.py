@@ -155,6 +155,21 @@ def test_sigterm_saves_then_resume_path_continues_in_place(tmp_path, base, refer
     assert clean_curve(run_dir) == list(range(1, MAX_ITERS + 1))
 
 
+def test_sighup_saves_and_prints_the_command_that_continues_the_run(tmp_path, base):
+    """Closing the terminal or SSH session that started a run (SIGHUP) stops it as SIGTERM does: the last
+    step checkpointed, status interrupted, and the exact command that continues it."""
+    run_dir = tmp_path / "run"
+    proc = start([*base, f"hydra.run.dir={run_dir}"], tmp_path)
+    wait_for_step(proc, run_dir, 5)
+    proc.send_signal(signal.SIGHUP)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGHUP and "Traceback" not in stderr
+    record = read_run(run_dir)
+    assert record["status"] == "interrupted" and "stopped by SIGHUP" in record["error"]
+    assert f"continue with: nanogpt-run resume={run_dir}" in stderr
+    assert folders.find_latest(folders.checkpoint_dir(run_dir)) is not None
+
+
 # Trains through the worker as a torchrun rank or sweep job does, with a SIGTERM as the run leaves its process
 # group: after the loop, before run.json records how the run ended (SLURM's second signal, or the launcher
 # watch's when the launcher ended first). "interrupted": the loop itself stops at its first poll, as for a signal.
