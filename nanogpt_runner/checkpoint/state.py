@@ -261,3 +261,21 @@ def load_checkpoint(
     best = meta.get("best_val_loss")
     return TrainState(step=meta["step"], tokens=meta["tokens"], best_val_loss=math.inf if best is None else best,
                       skipped_steps=meta.get("skipped_steps", 0))
+
+
+def load_optimizer_state(path: Path, meta: dict) -> dict[str, dict[str, torch.Tensor]]:
+    """The optimizer's per-parameter state ({parameter name: {"step", "exp_avg", ...}}, CPU tensors) from
+    either layout, without a model or a process group: what an export into another trainer's format needs."""
+    path = Path(path)
+    if meta["layout"] == "full":
+        return dict(_torch_load(path / OPTIMIZER_FILE)["state"])
+    from nanogpt_runner.checkpoint import dcp_read
+
+    with _refused_if_unsafe(path):
+        flat = dcp_read.empty_tensors(path, "optimizer.state.")
+    nested: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in flat.items():
+        name, field = key.rsplit(".", 1)
+        nested.setdefault(name, {})[field] = tensor
+    _load_sharded({"optimizer": {"state": nested}}, path)
+    return nested

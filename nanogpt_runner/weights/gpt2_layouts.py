@@ -203,10 +203,10 @@ def hf_architecture(config: dict, where: str) -> Architecture:
     )
 
 
-def hf_config(arch: Architecture, dropout: float, end_of_text: int | None) -> dict:
+def hf_config(arch: Architecture, dropout: float, special_ids: dict[str, int]) -> dict:
     """A GPT2LMHeadModel config.json for ``arch``: the same computation, biases on (zeros where the model
-    had none), the model's activation under Hugging Face's name; ``end_of_text`` is GPT-2's bos and eos
-    token when the model reads GPT-2's BPE."""
+    had none), the model's activation under Hugging Face's name, and ``special_ids`` (bos_token_id,
+    eos_token_id, pad_token_id: ids of the vocabulary, hf_tokenizer.generation_config)."""
     config = {
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
         "n_layer": arch.n_layer, "n_head": arch.n_head, "n_embd": arch.n_embd, "n_positions": arch.block_size,
@@ -216,8 +216,7 @@ def hf_config(arch: Architecture, dropout: float, end_of_text: int | None) -> di
         "tie_word_embeddings": arch.tie_weights, "scale_attn_weights": True, "initializer_range": 0.02,
         "torch_dtype": "float32",
     }
-    if end_of_text is not None:
-        config.update(bos_token_id=end_of_text, eos_token_id=end_of_text)
+    config.update(special_ids)
     return config
 
 
