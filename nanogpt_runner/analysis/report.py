@@ -10,13 +10,16 @@ browser's plots do not have. No torch is imported.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import io
 import sys
 from pathlib import Path
 
 from nanogpt_runner.analysis.comparison import compare_notes, seed_groups
 from nanogpt_runner.analysis.figures import hyperparameter_figure, plain, seed_band_figure
 from nanogpt_runner.analysis.records import RunRecord, differing_keys, finite, load_runs, run_notes, summarize
+from nanogpt_runner.fsutil import UnsafeFolder, refuse_symlinks, write_atomic
 from nanogpt_runner.runs.rundir import METRIC, axis_title, summarized
 
 CSV_NAME = "summary.csv"
@@ -24,6 +27,8 @@ PNG_NAME = "comparison.png"
 GROUPS_CSV_NAME = "groups.csv"
 SEEDS_PNG_NAME = "seeds.png"
 HYPERPARAMETERS_PNG_NAME = "hyperparameters.png"
+# In every folder nanogpt-report made: it may write there again. A folder without it is someone else's.
+REPORT_MARK = ".nanogpt-report"
 # One column per summarized metric of the registry (nanogpt_runner.runs.rundir.METRICS).
 CSV_FIELDS = ["run", "name", "sweep", "status", *(m.summary for m in summarized()), "time_to_target_s",
               "diverged_at", "stop_reason", "group"]
@@ -34,7 +39,7 @@ GROUP_FIELDS = [m.summary for m in summarized() if m.better]
 def write_csv(runs: list[RunRecord], path: Path, target: float | None = None) -> Path:
     """One row per run: the summary numbers, then the config keys that differ between the runs."""
     keys = differing_keys(runs)
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with _replacing(path) as f:
         writer = csv.writer(f)
         writer.writerow(CSV_FIELDS + keys)
         group_of = {run.id: group.label for group in seed_groups(runs) for run in group.runs}
@@ -49,7 +54,7 @@ def write_groups_csv(runs: list[RunRecord], path: Path, target: float | None = N
     """One row per seed group (runs that differ only by train.seed, or share run.group): how many runs, their
     seeds, then each number's mean, sample standard deviation, min and max over the runs."""
     summaries = {run.id: summarize(run, target) for run in runs}
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with _replacing(path) as f:
         writer = csv.writer(f)
         writer.writerow(["group", "runs", "seeds"] + [f"{field}_{stat}" for field in GROUP_FIELDS
                                                       for stat in ("mean", "std", "min", "max")])
@@ -95,23 +100,63 @@ def write_png(runs: list[RunRecord], path: Path, target: float | None = None) ->
         ax.tick_params(axis="y", labelsize=7)
         ax.invert_yaxis()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
 
-def write_report(runs: list[RunRecord], out_dir: Path, target: float | None = None) -> list[Path]:
-    """summary.csv and comparison.png; groups.csv and seeds.png when a configuration ran with several seeds;
-    hyperparameters.png when the runs differ in settings."""
-    out_dir = Path(out_dir)
+@contextlib.contextmanager
+def _replacing(path: Path):
+    """A text buffer that replaces ``path`` atomically when the block ends (fsutil.write_atomic: a symlink
+    planted at ``path`` is replaced, never written through)."""
+    buffer = io.StringIO(newline="")
+    yield buffer
+    write_atomic(path, buffer.getvalue())
+
+
+def save_figure(figure, path: Path) -> None:
+    """A matplotlib figure as a PNG at ``path``, replaced atomically (never through a symlink)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    write_atomic(path, buffer.getvalue())
+
+
+class ReportFolderError(ValueError):
+    """An output folder nanogpt-report may not write into; the message says why and what to pass instead."""
+
+
+def claim_out_dir(out_dir: Path, force: bool = False) -> None:
+    """Make ``out_dir`` the report's folder (marked with REPORT_MARK), or raise ReportFolderError: it is a
+    symlink, or holds one, or is a folder with files that nanogpt-report did not write (unless ``force``). A
+    runs folder may come from anyone, so RUNS/report may be planted; the report overwrites only its own files."""
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise ReportFolderError(f"{out_dir} is a symlink or not a folder, and a report is never written through one: "
+                                f"pass --out with a new folder")
+    if out_dir.is_dir():
+        ours = (out_dir / REPORT_MARK).is_file() and not (out_dir / REPORT_MARK).is_symlink()
+        if not ours and any(out_dir.iterdir()) and not force:
+            raise ReportFolderError(f"{out_dir} exists and was not written by nanogpt-report: pass --out with a new "
+                                    f"folder, or --force to write the report's files into it")
+        try:
+            refuse_symlinks(out_dir)
+        except UnsafeFolder as err:
+            raise ReportFolderError(f"{err} (or pass --out with a new folder)") from err
     out_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(out_dir / REPORT_MARK, "written by nanogpt-report: it may replace its files here\n")
+
+
+def write_report(runs: list[RunRecord], out_dir: Path, target: float | None = None, force: bool = False) -> list[Path]:
+    """summary.csv and comparison.png; groups.csv and seeds.png when a configuration ran with several seeds;
+    hyperparameters.png when the runs differ in settings. ``out_dir`` must be claimable (``claim_out_dir``)."""
+    out_dir = Path(out_dir)
+    claim_out_dir(out_dir, force)
     paths = [write_csv(runs, out_dir / CSV_NAME, target), write_png(runs, out_dir / PNG_NAME, target)]
     if any(len(group.runs) > 1 for group in seed_groups(runs)):
         paths.append(write_groups_csv(runs, out_dir / GROUPS_CSV_NAME, target))
-        seed_band_figure(runs, "tokens").savefig(out_dir / SEEDS_PNG_NAME, dpi=110)
+        save_figure(seed_band_figure(runs, "tokens"), out_dir / SEEDS_PNG_NAME)
         paths.append(out_dir / SEEDS_PNG_NAME)
     if (figure := hyperparameter_figure(runs)) is not None:
-        figure.savefig(out_dir / HYPERPARAMETERS_PNG_NAME, dpi=110)
+        save_figure(figure, out_dir / HYPERPARAMETERS_PNG_NAME)
         paths.append(out_dir / HYPERPARAMETERS_PNG_NAME)
     return paths
 
@@ -133,6 +178,8 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("runs_dir", type=Path, help="folder holding runs (searched recursively for run.json)")
     parser.add_argument("--out", type=Path, default=None, help="where to write the files (default RUNS_DIR/report)")
     parser.add_argument("--target-loss", type=float, default=None, help="val loss for the time-to-target column")
+    parser.add_argument("--force", action="store_true",
+                        help="write into an existing folder that nanogpt-report did not make (never through a symlink)")
     return parser
 
 
@@ -148,7 +195,9 @@ def main(argv: list[str] | None = None) -> None:
                      f"or point at the folder that holds them")
     out_dir = args.out or args.runs_dir / "report"
     try:
-        paths = write_report(runs, out_dir, args.target_loss)
+        paths = write_report(runs, out_dir, args.target_loss, args.force)
+    except ReportFolderError as err:
+        parser.error(str(err))
     except OSError as err:
         parser.error(f"cannot write the report to {out_dir} ({err.strerror}): pass --out DIR with a writable folder")
     print(notes_text(runs, args.target_loss))

@@ -1,0 +1,75 @@
+"""nanogpt-report writes where the command line says, never through a symlink, and never over a folder it did not
+make unless told (--force): RUNS/report may have been planted by whoever made the runs folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nanogpt_runner.analysis import report
+
+
+def runs_folder(tmp_path):
+    runs = tmp_path / "runs"
+    for seed in (1, 2):
+        run = runs / f"run{seed}"
+        run.mkdir(parents=True)
+        (run / "run.json").write_text(json.dumps({"id": f"r{seed}", "name": "tiny", "status": "completed",
+                                                  "config": {"train": {"seed": seed}}}))
+        (run / "metrics.jsonl").write_text("".join(json.dumps({"kind": "train", "step": s, "tokens": 64 * s,
+                                                               "loss": 3.0 / s}) + "\n" for s in (1, 2, 3)))
+    return runs
+
+
+@pytest.fixture
+def outside(tmp_path):
+    path = tmp_path / "bashrc"
+    path.write_text("original\n")
+    return path
+
+
+def test_a_report_is_written_and_written_again(tmp_path, capsys):
+    runs = runs_folder(tmp_path)
+    report.main([str(runs)])
+    report.main([str(runs)])  # its own folder: replaced
+    assert (runs / "report" / report.CSV_NAME).read_text().startswith("run,")
+    assert (runs / "report" / report.REPORT_MARK).is_file()
+
+
+def test_a_planted_symlink_in_the_report_folder_is_refused(tmp_path, outside, capsys):
+    runs = runs_folder(tmp_path)
+    (runs / "report").mkdir()
+    (runs / "report" / report.REPORT_MARK).write_text("")
+    (runs / "report" / report.CSV_NAME).symlink_to(outside)
+    for force in ([], ["--force"]):
+        with pytest.raises(SystemExit) as refused:
+            report.main([str(runs), *force])
+        assert refused.value.code == 2
+    assert "holds a symlink" in capsys.readouterr().err
+    assert outside.read_text() == "original\n"
+
+
+def test_a_report_folder_that_is_a_symlink_is_refused(tmp_path, outside, capsys):
+    runs = runs_folder(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (runs / "report").symlink_to(elsewhere)
+    with pytest.raises(SystemExit):
+        report.main([str(runs), "--force"])
+    assert "is a symlink" in capsys.readouterr().err and not list(elsewhere.iterdir())
+
+
+def test_a_folder_it_did_not_make_needs_force(tmp_path, capsys):
+    runs = runs_folder(tmp_path)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / report.CSV_NAME).write_text("someone's numbers\n")
+    with pytest.raises(SystemExit):
+        report.main([str(runs), "--out", str(theirs)])
+    assert "--force" in capsys.readouterr().err
+    assert (theirs / report.CSV_NAME).read_text() == "someone's numbers\n"
+    report.main([str(runs), "--out", str(theirs), "--force"])
+    assert (theirs / report.CSV_NAME).read_text().startswith("run,")
+    report.main([str(runs), "--out", str(tmp_path / "new" / "folder")])  # a new folder is made and claimed
+    assert (tmp_path / "new" / "folder" / report.REPORT_MARK).is_file()
