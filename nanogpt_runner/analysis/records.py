@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from nanogpt_runner.analysis.naming import name_runs
 from nanogpt_runner.config.schema import flatten
 from nanogpt_runner.runs.rundir import (
     EVAL,
@@ -60,6 +61,7 @@ class RunRecord:
     info: dict
     metrics: RunMetrics | None = None
     last_train: dict | None = None
+    display_name: str = ""  # what analysis.naming.run_names calls it (a sweep job by its overrides); "" : not named
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def frame(self, kind: str) -> pd.DataFrame:
@@ -106,7 +108,10 @@ class RunRecord:
 
     @property
     def label(self) -> str:
-        """A short name that tells runs apart in legends: the run folder, or sweep time/job and name."""
+        """A short name that tells runs apart in legends: its ``display_name`` once named (naming.run_names),
+        else the run folder, or sweep time/job and name."""
+        if self.display_name:
+            return self.display_name
         if self.sweep:
             return f"{Path(self.id).parent.name}/{Path(self.id).name} {self.name}"
         return Path(self.id).name
@@ -123,7 +128,8 @@ class RunRecord:
 
 
 def load_runs(root: Path) -> list[RunRecord]:
-    """Every run under ``root`` with its metrics read, oldest first (for reports; the viewer reads lazily)."""
+    """Every run under ``root`` with its metrics read and its name (naming.run_names), oldest first (for reports;
+    the viewer reads lazily)."""
     root = Path(root)
     records = []
     for path in find_runs(root):
@@ -133,6 +139,7 @@ def load_runs(root: Path) -> list[RunRecord]:
             train = reader.metrics.train
             records.append(RunRecord(str(path.relative_to(root)), path, reader.info, reader.metrics,
                                      train[-1] if train else None))
+    name_runs(records)  # sweep jobs by their overrides, as the viewer names them
     return sorted(records, key=lambda r: (as_number(r.info.get("start_time")) or 0.0, r.id))
 
 

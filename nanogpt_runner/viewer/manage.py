@@ -102,7 +102,7 @@ def delete(store: RunStore, run_id) -> str:
         shutil.rmtree(folder)
     except OSError as err:
         raise ManageError(f"{name} could not be deleted completely ({err.strerror or err}).") from err
-    store.poll()
+    store.poll(everything=True)
     return f"Deleted {name} ({run_id})."
 
 

@@ -4,7 +4,10 @@ A refresh stats two files per run and reads only runs whose files moved. Finishe
 from run.json and the last metrics line; their full curves are read only when someone selects them
 (``load``), so 10,000 finished runs list in about the time it takes to read their run.json files.
 Runs that are still going (or have no summary) are followed line by line with ``RunReader``.
-Each run carries a ``version`` that grows whenever it changed, so the page can skip work.
+Each run carries a ``version`` that grows whenever it changed, so the page can skip work. A finished run
+(completed, failed, interrupted) is not polled at every tick: it is checked again every ``finished_check_s``
+(a resume or an edit of its tags shows then, or at once after ``poll(everything=True)``). Every run is named
+by ``analysis.naming`` (a sweep job by its overrides), again only when runs came, went or were renamed.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nanogpt_runner.analysis.naming import name_runs
 from nanogpt_runner.analysis.records import RunRecord
 from nanogpt_runner.runs import annotations
 from nanogpt_runner.runs.annotations import ANNOTATIONS_FILE, Annotations
@@ -32,6 +36,7 @@ from nanogpt_runner.runs.rundir import (
 # How much of a metrics file's end to read for its newest train line (a line is about 250 bytes).
 TAIL_BYTES = 4 * 1024
 MAX_TAIL_BYTES = 256 * 1024
+FINISHED = ("completed", "failed", "interrupted", "unsupported")  # run.json statuses a run does not leave alone
 
 
 @dataclass
@@ -47,26 +52,47 @@ class Entry:
 class RunStore:
     """The runs under ``root``; ``poll()`` brings them up to date, ``load(ids)`` reads their curves."""
 
-    def __init__(self, root: Path, min_rescan_s: float = 2.0):
+    def __init__(self, root: Path, min_rescan_s: float = 2.0, finished_check_s: float | None = None):
         self.root = Path(root).resolve()
         self.min_rescan_s = min_rescan_s
+        self.finished_check_s = 5 * min_rescan_s if finished_check_s is None else finished_check_s
         self.entries: dict[str, Entry] = {}
         self.version = 0  # grows whenever any run appeared, vanished or changed
         self._lock = threading.RLock()
         self._next_scan = 0.0
+        self._next_finished_check = 0.0
+        self._naming: dict[str, tuple] = {}  # run id -> what its name is made of, when it was last named
 
     # -- keeping up to date ------------------------------------------------------------------------
 
-    def poll(self) -> bool:
+    def poll(self, everything: bool = False) -> bool:
         """Find new runs (at most every ``min_rescan_s``, less often when the walk is slow), refresh
-        the ones whose files changed, drop the ones that vanished. True when anything changed."""
+        the ones whose files changed (finished runs only every ``finished_check_s``, or with ``everything``),
+        drop the ones that vanished. True when anything changed."""
         with self._lock:
-            changed = self._scan() if time.monotonic() >= self._next_scan else False
+            now = time.monotonic()
+            changed = self._scan() if everything or now >= self._next_scan else False
+            check_finished = everything or now >= self._next_finished_check
+            if check_finished:
+                self._next_finished_check = now + self.finished_check_s
             for run_id in list(self.entries):
-                changed |= self._refresh(run_id)
+                if check_finished or self.entries[run_id].record.info.get("status") not in FINISHED:
+                    changed |= self._refresh(run_id)
             if changed:
+                self._name()
                 self.version += 1
             return changed
+
+    def _name(self) -> None:
+        """Name every run again when what names are made of (ids, sweeps, overrides, names) changed: a
+        renamed run's version grows, so everything drawn with its old name is drawn again."""
+        naming = {i: (e.record.sweep, repr(e.record.info.get("overrides")), e.record.name)
+                  for i, e in self.entries.items()}
+        if naming == self._naming:
+            return
+        self._naming = naming
+        for record in name_runs([e.record for e in self.entries.values()]):
+            self.entries[record.id].version += 1
 
     def rescan_soon(self) -> None:
         """Look for new runs at the next poll (a run was just launched from the page)."""

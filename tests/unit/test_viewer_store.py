@@ -22,12 +22,13 @@ def test_single_runs_and_sweep_jobs_are_found_recursively(tmp_path):
     write_run(tmp_path / "2026-01-01" / "10-00-00_tiny", 5).close()
     for job in range(2):
         write_run(tmp_path / "multirun" / "2026-01-01" / "11-00-00" / str(job), 5,
-                  sweep={"dir": "/elsewhere/multirun/2026-01-01/11-00-00", "job": job}).close()
+                  sweep={"dir": "/elsewhere/multirun/2026-01-01/11-00-00", "job": job},
+                  record={"overrides": ["model=tiny", f"optimizer.lr={job + 1}e-3", "train.grad_accum=4"]}).close()
     store = store_of(tmp_path)
     assert sorted(store.entries) == ["2026-01-01/10-00-00_tiny", "multirun/2026-01-01/11-00-00/0",
                                      "multirun/2026-01-01/11-00-00/1"]
     sweep_job = store.get("multirun/2026-01-01/11-00-00/1").record
-    assert (sweep_job.sweep, sweep_job.label) == ("multirun/2026-01-01/11-00-00", "11-00-00/1 tiny")
+    assert (sweep_job.sweep, sweep_job.label) == ("multirun/2026-01-01/11-00-00", "lr=2e-3")  # what sets it apart
 
 
 def test_finished_runs_are_listed_without_reading_their_curves_until_selected(tmp_path):
