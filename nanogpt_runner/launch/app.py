@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -327,10 +328,48 @@ def composition_error(err: Exception) -> str:
         ("full_key:", "reference_type=", "object_type=", "Set the environment variable HYDRA_FULL_ERROR")))
 
 
+# Hydra's flags that take a value (kept with it when a command line is rebuilt without -m)
+VALUE_FLAGS = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir",
+               "-cd", "--experimental-rerun")
+INFO_TOPICS = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
+
+
+def describe_sweep_refusal(argv: list[str]) -> str | None:
+    """``--cfg``/``--info`` describe one run and ``-m`` starts a sweep: Hydra refuses the pair with a traceback.
+    One line instead, giving the command that describes the sweep's first job; None without the pair."""
+    if not {"-m", "--multirun"} & set(argv) or not {"--cfg", "-c", "--info", "-i"} & {a.split("=")[0] for a in argv}:
+        return None
+    flags, overrides, i = [], [], 0
+    while i < len(argv):
+        arg, following = argv[i], argv[i + 1:i + 2]
+        with_topic = arg in ("--info", "-i") and following and following[0] in INFO_TOPICS
+        width = 2 if arg in VALUE_FLAGS or with_topic else 1
+        if arg not in ("-m", "--multirun"):
+            (flags if arg.startswith("-") else overrides).extend(argv[i:i + width])
+        i += width
+    return (f"--cfg and --info describe one run, -m starts a sweep: describe the sweep's first job with "
+            f"nanogpt-run {shlex.join([*flags, *_first_job(overrides)])}")
+
+
+def _first_job(overrides: list[str]) -> list[str]:
+    """The overrides of a basic sweep's first job (each swept field at its first value); as given when they
+    cannot be expanded here (glob() needs the config loader; a bad override is Hydra's to name)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)[0][0]
+    except (HydraException, IndexError):
+        return overrides
+
+
 def main() -> None:
     # Hydra would print its own multi-line report of a bad override and exit 1: take its errors here
     # instead, and say what is wrong in one line with the invalid-config exit code.
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    if refusal := describe_sweep_refusal(sys.argv[1:]):
+        error(refusal)
+        sys.exit(EXIT_INVALID_CONFIG)
     try:
         _hydra_main()
     except (HydraException, OmegaConfBaseException) as err:
