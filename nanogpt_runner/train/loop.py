@@ -112,181 +112,217 @@ def train(cfg: Config, run_dir: Path, data: PreparedData, writer: RunWriter) -> 
     completed = False
     try:
         layout = process_group.setup(cfg.parallel, hardware.device_kind(cfg.train.device))
-        summary = _train(cfg, run_dir, data, writer, layout)
+        summary = Trainer(cfg, run_dir, data, writer, layout).run()
         completed = True
         return summary
     finally:
         process_group.shutdown(completed)
 
 
-def _train(cfg: Config, run_dir: Path, data: PreparedData, writer: RunWriter, layout: process_group.Layout) -> Summary:
-    t = plain_train(cfg)  # read every step: a DictConfig's reads cost a small GPU model a sixth of its step
-    device = layout.device
-    caps = hardware.device_caps(t.device, device)  # this rank's GPU, asked after setup selected it
-    memory_baseline_gb = hardware.memory_gb(device)[0]  # what the estimate's growth is measured from
-    cache = cache_dir(cfg.data)
-    # Rank 0 decides (``auto`` times this model in each precision the device runs natively) and tells the rest.
-    precision, precision_probe = process_group.broadcast_object(
-        layout, autotune.resolve_precision(cfg, data.vocab_size, device, caps, cache) if layout.is_main else None)
-    hardware.configure_matmul(device, precision, t.tf32)
-    torch.manual_seed(t.seed)
-    full_model = GPT(cfg.model, data.vocab_size)  # on the CPU: parallelize places this rank's part on the device
-    record = run_record(device, precision, full_model, data, layout)
-    if (init_from := load_initial_weights(full_model, cfg)) is not None:  # before the layout splits the model
-        record["init_from"] = init_from
-    if precision_probe is not None:
-        record["precision_probe"] = precision_probe.as_record()
-    estimate = memory.estimate(cfg, data.vocab_size, device.type, precision)
-    expected_peak_gb = round(memory_baseline_gb + estimate.total / memory.GB, 4)  # beside the measured peak
-    record["memory_estimate"] = {**estimate.as_record(), "baseline_gb": round(memory_baseline_gb, 4),
-                                 "expected_peak_gb": expected_peak_gb}
-    flops_per_token = full_model.flops_per_token()
-    par = parallel.parallelize(full_model, layout, cfg, precision)
-    hardware.reset_peak_memory(device)  # the peak of training, not of the full model built before sharding
-    model = par.module  # this rank's part: a pipeline stage, sharded or wrapped as the layout says
-    optimizers = build_optimizers(model, cfg.optimizer)  # one object, however many torch optimizers
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    autocast = hardware.autocast(device.type, precision)
-    # MFU divides the group's tokens/s by the group's peak: every rank's device (or its share of the cores).
-    peak = layout.world * hardware.peak_flops(device, hardware.matmul_precision(device, precision), cache) \
-        if layout.is_main else math.inf
+class Trainer:
+    """One process's part of a run, in the order it happens: ``__init__`` sets up (precision, model, layout,
+    optimizers, batches), ``run`` steps until a limit or a stop, ``step`` is one optimizer update, ``log_window``
+    one metrics line, ``evaluate`` one evaluation, ``summarize`` the end.
 
-    train_batches = Batches(data, "train", cfg.model.block_size, t.seed, device)
-    eval_splits = {s: Batches(data, s, cfg.model.block_size, t.seed, device) for s in ("train", "val")}
-    token_bytes = torch.as_tensor(data.token_bytes, dtype=torch.float64, device=device)
-    # Global batch = dp x batch_size x grad_accum; data-parallel rank r takes micro-batches
-    # [r*accum, (r+1)*accum) of it, so the model sees the same data under every layout.
-    global_batch = layout.dp * t.batch_size * t.grad_accum
-    tokens_per_step = global_batch * cfg.model.block_size
-    first_micro = layout.dp_rank * t.grad_accum
+    Step ``s`` trains on global batch ``s``: data-parallel rank r takes micro-batches [r*accum, (r+1)*accum) of
+    dp x batch_size x grad_accum sequences, so the model sees the same data under every layout."""
 
-    par.write_layout(run_dir)
-    if layout.is_main and (trackers := open_trackers(cfg.logger, run_dir, writer.record)) is not None:
-        writer.subscribe(trackers)  # TensorBoard, W&B, trackio, MLflow: what the run directory records
-    writer.update(status="running", **record)
-    start = time.perf_counter()
-    best_val, last_loss, train_time, steps_timed = math.inf, math.nan, 0.0, 0
-    window_steps, eval_seconds, loss_sum = 0, 0.0, torch.zeros((), device=device)
+    def __init__(self, cfg: Config, run_dir: Path, data: PreparedData, writer: RunWriter,
+                 layout: process_group.Layout):
+        self.cfg, self.run_dir, self.data, self.writer, self.layout = cfg, run_dir, data, writer, layout
+        # read every step: a DictConfig's reads cost a small GPU model a sixth of its step
+        self.t = t = plain_train(cfg)
+        self.device = device = layout.device
+        caps = hardware.device_caps(t.device, device)  # this rank's GPU, asked after setup selected it
+        memory_baseline_gb = hardware.memory_gb(device)[0]  # what the estimate's growth is measured from
+        self.cache = cache_dir(cfg.data)
+        # Rank 0 decides (``auto`` times this model in each precision the device runs natively) and tells the rest.
+        self.precision, self.precision_probe = process_group.broadcast_object(
+            layout, autotune.resolve_precision(cfg, data.vocab_size, device, caps, self.cache) if layout.is_main
+            else None)
+        precision = self.precision
+        hardware.configure_matmul(device, precision, t.tf32)
+        torch.manual_seed(t.seed)
+        full_model = GPT(cfg.model, data.vocab_size)  # on the CPU: parallelize places this rank's part on the device
+        self.record = run_record(device, precision, full_model, data, layout)
+        if (init_from := load_initial_weights(full_model, cfg)) is not None:  # before the layout splits the model
+            self.record["init_from"] = init_from
+        if self.precision_probe is not None:
+            self.record["precision_probe"] = self.precision_probe.as_record()
+        estimate = memory.estimate(cfg, data.vocab_size, device.type, precision)
+        self.expected_peak_gb = round(memory_baseline_gb + estimate.total / memory.GB, 4)  # beside the measured peak
+        self.record["memory_estimate"] = {**estimate.as_record(), "baseline_gb": round(memory_baseline_gb, 4),
+                                          "expected_peak_gb": self.expected_peak_gb}
+        self.flops_per_token = full_model.flops_per_token()
+        self.par = parallel.parallelize(full_model, layout, cfg, precision)
+        hardware.reset_peak_memory(device)  # the peak of training, not of the full model built before sharding
+        self.model = self.par.module  # this rank's part: a pipeline stage, sharded or wrapped as the layout says
+        self.optimizers = build_optimizers(self.model, cfg.optimizer)  # one object, however many torch optimizers
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        self.autocast = hardware.autocast(device.type, precision)
+        # MFU divides the group's tokens/s by the group's peak: every rank's device (or its share of the cores).
+        self.peak = layout.world * hardware.peak_flops(device, hardware.matmul_precision(device, precision),
+                                                       self.cache) if layout.is_main else math.inf
+        self.train_batches = Batches(data, "train", cfg.model.block_size, t.seed, device)
+        self.eval_splits = {s: Batches(data, s, cfg.model.block_size, t.seed, device) for s in ("train", "val")}
+        self.token_bytes = torch.as_tensor(data.token_bytes, dtype=torch.float64, device=device)
+        self.tokens_per_step = layout.dp * t.batch_size * t.grad_accum * cfg.model.block_size
+        self.first_micro = layout.dp_rank * t.grad_accum
+        self.best_val, self.last_loss, self.train_time, self.steps_timed = math.inf, math.nan, 0.0, 0
+        self.window_steps, self.eval_seconds, self.loss_sum = 0, 0.0, torch.zeros((), device=device)
 
-    # Rank 0 owns the console and train.log; every other rank logs the same lines quietly to rank{N}.log.
-    log_path = run_dir / "train.log" if layout.is_main else run_dir / f"rank{layout.rank}.log"
-    # Every rank stops at the same step boundary when any rank got the signal (par.any_rank all-reduces,
-    # once every log_interval steps: no collective, so no device sync, on the other steps).
-    with RunConsole(log_path, t.max_iters, live=cfg.run.progress and layout.is_main) as console, \
-            StopSignals(agree=par.any_rank if layout.world > 1 else None, every=t.log_interval) as stop:
-        console.console.quiet = not layout.is_main
-        console.line(
-            f"{cfg.model.name}: {record['n_params'] / 1e6:.2f}M parameters, {precision} on {record['layout']}, "
-            f"{hardware.describe(device)}, data {data.name} ({data.origin}, {data.vocab_size} symbols), "
-            f"run dir {run_dir}"
-        )
-        if precision_probe is not None:
-            console.line(precision_probe.describe())
-        if layout.is_main and (warning := hardware.precision_warning(precision, device, cache)):
-            console.line(warning)
+    def run(self) -> Summary:
+        """Record what the run is, then train with the console open and the stop signals caught: every rank
+        stops at the same step boundary when any rank got a signal (``any_rank`` all-reduces once every
+        ``log_interval`` steps, so the other steps have no collective and no device sync)."""
+        t, layout = self.t, self.layout
+        self.par.write_layout(self.run_dir)
+        trackers = open_trackers(self.cfg.logger, self.run_dir, self.writer.record) if layout.is_main else None
+        if trackers is not None:
+            self.writer.subscribe(trackers)  # TensorBoard, W&B, trackio, MLflow: what the run directory records
+        self.writer.update(status="running", **self.record)
+        self.start = time.perf_counter()
+        # Rank 0 owns the console and train.log; every other rank logs the same lines quietly to rank{N}.log.
+        log_path = self.run_dir / ("train.log" if layout.is_main else f"rank{layout.rank}.log")
+        with RunConsole(log_path, t.max_iters, live=self.cfg.run.progress and layout.is_main) as console, \
+                StopSignals(agree=self.par.any_rank if layout.world > 1 else None, every=t.log_interval) as stop:
+            self.console = console
+            console.console.quiet = not layout.is_main
+            self.announce()
+            return self.train_until_done(stop)
 
-        def run_eval(step: int) -> float:
-            nonlocal best_val, eval_seconds
-            guard.check()  # a non-finite update since the last check stops the run here
-            eval_start = time.perf_counter()
-            losses = evaluate(par, eval_splits, t.eval_iters, t.batch_size, t.grad_accum, autocast, token_bytes)
-            best_val = min(best_val, losses["val_loss"])
-            writer.log("eval", step=step, tokens=step * tokens_per_step, **losses,
-                       elapsed_s=time.perf_counter() - start)
-            console.line(f"eval step {step}: train loss {losses['train_loss']:.4f}, val loss {losses['val_loss']:.4f}, "
-                         f"val {losses['val_bpb']:.4f} bits/byte")
-            eval_seconds += time.perf_counter() - eval_start
-            return losses["val_loss"]
+    def announce(self) -> None:
+        record, data = self.record, self.data
+        self.console.line(
+            f"{self.cfg.model.name}: {record['n_params'] / 1e6:.2f}M parameters, {self.precision} on "
+            f"{record['layout']}, {hardware.describe(self.device)}, data {data.name} ({data.origin}, "
+            f"{data.vocab_size} symbols), run dir {self.run_dir}")
+        if self.precision_probe is not None:
+            self.console.line(self.precision_probe.describe())
+        if self.layout.is_main and (warning := hardware.precision_warning(self.precision, self.device, self.cache)):
+            self.console.line(warning)
 
+    def train_until_done(self, stop: StopSignals) -> Summary:
+        t, par = self.t, self.par
         # nan_policy: a non-finite update is noted on the device and read at the next metrics line, evaluation
         # or checkpoint (stop), or read every step (skip_step, which must decide before the update).
         # (its failure message names the checkpointer's last good state, read when it fails, after ckpt exists)
-        guard = NonFiniteGuard(t.nan_policy, writer, scaler.is_enabled(), replicas_mean=par.mean_over_replicas,
-                               agree=par.max_over_ranks, precision=precision, last_good=lambda: ckpt.last_good)
+        self.guard = NonFiniteGuard(t.nan_policy, self.writer, self.scaler.is_enabled(),
+                                    replicas_mean=par.mean_over_replicas, agree=par.max_over_ranks,
+                                    precision=self.precision, last_good=lambda: ckpt.last_good)
         # Resume (train.resume / resume=PATH) restores model, optimizer, scaler, RNG and progress in place.
-        ckpt = Checkpointer(run_dir, cfg, data.tokenizer.describe(), model, optimizers, scaler, writer,
-                            say=console.line, before_save=guard.check)
-        resumed = ckpt.restore()
-        guard.skipped = resumed.skipped_steps
-        best_val = resumed.best_val_loss
-
-        def progress(s: int) -> TrainState:
-            return TrainState(s, resumed.tokens + (s - resumed.step) * tokens_per_step, best_val, guard.skipped)
-
+        ckpt = Checkpointer(self.run_dir, self.cfg, self.data.tokenizer.describe(), self.model, self.optimizers,
+                            self.scaler, self.writer, say=self.console.line, before_save=self.guard.check)
+        self.resumed = resumed = ckpt.restore()
+        self.guard.skipped = resumed.skipped_steps
+        self.best_val = resumed.best_val_loss
         # The steps the budgets allow (the lr schedule spans them), the time budget and the early stops.
-        stopper = Stopper(t, tokens_per_step, flops_per_token, best_val,
-                          agree=lambda value: process_group.broadcast_object(layout, value))
+        stopper = Stopper(t, self.tokens_per_step, self.flops_per_token, self.best_val,
+                          agree=lambda value: process_group.broadcast_object(self.layout, value))
         if resumed.step == 0:
-            run_eval(0)
-        window_start, eval_seconds, step = time.perf_counter(), 0.0, resumed.step
+            self.evaluate(0)
+        self.window_start, self.eval_seconds, step = time.perf_counter(), 0.0, resumed.step
         for step in range(resumed.step + 1, stopper.steps + 1):
             if stop.requested():  # SIGTERM/SIGINT/SIGHUP/SIGUSR2: save the last completed step, then stop
-                saved = ckpt.save(progress(step - 1), "signal")
-                raise Interrupted(stop.signum, step - 1, saved, ckpt.last_good, run_dir)
-            lr = optimizers.set_lr(stopper.schedule_step(step - 1), stopper.steps)
-            step_loss = torch.zeros((), device=device)
-            for micro in range(t.grad_accum):
-                x, y = train_batches.get(step, start=(first_micro + micro) * t.batch_size, count=t.batch_size)
-                process_group.seed_micro_batch(t.seed, step, first_micro + micro, device)  # dropout masks
-                # Gradients are synchronised across replicas only on the last micro-step.
-                loss = par.forward_backward(x, y, 1 / t.grad_accum, micro == t.grad_accum - 1, autocast, scaler)
-                step_loss += loss / t.grad_accum
-            par.finish_gradients()
-            optimizers.unscale_(scaler)
-            grad_norm = par.clip_grad_norm(t.grad_clip)
-            if not guard.observe(step, step_loss, grad_norm):  # True only under skip_step, for a non-finite update
-                optimizers.step(scaler)
-                loss_sum += step_loss
-            scaler.update()
-            optimizers.zero_grad()
-            window_steps += 1
-
+                saved = ckpt.save(self.progress(step - 1), "signal")
+                raise Interrupted(stop.signum, step - 1, saved, ckpt.last_good, self.run_dir)
+            lr = self.optimizers.set_lr(stopper.schedule_step(step - 1), stopper.steps)
+            grad_norm = self.step(step)
             if step % t.log_interval == 0 or step == stopper.steps:
-                guard.check()
-                last_loss = guard.window_mean(par.mean_over_replicas(loss_sum).item(), window_steps)
-                elapsed = time.perf_counter() - window_start - eval_seconds
-                train_time += elapsed
-                steps_timed += window_steps
-                tok_per_s = window_steps * tokens_per_step / elapsed
-                mem, peak_mem = par.max_over_ranks(list(hardware.memory_gb(device)))  # the busiest rank's
-                mfu = flops_per_token * tok_per_s / peak
-                writer.log("train", step=step, tokens=step * tokens_per_step, loss=last_loss, lr=lr,
-                           grad_norm=grad_norm.item(), tok_per_s=tok_per_s, step_ms=1000 * elapsed / window_steps,
-                           mfu=mfu, mem_gb=mem, peak_mem_gb=peak_mem, est_peak_mem_gb=expected_peak_gb,
-                           elapsed_s=time.perf_counter() - start, skipped_steps=guard.skipped)
-                writer.progress(step=step)
-                console.progress(step, step, f"loss {last_loss:.4f} | {tok_per_s:,.0f} tok/s | mfu {mfu:.1%}")
-                window_start, eval_seconds, window_steps = time.perf_counter(), 0.0, 0
-                loss_sum = torch.zeros((), device=device)
-                stopper.after_log(time.perf_counter() - start)
+                self.log_window(step, lr, grad_norm)
+                stopper.after_log(time.perf_counter() - self.start)
             last = step == stopper.steps or stopper.stopping
-            val_loss = run_eval(step) if step % t.eval_interval == 0 or last else None
+            val_loss = self.evaluate(step) if step % t.eval_interval == 0 or last else None
             if val_loss is not None:
                 stopper.after_eval(val_loss)
-            ckpt.after_step(progress(step), val_loss, final=last or stopper.stopping)
+            ckpt.after_step(self.progress(step), val_loss, final=last or stopper.stopping)
             if stopper.stopping:
                 break
         if stopper.stop_reason != "max_iters":  # a budget or an early stop ended the run
-            writer.event("early_stop", step=step, stop_reason=stopper.stop_reason)
-            console.line(f"stopped at step {step}: {stopper.describe()}")
+            self.writer.event("early_stop", step=step, stop_reason=stopper.stop_reason)
+            self.console.line(f"stopped at step {step}: {stopper.describe()}")
+        return self.summarize(step, stopper)
 
-        tok_per_s = steps_timed * tokens_per_step / train_time if train_time else 0.0
-        rank_peak_gb = hardware.memory_gb(device)[1]
-        par.write_layout(run_dir, peak_mem_gb=rank_peak_gb)  # each rank's peak; the summary has the maximum
+    def progress(self, step: int) -> TrainState:
+        resumed = self.resumed
+        return TrainState(step, resumed.tokens + (step - resumed.step) * self.tokens_per_step, self.best_val,
+                          self.guard.skipped)
+
+    def step(self, step: int) -> torch.Tensor:
+        """One optimizer update over this rank's micro-batches of global batch ``step``; the gradient norm."""
+        t, par = self.t, self.par
+        step_loss = torch.zeros((), device=self.device)
+        for micro in range(t.grad_accum):
+            index = self.first_micro + micro
+            x, y = self.train_batches.get(step, start=index * t.batch_size, count=t.batch_size)
+            process_group.seed_micro_batch(t.seed, step, index, self.device)  # dropout masks
+            # Gradients are synchronised across replicas only on the last micro-step.
+            loss = par.forward_backward(x, y, 1 / t.grad_accum, micro == t.grad_accum - 1, self.autocast,
+                                        self.scaler)
+            step_loss += loss / t.grad_accum
+        par.finish_gradients()
+        self.optimizers.unscale_(self.scaler)
+        grad_norm = par.clip_grad_norm(t.grad_clip)
+        if not self.guard.observe(step, step_loss, grad_norm):  # True only under skip_step, for a non-finite update
+            self.optimizers.step(self.scaler)
+            self.loss_sum += step_loss
+        self.scaler.update()
+        self.optimizers.zero_grad()
+        self.window_steps += 1
+        return grad_norm
+
+    def log_window(self, step: int, lr: float, grad_norm: torch.Tensor) -> None:
+        """The metrics line of the steps since the last one: the only place the loop waits for the device."""
+        self.guard.check()
+        self.last_loss = self.guard.window_mean(self.par.mean_over_replicas(self.loss_sum).item(), self.window_steps)
+        elapsed = time.perf_counter() - self.window_start - self.eval_seconds
+        self.train_time += elapsed
+        self.steps_timed += self.window_steps
+        tok_per_s = self.window_steps * self.tokens_per_step / elapsed
+        mem, peak_mem = self.par.max_over_ranks(list(hardware.memory_gb(self.device)))  # the busiest rank's
+        mfu = self.flops_per_token * tok_per_s / self.peak
+        self.writer.log("train", step=step, tokens=step * self.tokens_per_step, loss=self.last_loss, lr=lr,
+                        grad_norm=grad_norm.item(), tok_per_s=tok_per_s, step_ms=1000 * elapsed / self.window_steps,
+                        mfu=mfu, mem_gb=mem, peak_mem_gb=peak_mem, est_peak_mem_gb=self.expected_peak_gb,
+                        elapsed_s=time.perf_counter() - self.start, skipped_steps=self.guard.skipped)
+        self.writer.progress(step=step)
+        self.console.progress(step, step, f"loss {self.last_loss:.4f} | {tok_per_s:,.0f} tok/s | mfu {mfu:.1%}")
+        self.window_start, self.eval_seconds, self.window_steps = time.perf_counter(), 0.0, 0
+        self.loss_sum = torch.zeros((), device=self.device)
+
+    def evaluate(self, step: int) -> float:
+        """Both splits' loss and bits per byte, logged; its time is kept out of the training throughput."""
+        self.guard.check()  # a non-finite update since the last check stops the run here
+        eval_start = time.perf_counter()
+        t = self.t
+        losses = evaluate(self.par, self.eval_splits, t.eval_iters, t.batch_size, t.grad_accum, self.autocast,
+                          self.token_bytes)
+        self.best_val = min(self.best_val, losses["val_loss"])
+        self.writer.log("eval", step=step, tokens=step * self.tokens_per_step, **losses,
+                        elapsed_s=time.perf_counter() - self.start)
+        self.console.line(f"eval step {step}: train loss {losses['train_loss']:.4f}, val loss "
+                          f"{losses['val_loss']:.4f}, val {losses['val_bpb']:.4f} bits/byte")
+        self.eval_seconds += time.perf_counter() - eval_start
+        return losses["val_loss"]
+
+    def summarize(self, step: int, stopper: Stopper) -> Summary:
+        tok_per_s = self.steps_timed * self.tokens_per_step / self.train_time if self.train_time else 0.0
+        rank_peak_gb = hardware.memory_gb(self.device)[1]
+        self.par.write_layout(self.run_dir, peak_mem_gb=rank_peak_gb)  # each rank's peak; the summary has the max
         summary = Summary(
-            status="completed", steps=step, tokens=progress(step).tokens, best_val_loss=best_val,
-            final_train_loss=last_loss, tok_per_s=tok_per_s, mfu=flops_per_token * tok_per_s / peak,
-            peak_mem_gb=par.max_over_ranks([rank_peak_gb])[0], elapsed_s=time.perf_counter() - start,
-            skipped_steps=guard.skipped, stop_reason=stopper.stop_reason,
+            status="completed", steps=step, tokens=self.progress(step).tokens, best_val_loss=self.best_val,
+            final_train_loss=self.last_loss, tok_per_s=tok_per_s, mfu=self.flops_per_token * tok_per_s / self.peak,
+            peak_mem_gb=self.par.max_over_ranks([rank_peak_gb])[0], elapsed_s=time.perf_counter() - self.start,
+            skipped_steps=self.guard.skipped, stop_reason=stopper.stop_reason,
         )
-        console.summary(f"{cfg.run.name}: completed", {
+        self.console.summary(f"{self.cfg.run.name}: completed", {
             "stopped by": stopper.describe(),
             "best val loss": f"{summary.best_val_loss:.4f}",
             "final train loss": f"{summary.final_train_loss:.4f}",
             "time": f"{summary.elapsed_s:.1f} s",
             "tokens/s": f"{summary.tok_per_s:,.0f}",
-            "MFU": f"{summary.mfu:.2%} of {peak / 1e9:,.0f} GFLOP/s ({precision})",
+            "MFU": f"{summary.mfu:.2%} of {self.peak / 1e9:,.0f} GFLOP/s ({self.precision})",
             "peak memory": f"{summary.peak_mem_gb:.2f} GB",
-            "run dir": str(run_dir),
+            "run dir": str(self.run_dir),
         })
-    return summary
+        return summary
