@@ -1,8 +1,10 @@
 """``nanogpt-export-logs RUNS_DIR --to tensorboard|wandb|trackio|mlflow``: replay runs into a tracker.
 
 For runs made before a logger was chosen, or on a cluster without network: every run under RUNS_DIR
-goes through the same adapter a live run uses (nanogpt_runner.runs.trackers), with the tracker settings the
-run was configured with (``logger.<name>.*``), so the tracker shows what the live logger would have.
+goes through the same adapter a live run uses (nanogpt_runner.runs.trackers), so the tracker shows what the
+live logger would have. Where the data goes comes from this command line and the user's environment
+(``--project``, ``--tracking-uri`` or MLFLOW_TRACKING_URI, WANDB_* variables; TensorBoard: RUN_DIR/tensorboard),
+never from a run's run.json, which may come from anyone.
 """
 
 from __future__ import annotations
@@ -20,7 +22,23 @@ def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nanogpt-export-logs", description=__doc__.splitlines()[0])
     parser.add_argument("runs_dir", type=Path, help="a runs folder (e.g. outputs/) or one run directory")
     parser.add_argument("--to", required=True, choices=list(TRACKERS), help="the tracker to replay into")
+    parser.add_argument("--project", default=None, help="wandb/trackio project (default: nanogpt-runner)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else MLflow's local store)")
     return parser
+
+
+def destinations(args: argparse.Namespace):
+    """The ``logger`` section replayed into: the defaults, with what this command line names."""
+    from omegaconf import OmegaConf
+
+    from nanogpt_runner.config.schema import LoggerConfig
+
+    loggers = OmegaConf.structured(LoggerConfig)
+    if args.project is not None:
+        loggers.wandb.project = loggers.trackio.project = args.project
+    loggers.mlflow.tracking_uri = args.tracking_uri
+    return loggers
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,7 +55,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     failures: list[str] = []
     for run_dir in runs:
-        sent = replay(run_dir, args.to, warn=failures.append)
+        sent = replay(run_dir, args.to, destinations(args), warn=lambda message, run=run_dir: failures.append(
+            f"{run}: {message}"))
         print(f"{run_dir}: {sent} metrics lines sent to {args.to}")
     for failure in failures:
         error(failure)

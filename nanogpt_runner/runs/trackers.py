@@ -24,8 +24,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from nanogpt_runner.config.saved import interpolation_problem
 from nanogpt_runner.config.schema import LoggerConfig, flatten
-from nanogpt_runner.runs.rundir import EVAL, EVENT, METRICS_FILE, TRAIN, MetricsTail, read_run
+from nanogpt_runner.fsutil import UnsafeFolder, refuse_symlinks
+from nanogpt_runner.runs.rundir import EVAL, EVENT, METRICS_FILE, RUN_FILE, TRAIN, MetricsTail, read_run
 
 FINISHED = ("completed", "failed", "interrupted")  # the run.json statuses a run ends with (worker._end)
 NOT_SCALARS = {"kind", "time", "step"}  # step is every tracker's x axis; time is when the line was written
@@ -292,11 +294,22 @@ def open_trackers(loggers, run_dir: Path, record: dict, warn=None) -> Trackers |
 
 def replay(run_dir: Path, tracker_name: str, loggers=None, warn=None) -> int:
     """Send an existing run's metrics.jsonl, in order, and its status to one tracker; the lines sent.
-    ``loggers`` (a ``logger`` section) gives the tracker's settings: by default the run's own, else the defaults."""
+
+    ``loggers`` (a ``logger`` section) gives the tracker's settings: the caller's (its command line and the
+    user's environment), else the defaults; never the run's own run.json, which may come from anyone and would
+    choose where its data goes. A run whose run.json holds an interpolation (``${...}``) or whose folder holds
+    a symlink is not replayed: ``warn`` is told why, in one line."""
     record = read_run(run_dir) or {}
-    if loggers is None:
-        saved = (record.get("config") or {}).get("logger") if isinstance(record.get("config"), dict) else None
-        loggers = OmegaConf.merge(OmegaConf.structured(LoggerConfig), saved if isinstance(saved, dict) else {})
+    problem = interpolation_problem(record, f"{Path(run_dir) / RUN_FILE}")
+    if problem is None:
+        try:
+            refuse_symlinks(run_dir)  # the tracker writes into the run folder (tensorboard/, wandb/)
+        except UnsafeFolder as err:
+            problem = str(err)
+    if problem is not None:
+        (warn or (lambda message: print(f"warning: {message}", file=sys.stderr)))(f"not replayed: {problem}")
+        return 0
+    loggers = OmegaConf.structured(LoggerConfig) if loggers is None else loggers
     trackers = Trackers([TRACKERS[tracker_name](loggers[tracker_name])], RunIdentity.of(run_dir, record), warn)
     tail, sent = MetricsTail(Path(run_dir) / METRICS_FILE), 0
     while lines := tail.poll()[0]:
