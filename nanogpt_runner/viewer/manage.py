@@ -3,17 +3,19 @@
 Every request names a run by the id the store found under the runs root, never by a path the page sent:
 ``RunStore.get`` is the only way from an id to a folder. Deleting is for finished runs only (not running,
 queued, or holding the lock a live nanogpt-run keeps on RUN_DIR/.lock), of a real folder under the root
-(no symlink anywhere on the way), and the page first shows the run's name and size to confirm.
+(no symlink anywhere on the way), and the page first shows the run's name and size to confirm. Sizing and
+deleting go through directory file descriptors from the root (fsutil.size_under, fsutil.remove_under), so a
+parent swapped for a symlink between the check and the delete cannot redirect it.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 import stat
 from pathlib import Path
 
+from nanogpt_runner.fsutil import UnsafeFolder, remove_under, size_under
 from nanogpt_runner.runs import annotations
 from nanogpt_runner.runs.annotations import AnnotationError, Annotations
 from nanogpt_runner.runs.rundir import LOCK_FILE
@@ -57,19 +59,6 @@ def set_archived(store: RunStore, run_id, archived: bool) -> Annotations:
     return updated
 
 
-def folder_size(folder: Path) -> int:
-    """Bytes of the regular files under ``folder`` (links not followed)."""
-    total = 0
-    for current_dir, _dirs, files in os.walk(folder, onerror=lambda _err: None):
-        for name in files:
-            try:
-                info = os.lstat(os.path.join(current_dir, name))
-            except OSError:
-                continue
-            total += info.st_size if stat.S_ISREG(info.st_mode) else 0
-    return total
-
-
 def human_size(size: int) -> str:
     for unit in ("bytes", "KB", "MB", "GB"):
         if size < 1024 or unit == "GB":
@@ -91,17 +80,22 @@ def deletable(store: RunStore, run_id) -> tuple[Path, str]:
         raise ManageError(f"{name} is not a plain folder under the runs root; delete it by hand if you mean to.")
     if not os.access(folder.parent, os.W_OK) or not os.access(folder, os.W_OK):
         raise ManageError(f"The runs folder is read-only here: {name} cannot be deleted from the viewer.")
-    return folder, f"Delete run {name} (folder {run_id}, {human_size(folder_size(folder))})? This cannot be undone."
+    try:
+        size = size_under(root, folder.relative_to(root))
+    except (OSError, ValueError) as err:  # a level swapped for a symlink since the check above
+        raise ManageError(f"{name} is not a plain folder under the runs root; delete it by hand if you mean "
+                          f"to.") from err
+    return folder, f"Delete run {name} (folder {run_id}, {human_size(size)})? This cannot be undone."
 
 
 def delete(store: RunStore, run_id) -> str:
     """Remove a finished run's folder; returns what was done."""
     folder, _ = deletable(store, run_id)
     name = store.get(run_id).record.name
-    try:
-        shutil.rmtree(folder)
-    except OSError as err:
-        raise ManageError(f"{name} could not be deleted completely ({err.strerror or err}).") from err
+    try:  # through directory descriptors from the root: a parent swapped for a symlink meanwhile fails, never follows
+        remove_under(store.root, folder.relative_to(store.root))
+    except (OSError, UnsafeFolder) as err:
+        raise ManageError(f"{name} could not be deleted completely ({getattr(err, 'strerror', None) or err}).") from err
     store.poll(everything=True)
     return f"Deleted {name} ({run_id})."
 
