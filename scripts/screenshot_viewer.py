@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -34,14 +35,15 @@ def photograph(root: Path, out: Path) -> None:
     from nanogpt_runner.viewer.app import free_port, serve
 
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-    demo, url = serve(root, port=free_port("127.0.0.1", 7880), refresh_s=2.0)
+    token = secrets.token_urlsafe(16)
+    demo, url = serve(root, port=free_port("127.0.0.1", 7880), refresh_s=2.0, token=token)
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
                                                  args=["--no-sandbox", "--disable-gpu",
                                                        "--disable-background-networking"])
             page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(url)
+            page.goto(f"{url}?token={token}")  # the printed URL: the cookie it sets serves the page's requests
             page.get_by_role("tab", name="Compare").click()
             smoothing = page.get_by_label("number input for EMA smoothing (train curves)")
             smoothing.fill("0.6")

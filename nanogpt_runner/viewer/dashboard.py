@@ -48,6 +48,7 @@ MAX_CONFIG_COLUMNS = 8
 MAX_EXACT_INT = 2**53  # larger whole numbers are sent as floats (exact in JSON and JavaScript up to here)
 INIT_FROM = "model.init_from"  # the weights a run started from (config.ModelConfig.init_from)
 DEFAULT_SELECTED = 5
+MAX_COMPARED = 50  # runs per comparison (the page's selection, one /analysis or /groups call)
 BARS = {  # bar plot -> (summary field, axis title)
     **{name: (field, axis_title(METRIC[field])) for name, field in
        (("time", "elapsed_s"), ("memory", "peak_mem_gb"), ("throughput", "tok_per_s"))},
@@ -213,8 +214,9 @@ class Dashboard:
     # -- comparing selected runs ---------------------------------------------------------------------
 
     def selected(self, run_ids: list[str]) -> list[RunRecord]:
-        """The selected runs that exist under the root, curves loaded; ids the page made up are dropped."""
-        known = [i for i in run_ids or [] if self.store.get(i) is not None]
+        """The selected runs that exist under the root (the first MAX_COMPARED, each once), curves loaded; ids
+        the page made up are dropped."""
+        known = list(dict.fromkeys(i for i in run_ids or [] if self.store.get(i) is not None))[:MAX_COMPARED]
         self.store.load(known)
         return [self.store.get(i).record for i in known]
 

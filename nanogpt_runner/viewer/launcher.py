@@ -6,11 +6,15 @@ will (a resumed run takes its checkpoint's config) and answers with the config i
 checks that too and pins its data source, process count, single node and runs folder on the command
 line, so a checkpoint's config cannot bring back what the page may not choose. Processes start with an
 argument list (never a shell) in their own session: Stop signals that whole process group (nanogpt-run,
-which tells every rank of its group), and only groups this viewer started.
+which tells every rank of its group), and only groups this viewer started. Every child (the check, the run,
+its ranks) starts in the runs folder with ``PYTHONSAFEPATH=1`` (``-P``: a module planted in the current
+folder is never imported) and, unless the operator allows it, offline for the Hugging Face hub. At most
+``max_runs`` runs started here are alive at once.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -26,6 +30,8 @@ from pathlib import Path
 from nanogpt_runner.viewer.page_policy import LaunchError, PagePolicy, build_overrides, effective_problems
 
 CHECK_TIMEOUT_S = 180
+DEFAULT_MAX_RUNS = 2
+OFFLINE_HUB = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
 def installed_script(name: str) -> str | None:
@@ -43,7 +49,20 @@ def runner_command() -> list[str]:
 
 
 def check_command() -> list[str]:
-    return [sys.executable, "-m", "nanogpt_runner.launch.check", "--json"]
+    return [sys.executable, "-P", "-m", "nanogpt_runner.launch.check", "--json"]
+
+
+def child_env(hub_online: bool = False) -> dict[str, str]:
+    """The environment of every process the page starts: safe import path (inherited by torchrun's ranks,
+    which a console script's ``-P`` would not reach), and offline for the hub unless ``hub_online``."""
+    return {**os.environ, "PYTHONSAFEPATH": "1", **({} if hub_online else OFFLINE_HUB)}
+
+
+def private_temp_dir() -> Path:
+    """This viewer's own ``nanogpt-view-*`` temp folder (launch logs, exported files), removed at exit."""
+    folder = Path(tempfile.mkdtemp(prefix="nanogpt-view-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 @dataclass
@@ -68,20 +87,22 @@ class Launcher:
     """Validates and starts nanogpt-run processes for one runs root, and stops the ones it started."""
 
     def __init__(self, root: Path, data_dirs: tuple[Path, ...] = (), runner: list[str] | None = None,
-                 checker: list[str] | None = None):
+                 checker: list[str] | None = None, max_runs: int = DEFAULT_MAX_RUNS, hub_online: bool = False):
         self.policy = PagePolicy(Path(root), tuple(data_dirs))
         self.root = self.policy.runs_root
         self._runner = runner
         self.checker = checker or check_command()
+        self.max_runs = max_runs
+        self.env = child_env(hub_online)
         self.processes: dict[int, Launched] = {}
-        self.log_dir = Path(tempfile.mkdtemp(prefix="nanogpt-view-"))
+        self.log_dir = private_temp_dir()
         self._lock = threading.Lock()
 
     def check(self, overrides: list[str]) -> tuple[list[str], dict]:
         """The runner's own verdict: (problems, the config it would run with) — no problems when it would start."""
         try:
-            done = subprocess.run([*self.checker, *overrides], capture_output=True, text=True,
-                                  timeout=CHECK_TIMEOUT_S, stdin=subprocess.DEVNULL)
+            done = subprocess.run([*self.checker, *overrides], capture_output=True, text=True, cwd=self.root,
+                                  env=self.env, timeout=CHECK_TIMEOUT_S, stdin=subprocess.DEVNULL)
         except (OSError, subprocess.TimeoutExpired) as err:
             return [f"could not run the runner's check ({' '.join(self.checker)}): {err}"], {}
         if done.returncode == 0:
@@ -116,19 +137,27 @@ class Launcher:
         """Check, then start one run; raises LaunchError with every problem when it may not start."""
         overrides = build_overrides(form, extra, self.policy)
         runner = self._runner or runner_command()
+        self._refuse_when_full()
         problems, arguments = self.plan(overrides)
         if problems:
             raise LaunchError("\n".join(problems))
         name = str(form.get("name") or "").strip() or "run"
         with self._lock:
+            self._refuse_when_full()  # again: another click may have started one during the check
             log = self.log_dir / f"launch-{time.strftime('%Y%m%d-%H%M%S')}-{len(self.processes)}.log"
             with open(log, "wb") as out:
                 # Its own session: Stop can signal the whole group (nanogpt-run, torchrun, every rank).
-                process = subprocess.Popen([*runner, *arguments], stdout=out, stderr=subprocess.STDOUT,
-                                           stdin=subprocess.DEVNULL, start_new_session=True)
+                process = subprocess.Popen([*runner, *arguments], stdout=out, stderr=subprocess.STDOUT, cwd=self.root,
+                                           env=self.env, stdin=subprocess.DEVNULL, start_new_session=True)
             launched = Launched(process, name, arguments, log, time.time())
             self.processes[process.pid] = launched
         return launched
+
+    def _refuse_when_full(self) -> None:
+        running = sum(launched.process.poll() is None for launched in self.processes.values())
+        if running >= self.max_runs:
+            raise LaunchError(f"{running} runs started from this page are still running, the most it starts at once "
+                              f"(nanogpt-view --max-runs {self.max_runs}): stop one or wait for one to end")
 
     def stop(self, pid: int) -> str:
         """SIGTERM to the process group of a run this viewer started; anything else is refused."""

@@ -17,7 +17,7 @@ import math
 import os
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from nanogpt_runner.config.schema import (
@@ -30,10 +30,12 @@ from nanogpt_runner.config.schema import (
     PRECISIONS,
     RUN_NAME,
     TINY_SHAKESPEARE_URL,
+    available_cores,
 )
 
 TOKEN = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*)=(.*)$", re.DOTALL)
 MAX_DATA_FILES = 10_000  # a data folder is checked entry by entry (symlinks out of the allowed folders)
+NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")  # one entry per GPU the driver sees (the viewer never imports torch)
 
 
 class LaunchError(ValueError):
@@ -131,12 +133,25 @@ def built_in_urls() -> set[str]:
     return urls
 
 
+def visible_gpus() -> int:
+    """The NVIDIA GPUs this process may use (``CUDA_VISIBLE_DEVICES`` narrows them), read without torch."""
+    try:
+        found = len(list(NVIDIA_GPUS.iterdir()))
+    except OSError:
+        return 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return found if visible is None else min(found, len([d for d in visible.split(",") if d.strip()]))
+
+
 @dataclass
 class PagePolicy:
-    """Where the page's paths may point: the runs folder, and the data folders the operator named."""
+    """Where the page's paths may point (the runs folder, and the data folders the operator named), and how
+    many processes a run may have on this machine (one per GPU, or per CPU core for a CPU run)."""
 
     runs_root: Path
     data_dirs: tuple[Path, ...] = ()
+    cores: int = field(default_factory=available_cores)
+    gpus: int = field(default_factory=visible_gpus)
 
     def __post_init__(self):
         self.runs_root = Path(self.runs_root).resolve()
@@ -195,6 +210,16 @@ class PagePolicy:
 
     def in_data_dirs(self, path: Path) -> bool:
         return any(path.is_relative_to(d) for d in self.data_dirs)
+
+    def ranks_problem(self, nproc: int, device: str | None) -> str | None:
+        """Why ``nproc`` processes are too many for one run on this machine; None when they fit."""
+        on_gpus = self.gpus > 0 and device != "cpu"
+        limit = self.gpus if on_gpus else self.cores
+        if nproc <= limit:
+            return None
+        have = f"{self.gpus} GPU(s)" if on_gpus else f"{self.cores} CPU core(s) and no GPU in use"
+        return (f"parallel.nproc_per_node={nproc}: this machine has {have}, so a run started from the page has at "
+                f"most {limit} processes: use parallel.nproc_per_node={limit} or fewer (or start it from a shell)")
 
     @staticmethod
     def _resolve(text: str, base: Path) -> Path:
@@ -307,8 +332,8 @@ def pinned_overrides(policy: PagePolicy) -> list[str]:
 def effective_problems(effective: dict, policy: PagePolicy) -> tuple[list[str], list[str]]:
     """(problems, pins) for the config the runner will use (after a resume took its checkpoint's): the data
     source must be a built-in one or lie in a data folder, weights to start from in the runs or data
-    folders, the process count in the page's range. The pins fix those values on the command line, so the
-    run uses what was checked here."""
+    folders, the process count in the page's range and within this machine's cores or GPUs. The pins fix
+    those values on the command line, so the run uses what was checked here."""
     data, parallel = effective.get("data") or {}, effective.get("parallel") or {}
     problems, pins = [], []
     url = data.get("url")
@@ -327,11 +352,14 @@ def effective_problems(effective: dict, policy: PagePolicy) -> tuple[list[str], 
             problems.append(str(err))
     try:
         pins.append(policy.parse("nproc", str(parallel.get("nproc_per_node"))))
+        too_many = policy.ranks_problem(int(parallel["nproc_per_node"]), (effective.get("train") or {}).get("device"))
+        problems += [too_many] if too_many else []
     except LaunchError as err:
         problems.append(str(err))
     init_from = (effective.get("model") or {}).get("init_from")
-    if isinstance(init_from, str) and ("/" in init_from or Path(init_from).exists()):  # a path, not a model name
-        weights = Path(init_from).expanduser().resolve()  # the runner starts in this process's folder
+    weights = policy.runs_root / Path(init_from).expanduser() if isinstance(init_from, str) else None
+    if weights is not None and ("/" in init_from or weights.exists()):  # a path, not a model name
+        weights = weights.resolve()  # the runner starts in the runs folder (launcher)
         if weights.is_relative_to(policy.runs_root) or policy.in_data_dirs(weights):
             pins.append(f"model.init_from={quoted(weights)}")
         else:

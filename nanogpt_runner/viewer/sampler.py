@@ -2,7 +2,10 @@
 
 The viewer never imports torch (it must start in seconds and run where torch is absent), so sampling
 is the runner's own command: ``nanogpt-sample RUN_DIR prompt=... num_samples=1 max_new_tokens=N``,
-called with an argument list. The run folder always comes from the run store (never from the page).
+called with an argument list. The run folder always comes from the run store (never from the page). Like
+every child of the page it starts in the runs folder with a safe import path and, unless the operator
+allows it, offline for the Hugging Face hub (launcher.child_env). nanogpt-sample itself checks the
+checkpoint's meta.json against its tensors before it builds a model (weights.sample).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from pathlib import Path
 
 from nanogpt_runner.analysis.records import RunRecord
 from nanogpt_runner.runs.rundir import CHECKPOINT_DIR
-from nanogpt_runner.viewer.launcher import installed_script
+from nanogpt_runner.viewer.launcher import child_env, installed_script
 from nanogpt_runner.viewer.page_policy import LaunchError
 
 SAMPLE_TIMEOUT_S = 300
@@ -29,8 +32,10 @@ def sampling_available() -> bool:
 
 
 class Sampler:
-    def __init__(self, command: list[str] | None = None):
+    def __init__(self, root: Path, command: list[str] | None = None, hub_online: bool = False):
+        self.root = Path(root)  # the runs folder: the child's working directory
         self.command = command or [installed_script("nanogpt-sample") or "nanogpt-sample"]
+        self.env = child_env(hub_online)
 
     def runs(self, records: list[RunRecord]) -> list[RunRecord]:
         """The newest runs that have a checkpoint folder with something in it."""
@@ -43,8 +48,8 @@ class Sampler:
             raise LaunchError(f"the prompt must be text of at most {MAX_PROMPT_CHARS:,} characters")
         args = [*self.command, str(run_dir), f"prompt={prompt}", "num_samples=1", f"max_new_tokens={max_new_tokens}"]
         try:
-            done = subprocess.run(args, capture_output=True, text=True, timeout=SAMPLE_TIMEOUT_S,
-                                  stdin=subprocess.DEVNULL)
+            done = subprocess.run(args, capture_output=True, text=True, timeout=SAMPLE_TIMEOUT_S, cwd=self.root,
+                                  env=self.env, stdin=subprocess.DEVNULL)
         except (OSError, subprocess.TimeoutExpired) as err:
             raise LaunchError(f"nanogpt-sample did not finish: {err}") from err
         if done.returncode != 0:

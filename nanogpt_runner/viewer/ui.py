@@ -2,8 +2,9 @@
 
 Live updates: one gr.Timer. Its tick and every control run the same ``update``, which asks the
 dashboard what changed and sends only that (gr.skip() for the rest), so an idle page costs a few stat
-calls per tick and plots never flicker. Every listener that can start a process is private (not
-callable through the Gradio API); the read-only views are offered to scripts as two API endpoints.
+calls per tick and plots never flicker. The public API is PUBLIC_API, three read-only views for scripts;
+every other listener is private: not listed, refused by name (host_check.PublicApiOnly), reachable only
+by position through Gradio's queue as the page calls it, so each checks its own inputs.
 """
 
 from __future__ import annotations
@@ -19,13 +20,22 @@ from nanogpt_runner.config.schema import MAX_NOTES_CHARS, PRECISIONS
 from nanogpt_runner.runs.annotations import Annotations
 from nanogpt_runner.viewer import manage
 from nanogpt_runner.viewer.curves import PLOTS, log_scaled, plot_title
-from nanogpt_runner.viewer.dashboard import BARS, STATUSES, Dashboard, export_plot_data, export_report, markdown_text
+from nanogpt_runner.viewer.dashboard import (
+    BARS,
+    MAX_COMPARED,
+    STATUSES,
+    Dashboard,
+    export_plot_data,
+    export_report,
+    markdown_text,
+)
 from nanogpt_runner.viewer.launcher import Launcher
 from nanogpt_runner.viewer.page_policy import FORM_FIELDS, LaunchError, presets
 from nanogpt_runner.viewer.sampler import MAX_NEW_TOKENS, Sampler
 
 CSS = "#runs-table {font-size: 0.85em} .analysis li {margin-bottom: 0.2em}"
 PRIVATE = {"api_visibility": "private"}
+PUBLIC_API = ("runs", "groups", "analysis")  # the endpoints scripts may call by name (gradio_client)
 
 
 def build_app(dashboard: Dashboard, launcher: Launcher, refresh_s: float = 2.0,
@@ -149,7 +159,7 @@ def build_app(dashboard: Dashboard, launcher: Launcher, refresh_s: float = 2.0,
             runs = dashboard.selected(selected)
             if not runs:
                 raise gr.Error("Select runs to export first.")
-            out_dir = Path(tempfile.mkdtemp(prefix="nanogpt-report-"))
+            out_dir = Path(tempfile.mkdtemp(prefix="report-", dir=launcher.log_dir))  # removed when the viewer exits
             return [str(p) for p in export_report(runs, out_dir, target_value)]
 
         export.click(export_files, [selection, target], [files], **PRIVATE)
@@ -158,7 +168,7 @@ def build_app(dashboard: Dashboard, launcher: Launcher, refresh_s: float = 2.0,
             if not dashboard.selected(selected):
                 raise gr.Error("Select runs to compare first.")
             view = dashboard.compare(selected, x, smooth, bool(logy), target_value, group_value or None)
-            out_dir = Path(tempfile.mkdtemp(prefix="nanogpt-plots-"))
+            out_dir = Path(tempfile.mkdtemp(prefix="plots-", dir=launcher.log_dir))
             return [str(p) for p in export_plot_data(view, x, bool(logy), out_dir)]
 
         plot_csv.click(plot_files, [selection, x_axis, smoothing, log_y, target, group_by], [files], **PRIVATE)
@@ -359,15 +369,21 @@ def _api(dashboard: Dashboard) -> None:
         return frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
 
     def analysis(run_ids: list[str], target_loss: float | None = None) -> str:
-        """The Compare tab's analysis of these runs (folders as listed by /runs), in words."""
+        """The Compare tab's analysis of these runs (folders as listed by /runs, at most MAX_COMPARED), in words."""
         dashboard.refresh()
-        return dashboard.compare(run_ids, target=target_loss).analysis
+        return dashboard.compare(_few(run_ids), target=target_loss).analysis
 
     def groups(run_ids: list[str]) -> list[dict]:
         """The seed groups of these runs: runs, seeds, and each number's mean ± std and range over the seeds."""
         dashboard.refresh()
-        return dashboard.compare(run_ids).groups.to_dict(orient="records")
+        return dashboard.compare(_few(run_ids)).groups.to_dict(orient="records")
 
-    gr.api(runs, api_name="runs", concurrency_id="dashboard", concurrency_limit=1)
-    gr.api(groups, api_name="groups", concurrency_id="dashboard", concurrency_limit=1)
-    gr.api(analysis, api_name="analysis", concurrency_id="dashboard", concurrency_limit=1)
+    for handler in (runs, groups, analysis):
+        gr.api(handler, api_name=handler.__name__, concurrency_id="dashboard", concurrency_limit=1)
+
+
+def _few(run_ids) -> list[str]:
+    """``run_ids`` of one API call; more than MAX_COMPARED (the call would hold the page's only slot) refused."""
+    if not isinstance(run_ids, list) or len(run_ids) > MAX_COMPARED:
+        raise gr.Error(f"pass a list of at most {MAX_COMPARED} run folders (as /runs lists them) per call")
+    return run_ids

@@ -33,6 +33,7 @@ from conftest import compose_config, run_cli
 from nanogpt_runner.viewer.synthetic import write_run
 
 BIN = Path(sys.executable).parent
+TOKEN = "the-viewers-token"
 
 
 class Payload:
@@ -125,7 +126,7 @@ def viewer_sample(run: Path) -> tuple[int, str]:
     from nanogpt_runner.viewer.sampler import Sampler
 
     try:
-        Sampler([str(BIN / "nanogpt-sample")]).sample(run, "\n", 5)
+        Sampler(run.parent, [str(BIN / "nanogpt-sample")]).sample(run, "\n", 5)
     except LaunchError as err:
         return 1, str(err)
     return 0, ""
@@ -228,23 +229,46 @@ def viewer(tmp_path_factory):
     write_run(root / "good", 10).close()
     (root / "fifo_run").mkdir()
     os.mkfifo(root / "fifo_run" / "run.json")
+    write_run(root / "bigint", 10, status="running").close()  # numbers past 64 bits, in its run.json and metrics
+    text = (root / "bigint" / "run.json").read_text().replace('"status": "running"', '"status": "running", '
+                                                                  '"n_params": 100000000000000000000')
+    (root / "bigint" / "run.json").write_text(text)
+    with open(root / "bigint" / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "train", "step": 100000000000000000000, "loss": 1.0, "tokens": 1e400}\n')
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     port = free_port("127.0.0.1", 7900)
-    demo, url = serve(root, port=port, refresh_s=1.0, allowed_hosts=("dash.example",))
+    demo, url = serve(root, port=port, refresh_s=1.0, allowed_hosts=("dash.example",), token=TOKEN)
     yield port
     demo.close()
 
 
-def http_status(port: int, host_header: str, path: str = "/", method: str = "GET", body: str | None = None,
-                origin: str | None = None) -> int:
+def http_status(port: int, host_header: str, path: str = "/", method: str = "GET", body: str | bytes | None = None,
+                origin: str | None = None, token: str | None = TOKEN, headers: dict | None = None) -> int:
+    return http_response(port, host_header, path, method, body, origin, token, headers)[0]
+
+
+def http_response(port: int, host_header: str, path: str = "/", method: str = "GET", body: str | bytes | None = None,
+                  origin: str | None = None, token: str | None = TOKEN,
+                  headers: dict | None = None) -> tuple[int, dict, bytes]:
+    """(status, headers, body) of one request; the token goes in the Authorization header unless None."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    headers = {"Host": host_header, "Origin": origin or f"http://{host_header}"}
-    if body is not None:
-        headers["Content-Type"] = "application/json"
-    connection.request(method, path, body=body, headers=headers)
-    status = connection.getresponse().status
+    sent = {"Host": host_header, "Origin": origin or f"http://{host_header}", **(headers or {})}
+    if token is not None:
+        sent["Authorization"] = f"token {token}"
+    if isinstance(body, str):
+        sent["Content-Type"] = "application/json"
+    connection.request(method, path, body=body, headers=sent)
+    response = connection.getresponse()
+    answer = (response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
     connection.close()
-    return status
+    return answer
+
+
+def viewer_client(port: int):
+    from gradio_client import Client
+
+    return Client(f"http://127.0.0.1:{port}/", headers={"Authorization": f"token {TOKEN}"}, verbose=False,
+                  download_files=False, analytics_enabled=False)
 
 
 @pytest.mark.parametrize("host", ["attacker.example:{port}", "attacker.example", "127.0.0.1.attacker.example:{port}",
@@ -269,11 +293,57 @@ def test_loopback_names_and_allowed_hosts_are_served(viewer, host):
 
 
 def test_a_fifo_named_run_json_neither_blocks_nor_hides_the_other_runs(viewer):
-    from gradio_client import Client
-
-    client = Client(f"http://127.0.0.1:{viewer}/", verbose=False, download_files=False, analytics_enabled=False)
-    rows = client.predict("", None, api_name="/runs")
+    rows = viewer_client(viewer).predict("", None, api_name="/runs")
     assert {row["folder"] for row in rows} >= {"good"}
+
+
+def test_numbers_past_64_bits_leave_the_page_and_the_api_answering(viewer):
+    """orjson refuses an int past 64 bits: one crafted run used to break /runs (and the table) for everyone."""
+    rows = {row["folder"]: row for row in viewer_client(viewer).predict("", None, api_name="/runs")}
+    assert rows["bigint"]["steps"] == 1e20 and "good" in rows
+    assert http_status(viewer, f"127.0.0.1:{viewer}") == 200
+
+
+@pytest.mark.parametrize("token", [None, "wrong", TOKEN[:-1], ""])
+def test_every_request_without_the_token_is_refused(viewer, token):
+    """Any local account can reach a loopback port: the page, its queue and its API need the token."""
+    join = json.dumps({"data": [], "fn_index": 0, "session_hash": "x", "event_data": None, "trigger_id": None})
+    for path, method, body in [("/", "GET", None), ("/config", "GET", None), ("/gradio_api/queue/join", "POST", join),
+                               ("/gradio_api/call/runs", "POST", json.dumps({"data": ["", None]}))]:
+        assert http_status(viewer, f"127.0.0.1:{viewer}", path, method, body, token=token) == 401
+    assert http_status(viewer, f"127.0.0.1:{viewer}", "/", token=None,
+                       headers={"Cookie": f"nanogpt-view-token-{viewer}=wrong"}) == 401
+
+
+def test_the_printed_urls_token_sets_a_cookie_that_the_pages_own_requests_carry(viewer):
+    status, headers, _ = http_response(viewer, f"127.0.0.1:{viewer}", f"/?token={TOKEN}", token=None)
+    assert status == 200
+    cookie = headers["set-cookie"].split(";")[0]
+    assert cookie == f"nanogpt-view-token-{viewer}={TOKEN}" and "HttpOnly" in headers["set-cookie"]
+    assert http_status(viewer, f"127.0.0.1:{viewer}", "/config", token=None, headers={"Cookie": cookie}) == 200
+
+
+@pytest.mark.parametrize("name", ["start", "stop_run", "generate", "save", "confirm", "update"])
+def test_handlers_outside_the_public_api_are_refused_by_name(viewer, name):
+    """Gradio serves a private handler by name all the same; the viewer refuses those routes itself."""
+    for path in [f"/gradio_api/call/{name}", f"/gradio_api/run/{name}", f"/gradio_api/api/{name}"]:
+        assert http_status(viewer, f"127.0.0.1:{viewer}", path, "POST", json.dumps({"data": []})) == 404
+
+
+def test_uploads_are_refused_and_analysis_takes_few_ids(viewer):
+    from gradio_client.exceptions import AppError
+
+    boundary = "nanogpt"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.bin\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n")
+    body = head.encode() + b"x" * 65536 + f"\r\n--{boundary}--\r\n".encode()
+    status = http_status(viewer, f"127.0.0.1:{viewer}", "/gradio_api/upload", "POST", body,
+                         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert status == 413
+    client = viewer_client(viewer)
+    with pytest.raises(AppError, match="at most 50 run folders"):
+        client.predict(["good"] * 5000, None, api_name="/analysis")
+    assert "good" in client.predict(["good"], None, api_name="/analysis")
 
 
 @pytest.mark.parametrize("header, name", [("example.org:7860", "example.org"), ("[::1]:7860", "::1"),
@@ -324,7 +394,7 @@ def test_the_sample_tab_checks_its_own_limits(tmp_path, prompt, tokens):
     from nanogpt_runner.viewer.sampler import Sampler
 
     with pytest.raises(LaunchError, match="at most|from 1 to"):
-        Sampler([sys.executable, "-c", "raise SystemExit('must not start')"]).sample(tmp_path, prompt, tokens)
+        Sampler(tmp_path, [sys.executable, "-c", "raise SystemExit('must not start')"]).sample(tmp_path, prompt, tokens)
 
 
 def test_names_and_values_are_escaped_before_markdown():

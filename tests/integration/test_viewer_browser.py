@@ -27,9 +27,9 @@ def page_url(tmp_path, monkeypatch, corpus_path):
     write_run(root / "recompute", 80, cfg=config(**{"train.recompute": True}), mem_gb=0.7, start_time=2).close()
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # where runs started from the page cache data
-    demo, url = serve(root, port=free_port("127.0.0.1", 7890), refresh_s=1.0,
+    demo, url = serve(root, port=free_port("127.0.0.1", 7890), refresh_s=1.0, token="browser-token",
                       data_dirs=(corpus_path.parent,))  # the page trains on files from --data-dir folders only
-    yield url
+    yield f"{url}?token=browser-token"  # as printed: the first visit sets the cookie the page's requests carry
     demo.close()
 
 

@@ -208,3 +208,81 @@ def test_nothing_starts_when_the_check_refuses(tmp_path):
 def test_stop_refuses_processes_it_did_not_start(tmp_path):
     with pytest.raises(LaunchError, match="was not started by this viewer"):
         Launcher(tmp_path).stop(1)
+
+
+# A stand-in runner that reports what every child of the page starts with: hub access, import path, folder.
+REPORT_ENV = [sys.executable, "-c", "import os, sys; print(os.environ.get('HF_HUB_OFFLINE'), sys.flags.safe_path, "
+                                    "os.getcwd(), flush=True); import time; time.sleep(60)"]
+
+
+def _plant_module(folder) -> None:
+    """A nanogpt_runner package in ``folder`` that leaves a marker when imported: what a folder others can
+    write would hold, for a child that puts its current folder on sys.path."""
+    package = folder / "nanogpt_runner" / "launch"
+    package.mkdir(parents=True)
+    marker = f"open({str(folder / 'MARKER')!r}, 'w').close()\n"
+    for init in (folder / "nanogpt_runner" / "__init__.py", package / "__init__.py", package / "check.py"):
+        init.write_text(marker)
+
+
+def test_children_start_offline_with_a_safe_path_in_the_runs_folder(tmp_path, monkeypatch):
+    root, elsewhere = tmp_path / "runs", tmp_path / "cwd"
+    root.mkdir()
+    elsewhere.mkdir()
+    _plant_module(root)
+    _plant_module(elsewhere)
+    monkeypatch.chdir(elsewhere)  # the viewer started in a folder others can write
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert Launcher(root).validate(["model=tiny"]) == []  # the real check, -P: the planted modules never load
+    assert not (root / "MARKER").exists() and not (elsewhere / "MARKER").exists()
+
+    launcher = Launcher(root, runner=REPORT_ENV, checker=ACCEPT_ALL)
+    launched = launcher.start({"model": "tiny"})
+    try:
+        deadline = time.monotonic() + 30
+        while not launcher.log_tail(launched.process.pid).strip() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert launcher.log_tail(launched.process.pid).split() == ["1", "True", str(root.resolve())]
+    finally:
+        launched.process.kill()
+    online = Launcher(root, runner=REPORT_ENV, checker=ACCEPT_ALL, hub_online=True)
+    assert "HF_HUB_OFFLINE" not in online.env and online.env["PYTHONSAFEPATH"] == "1"
+
+
+def test_the_sample_tab_runs_offline_with_a_safe_path_in_the_runs_folder(tmp_path, monkeypatch):
+    from nanogpt_runner.viewer.sampler import Sampler
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    report = [sys.executable, "-c", "import os, sys; print(os.environ.get('HF_HUB_OFFLINE'), sys.flags.safe_path, "
+                                    "os.getcwd())"]
+    assert Sampler(tmp_path, report).sample(tmp_path, "\n", 5).split() == ["1", "True", str(tmp_path)]
+
+
+def test_the_page_starts_at_most_max_runs_at_once(tmp_path):
+    launcher = Launcher(tmp_path, runner=FAKE_RUNNER, checker=ACCEPT_ALL, max_runs=2)
+    started = [launcher.start({"model": "tiny"}) for _ in range(2)]
+    try:
+        with pytest.raises(LaunchError, match="2 runs started from this page are still running.*--max-runs 2"):
+            launcher.start({"model": "tiny"})
+        assert len(launcher.processes) == 2
+        started[0].process.kill()
+        started[0].process.wait(timeout=30)
+        started.append(launcher.start({"model": "tiny"}))  # one ended: room for one more
+    finally:
+        for launched in started:
+            launched.process.kill()
+
+
+@pytest.mark.parametrize("cores, gpus, device, nproc, allowed", [
+    (2, 0, "auto", 64, False), (2, 0, "cpu", 2, True), (2, 4, "auto", 4, True), (2, 4, "cuda", 8, False),
+    (2, 4, "cpu", 4, False)])
+def test_a_run_from_the_page_has_at_most_one_rank_per_core_or_gpu(policy, cores, gpus, device, nproc, allowed):
+    policy.cores, policy.gpus = cores, gpus
+    effective = {"data": {"path": None}, "parallel": {"nproc_per_node": nproc}, "train": {"device": device}}
+    problems, _ = effective_problems(effective, policy)
+    if allowed:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and "\n" not in problems[0]
+        assert f"parallel.nproc_per_node={nproc}: this machine has" in problems[0]
+        assert "or fewer (or start it from a shell)" in problems[0]

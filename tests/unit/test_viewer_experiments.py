@@ -74,7 +74,7 @@ def test_the_api_returns_seed_groups_with_mean_and_std(root):
     from nanogpt_runner.viewer.app import free_port, serve
 
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-    demo, url = serve(root, port=free_port("127.0.0.1", 7890), refresh_s=1.0)
+    demo, url = serve(root, port=free_port("127.0.0.1", 7890), refresh_s=1.0, token=None)  # as --no-token
     try:
         client = Client(url, verbose=False, download_files=False, analytics_enabled=False)
         rows = client.predict(["base0", "base1", "base2", "lr"], api_name="/groups")
