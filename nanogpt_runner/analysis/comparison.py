@@ -25,7 +25,7 @@ from nanogpt_runner.analysis.records import (
     summarize,
 )
 from nanogpt_runner.config.schema import OBJECTIVES
-from nanogpt_runner.runs.rundir import EVAL
+from nanogpt_runner.runs.rundir import EVAL, TRAIN
 
 # Runs whose configs differ only in this key are one configuration tried with several seeds (a seed group).
 SEED_KEY = "train.seed"
@@ -71,8 +71,11 @@ def compare_notes(records: list[RunRecord], target: float | None = None,
             notes.append(f"no selected run has reached val loss ≤ {target:g} yet.")
     fast = [r for r in records if finite(rows[r.id]["tok_per_s"])]
     if len(fast) > 1:
-        top = max(fast, key=lambda r: rows[r.id]["tok_per_s"])
-        notes.append(f"highest throughput: {top.label} at {rows[top.id]['tok_per_s']:,.0f} tokens/s.")
+        top, second = sorted(fast, key=lambda r: rows[r.id]["tok_per_s"], reverse=True)[:2]
+        lead = rows[top.id]["tok_per_s"] / rows[second.id]["tok_per_s"] - 1
+        noise = math.hypot(*(speed_noise(r) if finite(speed_noise(r)) else 0.0 for r in (top, second)))
+        tie = f" (within noise of {second.label}: +{lead:.0%}, noise ±{noise:.0%})" if lead <= noise else ""
+        notes.append(f"highest throughput: {top.label} at {rows[top.id]['tok_per_s']:,.0f} tokens/s{tie}.")
     for group in groups:
         if len(group.runs) > 1:
             loss = group.stats(lambda r: rows[r.id][metric])
@@ -86,8 +89,9 @@ def compare_notes(records: list[RunRecord], target: float | None = None,
 def comparison_metric(records: list[RunRecord]) -> tuple[str, str]:
     """The summary column runs are ranked by, and its name: the best val loss while every run has the same
     tokenizer (a loss per token compares only then), else the best val bits per byte, which any two share."""
-    tokenizers = {repr([(r.info.get("dataset") or {}).get(k) for k in ("tokenizer", "vocab_size")]) for r in records}
-    return ("best_val_loss", "val loss") if len(tokenizers) == 1 else ("best_val_bpb", "val bits per byte")
+    tokenizers = {repr([(r.info.get("dataset") or {}).get(k) for k in ("tokenizer", "vocab_size")]) for r in records
+                  if r.info.get("dataset")}  # a run refused before its data was read trained nothing to compare
+    return ("best_val_loss", "val loss") if len(tokenizers) <= 1 else ("best_val_bpb", "val bits per byte")
 
 
 def _best_note(groups: list[Group], rows: dict[str, dict], metric: str, label: str) -> str:
@@ -158,24 +162,55 @@ def _effect_note(base: Group, run: Group, keys: list[str], rows: dict[str, dict]
     def mean(group: Group, field: str) -> float:
         return group.stats(lambda r: rows[r.id][field]).mean
 
+    noise = math.hypot(group_speed_noise(base, rows), group_speed_noise(run, rows))
     effects = [
         _relative("peak memory", mean(base, "peak_mem_gb"), mean(run, "peak_mem_gb"), "{:.2f} GB"),
-        _relative("tokens/s", mean(base, "tok_per_s"), mean(run, "tok_per_s"), "{:,.0f}"),
-        _relative("total time", mean(base, "elapsed_s"), mean(run, "elapsed_s"), "{:.1f} s"),
+        _relative("tokens/s", mean(base, "tok_per_s"), mean(run, "tok_per_s"), "{:,.0f}", noise),
+        _relative("total time", mean(base, "elapsed_s"), mean(run, "elapsed_s"), "{:.1f} s", noise),
     ]
     b_loss, r_loss = (g.stats(lambda r: rows[r.id][metric]) for g in (base, run))
     if b_loss.n and r_loss.n:
-        effects.append(f"best {label} {b_loss.mean_std('.4f')} → {r_loss.mean_std('.4f')} "
-                       f"({r_loss.mean - b_loss.mean:+.4f}; {significance(b_loss, r_loss)})")
+        verdict = significance(b_loss, r_loss)
+        delta = "" if verdict.startswith("within") else f"{r_loss.mean - b_loss.mean:+.4f}; "
+        effects.append(f"best {label} {b_loss.mean_std('.4f')} → {r_loss.mean_std('.4f')} ({delta}{verdict})")
     effects += equal_budget_notes(base, run)
     effects = [e for e in effects if e] or ["no comparable numbers yet"]
     return f"{change} ({run.title} vs {base.title}): {'; '.join(effects)}."
 
 
-def _relative(what: str, before, after, fmt: str) -> str:
+def _relative(what: str, before, after, fmt: str, noise: float = math.nan) -> str:
+    """"tokens/s 6,000 → 9,000 (+50%)", or "(within noise: ±60%)" when the relative change is no larger
+    than ``noise`` (a relative spread: a difference the runs' own scatter could make is not reported as one)."""
     if not (finite(before) and finite(after)) or before == 0:
         return ""
-    return f"{what} {fmt.format(before)} → {fmt.format(after)} ({(after - before) / before:+.0%})"
+    change = (after - before) / before
+    if finite(noise) and abs(change) <= noise:
+        return f"{what} {fmt.format(before)} → {fmt.format(after)} (within noise: ±{noise:.0%})"
+    return f"{what} {fmt.format(before)} → {fmt.format(after)} ({change:+.0%})"
+
+
+def speed_noise(record: RunRecord) -> float:
+    """How much a run's speed scatters: the range its middle 80% of tokens/s windows span (10th to 90th
+    percentile), relative to their median; the first window (start-up) left out. A machine whose load changes
+    while the run trains widens it. Two runs' speeds differ only by more than the hypot of their noises
+    (a difference both runs' windows could show is the machine, not the setting); NaN with under 3 windows."""
+    rates = record.frame(TRAIN).tok_per_s.iloc[1:]
+    rates = rates[np.isfinite(rates) & (rates > 0)]
+    if len(rates) < 3:
+        return math.nan
+    low, middle, high = np.percentile(rates, [10, 50, 90])
+    return float((high - low) / middle)
+
+
+def group_speed_noise(group: Group, rows: dict[str, dict]) -> float:
+    """A seed group's relative speed noise: its runs' window range, and twice the relative standard deviation
+    of their speeds when it has several seeds (a load that changed between runs shows there); 0 when nothing
+    was measured."""
+    windows = [n for n in (speed_noise(r) for r in group.runs) if finite(n)]
+    spread = group.stats(lambda r: rows[r.id]["tok_per_s"])
+    seeds = 2 * spread.std / spread.mean if spread.n > 1 and spread.mean else 0.0
+    within = math.sqrt(float(np.mean(np.square(windows)))) if windows else 0.0
+    return math.hypot(within, seeds)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -294,7 +329,9 @@ def equal_budget_notes(base: Group, run: Group) -> list[str]:
         amount = min(spent)
         b, r = (g.stats(lambda rec, on=budget, most=amount: loss_within(rec, on, most)) for g in (base, run))
         if b.n and r.n:
-            notes.append(f"at equal {fmt.format(amount)}: val loss {b.mean:.4f} → {r.mean:.4f}")
+            verdict = significance(b, r)
+            notes.append(f"at equal {fmt.format(amount)}: val loss {b.mean:.4f} → {r.mean:.4f}"
+                         + (f" ({verdict})" if verdict.startswith("within") else ""))
     return notes
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from nanogpt_runner.analysis.comparison import compare_notes, seed_groups
 from nanogpt_runner.analysis.figures import hyperparameter_figure, plain, seed_band_figure
 from nanogpt_runner.analysis.records import RunRecord, differing_keys, finite, load_runs, run_notes, summarize
+from nanogpt_runner.analysis.study_report import write_study_files
 from nanogpt_runner.fsutil import UnsafeFolder, refuse_symlinks, write_atomic
 from nanogpt_runner.runs.rundir import METRIC, axis_title, summarized
 
@@ -158,7 +159,7 @@ def write_report(runs: list[RunRecord], out_dir: Path, target: float | None = No
     if (figure := hyperparameter_figure(runs)) is not None:
         save_figure(figure, out_dir / HYPERPARAMETERS_PNG_NAME)
         paths.append(out_dir / HYPERPARAMETERS_PNG_NAME)
-    return paths
+    return paths + write_study_files(runs, out_dir, target)  # a study sweep's card (docs/studies.md)
 
 
 def notes_text(runs: list[RunRecord], target: float | None = None) -> str:

@@ -29,7 +29,7 @@ API (all torch-free):
 
 ``Interval`` is a mean with its 95% half-width (Student's t over the paired seeds; NaN with one seed).
 A speed ratio counts as a change only when it is outside both that interval and the runs' own measured
-speed noise (the spread of their tokens/s windows, which a loaded machine widens); a loss difference
+speed noise (the range of their tokens/s windows, which a loaded machine widens); a loss difference
 only when it is outside both its interval and twice the standard error the baseline's seed spread gives.
 """
 
@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from nanogpt_runner.analysis.comparison import speed_noise
 from nanogpt_runner.analysis.records import RunRecord, as_number, finite, summarize
 from nanogpt_runner.runs.rundir import EVAL, TRAIN
 
@@ -97,7 +98,7 @@ class RunNumbers:
 
     seed: int | None
     tok_per_s: float | None
-    speed_noise: float  # relative spread (std / mean) of its tokens/s windows, the first (start-up) left out
+    speed_noise: float  # comparison.speed_noise: the relative range of its tokens/s windows
     step_ms: float | None
     peak_mem_gb: float | None
     est_peak_mem_gb: float | None
@@ -110,16 +111,13 @@ class RunNumbers:
 def run_numbers(run: RunRecord) -> RunNumbers:
     summary, config = summarize(run), run.config
     train, evals = run.frame(TRAIN), run.frame(EVAL)
-    windows = train.tok_per_s.iloc[1:] if len(train) > 1 else train.tok_per_s
-    windows = windows[np.isfinite(windows) & (windows > 0)]
-    noise = float(windows.std(ddof=1) / windows.mean()) if len(windows) > 1 else math.nan
     steps = train.step_ms.iloc[1:] if len(train) > 1 else train.step_ms
     steps = steps[np.isfinite(steps)]
     points = [(t, v, e) for t, v, e in zip(evals.tokens, evals.val_loss, evals.elapsed_s, strict=True)
               if finite(t) and finite(v)]
     seed = config.get("train.seed")
     return RunNumbers(
-        seed=seed if isinstance(seed, int) else None, tok_per_s=summary["tok_per_s"], speed_noise=noise,
+        seed=seed if isinstance(seed, int) else None, tok_per_s=summary["tok_per_s"], speed_noise=speed_noise(run),
         step_ms=float(steps.median()) if len(steps) else None, peak_mem_gb=summary["peak_mem_gb"],
         est_peak_mem_gb=summary["est_peak_mem_gb"], mfu=summary["mfu"], global_batch=global_batch(config),
         tokens=summary["tokens"], evals=points)
@@ -160,7 +158,7 @@ class ArmResult:
     change: str = ""  # what it changes against the baseline, from the configs ("train.recompute False → True")
     seeds: list[int] = field(default_factory=list)
     speed: Interval | None = None
-    speed_noise: float = math.nan  # the ratio's measured noise (NOISE_SIGMAS x the runs' window spread)
+    speed_noise: float = math.nan  # the ratio's measured noise: the hypot of the paired runs' window ranges
     step_time: Interval | None = None
     step_ms: float | None = None
     memory: Interval | None = None
@@ -340,7 +338,7 @@ def _arm_result(name: str, arm_runs: list[RunRecord], base: dict, reference: dic
     result.seeds = sorted(a.seed for a, _ in pairs)
     result.speed = Interval.of([_ratio(a.tok_per_s, b.tok_per_s) for a, b in pairs])
     noise = [math.hypot(a.speed_noise, b.speed_noise) for a, b in pairs if finite(a.speed_noise + b.speed_noise)]
-    result.speed_noise = NOISE_SIGMAS * float(np.mean(noise)) if noise else math.nan
+    result.speed_noise = float(np.mean(noise)) if noise else math.nan
     result.step_time = Interval.of([_ratio(a.step_ms, b.step_ms) for a, b in pairs])
     result.step_ms = _mean([a.step_ms for a, _ in pairs])
     result.memory = Interval.of([_ratio(a.peak_mem_gb, b.peak_mem_gb) for a, b in pairs])

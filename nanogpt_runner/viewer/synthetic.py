@@ -35,11 +35,14 @@ def config(**changes) -> dict:
 def write_run(run_dir: Path, steps: int = 100, *, status: str = "completed", cfg: dict | None = None,
               name: str = "tiny", start_time: float | None = None, loss_floor: float = 1.5, rate: float = 1.0,
               tok_per_s: float = 20000.0, mem_gb: float = 0.5, eval_every: int = 25, diverge_at: int | None = None,
-              overfit: bool = False, sweep: dict | None = None, checkpoint: bool = False) -> RunWriter:
+              overfit: bool = False, sweep: dict | None = None, checkpoint: bool = False,
+              speed_wobble: float = 0.02, record: dict | None = None) -> RunWriter:
     """A run folder with ``steps`` train lines and an eval every ``eval_every`` steps.
 
     ``rate`` scales how fast the loss falls; ``diverge_at`` makes the loss NaN from that step on;
-    ``overfit`` makes val loss rise in the second half. A completed run gets the trainer's summary.
+    ``overfit`` makes val loss rise in the second half; ``speed_wobble`` is the relative swing of tokens/s
+    between windows (a loaded machine swings more); ``record`` adds fields to run.json (n_params...).
+    A completed run gets the trainer's summary.
     Returns the (open) writer so a test can keep appending, as a live run would.
     """
     cfg = cfg or config()
@@ -47,7 +50,7 @@ def write_run(run_dir: Path, steps: int = 100, *, status: str = "completed", cfg
     writer = RunWriter(Path(run_dir), {
         "id": Path(run_dir).name, "name": name, "status": "running", "start_time": start, "sweep": sweep,
         "overrides": [], "config": cfg, "precision": cfg["train"]["precision"], "world_size": 1, "layout": "single",
-        "host": "synthetic", "pid": 0,
+        "host": "synthetic", "pid": 0, **(record or {}),
     })
     writer.update()
     tokens_per_step = cfg["train"]["batch_size"] * cfg["train"]["grad_accum"] * cfg["model"]["block_size"]
@@ -56,9 +59,10 @@ def write_run(run_dir: Path, steps: int = 100, *, status: str = "completed", cfg
         loss = synthetic_loss(step, loss_floor, rate)
         if diverge_at is not None and step >= diverge_at:
             loss = math.nan
+        speed = tok_per_s * (1 + speed_wobble * math.sin(step))
         writer.log("train", step=step, tokens=step * tokens_per_step, loss=loss, lr=1e-3 * min(1.0, step / 10),
-                   grad_norm=1.0, tok_per_s=tok_per_s * (1 + 0.02 * math.sin(step)), step_ms=10.0, mfu=0.05,
-                   mem_gb=mem_gb, peak_mem_gb=mem_gb * 1.1, elapsed_s=step * 0.01)
+                   grad_norm=1.0, tok_per_s=speed, step_ms=1000.0 * tokens_per_step / speed, mfu=0.05,
+                   mem_gb=mem_gb, peak_mem_gb=mem_gb * 1.1, est_peak_mem_gb=mem_gb * 1.2, elapsed_s=step * 0.01)
         if step % eval_every == 0 or step == steps:
             val = loss + 0.05 + (0.01 * max(0, step - steps // 2) if overfit else 0.0)
             best_val = min(best_val, val) if math.isfinite(val) else best_val
