@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
+from typing import TextIO
 
 from rich.console import Console
 from rich.progress import (
@@ -18,16 +18,15 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from nanogpt_runner.fsutil import open_nofollow
-
 
 class RunConsole:
     """Rank 0's console. ``line`` is for things worth keeping (eval, warnings); ``progress`` is the
     live bar on a terminal and a log line per call elsewhere."""
 
-    def __init__(self, log_path: Path | None, total_steps: int, live: bool = True):
+    def __init__(self, log_file: TextIO | None, total_steps: int, live: bool = True):
+        """``log_file``: train.log opened for appending (the caller opens it without following links); closed here."""
         self.console = Console(highlight=False)
-        self.log_file = open_nofollow(log_path, "a") if log_path else None  # a symlinked train.log is refused
+        self.log_file = log_file
         self.total_steps = total_steps
         self.bar: Progress | None = None
         if live and self.console.is_terminal:

@@ -25,6 +25,7 @@ from nanogpt_runner.data.prepared import PreparedData, cache_dir
 from nanogpt_runner.distributed import parallelize as parallel
 from nanogpt_runner.distributed import process_group
 from nanogpt_runner.errors import Interrupted
+from nanogpt_runner.fsutil import open_nofollow
 from nanogpt_runner.model.gpt import GPT
 from nanogpt_runner.model.optimizers import build_optimizers
 from nanogpt_runner.perf import autotune, hardware, memory
@@ -184,7 +185,8 @@ class Trainer:
         self.start = time.perf_counter()
         # Rank 0 owns the console and train.log; every other rank logs the same lines quietly to rank{N}.log.
         log_path = self.run_dir / ("train.log" if layout.is_main else f"rank{layout.rank}.log")
-        with RunConsole(log_path, t.max_iters, live=self.cfg.run.progress and layout.is_main) as console, \
+        log = open_nofollow(log_path, "a")  # a train.log planted as a symlink is refused, never appended through
+        with RunConsole(log, t.max_iters, live=self.cfg.run.progress and layout.is_main) as console, \
                 StopSignals(agree=self.par.any_rank if layout.world > 1 else None, every=t.log_interval) as stop:
             self.console = console
             console.console.quiet = not layout.is_main

@@ -96,7 +96,7 @@ def test_console_lines_off_a_terminal_are_printed_whole(tmp_path, capsys):
 
     long_line = "shakespeare: 10.65M parameters, fp32 on single, NVIDIA H200, data shakespeare_char, run dir " + \
         str(tmp_path / "a" / "long" / "path")
-    with RunConsole(tmp_path / "train.log", total_steps=10, live=True) as console:
+    with RunConsole(open(tmp_path / "train.log", "a", encoding="utf-8"), total_steps=10, live=True) as console:
         console.line(long_line)
         console.progress(5, 5, "loss 2.0000 | 1,000 tok/s")
     assert capsys.readouterr().out.splitlines() == [long_line, "step 5/10 | loss 2.0000 | 1,000 tok/s"]
