@@ -238,6 +238,52 @@ def run_notes(record: RunRecord, summary: dict | None = None) -> list[str]:
     return notes + _speed_choice_notes(record.info)
 
 
+STOPS = {  # summary.stop_reason -> how the run ended, in words ({target} etc. from the run's config)
+    "max_iters": "finished its {steps} steps",
+    "max_tokens": "stopped: token budget ({max_tokens:,}) spent at step {steps}",
+    "max_flops": "stopped: FLOPs budget ({max_flops:.3g}) spent at step {steps}",
+    "max_time_s": "stopped: time budget ({max_time_s:g} s) spent at step {steps}",
+    "target_loss": "stopped: target {target_loss:g} reached at step {steps}",
+    "early_stop_patience": "stopped early: no new best val loss in {early_stop_patience} evals (step {steps})",
+    "divergence_factor": "stopped: val loss rose above {divergence_factor:g}x its best at step {steps}",
+}
+MAX_ERROR_CHARS = 120
+
+
+def ending(record: RunRecord, summary: dict | None = None) -> str:
+    """Why the run ended, in a few words ("stopped: target 1.5 reached at step 840", "failed: non-finite loss at
+    step 2"); "" while it is still going. ``summary`` is ``summarize(record)`` when the caller has it."""
+    summary = summary or summarize(record)
+    status = record.status
+    if status in ("running", "queued", "stalled"):
+        return ""
+    if summary["diverged_at"] is not None and status != "completed":
+        return f"{status}: non-finite loss at step {summary['diverged_at']}"
+    if status != "completed":
+        reason = _error_line(record.info.get("error"))
+        return f"{status}: {reason}" if reason else status
+    reason = summary.get("stop_reason") or "max_iters"
+    train = {k.removeprefix("train."): v for k, v in record.config.items() if k.startswith("train.")}
+    try:
+        return STOPS[reason].format(steps=_whole(summary["steps"]), **train)
+    except (KeyError, TypeError, ValueError):  # an unknown reason, or the config lacks the number
+        return f"stopped: {reason} at step {_whole(summary['steps'])}"
+
+
+def _error_line(error) -> str:
+    """The gist of run.json's error: its last line without the exception's class name, cut to one clause."""
+    lines = [line.strip() for line in str(error or "").splitlines() if line.strip()]
+    if not lines:
+        return ""
+    text = lines[-1].split(": ", 1)[-1] if lines[-1].split(": ", 1)[0].isidentifier() else lines[-1]
+    text = text.split(" (")[0].split("; ")[0]
+    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS - 1] + "…"
+
+
+def _whole(value) -> str:
+    return f"{int(value):,}" if finite(value) else "?"
+
+
 def _speed_choice_notes(info: dict) -> list[str]:
     """How the run chose how to compute: train.plan=auto's winner, precision=auto's measured step times."""
     notes = []

@@ -48,6 +48,9 @@ from nanogpt_runner.launch.sweep import (
 from nanogpt_runner.launch.torchrun import fill_cluster_rendezvous, hidden_gpus_problem, run_group, start_rank_server
 from nanogpt_runner.runs.rundir import CONFIG_FILE, LOCK_FILE, RUN_FILE, RunWriter
 from nanogpt_runner.runs.trackers import logger_problems
+from nanogpt_runner.weights.nanogpt_resume import import_checkpoint as import_nanogpt_checkpoint
+from nanogpt_runner.weights.nanogpt_resume import nanogpt_checkpoint
+from nanogpt_runner.weights.nanogpt_resume import resume_config as nanogpt_resume_config
 
 EXIT_INVALID_CONFIG = 2
 
@@ -111,13 +114,21 @@ def run_job(cfg: Config) -> int:
             raise CheckpointError(
                 f"resume={cfg.resume} in a sweep would make every job continue that same run: resume it with "
                 f"a single nanogpt-run (no -m), or sweep new runs without resume=")
-        plan = plan_resume(cfg, run_dir, list(hydra_cfg.overrides.task), CONF_DIR)
+        nanogpt = nanogpt_checkpoint(cfg.resume) if cfg.resume else None  # nanoGPT's out_dir: a new run here
+        if nanogpt is not None:
+            cfg = nanogpt_resume_config(cfg, nanogpt, list(hydra_cfg.overrides.task), CONF_DIR)
+        plan = None if nanogpt else plan_resume(cfg, run_dir, list(hydra_cfg.overrides.task), CONF_DIR)
     except CheckpointError as err:
         problems, data = [str(err)], None
     else:
         if plan is not None:
             cfg, run_dir = plan.cfg, plan.run_dir
         cfg, problems, data = check(cfg, list(hydra_cfg.overrides.task))
+        if nanogpt is not None and not problems:
+            try:
+                cfg = import_nanogpt_checkpoint(nanogpt, cfg, run_dir, data.tokenizer)
+            except CheckpointError as err:
+                problems = [str(err)]
         if not problems and cfg.train.plan == "auto":  # the fastest setting that fits, timed here (cached)
             from nanogpt_runner.perf.plan import plan_run
 

@@ -24,7 +24,16 @@ from nanogpt_runner.analysis.comparison import (
     objective_value,
     seed_groups,
 )
-from nanogpt_runner.analysis.records import RunRecord, differing_keys, finite, format_duration, run_notes, summarize
+from nanogpt_runner.analysis.naming import override_key, overrides_of
+from nanogpt_runner.analysis.records import (
+    RunRecord,
+    differing_keys,
+    ending,
+    finite,
+    format_duration,
+    run_notes,
+    summarize,
+)
 from nanogpt_runner.config.schema import SCRATCH
 from nanogpt_runner.runs.annotations import Annotations
 from nanogpt_runner.runs.rundir import METRIC, axis_title, summarized
@@ -44,7 +53,7 @@ from nanogpt_runner.viewer.store import RunStore
 MARKDOWN_SPECIAL = re.compile(r"([\\`\[\]!])")  # what can start a link, an image or a code span
 STATUSES = ["running", "queued", "completed", "failed", "interrupted", "stalled"]
 MAX_TABLE_ROWS = 500  # more rows make the page slow to update; the filter narrows them
-MAX_CONFIG_COLUMNS = 8
+MAX_CONFIG_COLUMNS = 12
 MAX_EXACT_INT = 2**53  # larger whole numbers are sent as floats (exact in JSON and JavaScript up to here)
 INIT_FROM = "model.init_from"  # the weights a run started from (config.ModelConfig.init_from)
 DEFAULT_SELECTED = 5
@@ -56,6 +65,16 @@ BARS = {  # bar plot -> (summary field, axis title)
 }
 # The runs table's number columns, from the metrics registry (nanogpt_runner.runs.rundir.METRICS).
 STAT_COLUMNS = {m.column: m for m in summarized() if m.column}
+# They lead the table, the answer first: loss, then speed and cost, then how far the run got.
+OUTCOME_ORDER = ["best_val_loss", "best_val_bpb", "last_train_loss", "tok_per_s", "mfu", "peak_mem_gb",
+                 "est_peak_mem_gb", "elapsed_s", "steps"]
+OUTCOMES = {c: m for c, m in sorted(STAT_COLUMNS.items(), key=lambda item: (
+    OUTCOME_ORDER.index(item[1].summary) if item[1].summary in OUTCOME_ORDER else len(OUTCOME_ORDER)))}
+# Config keys shown as what the run used instead (run.json's field): "auto" is not an answer.
+USED = {"train.precision": ("precision", "precision"), "parallel.name": ("layout", "layout")}
+MAX_USED_CHARS = 40
+BOOKKEEPING = ["objective", "seed group val loss", "sweep", "tags", "note", "folder"]
+ALWAYS_SHOWN = ("name", "status", "folder")  # the page finds a clicked row's run by its last cell, the folder
 
 
 # The seed-group table's numbers: (column, summary field, registry metric for its decimals).
@@ -126,50 +145,83 @@ class Dashboard:
 
     def table(self, text: str = "", statuses: list[str] | None = None, tags: list[str] | None = None,
               archived: bool = False, group_by: str | None = None) -> tuple[pd.DataFrame, str]:
-        """(the runs table, a one-line note on what is shown). ``group_by`` (a config key) is the first config
-        column and orders the rows by its value (newest first within a value)."""
+        """(the runs table, a one-line note on what is shown): name and status, the outcome (OUTCOMES), then only
+        the settings that differ among the listed runs (swept keys first; precision and layout as each run used
+        them), then bookkeeping; a column empty in every row is left out. Numbers are full values (the page
+        shows them rounded). ``group_by`` (a config key) is the first setting and orders the rows by its value."""
         records = self.listed(text, statuses, tags, archived)
         shown = records[:MAX_TABLE_ROWS]
-        keys = differing_keys(shown)[:MAX_CONFIG_COLUMNS]
+        keys = self._setting_columns(shown)
         if self.groupable(group_by, shown):
             keys = [group_by, *(k for k in keys if k != group_by)]
             shown = sorted(shown, key=lambda r: _sort_value(self._row(r)[1].get(group_by)))
-        if INIT_FROM not in keys and any(self._row(r)[1].get(INIT_FROM, SCRATCH) != SCRATCH for r in shown):
-            keys.append(INIT_FROM)  # where fine-tuned runs started from, even when they all started from one
-        rows = []
         spread = {}  # run id -> its seed group's val loss, for runs in a group of several
         for group in seed_groups(shown, key=lambda r: self._cached("group", r, None, lambda: group_key(r))):
             if len(group.runs) > 1:
                 text = group_loss(group, lambda r: self._row(r)[0])
                 spread.update((run.id, text) for run in group.runs)
         best = self._best_of_sweeps(shown)
-        for record in shown:
-            summary, config = self._row(record)
-            marks = self.annotations(record.id)
-            row = {"name": summary["name"], "sweep": summary["sweep"], "status": summary["status"],
-                   "stop": summary["stop_reason"], "tags": " ".join(marks.tags) + (" (archived)" if marks.archived
-                                                                                   else "")}
-            row.update({key: _cell(config.get(key)) for key in keys})
-            for column, metric in STAT_COLUMNS.items():
-                value = summary[metric.summary]
-                row[column] = _rounded(value * 100 if metric.unit == "%" and finite(value) else value, metric.decimals)
-            if record.sweep:
-                value = objective_value(record, summary)
-                shown_value = f"{value:.4g}" if finite(value) else "-"
-                row["objective"] = f"{'★ ' if record.id in best else ''}{shown_value} ({objective_name(record)})"
-            row["seed group val loss"] = spread.get(record.id)
-            entry = self.store.get(record.id)
-            row["note"] = "; ".join(entry.notes if entry else [])
-            row["folder"] = record.id
-            rows.append(row)
-        columns = ["name", "sweep", "status", *keys, *STAT_COLUMNS, "objective", "stop", "seed group val loss", "tags",
-                   "note", "folder"]
+        rows = [self._table_row(record, keys, spread, best) for record in shown]
+        columns = ["name", "status", *OUTCOMES, "stop", *keys, *BOOKKEEPING]
+        frame = pd.DataFrame(rows, columns=columns)
+        frame = frame[[c for c in columns if c in ALWAYS_SHOWN or not _empty(frame[c])]]
         total = len(self.store.entries)
         note = f"{len(records)} of {total} runs match"
         if len(records) > len(shown):
             note += f"; showing the newest {len(shown)} (type in the filter to narrow)"
         note += f" · root {markdown_text(self.store.root)} · updated {time.strftime('%H:%M:%S')}"
-        return pd.DataFrame(rows, columns=columns), note
+        return frame, note
+
+    def _setting_columns(self, shown: list[RunRecord]) -> list[str]:
+        """The config keys that differ among ``shown`` (what a run actually used for precision and layout), the
+        keys a sweep's overrides set first, then the levers, then the rest; at most MAX_CONFIG_COLUMNS."""
+        configs = [self._row(r)[1] for r in shown]
+        swept = {override_key(o) for r in shown for o in overrides_of(r)}
+        keys = [k for k in differing_keys(shown) if k not in USED]
+        keys = sorted(keys, key=lambda k: k not in swept)[:MAX_CONFIG_COLUMNS]
+        used = [column for _, column in USED.values() if len({c.get(column) for c in configs}) > 1]
+        if INIT_FROM not in keys and any(c.get(INIT_FROM, SCRATCH) != SCRATCH for c in configs):
+            keys.append(INIT_FROM)  # where fine-tuned runs started from, even when they all started from one
+        return [*used, *keys]
+
+    def _table_row(self, record: RunRecord, keys: list[str], spread: dict[str, str], best: set[str]) -> dict:
+        summary, config = self._row(record)
+        marks = self.annotations(record.id)
+        row = {"name": record.label, "status": summary["status"], "stop": summary["ending"],
+               "sweep": summary["sweep"], "tags": " ".join(marks.tags) + (" (archived)" if marks.archived else "")}
+        for column, metric in OUTCOMES.items():
+            value = summary[metric.summary]
+            row[column] = _json_number(value * 100 if metric.unit == "%" and finite(value) else value)
+        row.update({key: _cell(config.get(key)) for key in keys})
+        if record.sweep:
+            value = objective_value(record, summary)
+            shown_value = f"{value:.4g}" if finite(value) else "-"
+            row["objective"] = f"{'★ ' if record.id in best else ''}{shown_value} ({objective_name(record)})"
+        row["seed group val loss"] = spread.get(record.id)
+        entry = self.store.get(record.id)
+        row["note"] = "; ".join(entry.notes if entry else [])
+        row["folder"] = record.id
+        return row
+
+    def details(self, run_id) -> str:
+        """One run in full, for the page's details panel: every number unrounded, what it used, why it ended,
+        its overrides and its whole config (the constant keys the table leaves out included)."""
+        entry = self.store.get(run_id)
+        if entry is None:
+            return "Click a run in the table to see it in full here."
+        record = entry.record
+        summary, config = self._row(record)
+        lines = [f"**{markdown_text(record.label)}** · folder {markdown_text(record.id)} · "
+                 f"{markdown_text(summary['status'])} · {markdown_text(summary['ending'] or 'still going')}", ""]
+        numbers = [f"{column} {summary[m.summary]!r}" for column, m in OUTCOMES.items()
+                   if summary[m.summary] is not None]
+        lines.append("- " + markdown_text(", ".join(numbers) or "no numbers yet"))
+        lines.append("- " + markdown_text(f"used: precision {config.get('precision')}, layout {config.get('layout')}"))
+        lines.append("- overrides: " + markdown_text(" ".join(overrides_of(record)) or "none"))
+        lines += ["", "| config key | value |", "|---|---|"]
+        lines += [f"| {markdown_text(k)} | {markdown_text(v).replace('|', '&#124;')} |"
+                  for k, v in sorted(record.config.items())]
+        return "\n".join(lines)
 
     def _best_of_sweeps(self, records: list[RunRecord]) -> set[str]:
         """The ids of each listed sweep's best job by its objective (the sweep table's star)."""
@@ -194,9 +246,14 @@ class Dashboard:
     def _row(self, record: RunRecord) -> tuple[dict, dict]:
         def compute():
             summary = summarize(record)
+            summary["ending"] = ending(record, summary)
             if summary["diverged_at"] is not None:
                 summary["status"] = f"{summary['status']} (diverged at step {summary['diverged_at']})"
-            return summary, record.config
+            config = record.config
+            for field, column in USED.values():  # what the run used ("auto" resolved), as run.json says
+                used = record.info.get(field)
+                config[column] = used[:MAX_USED_CHARS] if isinstance(used, str) else None
+            return summary, config
 
         return self._cached("row", record, None, compute)
 
@@ -229,9 +286,10 @@ class Dashboard:
         group_by = group_by if self.groupable(group_by, runs) else None
         curves = {plot: self._curve(runs, plot, x, smoothing, log_y and log_scaled(plot), group_by) for plot in PLOTS}
         summaries = {r.id: self._cached("summary", r, target, lambda r=r: summarize(r, target)) for r in runs}
-        bars = {name: _bars(runs, summaries, field, group_by) for name, (field, _) in BARS.items()}
+        bars = {name: _bars(runs, summaries, field, group_by) for name, (field, _) in BARS.items()
+                if name != "to_target" or target is not None}  # no target: no time to it, no empty chart
         notes = {r.id: self._cached("notes", r, target, lambda r=r: run_notes(r, summaries[r.id])) for r in runs}
-        groups = seed_groups(runs)
+        groups = [group for group in seed_groups(runs) if len(group.runs) > 1]  # one run is not a group
         figures = self._experiment_figures(runs, groups, x, summaries)
         return CompareView(curves, bars, config_diff(runs), analysis_markdown(runs, target, summaries, notes),
                            group_table(groups, summaries), *figures)
@@ -241,7 +299,7 @@ class Dashboard:
         """(seed-band figure, hyperparameter figure, their keys). Each is drawn again only when what it shows
         changed (a new eval of a grouped run; a run's status or objective), since matplotlib takes a good
         part of a second: a growing run between evals costs nothing here. matplotlib loads on first use."""
-        several_seeds = len(runs) > 1 and any(len(group.runs) > 1 for group in groups)
+        several_seeds = bool(groups)  # groups of two runs or more
         keys = {
             "band": repr((x, [(r.id, len(r.metrics.eval) if r.metrics else 0) for r in runs])) if several_seeds
             else "",
@@ -352,22 +410,56 @@ def config_diff(runs: list[RunRecord]) -> pd.DataFrame:
 
 def analysis_markdown(runs: list[RunRecord], target: float | None, summaries: dict[str, dict] | None = None,
                       notes: dict[str, list[str]] | None = None) -> str:
-    """The analysis in words: a section per run, then what the runs say together."""
+    """The analysis in words: a two-line conclusion for the selection first, then what the runs say together,
+    then a short section per run (why it ended when it did not simply finish; no lines on machine noise)."""
     if not runs:
         return "Select runs in the **Runs** tab to compare them."
     summaries = summaries or {run.id: summarize(run, target) for run in runs}
-    parts = []
+    across = compare_notes(runs, target, summaries)
+    parts = [f"**Conclusion.** {markdown_text(line)}  " for line in conclusion(runs, summaries, across)]
+    parts.append("")
+    rest = across[1:] if across and across[0].startswith("best ") else across
+    if rest:
+        parts.append("**Across the selected runs**")
+        parts += [f"- {markdown_text(note)}" for note in rest]
+        parts.append("")
     for run in runs:
         summary = summaries[run.id]
-        parts.append(f"**{markdown_text(run.label)}** — {markdown_text(summary['status'])}, "
+        ended = ending(run, summary)
+        parts.append(f"**{markdown_text(run.label)}** — {markdown_text(ended or summary['status'])}, "
                      f"{format_duration(summary['elapsed_s'])}")
-        parts += [f"- {markdown_text(note)}" for note in (notes[run.id] if notes else run_notes(run, summary))]
+        own = notes[run.id] if notes else run_notes(run, summary)
+        parts += [f"- {markdown_text(note)}" for note in own if _worth_saying(note, run)]
         parts.append("")
-    across = compare_notes(runs, target, summaries)
-    if across:
-        parts.append("**Across the selected runs**")
-        parts += [f"- {markdown_text(note)}" for note in across]
     return "\n".join(parts)
+
+
+def conclusion(runs: list[RunRecord], summaries: dict[str, dict], across: list[str]) -> list[str]:
+    """Two lines that answer the selection: which did best (and by how much against the noise), then how the
+    runs ended (how many finished, which failed or stopped early, and why)."""
+    first = across[0] if across and across[0].startswith("best ") else (
+        "nothing to rank yet: no run has a val loss." if len(runs) > 1 else
+        f"{runs[0].label}: best val loss {_text(summaries[runs[0].id]['best_val_loss'])}.")
+    ended = {run.id: ending(run, summaries[run.id]) for run in runs}
+    finished = sum(1 for run in runs if ended[run.id].startswith("finished"))
+    going = sum(1 for run in runs if not ended[run.id])
+    told = [f"{run.label}: {ended[run.id]}" for run in runs
+            if ended[run.id] and not ended[run.id].startswith("finished")]
+    counts = [f"{finished} of {len(runs)} finished their steps"] + ([f"{going} still running"] if going else [])
+    second = "; ".join(counts) + (f". {'; '.join(told[:4])}" if told else "") + ("; …" if len(told) > 4 else ".")
+    return [first[0].upper() + first[1:], second]
+
+
+def _worth_saying(note: str, run: RunRecord) -> bool:
+    """A run's own note unless it only restates machine noise (throughput), or a run that failed is "too early
+    to judge" (its ending says what happened)."""
+    if note.startswith("throughput "):
+        return False
+    return not (note.startswith("too early") and run.status not in ("running", "queued"))
+
+
+def _text(value) -> str:
+    return f"{value:.4f}" if finite(value) else "-"
 
 
 def markdown_text(value) -> str:
@@ -399,13 +491,38 @@ def _cell(value):
     return value if isinstance(value, (int, float, str)) else str(value)
 
 
-def _rounded(value, decimals: int):
-    """A table number: None when not finite; a whole number as an int only within JSON's exact range (a run
+def _json_number(value):
+    """A table number: None when not finite; a whole number stays an int only within JSON's exact range (a run
     folder may claim 1e20 steps, and an int past 64 bits breaks the page's and the API's encoder)."""
     if not finite(value):
         return None
-    value = round(float(value), decimals)
-    return int(value) if not decimals and abs(value) <= MAX_EXACT_INT else value
+    if isinstance(value, (int, np.integer)) and abs(value) <= MAX_EXACT_INT:
+        return int(value)
+    return float(value)
+
+
+def _empty(column: pd.Series) -> bool:
+    """No value in any row (None, NaN or an empty text): the column would only take room."""
+    return all(v is None or v == "" or (isinstance(v, float) and not np.isfinite(v)) for v in column)
+
+
+def rounded_text(value) -> str:
+    """A number as the table shows it: 4 significant digits (thousands separated); anything else as text."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        return "" if value is None else str(value)
+    if not finite(value):
+        return ""
+    short = float(f"{value:.4g}")
+    return f"{short:,.0f}" if abs(short) >= 1e4 or (short == int(short) and abs(short) >= 1) else f"{short:.4g}"
+
+
+def table_value(frame: pd.DataFrame) -> dict:
+    """The table for gr.Dataframe: full values (sorting and the API use them), shown rounded to 4 significant
+    digits; the run's details panel has them in full."""
+    data = frame.astype(object).where(frame.notna(), None).values.tolist()
+    shown = [[rounded_text(v) for v in row] for row in data]
+    return {"headers": list(frame.columns), "data": data,
+            "metadata": {"display_value": shown, "styling": [[""] * len(frame.columns) for _ in data]}}
 
 
 def _or_zero(value) -> float:

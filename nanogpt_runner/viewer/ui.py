@@ -216,7 +216,7 @@ def _wire_manage(dashboard: Dashboard, m: dict, common: dict) -> None:
     m["run"].change(show, [m["run"]], shown, **PRIVATE)
 
     def refreshed(message: str) -> str:
-        dashboard.store.poll()
+        dashboard.store.poll(everything=True)
         return message
 
     def save(run_id, tags, notes):

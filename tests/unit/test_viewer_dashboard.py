@@ -38,8 +38,12 @@ def test_the_table_lists_runs_newest_first_with_only_the_settings_that_differ(ru
     root, _ = runs
     frame, note = dashboard_of(root).table()
     assert list(frame.folder) == ["live", "accum", "recompute", "base"]
-    assert list(frame.columns[3:5]) == ["train.recompute", "train.grad_accum"]
-    assert "optimizer.lr" not in frame.columns  # the same in every run
+    assert list(frame.columns[:5]) == ["name", "status", "best val loss", "last train loss", "tokens/s"]
+    settings = [c for c in frame.columns if c.startswith(("train.", "model.", "optimizer."))]
+    assert settings == ["train.recompute", "train.grad_accum"]  # only what differs, after the outcome
+    assert list(frame.columns).index("train.recompute") == list(frame.columns).index("stop") + 1
+    assert "optimizer.lr" not in frame.columns and "sweep" not in frame.columns  # the same in every run
+    assert frame.set_index("folder").loc["base", "stop"] == "finished its 100 steps"
     assert list(frame.status) == ["running", "completed", "completed", "completed"]
     assert frame.set_index("folder").loc["base", "peak mem (GB)"] == pytest.approx(1.1)
     assert note.startswith("4 of 4 runs match")
@@ -88,7 +92,9 @@ def test_plot_csv_is_exactly_what_each_plot_draws(runs, tmp_path):
     root, _ = runs
     view = dashboard_of(root).compare(["base", "recompute"], x="tokens", smoothing=0.5, log_y=True)
     paths = export_plot_data(view, "tokens", True, tmp_path)
-    assert sorted(p.name for p in paths) == sorted([f"{n}.csv" for n in PLOTS] + [f"bar_{n}.csv" for n in BARS])
+    assert "to_target" not in view.bars  # no target: no time-to-target chart
+    assert sorted(p.name for p in paths) == sorted([f"{n}.csv" for n in PLOTS] +
+                                                   [f"bar_{n}.csv" for n in BARS if n != "to_target"])
     loss = pd.read_csv(tmp_path / "loss.csv")
     assert list(loss.columns) == ["tokens", "log10 train loss", "run"]
     assert loss.to_numpy().tolist() == view.curves["loss"].dropna().to_numpy().tolist()
@@ -138,7 +144,7 @@ def test_group_by_a_config_key_orders_the_table_and_draws_one_mean_series_per_va
     root, _ = runs
     board = dashboard_of(root)
     frame, _ = board.table(group_by="train.recompute")
-    assert frame.columns[3] == "train.recompute"
+    assert frame.columns[list(frame.columns).index("stop") + 1] == "train.recompute"  # the first setting
     assert list(frame["train.recompute"]) == [False, False, False, True]  # rows ordered by the key's value
     view = board.compare(["base", "recompute", "accum"], group_by="train.recompute")
     loss = view.curves["loss"]

@@ -27,7 +27,7 @@ def root(tmp_path_factory):
                            start_time=seed)
         writer.update(flops_per_token=FLOPS_PER_TOKEN)
         writer.close()
-    writer = write_run(root / "lr", 60, cfg=config(**{"optimizer.lr": 3e-3}), start_time=5)
+    writer = write_run(root / "lr", 60, cfg=config(**{"optimizer.lr": 3e-3, "train.target_loss": 1.5}), start_time=5)
     writer.update(summary={**writer.record["summary"], "stop_reason": "target_loss"})
     writer.close()
     write_run(root / "broken", 10, cfg=config(**{"optimizer.lr": 1.0}), status="failed", start_time=6).close()
@@ -48,13 +48,13 @@ def test_the_runs_table_shows_each_seed_groups_mean_and_std_and_why_runs_stopped
     group = frame.loc["base0", "seed group val loss"]
     assert group.endswith("(3 seeds)") and " ± " in group
     assert frame.loc["base1", "seed group val loss"] == group and pd.isna(frame.loc["lr", "seed group val loss"])
-    assert frame.loc["lr", "stop"] == "target_loss"
+    assert frame.loc["lr", "stop"] == "stopped: target 1.5 reached at step 60"
 
 
 def test_compare_lists_the_groups_and_draws_their_bands_and_the_settings_against_the_objective(root):
     view = dashboard_of(root).compare(["base0", "base1", "base2", "lr", "broken"], x="tokens")
     groups = view.groups.set_index("group")
-    assert list(groups.runs) == [3, 1, 1] and groups.iloc[0].seeds == "0 1 2"
+    assert list(groups.runs) == [3] and groups.iloc[0].seeds == "0 1 2"  # one run is not a group
     losses = [summarize(run)["best_val_loss"] for run in load_runs(root) if run.id.startswith("base")]
     expected = f"{statistics.mean(losses):.4f} ± {statistics.stdev(losses):.4f}"
     assert groups.iloc[0]["best val loss mean ± std"] == expected
