@@ -7,7 +7,9 @@ The checkpoint is the run's best-by-val one (``which=latest`` for the newest), o
 given. Everything the model needs comes from the checkpoint (architecture, the run's tokenizer: characters,
 GPT-2's BPE or the BPE trained on its corpus), so a copied checkpoint folder samples the same as the run it
 came from; only a character vocabulary refuses a prompt (a character it does not have). With the same
-seed the text is the same.
+seed the text is the same. The model meta.json describes is checked against the tensors the checkpoint's
+files hold (bounded by their sizes) before it is built, so a small checkpoint whose meta.json claims a
+huge model is refused in one line instead of allocating that model.
 Samples go to stdout, separated by a dashed line; a problem is one ``error:`` line on stderr and exit
 code 2. The viewer calls ``sample()`` through this command.
 """
@@ -115,8 +117,10 @@ def sample(target: Path, options: SampleOptions, announce=lambda message: print(
 
     saved = meta["config"]["model"]
     model_cfg = ModelConfig(**{f.name: saved[f.name] for f in fields(ModelConfig) if f.name in saved})
+    weights = load_model_state(path, meta)
+    check_shapes(path, model_cfg, tokenizer.vocab_size, weights)
     model = GPT(model_cfg, tokenizer.vocab_size)
-    model.load_state_dict(load_model_state(path, meta))
+    model.load_state_dict(weights)
     model.to(device).eval()
 
     generator = torch.Generator(device=device).manual_seed(options.seed)
@@ -126,6 +130,38 @@ def sample(target: Path, options: SampleOptions, announce=lambda message: print(
         out = model.generate(context, options.max_new_tokens, options.temperature, options.top_k, generator)
         texts.append(tokenizer.decode(out[0].tolist()))
     return texts
+
+
+def check_shapes(path: Path, model_cfg, vocab_size: int, weights: dict) -> None:
+    """Raise SampleError unless the model ``model_cfg`` describes has exactly the tensors in ``weights`` (read
+    from the checkpoint's files, so bounded by their sizes). The model is laid out on the meta device, which
+    allocates nothing; a layer count beyond the tensors' count, or heads that do not divide the embedding
+    (which no shape shows), are refused before even that."""
+    import torch
+
+    from nanogpt_runner.model.gpt import GPT
+
+    problem = None
+    if not isinstance(model_cfg.n_layer, int) or not 0 < model_cfg.n_layer <= len(weights):
+        problem = f"n_layer={model_cfg.n_layer!r} but its weights hold {len(weights)} tensors in all"
+    elif not isinstance(model_cfg.n_head, int) or model_cfg.n_head < 1 or model_cfg.n_embd % model_cfg.n_head:
+        problem = f"n_head={model_cfg.n_head!r} does not divide n_embd={model_cfg.n_embd!r}"  # shapes do not show it
+    else:
+        try:
+            with torch.device("meta"):
+                expected = {name: tuple(t.shape) for name, t in GPT(model_cfg, vocab_size).state_dict().items()}
+        except (AssertionError, ValueError, TypeError, RuntimeError) as err:
+            raise SampleError(f"checkpoint {path}: the model its meta.json describes cannot be built ({err}); "
+                              f"sample another checkpoint") from None
+        found = {name: tuple(t.shape) for name, t in weights.items()}
+        differing = sorted(set(expected) ^ set(found)) or [n for n in expected if expected[n] != found[n]]
+        if differing:
+            name = differing[0]
+            problem = (f"{len(differing)} tensor(s) differ from the model it describes, e.g. {name}: "
+                       f"{found.get(name, 'absent')} in the weights, {expected.get(name, 'absent')} in the model")
+    if problem:
+        raise SampleError(f"checkpoint {path} does not match its meta.json ({problem}): the checkpoint is damaged "
+                          f"or its meta.json was edited; sample another checkpoint")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -100,3 +100,28 @@ def test_untrained_weights_are_finite(run_dir):
     path, meta = folders.resolve(run_dir, "best")
     assert meta["step"] == 1 and math.isclose(meta["val_loss"], 1.0)
     assert all(torch.isfinite(t).all() for t in ck.load_model_state(path, meta).values())
+
+
+@pytest.mark.parametrize("claim, message", [
+    ({"n_embd": 16384, "n_head": 16, "block_size": 65536}, "tensor(s) differ from the model it describes"),
+    ({"n_layer": 10**9}, "n_layer=1000000000 but its weights hold"),
+    ({"n_head": 3}, "n_head=3 does not divide n_embd=32"),
+])
+def test_a_meta_json_claiming_another_model_is_one_line_before_any_model_is_built(run_dir, capsys, claim, message):
+    """A small checkpoint whose meta.json claims a huge model (the Sample tab's 1.8 GB per Generate) is refused
+    from the tensors' shapes: the claimed model is never allocated."""
+    import json
+    import resource
+
+    for step in folders.checkpoint_dir(run_dir).glob("step_*"):
+        meta_file = step / folders.META_FILE
+        meta = json.loads(meta_file.read_text())
+        meta["config"]["model"].update(claim)
+        meta_file.write_text(json.dumps(meta))
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(run_dir), "max_new_tokens=5"])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: checkpoint ") and message in lines[0]
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_kb < 500_000  # KB: no 25 GB model
