@@ -11,10 +11,13 @@ that exist, and docs/ARCHITECTURE.md names every module.
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import importlib.util
 import itertools
 import re
 import shlex
+import sys
 import textwrap
 import types
 from pathlib import Path
@@ -157,6 +160,7 @@ def test_the_pages_are_read_as_expected():
     assert {program(command) for command in tour} >= {"nanogpt-run", "nanogpt-view", "nanogpt-report", "nanogpt-sample"}
     assert any(" -m " in command for command in tour) and any("resume=" in command for command in tour)
     assert any(page == "README.md" for page, *_ in REFUSALS)
+    assert len({command.split()[1] for _, command in SCRIPT_COMMANDS}) >= 8
 
 
 @pytest.mark.parametrize("page", PAGES, ids=page_name)
@@ -186,6 +190,43 @@ def test_ci_runs_the_readmes_test_command():
     command = shlex.split(re.search(r"```bash\n(.*?)\n", tests).group(1), comments=True)
     ci_lines = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.strip()]
     assert command == shlex.split(ci_lines[-1]) == ["pytest"]
+
+
+def script_commands() -> list[tuple[str, str]]:
+    """(page, command) for each ``python scripts/NAME.py ...`` line of a page, in a code block or inline."""
+    found = []
+    for page in PAGES:
+        text = page.read_text()
+        commands = re.findall(r"^(python scripts/\w+\.py.*)$", text, re.M)
+        commands += re.findall(r"`(python scripts/\w+\.py[^`]*)`", text)  # an inline span may wrap a line
+        found += [(page_name(page), " ".join(command.split("#", 1)[0].split())) for command in commands]
+    return found
+
+
+SCRIPT_COMMANDS = script_commands()
+
+
+class Parsed(Exception):
+    """Raised once a script has parsed its command line, before it does any work."""
+
+
+@pytest.mark.parametrize(("page", "command"), SCRIPT_COMMANDS, ids=map(example_id, SCRIPT_COMMANDS))
+def test_every_script_command_in_the_docs_is_accepted_by_its_parser(page, command, monkeypatch):
+    """The benchmark scripts parse their command lines in ``main``: run it up to its ``parse_args``."""
+    words = shlex.split(command)[1:]
+    spec = importlib.util.spec_from_file_location("docs_script", ROOT / words[0])
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    parse_args = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(parser, args=None, namespace=None):
+        parse_args(parser, args, namespace)
+        raise Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    monkeypatch.setattr(sys, "argv", words)
+    with pytest.raises(Parsed):
+        script.main()
 
 
 def named_object_exists(dotted: str) -> bool:
