@@ -35,7 +35,7 @@ from nanogpt_runner.data.prepare import prepare
 from nanogpt_runner.data.prepared import DataError, PreparedData
 from nanogpt_runner.errors import CheckpointError
 from nanogpt_runner.fsutil import open_nofollow, write_atomic
-from nanogpt_runner.launch.search import register_sweeper
+from nanogpt_runner.launch.search import register_sweeper, sweeper_problems
 from nanogpt_runner.launch.study import record_unsupported, unsupported_reason
 from nanogpt_runner.launch.sweep import (
     SKIPPED,
@@ -256,6 +256,9 @@ class RunDirCheck(Callback):
         _make_writable_dir("hydra.run.dir", "run", config.hydra.run.dir)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        if problems := sweeper_problems(config.hydra.sweeper):  # before the folder: a typo leaves nothing behind
+            error("; ".join(problems))
+            sys.exit(EXIT_INVALID_CONFIG)
         _make_writable_dir("hydra.sweep.dir", "sweep", config.hydra.sweep.dir)
 
 

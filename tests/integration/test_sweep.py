@@ -105,16 +105,20 @@ def test_a_four_trial_optuna_search_writes_the_best_trial_and_resumes(tmp_path, 
     jobs = {read_run(d)["sweep"]["job"]: read_run(d) for d in find_runs(tmp_path / "search")}
     assert sorted(jobs) == [0, 1, 2, 3] and all(job["status"] == "completed" for job in jobs.values())
     values = {n: job["summary"]["best_val_loss"] for n, job in jobs.items()}
-    assert found["name"] == "optuna" and found["best_value"] == min(values.values())
+    assert found["name"] == "optuna" and found["best_value"] == float(f"{min(values.values()):.4g}")
     assert set(found["best_params"]) == {"optimizer.lr", "optimizer.warmup_iters", "optimizer.weight_decay"}
     best = min(values, key=values.get)
     assert f"optimizer.lr={found['best_params']['optimizer.lr']}" in jobs[best]["overrides"]
     assert "★" in result.stdout and f"best: job {best} " in result.stdout
 
-    # The same command again: the seeded sampler proposes the same four trials, all completed: nothing trains.
+    lr = float(found["best_params"]["optimizer.lr"])
+    assert lr == float(f"{lr:.4g}")  # proposals run, and are shown, at 4 significant digits
+
+    # The same command again continues the study kept in the sweep folder: it holds its four trials already.
     again = run_cli(args, cwd=tmp_path)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
-    assert "this launch: 4 skipped (completed before)" in again.stdout
+    assert "4 of hydra.sweeper.n_trials=4 trials so far; nothing left to run" in again.stdout
+    assert (tmp_path / "search" / "optuna.db").exists()
 
 
 def test_a_sweep_run_again_skips_completed_jobs_and_resumes_the_interrupted_one(tmp_path, tiny_overrides):
