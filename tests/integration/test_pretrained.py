@@ -358,7 +358,7 @@ def test_export_hf_from_a_sharded_checkpoint_loads_in_transformers_with_the_same
         export(sharded_run, tmp_path / "hf", "hf", say=lambda message: None)
 
 
-def test_export_hf_of_a_gpt2_bpe_run_ships_gpt2s_tokenizer_files(tmp_path, monkeypatch):
+def test_export_hf_of_a_gpt2_bpe_run_ships_its_own_tokenizer_never_the_init_from_files(tmp_path, monkeypatch):
     from test_prepare import small_gpt2_encoding  # GPT-2's BPE in miniature: no files, no network
 
     monkeypatch.setattr(tokenizers, "gpt2_encoding", small_gpt2_encoding)
@@ -376,7 +376,9 @@ def test_export_hf_of_a_gpt2_bpe_run_ships_gpt2s_tokenizer_files(tmp_path, monke
     save_checkpoint(checkpoint_dir(run), TrainState(1, 64, 1.0), model, torch.optim.AdamW(model.parameters()),
                     config=config, vocab=tokenizer.describe(), val_loss=1.0)
     export(run, tmp_path / "out", "hf", say=lambda message: None)
-    assert (tmp_path / "out" / "merges.txt").read_text() == "GPT-2's merges.txt\n"
+    assert not (tmp_path / "out" / "merges.txt").exists()  # a path a checkpoint names is never copied from
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")  # built from the run's BPE
+    assert hf_tokenizer("the theatre")["input_ids"] == tokenizer.encode("the theatre").tolist()
     assert json.loads((tmp_path / "out" / "config.json").read_text())["eos_token_id"] == tokenizer.eot_id
     tokens = torch.randint(0, tokenizer.vocab_size, (1, 16), generator=torch.Generator().manual_seed(4))
     exported = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out").eval()
@@ -389,7 +391,7 @@ def test_export_nanogpt_has_nanogpts_names_and_loads_back(tmp_path, sharded_run)
     ckpt = torch.load(tmp_path / "nano" / "ckpt.pt", weights_only=True)  # what nanoGPT's sample.py does
     assert ckpt["model_args"] == {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32, "bias": False,
                                   "vocab_size": checkpoint_architecture(meta).vocab_size, "dropout": 0.0}
-    assert ckpt["iter_num"] == meta["step"] and ckpt["config"]["dataset"] == meta["config"]["data"]["name"]
+    assert ckpt["iter_num"] == meta["step"] and ckpt["config"]["dataset"] == str(tmp_path / "nano")  # meta.pkl's
     per_block = ["ln_1.weight", "attn.c_attn.weight", "attn.c_proj.weight", "ln_2.weight", "mlp.c_fc.weight",
                  "mlp.c_proj.weight"]
     expected = {"transformer.wte.weight", "transformer.wpe.weight", "transformer.ln_f.weight", "lm_head.weight"}
@@ -411,7 +413,8 @@ def test_the_export_command_reports_a_problem_in_one_line(tmp_path, sharded_run)
                              str(tmp_path / "taken"), "--format", "hf"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'taken'} already exists and is not empty: "
-                                                  f"choose a new OUT_DIR (nothing is overwritten)"]
+                                                  f"choose a new OUT_DIR, or pass --force to replace the export's "
+                                                  f"files in it (nothing is overwritten otherwise)"]
     assert (tmp_path / "taken" / "file").read_text() == "mine"
 
 
