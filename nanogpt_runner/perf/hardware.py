@@ -1,7 +1,10 @@
 """What the machine can do and what a run is using of it: device, precision, peak FLOP/s, memory.
 
 MFU needs the machine's peak. GPUs have published peaks (a small table, with a measured fallback);
-CPUs do not, so the peak is measured once per (CPU, threads, dtype) with a large matmul and cached.
+CPUs do not, so the peak is measured once per (CPU, threads, dtype) with a large matmul and cached. A bf16
+peak that contradicts what the CPU says of itself (its AVX512-BF16/AMX flags, torch's CPU capability) is
+measured again before it is cached: a busy machine reads peaks low, and a cached misreading would decide
+every later run's precision.
 """
 
 from __future__ import annotations
@@ -43,6 +46,13 @@ GPU_PEAK_FLOPS: tuple[tuple[str, dict[str, float]], ...] = (
     (r"\bT4\b", {"fp16": 65e12, "fp32": 8.1e12}),
 )
 BF16_CAPABILITY = (8, 0)  # Ampere: native bf16 (and TF32) tensor cores; older GPUs emulate bf16
+EMULATED_BF16_RATIO = 0.5  # a CPU's bf16 matmul peak under this share of fp32's: bf16 is emulated
+# /proc/cpuinfo flags of native bf16 matmuls: x86's AVX512-BF16 and AMX, Arm's BF16 extension
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+# torch.backends.cpu.get_cpu_capability() levels below AVX512: no x86 CPU at these has AVX512-BF16 or AMX
+BELOW_AVX512 = ("DEFAULT", "NO AVX", "AVX2")
+PEAK_FILE = "peak_flops.json"  # in the data cache folder
+PEAK_REMEASURES = 2  # further measurements of a peak that contradicts the CPU, before the measurement stands
 
 
 def gpu_table_peak(name: str, precision: str) -> float | None:
@@ -114,7 +124,27 @@ def cpu_emulates_bf16(device: torch.device, cache_dir: Path) -> bool:
     """True where the CPU's measured bf16 matmul peak is under half of fp32's: no AVX512-BF16 or AMX, so bf16
     is converted in software (often 100x slower). Only this shortcut is taken from the peak: whether bf16 pays
     off for a model is measured on the model."""
-    return peak_flops(device, "bf16", cache_dir) < 0.5 * peak_flops(device, "fp32", cache_dir)
+    return peak_flops(device, "bf16", cache_dir) < EMULATED_BF16_RATIO * peak_flops(device, "fp32", cache_dir)
+
+
+def cpu_reports_native_bf16() -> bool | None:
+    """What the CPU says of bf16 matmuls: True when its flags name AVX512-BF16, AMX or Arm's BF16; False when
+    they name none, or (flags unreadable) torch's dispatch level is below AVX512; None when it cannot tell."""
+    flags = cpu_flags()
+    if flags is not None:
+        return bool(flags & NATIVE_BF16_FLAGS)
+    return False if torch.backends.cpu.get_cpu_capability() in BELOW_AVX512 else None
+
+
+def cpu_flags() -> frozenset[str] | None:
+    """The CPU's feature flags (x86 ``flags``, Arm ``Features`` in /proc/cpuinfo); None where unreadable."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
 
 
 def precision_warning(precision: str, device: torch.device, cache_dir: Path) -> str | None:
@@ -138,18 +168,51 @@ def peak_flops(device: torch.device, precision: str, cache_dir: Path) -> float:
     of this process's threads (one rank's share of the cores), so world x peak is the group's."""
     if device.type == "cuda" and (flops := gpu_table_peak(torch.cuda.get_device_name(device), precision)):
         return flops
-    key = f"{device.type}|{cpu_model() if device.type == 'cpu' else torch.cuda.get_device_name(device)}|" \
-          f"{torch.get_num_threads()}|{precision}|torch{torch.__version__}"
-    cache_file = cache_dir / "peak_flops.json"
+    cache_file = cache_dir / PEAK_FILE
+    if (cached := _read_peaks(cache_file).get(_peak_key(device, precision))) is not None:
+        return cached
+    flops = measure_matmul_flops(device, DTYPES[precision])
+    if device.type == "cpu" and precision == "bf16":
+        flops = _bf16_peak_the_cpu_agrees_with(device, flops, cache_dir)
+    _write_peak(cache_file, _peak_key(device, precision), flops)
+    return flops
+
+
+def _peak_key(device: torch.device, precision: str) -> str:
+    return f"{device.type}|{cpu_model() if device.type == 'cpu' else torch.cuda.get_device_name(device)}|" \
+           f"{torch.get_num_threads()}|{precision}|torch{torch.__version__}"
+
+
+def _read_peaks(cache_file: Path) -> dict:
     try:
         cache = json.loads(cache_file.read_text())
     except (OSError, ValueError):
-        cache = {}
-    if key not in cache:
-        cache[key] = measure_matmul_flops(device, DTYPES[precision])
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(cache_file, cache)
-    return cache[key]
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def _write_peak(cache_file: Path, key: str, flops: float) -> None:
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(cache_file, {**_read_peaks(cache_file), key: flops})
+
+
+def _bf16_peak_the_cpu_agrees_with(device: torch.device, bf16: float, cache_dir: Path) -> float:
+    """The bf16 peak, measured again (up to PEAK_REMEASURES times) while its verdict (emulated or native)
+    contradicts the CPU's own report. A peak can only read low, so each figure keeps its highest reading:
+    native bf16 that measured slow is bf16 read low; emulated bf16 that measured fast is fp32 read low, and
+    the fp32 peak is cached again with its new reading. Where it still disagrees the measurement stands (a VM
+    may hide what the flags promise)."""
+    native = cpu_reports_native_bf16()
+    fp32 = peak_flops(device, "fp32", cache_dir)
+    for _ in range(PEAK_REMEASURES):
+        if native is None or (bf16 >= EMULATED_BF16_RATIO * fp32) == native:
+            break
+        if native:
+            bf16 = max(bf16, measure_matmul_flops(device, DTYPES["bf16"]))
+        else:
+            fp32 = max(fp32, measure_matmul_flops(device, DTYPES["fp32"]))
+            _write_peak(cache_dir / PEAK_FILE, _peak_key(device, "fp32"), fp32)
+    return bf16
 
 
 def measure_matmul_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.5) -> float:

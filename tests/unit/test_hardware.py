@@ -24,6 +24,8 @@ def fake_peaks(monkeypatch, fp32: float, bf16: float) -> list[str]:
 
 
 def test_auto_times_bf16_on_a_cpu_unless_the_cpu_emulates_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: None)  # the measurement alone decides here
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     fake_peaks(monkeypatch, fp32=100e9, bf16=80e9)  # native but not faster at matmul: the model decides
     assert hardware.precision_candidates(CPU, CPU_CAPS, tmp_path / "native") == (["fp32", "bf16"], {})
     fake_peaks(monkeypatch, fp32=100e9, bf16=1e9)  # emulated bf16, as on CPUs without AVX512-BF16/AMX
@@ -111,3 +113,45 @@ def test_a_cpu_run_never_touches_cuda_settings():
     assert torch.backends.cuda.matmul.fp32_precision == before
     assert hardware.matmul_precision(CPU, "fp32") == "fp32"
     assert hardware.device_kind("cpu") == "cpu" and hardware.device_caps("cpu").kind == "cpu"
+
+
+def readings(monkeypatch, fp32: list[float], bf16: list[float]) -> list[str]:
+    """Successive peak readings per dtype (a busy machine reads low, then recovers)."""
+    left, measured = {torch.float32: list(fp32), torch.bfloat16: list(bf16)}, []
+
+    def measure(device, dtype):
+        measured.append(str(dtype).removeprefix("torch."))
+        return left[dtype].pop(0)
+
+    monkeypatch.setattr(hardware, "measure_matmul_flops", measure)
+    return measured
+
+
+def test_a_bf16_peak_read_low_on_a_cpu_with_native_bf16_is_measured_again(monkeypatch, tmp_path):
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    measured = readings(monkeypatch, fp32=[100e9], bf16=[2e9, 150e9])
+    assert not hardware.cpu_emulates_bf16(CPU, tmp_path)  # the second reading agrees with the CPU
+    assert measured == ["bfloat16", "float32", "bfloat16"] and hardware.peak_flops(CPU, "bf16", tmp_path) == 150e9
+
+
+def test_a_fast_bf16_on_a_cpu_without_it_measures_fp32_again(monkeypatch, tmp_path):
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2"}))
+    readings(monkeypatch, fp32=[10e9, 100e9], bf16=[20e9])  # fp32 first read 10x low
+    assert hardware.cpu_emulates_bf16(CPU, tmp_path)
+    assert hardware.peak_flops(CPU, "fp32", tmp_path) == 100e9  # cached with its new reading
+
+
+def test_a_peak_that_keeps_disagreeing_stands_after_the_remeasures(monkeypatch, tmp_path):
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"amx_bf16"}))  # a VM may hide it
+    measured = readings(monkeypatch, fp32=[100e9], bf16=[1e9] * (1 + hardware.PEAK_REMEASURES))
+    assert hardware.cpu_emulates_bf16(CPU, tmp_path) and measured.count("bfloat16") == 1 + hardware.PEAK_REMEASURES
+
+
+def test_what_the_cpu_reports_comes_from_its_flags_or_torchs_dispatch_level(monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"sse", "avx2"}))
+    assert hardware.cpu_reports_native_bf16() is False
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: None)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert hardware.cpu_reports_native_bf16() is False
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert hardware.cpu_reports_native_bf16() is None  # AVX512 alone says nothing of bf16: the measurement decides
