@@ -57,18 +57,19 @@ def test_every_arm_changes_one_thing_at_the_same_global_batch_tokens_and_seed():
 
 
 def test_the_study_sweeps_seeds_in_rounds_of_every_arm():
-    cfg = compose_config(["+study=techniques", "hydra.mode=MULTIRUN"])
-    params = dict(OmegaConf.to_container(compose_hydra_params()))
+    cfg = compose_config(["+study=techniques"])
+    params = dict(OmegaConf.to_container(sweeper_params("techniques")))
     assert list(params) == ["train.seed", "technique"]  # the first varies slowest: a round of every arm per seed
     assert params["technique"] == "glob(*)" and params["train.seed"] == "0,1"
     assert cfg.study.kind == "techniques"
 
 
-def compose_hydra_params():
+def sweeper_params(study: str):
+    """The sweep a study preset asks Hydra's sweeper for (hydra.sweeper.params), in its order."""
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=["+study=techniques"], return_hydra_config=True
+        return compose(config_name="config", overrides=[f"+study={study}"], return_hydra_config=True
                        ).hydra.sweeper.params
 
 
@@ -225,3 +226,11 @@ def test_an_untrustworthy_scaling_fit_says_why(tmp_path):
     assert card.params_law.text() == ("compute-optimal params: not fitted (0 budgets with a trusted minimum; a line "
                                       "needs 2)")
     assert "not trustworthy: minimum at an edge" in "\n".join(card.sentences())
+
+
+def test_the_scaling_studys_depth_dial_sets_the_model_and_sweeps_budgets():
+    for depth, (embd, heads) in {1: (32, 2), 3: (96, 6)}.items():
+        cfg = OmegaConf.to_container(compose_config(["+study=scaling", f"study.depth={depth}"]), resolve=True)
+        assert (cfg["model"]["n_layer"], cfg["model"]["n_embd"], cfg["model"]["n_head"]) == (depth, embd, heads)
+        assert cfg["model"]["name"] == f"d{depth}" and cfg["study"]["kind"] == "scaling"
+    assert list(sweeper_params("scaling")) == ["train.max_flops", "study.depth"]
