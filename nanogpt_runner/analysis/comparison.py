@@ -4,6 +4,11 @@ analysis.py answers "did this run work?" for one run; this module answers the qu
 ("what did accumulation, recomputation, precision or a layout cost in time and memory, and what did it do
 to the loss?", "is that difference real?", "which trial won?"), for the viewer, ``nanogpt-report`` and the
 sweep summary alike. It depends on analysis.py and runs.py only and imports no torch.
+
+No difference inside the measured noise is reported as a difference: a loss difference is weighed against the
+seed spread (``significance``), a tokens/s or time difference against the runs' speed noise (``speed_noise``:
+the range of their tokens/s windows, which a loaded machine widens, and their seeds' spread), and either reads
+"within noise" with the interval instead of a percentage.
 """
 
 from __future__ import annotations
