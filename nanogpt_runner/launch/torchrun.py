@@ -24,26 +24,31 @@ Stop signals: the ranks run in their own sessions, so this process alone hears S
 agent's handlers hold them: it forwards the signal to every rank once, whose loop saves a checkpoint at the
 next step boundary and stops, and gives them ``parallel.timeout_min`` to do so. Afterwards this process's own
 handlers are back, and SIGTERM or SIGUSR2 does what it would have done to it (submitit's requeue handler,
-or the default: end the process).
+or the default: end the process). Under SLURM every process of the job step gets the signal: the rank server
+ignores it (rank_server), the ranks stop at a step boundary, and this process waits until every rank is gone
+(``wait_for_ranks``) before the signal ends it or requeues the job.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import multiprocessing
 import multiprocessing.forkserver
 import os
 import re
 import signal
 import sys
+import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
 
 from nanogpt_runner.config.schema import threads_per_rank
-from nanogpt_runner.fsutil import open_regular
-from nanogpt_runner.runs.rundir import LOG_FILE, RunWriter, read_run
-from nanogpt_runner.train.signals import StopSignals
+from nanogpt_runner.fsutil import open_nofollow, open_regular
+from nanogpt_runner.runs.rundir import LOG_FILE, RANKS_LOCK_FILE, RunWriter, read_run
+from nanogpt_runner.train.signals import LATE_SIGNALS, StopSignals
 
 # The agent forwards each of these to the ranks: the stop signals end in a checkpoint (StopSignals).
 HANDLED_SIGNALS = ("SIGQUIT", *(sig.name for sig in StopSignals.SIGNALS))
@@ -137,7 +142,11 @@ def run_group(par, run_dir: Path) -> int:
     args = parser.parse_args(torchrun_args(par, run_dir, known))
     args.start_method = start_method
     received = None
-    with _agent_scope(OMP_NUM_THREADS=str(threads_per_rank(par)), PYTHONSAFEPATH="1"):  # spawned ranks: -P
+    # The agent's log folder (its ranks' error files), removed after: left to torch, it is a torchelastic_*
+    # temporary folder per group that nothing removes.
+    with _agent_scope(OMP_NUM_THREADS=str(threads_per_rank(par)), PYTHONSAFEPATH="1"), \
+            tempfile.TemporaryDirectory(prefix="nanogpt-agent-") as agent_logs:
+        args.log_dir = agent_logs
         try:
             config, _command, _ = config_from_args(args)
             elastic_launch(config, entrypoint=run_rank)(*args.training_script_args, os.getpid())
@@ -147,10 +156,42 @@ def run_group(par, run_dir: Path) -> int:
         except SignalException as stopped:  # the ranks were told, and checkpointed or were given up on
             received = stopped.sigval
             code = 128 + received
-    code = record_group_failure(run_dir, code)
+    later = wait_for_ranks(run_dir, 60 * par.timeout_min)
+    received = received or later
+    code = record_group_failure(run_dir, code or (128 + later if later else 0))
     if received in (signal.SIGTERM, signal.SIGUSR2):
         signal.raise_signal(received)  # now that the ranks have checkpointed: what the signal meant for us
     return code  # after Ctrl-C: the exit code, and run.json says interrupted
+
+
+def wait_for_ranks(run_dir: Path, timeout_s: float) -> int | None:
+    """Wait, up to ``timeout_s``, until no rank of the group lives; the first stop signal that came meanwhile.
+
+    The agent returns as soon as it sees its ranks fail, which is not when they are gone: a rank may still be
+    saving its checkpoint, and under submitit this process's end is the requeue, after which SLURM kills what is
+    left of the job. Each rank holds RANKS_LOCK_FILE shared while it lives (train.worker.hold_while_alive), so
+    this process waits for the exclusive lock. A stop signal meanwhile is held, not acted on, and returned."""
+    held: list[int] = []
+    main = threading.current_thread() is threading.main_thread()  # (handlers can only be set there)
+    previous = {sig: signal.signal(sig, lambda signum, _frame: held.append(signum)) for sig in LATE_SIGNALS} \
+        if main else {}
+    try:
+        with open_nofollow(run_dir / RANKS_LOCK_FILE, "a") as lock:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.1)
+    except OSError:  # a planted symlink, or a filesystem without flock: nothing to wait on
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return held[0] if held else None
 
 
 @contextlib.contextmanager

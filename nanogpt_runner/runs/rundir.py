@@ -32,6 +32,9 @@ CONFIG_FILE = "config.yaml"
 LOG_FILE = "train.log"
 CHECKPOINT_DIR = "checkpoints"
 LOCK_FILE = ".lock"  # held (flock) by the nanogpt-run training into the run directory, for as long as it lives
+# Held shared (flock) by every rank of a process group while it lives: the launcher takes it exclusively to wait
+# for ranks that outlive the torchrun agent (nanogpt_runner.launch.torchrun.wait_for_ranks).
+RANKS_LOCK_FILE = ".ranks.lock"
 # A running run whose heartbeat is older than this is shown as stalled (its process is likely gone).
 STALE_AFTER_S = 120.0
 # While training, run.json's step and heartbeat are rewritten at most this often (metrics.jsonl has every

@@ -74,9 +74,12 @@ class StopSignals:
         self._previous = {}
 
     def _handle(self, signum: int, frame) -> None:
-        if self.received is not None and signum == signal.SIGINT:
+        # The first signal is the one recorded: the SIGTERM a rank's launcher watch sends, or SLURM's after a
+        # requeue, must not turn a SIGUSR2 pre-emption into something else in run.json.
+        if self.received is None:
+            self.received = signum
+        elif signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.received = signum
 
     def requested(self) -> bool:
         """Poll at a step boundary: True when the run should save and stop now."""
@@ -89,3 +92,18 @@ class StopSignals:
     @property
     def signum(self) -> int:
         return self.received if self.received is not None else signal.SIGTERM
+
+
+def ignore_stop_signals() -> None:
+    """For the rank server (nanogpt_runner.launch.rank_server): SLURM's ``--signal`` and ``scancel -s`` signal
+    every process of a job step, and the server's default action (the end) would make the torchrun agent see
+    every rank it forked as failed, mid-checkpoint. (multiprocessing's forkserver ignores SIGINT itself.)"""
+    for sig in LATE_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def restore_stop_signals() -> None:
+    """For a rank forked from the rank server, which inherits the ignored stop signals: the defaults again,
+    before the loop's StopSignals takes them over (until then a stop signal ends the rank, as it should)."""
+    for sig in LATE_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import os
 import select
 import signal
@@ -28,9 +29,9 @@ from nanogpt_runner.data.prepared import DataError, PreparedData, load_prepared
 from nanogpt_runner.distributed.process_group import NullWriter, env_rank
 from nanogpt_runner.errors import RunStopped, how_to_continue
 from nanogpt_runner.fsutil import open_nofollow, overwrite_json
-from nanogpt_runner.runs.rundir import CONFIG_FILE, LOG_FILE, RUN_FILE, RunWriter, read_run
+from nanogpt_runner.runs.rundir import CONFIG_FILE, LOG_FILE, RANKS_LOCK_FILE, RUN_FILE, RunWriter, read_run
 from nanogpt_runner.train.loop import train
-from nanogpt_runner.train.signals import until_the_end_is_recorded
+from nanogpt_runner.train.signals import restore_stop_signals, until_the_end_is_recorded
 
 
 def execute(cfg: Config, run_dir: Path, data: PreparedData) -> int:
@@ -150,8 +151,10 @@ def run_rank(run_dir: str, launcher: int) -> None:
     As torchrun starts a command, the rank leads its own session and prints each line as it comes. The
     parent-death signal torch.multiprocessing asks for (SIGINT) is cleared: the parent is the rank server,
     whose end (SLURM signals every process of a job step) says nothing about the run, and a SIGINT after a
-    stop signal would end the rank before its checkpoint. The launcher is what the rank watches."""
+    stop signal would end the rank before its checkpoint. The launcher is what the rank watches. A rank forked
+    from the rank server inherits its ignored stop signals, and gets the defaults back here."""
     os.setsid()
+    restore_stop_signals()
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, 0)
     sys.stdout.reconfigure(line_buffering=True)
@@ -163,9 +166,27 @@ def run_rank(run_dir: str, launcher: int) -> None:
         sys.exit(code)
 
 
+_held: list = []  # the open RANKS_LOCK_FILE of this rank, for as long as it lives
+
+
+def hold_while_alive(run_dir: Path) -> None:
+    """Hold RUN_DIR/RANKS_LOCK_FILE shared until this process ends (the kernel lets go however it ends).
+
+    The launcher takes it exclusively once the torchrun agent has returned, so it outlives every rank that
+    is still saving a checkpoint (nanogpt_runner.launch.torchrun.wait_for_ranks): under submitit, the launcher's
+    end is the requeue, and SLURM kills what is left of the job. Closed on exec, so no compiler child holds it."""
+    try:
+        handle = open_nofollow(run_dir / RANKS_LOCK_FILE, "a")
+        fcntl.flock(handle, fcntl.LOCK_SH)
+    except OSError:  # a planted symlink, or a filesystem without flock: the launcher cannot wait, nothing else
+        return
+    _held.append(handle)
+
+
 def run_in(run_dir: Path, launcher: int) -> int:
     """Train the run that the launcher (process ``launcher``) prepared in ``run_dir``; the exit code."""
     stop_with_the_launcher(launcher)
+    hold_while_alive(run_dir)
     record = read_run(run_dir) or {}
     data = load_prepared(Path(record["dataset"]["dir"]))
     return execute(load_run_config(run_dir), run_dir, data)
