@@ -50,7 +50,8 @@ UNSUPPORTED = "unsupported"  # run.json status of a study arm this machine canno
 # Student's t for a two-sided 95% interval, by degrees of freedom (1..30); above that, the normal 1.96.
 T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-NOISE_SIGMAS = 2.0  # a difference counts when it is this many noise standard deviations (or errors) away
+NOISE_SIGMAS = 2.0  # a loss difference counts when it is this many seed-noise standard errors away
+BUSY_SPEED_NOISE = 0.25  # a median speed noise above this: the card says the machine was busy
 CHINCHILLA_TOKENS_PER_PARAM = 20.0
 MIN_ISOFLOP_POINTS = 3  # a parabola needs three sizes
 MIN_TRUSTED_BUDGETS = 3  # a power law through two points has no error estimate
@@ -319,6 +320,11 @@ def technique_card(runs: list[RunRecord], target_loss: float | None = None) -> T
     if len(base) == 1:
         notes.append("one baseline seed: loss differences cannot be told from seed noise (run 2 or more seeds).")
     notes += _fairness_notes(by_arm, base_runs)
+    noise = [arm.speed_noise for arm in arms if finite(arm.speed_noise)]
+    if noise and float(np.median(noise)) > BUSY_SPEED_NOISE:
+        notes.append(f"the runs' tokens/s windows scatter by ±{float(np.median(noise)):.0%} (median over the arms): "
+                     f"the machine was busy or shared, and speed ratios inside that read 'within noise'; measure "
+                     f"speed on an idle machine.")
     return TechniqueCard(arms, sorted(s for s in base if s is not None), tokens, target_loss, notes)
 
 

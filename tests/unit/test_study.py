@@ -143,6 +143,7 @@ def test_a_speed_inside_the_runs_own_noise_is_within_noise_and_one_seed_cannot_t
     assert arm.speed_verdict == "within noise" and arm.loss_verdict == "one seed: cannot tell"
     assert arm.sentence().startswith("compile: 1.00x memory, speed within noise (1.20x, noise ±")
     assert any(note.startswith("one baseline seed") for note in card.notes)
+    assert any(note.startswith("the runs' tokens/s windows scatter by ±") for note in card.notes)
 
 
 def test_an_unsupported_or_unfair_arm_is_listed_not_dropped(tmp_path):
