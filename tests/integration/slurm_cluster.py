@@ -179,3 +179,22 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
     except OSError:
         return False
+
+
+def main() -> None:
+    """``sudo python tests/integration/slurm_cluster.py FOLDER``: the tests' one-node SLURM, left running, to try
+    ``hydra/launcher=slurm_torchrun`` by hand (docs/distributed-and-clusters.md)."""
+    import sys
+
+    if len(sys.argv) != 2 or Path(sys.argv[1]).exists():
+        sys.exit("usage: sudo python tests/integration/slurm_cluster.py FOLDER (a new folder for its state and logs)")
+    folder = Path(sys.argv[1]).resolve()
+    cluster = SlurmCluster({})
+    _start_munge(cluster.started)
+    _start_slurm(folder, cluster.started)
+    print(f"export SLURM_CONF={folder / 'slurm.conf'}\n"
+          f"# to stop it: kill $(cat {folder / 'slurmctld.pid'}) $(cat {folder / 'slurmd.pid'})")
+
+
+if __name__ == "__main__":
+    main()
