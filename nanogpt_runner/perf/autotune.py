@@ -8,6 +8,10 @@ only to skip an emulated dtype, ``hardware.precision_candidates``) and keeps the
 device's usual choice (fp32 on a CPU, bf16 on a GPU) by more than timing noise. Results are
 cached per (device, threads, model shape, micro-batch, torch version) in ``<data cache>/autotune.json``.
 
+Candidates are timed in interleaved windows (``interleaved``: A B A B A B, each its median of ROUNDS
+windows), never one after the other: on a busy machine one reading per candidate ranked fp32 at 1,454 ms
+against bf16 at 1,070 ms per step for a model whose quiet figures are the other way round.
+
 A timed step is the loop's own: ``Parallelized.forward_backward`` per micro-step, clipping, the optimizer,
 on random tokens (speed depends on shapes, not on the text), in a forked RNG so that timing never changes
 what the run itself draws.
@@ -34,12 +38,13 @@ from nanogpt_runner.perf import hardware
 from nanogpt_runner.runs.rundir import write_json_atomic
 
 CACHE_FILE = "autotune.json"
-PROBE_SECONDS = 2.0  # per candidate precision, at most (plus one warm-up step)
+PROBE_SECONDS = 2.0  # per candidate precision, at most, over its ROUNDS windows (plus a warm-up step each)
 # Short timings of settings that are really equal differ by a few percent (up to 3% on a quiet 2-core CPU),
 # and a plan that followed such noise trained 14% slower than the config as given: a challenger replaces
 # the incumbent (the config as given, the device's usual precision) only when this much faster.
 SWITCH_MARGIN = 1.05
 GPU_TIMING_GROUP = 5  # steps queued back to back between two synchronisations when timing on a GPU
+ROUNDS = 3  # timing windows per candidate, taken in turn with the other candidates'
 
 
 def clearly_faster(step_ms: float, than_ms: float) -> bool:
@@ -142,6 +147,27 @@ def time_steps(cfg, vocab_size: int, device: torch.device, setting: Setting, sec
     return StepTiming(1000 * statistics.median(times), timed, peak_bytes)
 
 
+def interleaved(windows: list[Callable[[float], StepTiming]], seconds: float,
+                rounds: int = ROUNDS) -> list[StepTiming | Exception]:
+    """Time each candidate (``windows[i](seconds)`` times it for that long) in ``rounds`` windows of
+    ``seconds / rounds``, the candidates in turn, and keep each one's median window: a burst of load from
+    elsewhere then falls on one window of one candidate and is outvoted, instead of deciding the ranking.
+    A candidate that fails (out of memory, an unsupported kernel) is not timed again; its error is its result."""
+    timings: list[list[StepTiming]] = [[] for _ in windows]
+    failed: dict[int, Exception] = {}
+    for _ in range(rounds):
+        for i, window in enumerate(windows):
+            if i not in failed:
+                try:
+                    timings[i].append(window(seconds / rounds))
+                except (RuntimeError, torch.OutOfMemoryError) as err:
+                    failed[i] = err
+    return [failed[i] if i in failed else StepTiming(statistics.median(t.step_ms for t in timings[i]),
+                                                     sum(t.steps for t in timings[i]),
+                                                     max(t.peak_bytes for t in timings[i]))
+            for i in range(len(windows))]
+
+
 class _PeakAfterForward:
     """The step's memory: the allocator's peak on a GPU; on a CPU the resident set sampled at the end of each
     forward pass (where saved activations are largest) plus the gradients that the backward pass adds."""
@@ -238,12 +264,14 @@ def probe_precision(cfg, vocab_size: int, device: torch.device, candidates: list
     if (hit := read_cache(cache_dir).get(key)) is not None:
         return PrecisionProbe(hit["choice"], hit["step_ms"], skipped, cached=True)
     step_ms, skipped = {}, dict(skipped)
-    for precision in candidates:
-        setting = Setting(precision, cfg.model.attention, False, t.recompute, t.batch_size, 1)
-        try:
-            step_ms[precision] = round(measure(cfg, vocab_size, device, setting, PROBE_SECONDS).step_ms, 3)
-        except (RuntimeError, torch.OutOfMemoryError) as err:  # e.g. the whole model does not fit one GPU
-            skipped[precision] = f"the probe failed ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
+    settings = [Setting(p, cfg.model.attention, False, t.recompute, t.batch_size, 1) for p in candidates]
+    results = interleaved([lambda seconds, s=s: measure(cfg, vocab_size, device, s, seconds) for s in settings],
+                          PROBE_SECONDS)
+    for precision, result in zip(candidates, results, strict=True):
+        if isinstance(result, Exception):  # e.g. the whole model does not fit one GPU
+            skipped[precision] = f"the probe failed ({type(result).__name__}: {str(result).splitlines()[0][:120]})"
+        else:
+            step_ms[precision] = round(result.step_ms, 3)
     if not step_ms:  # nothing could be timed: the device's usual first choice, not cached
         return PrecisionProbe(candidates[0], {}, skipped)
     usual, fastest = next(iter(step_ms)), min(step_ms, key=step_ms.get)  # usual: the device's first choice

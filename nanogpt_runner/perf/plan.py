@@ -14,8 +14,9 @@ same, so the loss curve is the same run's. What it may change is how each step i
 
 First it prints the memory estimate (``--estimate-only`` stops there). Then it times candidates one
 dimension at a time from the config as given (a coordinate search: every dimension's alternatives are
-timed with the best of the others so far; one replaces the best so far only when faster by more than
-timing noise, ``autotune.SWITCH_MARGIN``), within ``plan.budget_s`` seconds but never more than
+timed with the best of the others so far, in interleaved windows with the best so far timed again beside
+them, ``autotune.interleaved``; one replaces the best so far only when faster by more than timing noise,
+``autotune.SWITCH_MARGIN``), within ``plan.budget_s`` seconds but never more than
 ``PLAN_SHARE`` of the run it plans (judged from the config as given, always timed first: on a fast GPU a
 2,000-step baby run takes 13 s), and drops those whose memory estimate exceeds the device's memory. The
 table shows each candidate's tokens/s, estimated and measured memory, and the winner. Plans are cached per
@@ -143,32 +144,46 @@ def make_plan(cfg: Config, vocab_size: int, device: torch.device, available: flo
             tried[key] = Candidate(setting, threads, est, OVER_MEMORY if ranks_here * est > available else OVER_BUDGET)
         return tried[key]
 
-    def run(c: Candidate) -> None:
-        nonlocal budget
-        if c.status != OVER_BUDGET or c.step_ms is not None:
-            return
-        left = budget - (time.perf_counter() - started)
-        first = not any(other.status == MEASURED for other in tried.values())  # timed whatever the budget
-        if (left <= 0 and not first) or (c.setting.compile and left < COMPILE_SECONDS):
-            return
-        seconds = min(max(left / 8, 0.2), 2.0)
-        say(f"plan: timing {' '.join(c.overrides())}")
-        try:
+    def time_together(candidates: list[Candidate], seconds: float) -> None:
+        """Time the candidates in interleaved windows; one that cannot run is dropped, not fatal."""
+        for c in candidates:
+            say(f"plan: timing {' '.join(c.overrides())}")
+
+        def window(c: Candidate, window_s: float) -> StepTiming:
             with _threads(c.threads):
-                timing: StepTiming = measure(cfg, vocab_size, device, c.setting, seconds)
-        except (RuntimeError, torch.OutOfMemoryError) as err:  # a candidate that cannot run is dropped, not fatal
-            c.status, c.error = "failed", f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
-            return
-        c.status, c.step_ms, c.measured_bytes = MEASURED, timing.step_ms, timing.peak_bytes
-        c.tok_per_s = 1000 * c.setting.batch_size * c.setting.grad_accum * cfg.model.block_size / timing.step_ms
-        if first and PLAN_SHARE * (run_s := training_seconds(cfg, vocab_size, timing.step_ms)) < budget:
-            budget = PLAN_SHARE * run_s
-            notes.append(f"budget cut to {budget:.2g} s: {PLAN_SHARE:.0%} of this run's {run_s:.0f} s of training")
+                return measure(cfg, vocab_size, device, c.setting, window_s)
+
+        results = autotune.interleaved([lambda window_s, c=c: window(c, window_s) for c in candidates], seconds)
+        for c, result in zip(candidates, results, strict=True):
+            if isinstance(result, Exception):
+                c.status, c.error = "failed", f"{type(result).__name__}: {str(result).splitlines()[0][:200]}"
+                continue
+            c.status, c.step_ms, c.measured_bytes = MEASURED, result.step_ms, result.peak_bytes
+            c.tok_per_s = 1000 * c.setting.batch_size * c.setting.grad_accum * cfg.model.block_size / result.step_ms
+
+    def run(options: list[Candidate], incumbent: Candidate) -> None:
+        """Time the options not measured yet, with the incumbent timed again beside them (the comparison is
+        then made under the same load), within the budget left. The very first candidate is timed alone,
+        whatever the budget: its speed says how long the run is, and so what the plan may spend."""
+        nonlocal budget
+        pending = [c for c in options if c.status == OVER_BUDGET and c.step_ms is None]
+        if pending and not any(other.status == MEASURED for other in tried.values()):
+            first, pending = pending[0], pending[1:]
+            time_together([first], min(max((budget - (time.perf_counter() - started)) / 8, 0.2), 2.0))
+            if first.status == MEASURED and PLAN_SHARE * (
+                    run_s := training_seconds(cfg, vocab_size, first.step_ms)) < budget:
+                budget = PLAN_SHARE * run_s
+                notes.append(f"budget cut to {budget:.2g} s: {PLAN_SHARE:.0%} of this run's {run_s:.0f} s of "
+                             f"training")
+        left = budget - (time.perf_counter() - started)
+        pending = [c for c in pending if left > 0 and not (c.setting.compile and left < COMPILE_SECONDS)]
+        if pending:
+            again = [incumbent] if incumbent.status == MEASURED and incumbent not in pending else []
+            time_together(pending + again, min(max(left / 8, 0.2), 2.0))
 
     def best_of(options: list[Candidate], incumbent: Candidate) -> Candidate:
         """The fastest of ``options``, if clearly faster than the incumbent (which near-ties keep)."""
-        for c in options:
-            run(c)
+        run(options, incumbent)
         measured = [c for c in options if c.status == MEASURED]
         if not measured:
             return incumbent
