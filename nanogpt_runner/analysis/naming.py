@@ -12,10 +12,21 @@ and a name is cut to MAX_NAME characters. Torch-free.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from nanogpt_runner.analysis.records import RunRecord
+
+class RunRecord(Protocol):
+    """What naming needs of a run (analysis.records.RunRecord has it; records imports this module)."""
+
+    id: str
+    info: dict
+    display_name: str
+
+    @property
+    def sweep(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
 
 SEPARATOR = " · "
 MAX_NAME = 80

@@ -243,6 +243,10 @@ class Dashboard:
     def default_selection(self, n: int = DEFAULT_SELECTED) -> list[str]:
         return [r.id for r in self.listed()[:n]]
 
+    def summary(self, record: RunRecord) -> dict:
+        """The run's numbers (``summarize``) and ``ending``, computed once per change of the run."""
+        return self._row(record)[0]
+
     def _row(self, record: RunRecord) -> tuple[dict, dict]:
         def compute():
             summary = summarize(record)
@@ -416,7 +420,8 @@ def analysis_markdown(runs: list[RunRecord], target: float | None, summaries: di
         return "Select runs in the **Runs** tab to compare them."
     summaries = summaries or {run.id: summarize(run, target) for run in runs}
     across = compare_notes(runs, target, summaries)
-    parts = [f"**Conclusion.** {markdown_text(line)}  " for line in conclusion(runs, summaries, across)]
+    lead, ended = conclusion(runs, summaries, across)
+    parts = [f"**Conclusion.** {markdown_text(lead)}  ", markdown_text(ended)]
     parts.append("")
     rest = across[1:] if across and across[0].startswith("best ") else across
     if rest:
@@ -513,7 +518,7 @@ def rounded_text(value) -> str:
     if not finite(value):
         return ""
     short = float(f"{value:.4g}")
-    return f"{short:,.0f}" if abs(short) >= 1e4 or (short == int(short) and abs(short) >= 1) else f"{short:.4g}"
+    return f"{short:,.0f}" if abs(short) >= 1e4 else f"{short:.4g}"
 
 
 def table_value(frame: pd.DataFrame) -> dict:

@@ -135,8 +135,9 @@ def client(served):
 
 def test_the_api_lists_runs_and_explains_a_comparison(client):
     rows = client.predict("", None, api_name="/runs")
-    assert [(r["folder"], r["status"], r["train.recompute"]) for r in rows] == [("recompute", "completed", True),
-                                                                              ("base", "completed", False)]
+    assert [(r["folder"], r["status"], r["settings"]["train.recompute"]) for r in rows] == [
+        ("recompute", "completed", True), ("base", "completed", False)]
+    assert rows[0]["peak_mem_gb"] == pytest.approx(0.77) and rows[0]["stop"] == "finished its 50 steps"
     text = client.predict(["base", "recompute", "../../etc"], 3.0, api_name="/analysis")
     assert "train.recompute False → True (recompute vs base): peak memory 1.10 GB → 0.77 GB (-30%)" in text
 

@@ -80,8 +80,29 @@ def test_the_api_returns_seed_groups_with_mean_and_std(root):
         rows = client.predict(["base0", "base1", "base2", "lr"], api_name="/groups")
     finally:
         demo.close()
-    assert [(r["runs"], r["seeds"]) for r in rows] == [(3, "0 1 2"), (1, "1337")]
-    assert " ± " in rows[0]["best val loss mean ± std"] and " ± " not in rows[1]["best val loss mean ± std"]
+    assert [(r["runs"], r["seeds"]) for r in rows] == [(["base0", "base1", "base2"], [0, 1, 2])]  # groups of 2+
+    losses = [summarize(run)["best_val_loss"] for run in load_runs(root) if run.id.startswith("base")]
+    spread = rows[0]["best_val_loss"]
+    assert spread["n"] == 3 and spread["mean"] == pytest.approx(statistics.mean(losses))
+    assert spread["std"] == pytest.approx(statistics.stdev(losses)) and spread["min"] == pytest.approx(min(losses))
+
+
+def test_the_api_documents_its_fields(root):
+    from gradio_client import Client
+
+    from nanogpt_runner.viewer.app import free_port, serve
+
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    demo, url = serve(root, port=free_port("127.0.0.1", 7890), refresh_s=1.0, token=None)
+    try:
+        api = Client(url, verbose=False, download_files=False, analytics_enabled=False).view_api(
+            print_info=False, return_format="dict")["named_endpoints"]
+    finally:
+        demo.close()
+    runs = api["/runs"]["returns"][0]["python_type"]["type"]
+    assert all(field in runs for field in ("best_val_loss: None | float", "tok_per_s", "settings", "stop"))
+    assert "best_val_loss: dict(n: int" in api["/groups"]["returns"][0]["python_type"]["type"]
+    assert [p["parameter_name"] for p in api["/analysis"]["parameters"]] == ["run_ids", "target_loss"]
 
 
 def test_the_runs_table_stars_each_sweeps_best_job_by_its_objective(root):

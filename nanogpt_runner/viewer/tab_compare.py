@@ -1,0 +1,72 @@
+"""The Compare tab: curves, bars, what differs, the analysis (its conclusion first), seed groups and the swept
+settings. A panel with nothing to show is not drawn: no time-to-target chart without a target, no seed-group
+table or band without a group of two runs or more, no settings figure when nothing was swept."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from nanogpt_runner.analysis.records import X_TITLES
+from nanogpt_runner.viewer.curves import PLOTS, log_scaled, plot_title
+from nanogpt_runner.viewer.dashboard import BARS, CompareView
+
+
+def compare_tab() -> dict:
+    """The tab's components by name (the caller wires them to the page's one update)."""
+    with gr.Row():
+        x_axis = gr.Radio(list(X_TITLES), value="step", label="x axis")
+        smoothing = gr.Slider(0.0, 0.99, value=0.0, step=0.01, label="EMA smoothing (train curves)")
+        log_y = gr.Checkbox(False, label="log10 loss")
+        target = gr.Number(None, label="target val loss (time to target; empty or 0: none)")
+    analysis = gr.Markdown(elem_classes=["analysis"], elem_id="analysis")
+    plots = {name: gr.LinePlot(x="x", y="y", color="series", title=plot_title(name), x_title="step",
+                               y_title=plot_title(name), color_title="run", tooltip="all", height=250,
+                               elem_id=f"plot-{name}")
+             for name in PLOTS}
+    with gr.Row():
+        bars = {name: gr.BarPlot(x="run", y="value", color="run", title=title, x_title="", y_title=title,
+                                 y_lim=[0, None], x_label_angle=30, height=300, tooltip="all", color_title="run",
+                                 elem_id=f"bar-{name}", visible=name != "to_target")
+                for name, (_, title) in BARS.items()}
+    diff = gr.Dataframe(interactive=False, label="Config keys that differ between the selected runs", elem_id="diff")
+    groups = gr.Dataframe(interactive=False, elem_id="seed-groups", visible=False,
+                          label="Seed groups (two runs or more that differ only by train.seed, or share run.group)")
+    seed_plot = gr.Plot(label="val loss by seed group: mean and min–max band", elem_id="seed-plot", visible=False)
+    hyperparameters = gr.Plot(label="swept settings against the objective: one panel per swept key",
+                              elem_id="hyperparameters", visible=False)
+    with gr.Row():
+        plot_csv = gr.Button("Download CSV of what each plot shows", elem_id="plot-csv")
+        export = gr.Button("Export summary.csv + comparison.png of the selected runs")
+        files = gr.File(label="Report files", file_count="multiple")
+    return {"x": x_axis, "smoothing": smoothing, "log_y": log_y, "target": target, "plots": plots, "bars": bars,
+            "diff": diff, "analysis": analysis, "groups": groups, "seed_plot": seed_plot,
+            "hyperparameters": hyperparameters, "plot_csv": plot_csv, "export": export, "files": files}
+
+
+def outputs(tab: dict) -> list:
+    """The components ``updates`` fills, in its order."""
+    return [*tab["plots"].values(), *tab["bars"].values(), tab["diff"], tab["analysis"], tab["groups"],
+            tab["seed_plot"], tab["hyperparameters"]]
+
+
+def updates(view: CompareView, seen: dict, new_seen: dict, x: str, log_y: bool) -> list:
+    """What to send for ``view``: curves (their axes retitled when they changed), bars (hidden when they have
+    nothing to show), tables, and each figure only when it was drawn again (``seen`` holds what was sent)."""
+    result = []
+    axes = [x, bool(log_y)]
+    if seen.get("axes") != axes:
+        new_seen["axes"] = axes
+        result += [gr.LinePlot(value=view.curves[name], x_title=X_TITLES[x],
+                               y_title=f"log10 {plot_title(name)}" if log_y and log_scaled(name) else plot_title(name))
+                   for name in PLOTS]
+    else:
+        result += [view.curves[name] for name in PLOTS]
+    result += [gr.BarPlot(value=view.bars[name], visible=True) if name in view.bars else gr.BarPlot(visible=False)
+               for name in BARS]  # runs in one order everywhere: one colour each
+    result += [view.diff, view.analysis, gr.Dataframe(value=view.groups, visible=len(view.groups) > 0)]
+    for i, figure in enumerate((view.seed_plot, view.hyperparameters)):  # resent only when redrawn
+        drawn = seen.get("figures", ["", ""])[i]
+        result.append(gr.Plot(value=figure, visible=figure is not None) if drawn != view.figure_keys[i]
+                      else gr.skip())
+    new_seen["figures"] = view.figure_keys
+    return result
