@@ -14,7 +14,6 @@ from hydra import compose, initialize_config_dir
 from nanogpt_runner.config.schema import CONF_DIR, register_schema
 from nanogpt_runner.data.sources import embedded_path
 
-
 INTEGRATION = Path(__file__).parent / "integration"
 
 

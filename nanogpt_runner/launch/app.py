@@ -28,7 +28,14 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from nanogpt_runner.checkpoint.resume_plan import plan_resume
-from nanogpt_runner.config.schema import CONF_DIR, Config, register_schema, starts_from_weights, world_size
+from nanogpt_runner.config.schema import (
+    CONF_DIR,
+    Config,
+    as_dict,
+    register_schema,
+    starts_from_weights,
+    world_size,
+)
 from nanogpt_runner.config.validate import config_warnings, data_problems, validate
 from nanogpt_runner.console import error
 from nanogpt_runner.data.prepare import prepare
@@ -192,7 +199,7 @@ def run_dir_lock(run_dir: Path, cfg: Config):
 def _start(cfg: Config, run_dir: Path, data: PreparedData, plan, speed_plan, hydra_cfg, sweep: bool) -> int:
     """Record the run as queued in its directory, then train it: here, in a torchrun group, or (a sweep
     job) in a child process."""
-    write_atomic(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
+    write_atomic(run_dir / CONFIG_FILE, OmegaConf.to_yaml(as_dict(cfg)))
     writer = RunWriter(run_dir, plan.run_record() if plan else _identity(cfg, run_dir, hydra_cfg))
     writer.update(status="queued", dataset=data.as_record(), **({"plan": speed_plan.as_record()} if speed_plan else {}))
     writer.close()
@@ -243,7 +250,7 @@ def _identity(cfg: Config, run_dir: Path, hydra_cfg) -> dict:
         "sweep": {"dir": str(Path(hydra_cfg.sweep.dir).resolve()), "job": hydra_cfg.job.num}
         if hydra_cfg.mode == RunMode.MULTIRUN else None,
         "git_commit": git_commit(),
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": as_dict(cfg),
     }
 
 

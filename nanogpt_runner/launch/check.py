@@ -13,10 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from nanogpt_runner.checkpoint.resume_plan import plan_resume
-from nanogpt_runner.config.schema import CONF_DIR
+from nanogpt_runner.config.schema import CONF_DIR, as_dict
 from nanogpt_runner.console import error
 from nanogpt_runner.errors import CheckpointError
 from nanogpt_runner.launch.app import EXIT_INVALID_CONFIG, check, compose_overrides
@@ -44,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         error("invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
         return EXIT_INVALID_CONFIG
-    print(json.dumps(OmegaConf.to_container(cfg, resolve=True), default=str) if as_json else "ok")
+    print(json.dumps(as_dict(cfg), default=str) if as_json else "ok")
     return 0
 
 

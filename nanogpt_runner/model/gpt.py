@@ -114,7 +114,7 @@ class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig, vocab_size: int):
         super().__init__()
         self.cfg = cfg
-        self.vocab_size, self.block_size = vocab_size, cfg.block_size  # read per forward: not through a DictConfig
+        self.vocab_size, self.block_size = vocab_size, cfg.block_size
         self.recompute = False
         rows = padded_vocab_size(vocab_size)
         self.tok_emb: nn.Embedding | None = nn.Embedding(rows, cfg.n_embd)

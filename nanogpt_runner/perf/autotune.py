@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from nanogpt_runner.config.schema import Config, DeviceCaps
+from nanogpt_runner.config.schema import Config, DeviceCaps, with_changes
 from nanogpt_runner.distributed import parallelize as parallel
 from nanogpt_runner.distributed import process_group
 from nanogpt_runner.model.gpt import GPT
@@ -76,13 +76,9 @@ class Setting:
 
     def apply(self, cfg):
         """A copy of ``cfg`` computing with this setting."""
-        from omegaconf import OmegaConf
-
-        out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-        out.model.attention = self.attention
-        for name in ("precision", "compile", "recompute", "batch_size", "grad_accum"):
-            out.train[name] = getattr(self, name)
-        return out
+        return with_changes(cfg, model={"attention": self.attention},
+                            train={name: getattr(self, name)
+                                   for name in ("precision", "compile", "recompute", "batch_size", "grad_accum")})
 
 
 @dataclass

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from nanogpt_runner.config.schema import dp_degree
+from nanogpt_runner.config.schema import dp_degree, with_changes
 
 GB = 1e9
 FP32 = 4
@@ -149,10 +149,12 @@ def estimate(cfg, vocab_size: int, device_kind: str = "cpu", precision: str | No
         gradients *= 2  # DDP's buckets: a second copy of the gradients, reduced in place
     if fsdp:
         # Gathered for compute: the root (embeddings, head) and two blocks (the current and the prefetched),
-        # with their unsharded gradients while they are reduce-scattered.
+        # with their unsharded gradients while they are reduce-scattered. Accumulating over micro-steps without
+        # a reduce-scatter (set_requires_gradient_sync(False)) keeps every parameter's unsharded fp32 gradient
+        # until the last micro-step instead.
         gathered = FP32 * (ends + 2 * block)
         parameters += gathered
-        gradients += gathered
+        gradients += FP32 * local_params if t.grad_accum > 1 else gathered
 
     slack = ACTIVATION_SLACK.get(device_kind, 1.0)
     if pp == 1:
@@ -243,12 +245,7 @@ def what_fits(cfg, vocab_size: int, device_kind: str, available: float, ranks_he
 
 
 def _with_train(cfg, **changes):
-    from omegaconf import OmegaConf
-
-    trial = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    for key, value in changes.items():
-        trial.train[key] = value
-    return trial
+    return with_changes(cfg, train=changes)
 
 
 def refusal(cfg, vocab_size: int, device_kind: str, available: float, ranks_here: int = 1,

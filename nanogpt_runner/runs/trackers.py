@@ -233,7 +233,7 @@ TRACKERS: dict[str, type[Tracker]] = {t.name: t for t in (TensorBoardTracker, Wa
 
 def chosen(loggers) -> list[str]:
     """The trackers a ``logger`` config section turns on, in TRACKERS order."""
-    return [name for name in TRACKERS if loggers[name].enabled]
+    return [name for name in TRACKERS if getattr(loggers, name).enabled]
 
 
 def logger_problems(loggers) -> list[str]:
@@ -289,7 +289,7 @@ def open_trackers(loggers, run_dir: Path, record: dict, warn=None) -> Trackers |
     names = chosen(loggers)
     if not names:
         return None
-    return Trackers([TRACKERS[name](loggers[name]) for name in names], RunIdentity.of(run_dir, record), warn)
+    return Trackers([TRACKERS[name](getattr(loggers, name)) for name in names], RunIdentity.of(run_dir, record), warn)
 
 
 def replay(run_dir: Path, tracker_name: str, loggers=None, warn=None) -> int:
@@ -310,7 +310,7 @@ def replay(run_dir: Path, tracker_name: str, loggers=None, warn=None) -> int:
         (warn or (lambda message: print(f"warning: {message}", file=sys.stderr)))(f"not replayed: {problem}")
         return 0
     loggers = OmegaConf.structured(LoggerConfig) if loggers is None else loggers
-    trackers = Trackers([TRACKERS[tracker_name](loggers[tracker_name])], RunIdentity.of(run_dir, record), warn)
+    trackers = Trackers([TRACKERS[tracker_name](getattr(loggers, tracker_name))], RunIdentity.of(run_dir, record), warn)
     tail, sent = MetricsTail(Path(run_dir) / METRICS_FILE), 0
     while lines := tail.poll()[0]:
         for line in lines:

@@ -19,7 +19,7 @@ import torch
 
 from nanogpt_runner.checkpoint.checkpointer import Checkpointer
 from nanogpt_runner.checkpoint.state import TrainState
-from nanogpt_runner.config.schema import Config, plain_train
+from nanogpt_runner.config.schema import Config, to_config
 from nanogpt_runner.console import RunConsole
 from nanogpt_runner.data.prepared import PreparedData, cache_dir
 from nanogpt_runner.distributed import parallelize as parallel
@@ -109,8 +109,8 @@ def run_record(device: torch.device, precision: str, model: GPT, data: PreparedD
 
 def train(cfg: Config, run_dir: Path, data: PreparedData, writer: RunWriter) -> Summary:
     """Join the process group (if any), train, and leave the group however the run ends (a set-up that
-    fails after joining included)."""
-    completed = False
+    fails after joining included). ``cfg`` may be a DictConfig: the loop reads the dataclass it converts to."""
+    cfg, completed = to_config(cfg), False
     try:
         layout = process_group.setup(cfg.parallel, hardware.device_kind(cfg.train.device))
         summary = Trainer(cfg, run_dir, data, writer, layout).run()
@@ -131,8 +131,7 @@ class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, data: PreparedData, writer: RunWriter,
                  layout: process_group.Layout):
         self.cfg, self.run_dir, self.data, self.writer, self.layout = cfg, run_dir, data, writer, layout
-        # read every step: a DictConfig's reads cost a small GPU model a sixth of its step
-        self.t = t = plain_train(cfg)
+        self.t = t = cfg.train
         self.device = device = layout.device
         caps = hardware.device_caps(t.device, device)  # this rank's GPU, asked after setup selected it
         memory_baseline_gb = hardware.memory_gb(device)[0]  # what the estimate's growth is measured from

@@ -19,11 +19,9 @@ import time
 import traceback
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from nanogpt_runner.checkpoint.folder import checkpoint_dir, list_checkpoints
 from nanogpt_runner.config.saved import load_saved_yaml
-from nanogpt_runner.config.schema import Config
+from nanogpt_runner.config.schema import Config, to_config
 from nanogpt_runner.console import error
 from nanogpt_runner.data.prepared import DataError, PreparedData, load_prepared
 from nanogpt_runner.distributed.process_group import NullWriter, env_rank
@@ -97,10 +95,10 @@ def _end(writer: RunWriter | NullWriter, code: int, message: str | None, **field
     return code
 
 
-def load_run_config(run_dir: Path):
+def load_run_config(run_dir: Path) -> Config:
     """The resolved config a launcher saved in the run directory, checked against the schema: read as data
     (never through a symlink, never interpolated; config.saved.load_saved_yaml), ValueError naming what is wrong."""
-    return OmegaConf.merge(OmegaConf.structured(Config), load_saved_yaml(run_dir / CONFIG_FILE))
+    return to_config(load_saved_yaml(run_dir / CONFIG_FILE))
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h

@@ -40,6 +40,7 @@ def _free_port() -> int:
 
 def _end_early(ending: str) -> None:
     """Make this rank's run end the way ``ending`` names, as the real cause would."""
+    from nanogpt_runner import errors
     from nanogpt_runner.checkpoint import checkpointer as resume
     from nanogpt_runner.distributed import parallelize as parallel
     from nanogpt_runner.train import signals as run_control
@@ -51,7 +52,7 @@ def _end_early(ending: str) -> None:
         run_control.StopSignals.requested = lambda self: True
     else:
         def refuse(self):
-            raise run_control.CheckpointError("the checkpoint to resume from is damaged (test)")
+            raise errors.CheckpointError("the checkpoint to resume from is damaged (test)")
 
         resume.Checkpointer.restore = refuse
 

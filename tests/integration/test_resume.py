@@ -24,6 +24,7 @@ from nanogpt_runner.distributed import process_group
 from nanogpt_runner.launch.app import CONF_DIR
 from nanogpt_runner.model.gpt import GPT
 from nanogpt_runner.runs.rundir import METRICS_FILE, RunReader, read_run
+from nanogpt_runner import errors
 from nanogpt_runner.train import signals as run_control
 from nanogpt_runner.train.worker import execute
 
@@ -228,15 +229,15 @@ def test_plan_takes_architecture_from_the_checkpoint(tmp_path, reference):
     assert resumed.changes == {"train.max_iters": [MAX_ITERS, 300]}
     assert resumed.cfg.resume == str(folders.checkpoint_dir(reference).resolve() / folders.checkpoint_name(MAX_ITERS))
 
-    with pytest.raises(run_control.CheckpointError, match="model.n_embd=128 conflicts"):
+    with pytest.raises(errors.CheckpointError, match="model.n_embd=128 conflicts"):
         plan([], tmp_path, f"resume={reference}", "train.max_iters=300", "model=baby")
-    with pytest.raises(run_control.CheckpointError, match="global batch would change from 4 sequences"):
+    with pytest.raises(errors.CheckpointError, match="global batch would change from 4 sequences"):
         plan([], tmp_path, f"resume={reference}", "train.max_iters=300", "train.batch_size=8")
     # The same global batch split differently (2 x accumulation 2 instead of 4) is the same run.
     split = plan([], tmp_path, f"resume={reference}", "train.max_iters=300", "train.batch_size=2",
                  "train.grad_accum=2")
     assert split.changes["train.batch_size"] == [4, 2] and split.changes["train.grad_accum"] == [1, 2]
-    with pytest.raises(run_control.CheckpointError, match="nothing to train"):
+    with pytest.raises(errors.CheckpointError, match="nothing to train"):
         plan([], tmp_path, f"resume={reference}")
 
 
@@ -244,7 +245,7 @@ def test_auto_resume_only_where_checkpoints_are(tmp_path, base, reference):
     assert plan(base, tmp_path) is None  # a fresh directory: a fresh run
     resumed = plan(base, reference, "train.max_iters=200")
     assert resumed.run_dir == reference.resolve()
-    with pytest.raises(run_control.CheckpointError, match="train.resume=never"):
+    with pytest.raises(errors.CheckpointError, match="train.resume=never"):
         plan(base, reference, "train.max_iters=200", "train.resume=never")
 
 
