@@ -19,18 +19,22 @@ from nanogpt_runner.runs.rundir import RunWriter
 def unsupported_reason(cfg: Config) -> str | None:
     """Why this machine cannot run this study arm (None: it can, or the run is no study).
 
-    The device's own refusals (validation with the device known, beyond the config's own problems) and
-    more processes than the machine has GPUs (on a GPU) or cores (on the CPU): a layout squeezed onto
-    fewer would measure the contention, not the layout."""
+    The device's own refusals (validation with the device known, beyond the config's own problems), bf16 on
+    a CPU whose flags name no native bf16 (it would be emulated: the study measures what the device runs
+    natively), and more processes than the machine has GPUs (on a GPU) or cores (on the CPU): a layout
+    squeezed onto fewer would measure the contention, not the layout."""
     if not cfg.study.kind:
         return None
-    from nanogpt_runner.perf.hardware import device_caps
+    from nanogpt_runner.perf.hardware import cpu_reports_native_bf16, device_caps
 
     caps = device_caps(cfg.train.device)
     own = set(validate(cfg))
     device_problems = [p for p in validate(cfg, caps) if p not in own]
     if device_problems:
         return device_problems[0]
+    if caps.kind == "cpu" and cfg.train.precision == "bf16" and cpu_reports_native_bf16() is False:
+        return ("train.precision=bf16 on a CPU without native bf16 (no AVX512-BF16, AMX or Arm BF16 in its flags): "
+                "it would be emulated in software, not a technique this machine runs")
     processes = world_size(cfg.parallel)
     if caps.kind == "cuda":
         import torch

@@ -77,9 +77,11 @@ def test_an_arm_the_machine_cannot_run_is_named_with_its_reason(monkeypatch):
     monkeypatch.setattr("nanogpt_runner.perf.hardware.device_caps",
                         lambda requested="auto": DeviceCaps(kind="cpu", bf16=True, cuda_available=False))
     monkeypatch.setattr(launch_study, "available_cores", lambda: 2)
+    monkeypatch.setattr("nanogpt_runner.perf.hardware.cpu_reports_native_bf16", lambda: False)
     reason = {arm: launch_study.unsupported_reason(compose_config(["+study=techniques", f"technique={arm}"]))
-              for arm in ("baseline", "ddp", "fp16", "fsdp_tp")}
+              for arm in ("baseline", "ddp", "fp16", "fsdp_tp", "bf16")}
     assert reason["baseline"] is None and reason["ddp"] is None
+    assert reason["bf16"].startswith("train.precision=bf16 on a CPU without native bf16")
     assert reason["fp16"].startswith("train.precision=fp16 on the CPU")
     assert reason["fsdp_tp"] == ("parallel=fsdp_tp needs 4 processes, and this machine has 2 CPU cores: run the "
                                  "study where there are 4")
