@@ -89,6 +89,9 @@ def configure_matmul(device: torch.device, precision: str, tf32: bool) -> None:
     if device.type != "cuda":
         return
     use_tf32 = tf32 and precision == "fp32" and torch.cuda.get_device_capability(device) >= BF16_CAPABILITY
+    # The legacy setting too: with only the new one set, torch.get_float32_matmul_precision() raises (a mix of
+    # the two APIs), and inductor's max-autotune asks it.
+    torch.set_float32_matmul_precision("high" if use_tf32 else "highest")
     torch.backends.cuda.matmul.fp32_precision = "tf32" if use_tf32 else "ieee"
 
 
@@ -291,13 +294,27 @@ def _proc_status() -> dict[str, int]:
     return {name: int(value.split()[0]) * 1024 for name, value in fields if value.strip().endswith("kB")}
 
 
+# What a rank's GPU holds beyond the allocator's peak that the estimate models: the CUDA context (300-600 MB),
+# NCCL's buffers and the kernels' modules.
+CUDA_RUNTIME_MARGIN = 1.0e9
+
+
 def available_memory(kind: str) -> float:
-    """Bytes one rank can use: a GPU's total memory (from its properties, so no CUDA context is opened in the
-    launcher), or the RAM the kernel can still give without swapping (MemAvailable), which a machine's ranks
-    share."""
+    """Bytes one rank can use: the least free memory of this node's GPUs (what other processes use is not
+    there to take) less CUDA_RUNTIME_MARGIN, or the RAM the kernel can still give without swapping
+    (MemAvailable), which a machine's ranks share. No CUDA context is opened in the launcher: the GPUs' use is
+    NVML's, as nvidia-smi shows it (their total memory where NVML cannot be asked)."""
     if kind == "cuda":
-        return float(torch.cuda.get_device_properties(0).total_memory)
+        return min(_free_gpu_bytes(i) for i in range(max(torch.cuda.device_count(), 1))) - CUDA_RUNTIME_MARGIN
     return memory.available_ram()
+
+
+def _free_gpu_bytes(index: int) -> float:
+    total = float(torch.cuda.get_device_properties(index).total_memory)
+    try:
+        return total - torch.cuda.device_memory_used(index)
+    except Exception:  # no pynvml (nvidia-ml-py), or NVML refused: the total, as before
+        return total
 
 
 def memory_refusal(cfg: Config, vocab_size: int) -> str | None:

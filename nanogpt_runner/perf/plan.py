@@ -134,14 +134,16 @@ def make_plan(cfg: Config, vocab_size: int, device: torch.device, available: flo
         probe = autotune.probe_precision(cfg, vocab_size, device, precisions, skipped, cache, measure)
         precisions = [probe.choice, *(p for p in precisions if p != probe.choice)]
         notes.append(probe.describe())
-    ranks_here = cfg.parallel.nproc_per_node
+    # The ranks of a CPU machine share its RAM; on GPUs each rank has its own device, which ``available`` is.
+    ranks_sharing = cfg.parallel.nproc_per_node if device.type == "cpu" else 1
     tried: dict[tuple, Candidate] = {}
 
     def candidate(setting: Setting, threads: int) -> Candidate:
         key = (setting, threads)
         if key not in tried:
             est = memory.estimate(setting.apply(cfg), vocab_size, device.type).total
-            tried[key] = Candidate(setting, threads, est, OVER_MEMORY if ranks_here * est > available else OVER_BUDGET)
+            over = ranks_sharing * est > available
+            tried[key] = Candidate(setting, threads, est, OVER_MEMORY if over else OVER_BUDGET)
         return tried[key]
 
     def time_together(candidates: list[Candidate], seconds: float) -> None:

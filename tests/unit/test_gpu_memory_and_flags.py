@@ -1,0 +1,74 @@
+"""The GPU paths' arithmetic and flags, checked on a CPU with the CUDA queries faked: the plan's memory per rank
+(each rank has its own GPU), the free memory and runtime margin a refusal compares with, FSDP accumulation's
+unsharded gradients in the estimate, and TF32 set through both of torch's APIs."""
+
+from __future__ import annotations
+
+import math
+import types
+
+import pytest
+import torch
+from conftest import compose_config
+
+from nanogpt_runner.perf import autotune, hardware, memory, plan
+
+GPU = torch.device("cuda", 0)
+
+
+def _measure(cfg, vocab_size, device, setting, seconds):
+    return autotune.StepTiming(10.0, steps=3, peak_bytes=2e6)
+
+
+def test_on_gpus_the_plan_counts_one_rank_per_gpu_and_on_a_cpu_the_ranks_share(tmp_path, monkeypatch):
+    cfg = compose_config(["model=tiny", "train.precision=fp32", "train.device=cuda", "parallel=ddp",
+                          "parallel.nproc_per_node=8", f"data.cache_dir={tmp_path}"])
+    monkeypatch.setattr(hardware, "device_caps", lambda *_: hardware.DeviceCaps(kind="cuda", bf16=True,
+                                                                                 cuda_available=True))
+    one_gpu = memory.estimate(cfg, 65, "cuda").total * 1.5  # one rank fits, eight would not
+    result = plan.make_plan(cfg, 65, GPU, one_gpu, say=lambda _: None, measure=_measure)
+    assert result.best.status == plan.MEASURED and not result.best.setting.recompute
+    cpu = compose_config(["model=tiny", "train.precision=fp32", "train.device=cpu", "parallel=ddp",
+                          "parallel.nproc_per_node=8", f"data.cache_dir={tmp_path}"])
+    with pytest.raises(plan.PlanError, match="nothing fits"):
+        plan.make_plan(cpu, 65, torch.device("cpu"), memory.estimate(cpu, 65, "cpu").total * 1.5,
+                       say=lambda _: None, measure=_measure)
+
+
+def test_a_gpu_offers_its_free_memory_less_the_runtime(monkeypatch):
+    used = {0: 1e9, 1: 6e9}  # another process holds 6 GB of GPU 1
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: types.SimpleNamespace(total_memory=80e9))
+    monkeypatch.setattr(torch.cuda, "device_memory_used", lambda i: used[i])
+    assert hardware.available_memory("cuda") == 80e9 - 6e9 - hardware.CUDA_RUNTIME_MARGIN
+
+    def no_nvml(_index):
+        raise ModuleNotFoundError("pynvml")
+
+    monkeypatch.setattr(torch.cuda, "device_memory_used", no_nvml)
+    assert hardware.available_memory("cuda") == 80e9 - hardware.CUDA_RUNTIME_MARGIN
+
+
+def test_fsdp_accumulation_counts_every_unsharded_gradient():
+    """Under set_requires_gradient_sync(False) each rank keeps an unsharded fp32 gradient of every parameter."""
+    overrides = ["model=shakespeare", "train.precision=bf16", "parallel=fsdp", "train.batch_size=4"]
+    once, accumulating = (memory.estimate(compose_config([*overrides, f"train.grad_accum={k}"]), 65, "cuda")
+                          for k in (1, 4))
+    shape = memory.Shape.of(compose_config(overrides).model, 65)
+    every_block = memory.FP32 * shape.n_layer * shape.block_params()  # unsharded: more than one shard's gradients
+    assert once.gradients < every_block <= accumulating.gradients
+    assert math.isclose(accumulating.activations, once.activations)
+
+
+def test_tf32_is_set_through_the_legacy_api_too(monkeypatch):
+    """inductor's max-autotune asks torch.get_float32_matmul_precision(), which raises after only the new API."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *_: (9, 0))
+    before = torch.get_float32_matmul_precision()
+    try:
+        hardware.configure_matmul(GPU, "fp32", tf32=True)
+        assert torch.get_float32_matmul_precision() == "high"
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+        hardware.configure_matmul(GPU, "fp32", tf32=False)
+        assert torch.get_float32_matmul_precision() == "highest"
+    finally:
+        torch.set_float32_matmul_precision(before)
