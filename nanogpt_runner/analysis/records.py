@@ -20,6 +20,7 @@ from nanogpt_runner.analysis.naming import name_runs
 from nanogpt_runner.config.schema import flatten
 from nanogpt_runner.runs.rundir import (
     EVAL,
+    MAX_EXACT_INT,
     TRAIN,
     Metric,
     RunMetrics,
@@ -199,7 +200,8 @@ def _aggregate(record: RunRecord, metric: Metric):
 
     how = "min" if metric.aggregate == "best" and metric.better == "lower" else "max"
     value = finite_stat(pd.concat(columns), how)
-    return int(value) if value is not None and metric.decimals == 0 else value
+    whole = value is not None and metric.decimals == 0 and abs(value) <= MAX_EXACT_INT  # 1e20 steps stay a float
+    return int(value) if whole else value
 
 
 def time_to_target(record: RunRecord, target: float | None) -> float | None:

@@ -46,6 +46,7 @@ MAX_RUN_FILE_BYTES = 16 * 1024 * 1024
 MAX_POLL_BYTES = 64 * 1024 * 1024
 MAX_JSON_DEPTH = 32  # a real run.json nests a few levels (config sections, lists)
 MAX_EXACT_INT_DIGITS = 15  # longer integers are read as floats: every value stays JSON-safe (64-bit, and JS)
+MAX_EXACT_INT = 2**53  # whole numbers past this are kept as floats wherever they are computed, too
 MAX_EXTRA_METRICS = 64  # fields of metrics lines the registry does not name, kept per run; the rest are dropped
 
 

@@ -101,6 +101,7 @@ class Launcher:
     def check(self, overrides: list[str]) -> tuple[list[str], dict]:
         """The runner's own verdict: (problems, the config it would run with) — no problems when it would start."""
         try:
+            self.root.mkdir(parents=True, exist_ok=True)  # every child starts there (nanogpt-run would make it anyway)
             done = subprocess.run([*self.checker, *overrides], capture_output=True, text=True, cwd=self.root,
                                   env=self.env, timeout=CHECK_TIMEOUT_S, stdin=subprocess.DEVNULL)
         except (OSError, subprocess.TimeoutExpired) as err:

@@ -7,6 +7,7 @@ import json
 
 import orjson
 
+from nanogpt_runner.analysis.records import summarize
 from nanogpt_runner.runs.rundir import MAX_EXTRA_METRICS, METRICS_FILE, RUN_FILE, MetricsTail, read_run
 from nanogpt_runner.viewer.dashboard import Dashboard
 from nanogpt_runner.viewer.store import RunStore
@@ -44,6 +45,7 @@ def test_integers_past_64_bits_are_read_as_floats_and_the_table_stays_json(tmp_p
     rows = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")  # what /runs sends
     assert [row["folder"] for row in orjson.loads(orjson.dumps(rows))] == ["hostile", "fine"]
     orjson.dumps(dashboard.compare(["hostile", "fine"]).analysis)
+    orjson.dumps([summarize(store.get(run_id).record) for run_id in ("hostile", "fine")])  # curves loaded now
 
 
 def test_a_metrics_file_with_300000_names_keeps_the_first_64_unregistered_ones(tmp_path):
