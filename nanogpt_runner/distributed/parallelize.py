@@ -9,7 +9,8 @@ built, identically seeded GPT, built on the CPU so that no device ever holds the
 3. tensor parallel: DTensor ``parallelize_module`` per block (q/k/v and fc column-wise, the two
    output projections row-wise), so attention runs on each rank's own heads;
 4. activation recomputation: per block, non-reentrant (``GPT.recompute``);
-5. compile: per block (``nn.Module.compile`` keeps parameter names: no ``_orig_mod.`` prefixes);
+5. compile: per block (``nn.Module.compile`` keeps parameter names: no ``_orig_mod.`` prefixes), and the head with its
+   loss (``GPT.head_and_loss``, on the stage that has the head);
 6. data parallel: FSDP2 ``fully_shard`` per block, then the root (which keeps the tied embedding and
    head together in one unit), with bf16/fp16 parameters for compute and fp32 gradient reduction
    (``MixedPrecisionPolicy``), or DDP around the whole (stage) model;
@@ -231,6 +232,8 @@ def parallelize(model: GPT, layout: Layout, cfg, precision: str) -> Parallelized
     if cfg.train.compile:
         for block in model.blocks.values():
             block.compile()
+        if model.lm_head is not None:  # the stage with the head: its norm, logits and loss compiled too
+            model.head_and_loss = torch.compile(model.head_and_loss)
     if fsdp:
         from torch.distributed.fsdp import fully_shard
 

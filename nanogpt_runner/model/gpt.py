@@ -163,6 +163,12 @@ class GPT(nn.Module):
                 x = block(x)
         if self.lm_head is None:
             return x, None
+        return self.head_and_loss(x, targets)
+
+    def head_and_loss(self, x: torch.Tensor, targets: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The final norm, the head's logits and the loss: one function, which train.compile compiles beside the
+        blocks (nanogpt_runner.distributed.parallelize), so the norm, the padding mask and the fp32 cross-entropy
+        fuse around the head's matmul, as in nanoGPT's whole-model compile."""
         logits = self.lm_head(self.ln_f(x))
         if logits.size(-1) > self.vocab_size:
             # Padding rows are not tokens: -inf keeps them out of the softmax (and their gradient zero)
