@@ -458,8 +458,8 @@ class ScalingCard:
                 lines.append(f"budget {curve.budget:.3g} FLOPs: no minimum ({curve.trust}).")
                 continue
             caveat = f" — not trustworthy: {curve.trust}" if curve.trust else ""
-            lines.append(f"budget {curve.budget:.3g} FLOPs: best {curve.params_opt / 1e6:.3g}M params on "
-                         f"{curve.tokens_opt / 1e6:.3g}M tokens ({curve.tokens_per_param:.1f} tokens/param, "
+            lines.append(f"budget {curve.budget:.3g} FLOPs: best {_amount(curve.params_opt)} params on "
+                         f"{_amount(curve.tokens_opt)} tokens ({curve.tokens_per_param:.1f} tokens/param, "
                          f"Chinchilla ~{CHINCHILLA_TOKENS_PER_PARAM:.0f}), val loss {curve.loss_opt:.4f}{caveat}.")
         lines += [law.text() + "." for law in (self.params_law, self.tokens_law, self.loss_law)]
         return lines + self.notes
@@ -485,6 +485,14 @@ class ScalingCard:
             lines.append(f"| {c.budget:.3g} | {len(c.points)} | {_sci(c.params_opt)} | {_sci(c.tokens_opt)} | "
                          f"{_sci(c.tokens_per_param)} | {_sci(c.loss_opt)} | {_cell(c.trust or 'ok')} |")
         return "\n".join(lines + ["", *[f"- {s}" for s in self.sentences()]]) + "\n"
+
+
+def _amount(value: float) -> str:
+    """29.0M, 2.03B, 850k: a count of parameters or tokens as people say it."""
+    for scale, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            return f"{value / scale:.3g}{unit}"
+    return f"{value:.3g}"
 
 
 def _sci(value) -> str:
