@@ -10,7 +10,7 @@ import nanogpt_runner
 PACKAGE = Path(nanogpt_runner.__file__).parent
 GROUND = {"console", "errors", "fsutil", "safe_pickle"}
 FLOORS = [GROUND, {"config"}, {"runs"}, {"analysis", "data"}, {"model"}, {"distributed"}, {"checkpoint"},
-          {"weights"}, {"perf"}, {"train"}, {"launch"}, {"cli"}]
+          {"weights"}, {"perf"}, {"evals"}, {"train"}, {"launch"}, {"cli"}]
 VIEWER_MAY_IMPORT = GROUND | {"config", "runs", "analysis", "viewer"}
 TORCH_FREE = ["config", "runs", "analysis", "data", "viewer"]
 

@@ -246,6 +246,19 @@ class TrainConfig:
     max_flops: float | None = None  # FLOPs budget (tokens x the model's training FLOPs per token), like max_tokens
 
 
+TASK_SUFFIXES = (".jsonl", ".parquet")  # the task files eval.tasks names (data/tasks.py reads them)
+NAMED_TASK_NAMES = ("hellaswag",)  # the tasks eval.tasks may name, downloaded once (data/tasks.py: NAMED_TASKS)
+
+
+@dataclass
+class EvalConfig:
+    """Downstream multiple-choice tasks scored by the model's own loss during training (docs/evals.md)."""
+
+    tasks: list[str] = field(default_factory=list)  # .jsonl/.parquet task files, or named tasks (hellaswag)
+    task_interval: int | None = None  # steps between task scorings, a multiple of train.eval_interval; None: every eval
+    max_items: int | None = None  # score the first items of each task only (None: all)
+
+
 @dataclass
 class PlanConfig:
     budget_s: float = 6.0  # seconds nanogpt-plan (and train.plan=auto) may spend timing candidates: <10% of a baby run
@@ -321,6 +334,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)

@@ -17,7 +17,9 @@ from urllib.parse import urlsplit
 from nanogpt_runner.config.schema import (
     DOWNLOAD_SCHEMES,
     MAX_NOTES_CHARS,
+    NAMED_TASK_NAMES,
     RUN_NAME,
+    TASK_SUFFIXES,
     Config,
     DeviceCaps,
     OptimizerConfig,
@@ -106,6 +108,7 @@ def validate(cfg: Config, device: DeviceCaps | None = None) -> list[str]:
     if t.keep_last < 1:
         problems.append(f"train.keep_last={t.keep_last} must be 1 or more: resuming needs the latest checkpoint.")
     problems += _stop_problems(t, cfg.sweep)
+    problems += eval_problems(cfg.eval, t.eval_interval)
     if cfg.plan.budget_s <= 0:
         problems.append(f"plan.budget_s={cfg.plan.budget_s} must be positive: the seconds the plan may spend, e.g. 8.")
     if device is not None:
@@ -180,6 +183,26 @@ def _stop_problems(t, sweep) -> list[str]:
     if sweep.objective == "time_to_target" and t.target_loss is None:
         problems.append("sweep.objective=time_to_target needs train.target_loss=LOSS: the val loss whose time it "
                         "measures (the run also stops there).")
+    return problems
+
+
+def eval_problems(ev, eval_interval: int) -> list[str]:
+    """The tasks scored during training: their names or files, how often, how many items (what a task file
+    holds is checked by the launcher once the data's tokenizer is known)."""
+    problems = [f"eval.tasks has {spec!r}: name a .jsonl or .parquet task file, or a named task "
+                f"({', '.join(NAMED_TASK_NAMES)})."
+                for spec in ev.tasks if spec not in NAMED_TASK_NAMES and not str(spec).endswith(TASK_SUFFIXES)]
+    problems += [f"eval.tasks has {spec}, which does not exist: give the path of a task file."
+                 for spec in ev.tasks if str(spec).endswith(TASK_SUFFIXES) and not Path(spec).expanduser().exists()]
+    if ev.task_interval is not None and (ev.task_interval < 1 or ev.task_interval % eval_interval):
+        problems.append(f"eval.task_interval={ev.task_interval} must be a positive multiple of train.eval_interval="
+                        f"{eval_interval} (tasks are scored at evaluations), e.g. {eval_interval * 4}, or null: "
+                        f"every evaluation.")
+    if ev.max_items is not None and ev.max_items < 1:
+        problems.append(f"eval.max_items={ev.max_items} must be 1 or more, or null: every item.")
+    if (ev.task_interval is not None or ev.max_items is not None) and not ev.tasks:
+        problems.append("eval.task_interval and eval.max_items apply to eval.tasks, which is empty: add "
+                        "eval.tasks=[FILE.jsonl], or drop them.")
     return problems
 
 

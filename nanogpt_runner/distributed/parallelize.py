@@ -97,6 +97,19 @@ class Parallelized:
             _, loss = self.module(x, y)
         return loss
 
+    @torch.no_grad()
+    def eval_logits(self, x: torch.Tensor, autocast) -> torch.Tensor | None:
+        """The logits of a batch (the task scoring of ``evals/``), on the ranks that hold the head: every rank
+        without a pipeline, the last stage with one (None elsewhere). A pipeline needs the training batch's
+        shape, and its schedule a target on the last stage (its loss is computed and dropped)."""
+        if self.schedule is None:
+            with autocast:
+                return self.module(x)[0]
+        args = (x,) if self.layout.first_stage else ()
+        kwargs = {"target": torch.zeros_like(x)} if self.layout.last_stage else {}
+        with autocast:
+            return self.schedule.eval(*args, **kwargs)
+
     def _pipeline_step(self, x, y, scale: float, autocast, train: bool) -> torch.Tensor:
         self._loss_scale = scale
         losses: list[torch.Tensor] = []

@@ -39,7 +39,8 @@ from nanogpt_runner.config.schema import (
 from nanogpt_runner.config.validate import config_warnings, data_problems, validate
 from nanogpt_runner.console import error
 from nanogpt_runner.data.prepare import prepare
-from nanogpt_runner.data.prepared import DataError, PreparedData
+from nanogpt_runner.data.prepared import DataError, PreparedData, cache_dir
+from nanogpt_runner.data.tasks import task_problems
 from nanogpt_runner.errors import CheckpointError
 from nanogpt_runner.fsutil import open_nofollow, write_atomic
 from nanogpt_runner.launch.search import register_sweeper, sweeper_problems
@@ -90,6 +91,8 @@ def check(cfg: Config, overrides: list[str], announce=print) -> tuple[Config, li
     except DataError as err:
         return cfg, [str(err)], None
     problems = data_problems(cfg, data.split_sizes()) + vocabulary_problems(cfg, data.tokenizer)
+    problems += task_problems(cfg.eval.tasks, data.tokenizer, cfg.model.block_size, cache_dir(cfg.data),
+                              cfg.eval.max_items, cfg.data.download_timeout_s)
     if not problems and cfg.train.plan != "auto" and (refused := memory_refusal(cfg, data.vocab_size)):
         problems.append(refused)  # (a plan picks a setting that fits, or says that none does)
     return cfg, problems, None if problems else data

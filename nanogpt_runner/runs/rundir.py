@@ -91,6 +91,19 @@ METRICS: tuple[Metric, ...] = (
     Metric("val_bpb", (EVAL,), "val bits per byte", better="lower", plot="bits per byte", summary="best_val_bpb",
            aggregate="best", column="best val bpb"),
     Metric("train_bpb", (EVAL,), "train bits per byte (eval)", better="lower", plot="bits per byte"),
+    # Multiple-choice tasks (eval.tasks, docs/evals.md) at the evaluations that score them: the mean over the tasks
+    # (one task: its own numbers); each task's numbers are the "tasks" event line's.
+    Metric("task_acc", (EVAL,), "task accuracy", "%", better="higher", plot="task accuracy", summary="task_acc",
+           column="task acc %"),
+    Metric("task_acc_norm", (EVAL,), "task accuracy (per character)", "%", better="higher", plot="task accuracy",
+           summary="task_acc_norm"),
+    Metric("task_acc_token", (EVAL,), "task accuracy (per token)", "%", better="higher", plot="task accuracy"),
+    Metric("task_centered", (EVAL,), "task centered accuracy (CORE)", better="higher", summary="task_centered",
+           column="task centered"),
+    Metric("task_acc_low", (EVAL,), "task accuracy, 95% interval low", "%"),
+    Metric("task_acc_high", (EVAL,), "task accuracy, 95% interval high", "%"),
+    Metric("task_items", (EVAL,), "task items", decimals=0),
+    Metric("task_seconds", (EVAL,), "task scoring time", "s", better="lower"),
     Metric("lr", (TRAIN,), "learning rate", plot="learning rate"),
     Metric("grad_norm", (TRAIN, EVENT), "grad norm"),
     Metric("tok_per_s", (TRAIN,), "tokens/s", better="higher", plot="tokens/s", smooth=True, summary="tok_per_s",
@@ -117,6 +130,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("seconds", (EVENT,), "checkpoint save time", "s"),
     Metric("removed", (EVENT,), "checkpoints pruned"),
     Metric("action", (EVENT,), "what a non-finite step did"),
+    Metric("tasks", (EVENT,), "each task's numbers at a scoring (tasks events)"),
     Metric("stop_reason", (EVENT,), "why the run stopped early (a budget or an early stop; early_stop events)"),
 )
 METRIC = {metric.name: metric for metric in METRICS}

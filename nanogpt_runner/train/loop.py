@@ -12,7 +12,7 @@ import math
 import platform
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,9 +22,11 @@ from nanogpt_runner.checkpoint.state import TrainState
 from nanogpt_runner.config.schema import Config, to_config
 from nanogpt_runner.console import RunConsole
 from nanogpt_runner.data.prepared import PreparedData, cache_dir
+from nanogpt_runner.data.tasks import macro_mean
 from nanogpt_runner.distributed import parallelize as parallel
 from nanogpt_runner.distributed import process_group
 from nanogpt_runner.errors import Interrupted
+from nanogpt_runner.evals.scoring import TaskEvaluator
 from nanogpt_runner.fsutil import open_nofollow
 from nanogpt_runner.model.gpt import GPT
 from nanogpt_runner.model.optimizers import build_optimizers
@@ -85,6 +87,7 @@ class Summary:
     elapsed_s: float
     skipped_steps: int = 0
     stop_reason: str = "max_iters"  # a stopping.STOP_REASONS entry: the limit or early stop that ended the run
+    tasks: dict = field(default_factory=dict)  # eval.tasks: the last scoring's numbers, interval and seconds
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -170,6 +173,10 @@ class Trainer:
         self.first_micro = layout.dp_rank * t.grad_accum
         self.best_val, self.last_loss, self.train_time, self.steps_timed = math.inf, math.nan, 0.0, 0
         self.window_steps, self.eval_seconds, self.loss_sum = 0, 0.0, torch.zeros((), device=device)
+        # eval.tasks (evals/): multiple-choice tasks scored at evaluation steps, their time counted as eval time
+        self.tasks = TaskEvaluator(cfg, data.tokenizer, self.par, self.autocast, self.cache) if cfg.eval.tasks \
+            else None
+        self.task_results: dict[str, dict] = {}
 
     def run(self) -> Summary:
         """Record what the run is, then train with the console open and the stop signals caught: every rank
@@ -233,7 +240,7 @@ class Trainer:
                 self.log_window(step, lr, grad_norm)
                 stopper.after_log(time.perf_counter() - self.start)
             last = step == stopper.steps or stopper.stopping
-            val_loss = self.evaluate(step) if step % t.eval_interval == 0 or last else None
+            val_loss = self.evaluate(step, final=last) if step % t.eval_interval == 0 or last else None
             if val_loss is not None:
                 stopper.after_eval(val_loss)
             ckpt.after_step(self.progress(step), val_loss, final=last or stopper.stopping)
@@ -291,20 +298,37 @@ class Trainer:
         self.window_start, self.eval_seconds, self.window_steps = time.perf_counter(), 0.0, 0
         self.loss_sum = torch.zeros((), device=self.device)
 
-    def evaluate(self, step: int) -> float:
-        """Both splits' loss and bits per byte, logged; its time is kept out of the training throughput."""
+    def evaluate(self, step: int, final: bool = False) -> float:
+        """Both splits' loss and bits per byte (and the tasks when due), logged; its time is kept out of the
+        training throughput."""
         self.guard.check()  # a non-finite update since the last check stops the run here
         eval_start = time.perf_counter()
         t = self.t
         losses = evaluate(self.par, self.eval_splits, t.eval_iters, t.batch_size, t.grad_accum, self.autocast,
                           self.token_bytes)
         self.best_val = min(self.best_val, losses["val_loss"])
-        self.writer.log("eval", step=step, tokens=step * self.tokens_per_step, **losses,
+        tasks = self.score_tasks(step, final)
+        self.writer.log("eval", step=step, tokens=step * self.tokens_per_step, **losses, **tasks,
                         elapsed_s=time.perf_counter() - self.start)
         self.console.line(f"eval step {step}: train loss {losses['train_loss']:.4f}, val loss "
                           f"{losses['val_loss']:.4f}, val {losses['val_bpb']:.4f} bits/byte")
         self.eval_seconds += time.perf_counter() - eval_start
         return losses["val_loss"]
+
+    def score_tasks(self, step: int, final: bool) -> dict[str, float]:
+        """eval.tasks where due: each task's numbers in a "tasks" event and on the console, their mean as the eval
+        line's task_* fields (none when not due)."""
+        if self.tasks is None or not self.tasks.due(step, final):
+            return {}
+        start = time.perf_counter()
+        self.task_results = results = self.tasks.run()
+        self.writer.event("tasks", step=step, tasks=results)
+        for name, r in results.items():
+            self.console.line(f"task {name} step {step}: acc {r['acc']:.4f} (95% {r['acc_low']:.3f}-"
+                              f"{r['acc_high']:.3f}), acc_norm {r['acc_norm']:.4f}, centered {r['centered']:.4f}, "
+                              f"{r['items']} items")
+        mean = {f"task_{key}": value for key, value in macro_mean(results).items()}
+        return {**mean, "task_seconds": time.perf_counter() - start}
 
     def summarize(self, step: int, stopper: Stopper) -> Summary:
         tok_per_s = self.steps_timed * self.tokens_per_step / self.train_time if self.train_time else 0.0
@@ -315,6 +339,8 @@ class Trainer:
             final_train_loss=self.last_loss, tok_per_s=tok_per_s, mfu=self.flops_per_token * tok_per_s / self.peak,
             peak_mem_gb=self.par.max_over_ranks([rank_peak_gb])[0], elapsed_s=time.perf_counter() - self.start,
             skipped_steps=self.guard.skipped, stop_reason=stopper.stop_reason,
+            tasks=self.task_results and {"results": self.task_results, "interval": self.tasks.interval,
+                                         "seconds": round(self.tasks.seconds, 3)},
         )
         self.console.summary(f"{self.cfg.run.name}: completed", {
             "stopped by": stopper.describe(),
@@ -324,6 +350,8 @@ class Trainer:
             "tokens/s": f"{summary.tok_per_s:,.0f}",
             "MFU": f"{summary.mfu:.2%} of {self.peak / 1e9:,.0f} GFLOP/s ({self.precision})",
             "peak memory": f"{summary.peak_mem_gb:.2f} GB",
+            **{f"task {name}": f"acc {r['acc']:.4f}, acc_norm {r['acc_norm']:.4f}, centered {r['centered']:.4f} "
+                               f"({r['items']} items)" for name, r in self.task_results.items()},
             "run dir": str(self.run_dir),
         })
         return summary
