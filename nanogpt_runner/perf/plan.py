@@ -45,6 +45,8 @@ from nanogpt_runner.perf.autotune import Setting, StepTiming
 COMPILE_SECONDS = 30.0  # a cold torch.compile of the blocks takes 20-30 s on a CPU: probed only with this left
 PLAN_SHARE = 0.05  # of the planned run's training time, the most a plan spends timing candidates
 MEASURED, OVER_MEMORY, OVER_BUDGET = "measured", "over memory", "over budget"
+# The config's train.compile=true, kept without a timing: a plan never turns off a setting it did not time.
+KEPT = "kept (not timed)"
 
 
 @dataclass
@@ -195,7 +197,8 @@ def make_plan(cfg: Config, vocab_size: int, device: torch.device, available: flo
         return fastest
 
     threads = threads_per_rank(cfg.parallel)
-    base = Setting.of(cfg, precisions[0])
+    # Searched without compile (every candidate would pay a cold compile); compile is its own, last, dimension.
+    base = dataclasses.replace(Setting.of(cfg, precisions[0]), compile=False)
     splits = batch_splits(cfg)
     # Recomputation only when nothing fits without it: it never makes a step faster.
     recompute = cfg.train.recompute or all(
@@ -220,6 +223,11 @@ def make_plan(cfg: Config, vocab_size: int, device: torch.device, available: flo
         best = best_of([candidate(s, n) for s, n in alternatives(best.setting, best.threads)], best)
     if best.status != MEASURED:
         raise PlanError(_nothing_fits(cfg, vocab_size, device, available, tried))
+    compiled = candidate(dataclasses.replace(best.setting, compile=True), best.threads)
+    if cfg.train.compile and not best.setting.compile and compiled.status == OVER_BUDGET:
+        compiled.status, best = KEPT, compiled
+        notes.append(f"compile kept from the config: not timed (a cold compile takes about {COMPILE_SECONDS:.0f} s, "
+                     f"more than the budget left)")
     candidates = list(tried.values())
     return Plan(candidates, candidates.index(best), budget, time.perf_counter() - started, notes=notes)
 
