@@ -1,7 +1,8 @@
 """A study's card as files (``nanogpt-report SWEEP_DIR``: study.md, study.csv, study.png) and as figures.
 
 Technique card: per arm, the tokens/s and peak-memory ratios against the baseline with their 95% intervals
-(a dotted line at 1x) and the val loss difference with its interval beside the seed-noise band. Scaling card:
+(a dotted line at 1x) beside the speed-noise band, and the val loss difference with its interval beside the
+seed-noise band. Scaling card:
 each budget's isoFLOP curve (final val loss against parameters, its fitted minimum marked) and the
 compute-optimal parameters and tokens against compute. matplotlib's object API, no pyplot state; no torch.
 """
@@ -60,16 +61,18 @@ def technique_figure(card: TechniqueCard) -> Figure:
         ax.axvline(reference, color="grey", linestyle=":", linewidth=1)
         ax.set(title=title)
         ax.grid(True, axis="x", alpha=0.3)
-    noise = [a.loss_noise for a in arms]
-    axes[2].barh(names, [2 * n if np.isfinite(n) else 0.0 for n in noise],
-                 left=[-n if np.isfinite(n) else 0.0 for n in noise], color="grey", alpha=0.2, label="seed noise")
+    for ax, noise, centre, label in ((axes[0], [a.speed_noise for a in arms], 1.0, "speed noise"),
+                                     (axes[2], [a.loss_noise for a in arms], 0.0, "seed noise")):
+        ax.barh(names, [2 * n if np.isfinite(n) else 0.0 for n in noise],
+                left=[centre - n if np.isfinite(n) else centre for n in noise], color="grey", alpha=0.2, label=label)
     estimates = [a.memory_estimate if a.memory_estimate is not None else np.nan for a in arms]
     axes[1].scatter(estimates, names, marker="x", color="black", label="estimate", zorder=3)
-    for ax in axes[1:]:
+    for ax in axes:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     axes[0].invert_yaxis()
-    fig.suptitle(f"technique study: {len(arms)} arms against baseline, paired by seed (95% intervals)", fontsize=10)
+    arms_text = f"{len(arms)} arm{'s' if len(arms) != 1 else ''}"
+    fig.suptitle(f"technique study: {arms_text} against baseline, paired by seed (95% intervals)", fontsize=10)
     return fig
 
 
