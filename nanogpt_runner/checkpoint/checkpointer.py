@@ -20,7 +20,6 @@ from nanogpt_runner.checkpoint.folder import (
     find_latest,
     mark_latest,
     prune,
-    remove_temporaries,
     resolve,
 )
 from nanogpt_runner.checkpoint.resume_plan import config_changes
@@ -125,13 +124,9 @@ class Checkpointer:
             return None
         self.before_save()
         start = time.perf_counter()
-        try:
-            path = save_checkpoint(self.dir, state, self.model, self.optimizer, config=self.config,
-                                   vocab=self.vocab, scaler=self.scaler, val_loss=val_loss)
-        except OSError:
-            if rank_world()[1] == 1:  # (in a group another rank may still be writing: the next save cleans up)
-                remove_temporaries(self.dir)  # a full disk: give back what the failed save took
-            raise
+        # A failed save (a full disk included) removes its own partial folder and raises.
+        path = save_checkpoint(self.dir, state, self.model, self.optimizer, config=self.config,
+                               vocab=self.vocab, scaler=self.scaler, val_loss=val_loss)
         self.last_saved_step, self.last_good = state.step, path
         if val_loss is not None:
             self.best_saved = min(self.best_saved, val_loss)

@@ -126,12 +126,6 @@ def save_checkpoint(
     otherwise rank 0 writes full state dicts. Each rank always writes its own RNG states. ``optimizer`` may
     be several (optim.Optimizers): their states are merged into one dict keyed by parameter name.
     """
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-        get_optimizer_state_dict,
-    )
-
     rank, world = rank_world()
     sharded = world > 1 if sharded is None else sharded
     ckpt_dir = Path(ckpt_dir)
@@ -142,6 +136,34 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     _barrier()
+    try:
+        files = _write_state(tmp, model, optimizer, sharded, rank, world)
+        if rank == 0:
+            meta = {
+                "format": FORMAT, "version": VERSION, "step": state.step, "tokens": state.tokens, "val_loss": val_loss,
+                "best_val_loss": state.best_val_loss if math.isfinite(state.best_val_loss) else None,
+                "skipped_steps": state.skipped_steps, "scaler": scaler.state_dict() if scaler is not None else {},
+                "layout": "sharded" if sharded else "full", "world_size": world, "time": time.time(),
+                "torch": torch.__version__, "config": config, "vocab": vocab, "files": files,
+            }
+            _publish(tmp, final, meta)
+    except BaseException:
+        # Any failure (a full disk, a failed gather, an interrupt): the partial folder goes, and its space with
+        # it. Whichever rank fails removes it; the others' writes into it then fail too, as the save has.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _barrier()
+    return final
+
+
+def _write_state(tmp: Path, model, optimizer, sharded: bool, rank: int, world: int) -> dict[str, dict]:
+    """Write the model and optimizer states (sharded: every rank its shards; else rank 0 the full dicts) and each
+    rank's RNG states into ``tmp``; returns the folder's manifest (on rank 0)."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
 
     options = StateDictOptions(full_state_dict=not sharded, cpu_offload=not sharded)
     model_sd = get_model_state_dict(model, options=options)
@@ -156,27 +178,20 @@ def save_checkpoint(
         _save_tensors(optim_sd, tmp / OPTIMIZER_FILE)
     _save_tensors(rng_state(), tmp / f"rng-rank{rank}.pt")
     _barrier()
-    files = manifest(tmp, rank, world)
+    return manifest(tmp, rank, world)
 
-    if rank == 0:
-        meta = {
-            "format": FORMAT, "version": VERSION, "step": state.step, "tokens": state.tokens,
-            "val_loss": val_loss, "best_val_loss": state.best_val_loss if math.isfinite(state.best_val_loss) else None,
-            "skipped_steps": state.skipped_steps, "scaler": scaler.state_dict() if scaler is not None else {},
-            "layout": "sharded" if sharded else "full", "world_size": world, "time": time.time(),
-            "torch": torch.__version__, "config": config, "vocab": vocab, "files": files,
-        }
-        with open(tmp / META_FILE, "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        fsync_dir(tmp)
-        remove_folder(final)  # the same step saved again (a run resumed from an earlier checkpoint)
-        os.replace(tmp, final)
-        fsync_dir(ckpt_dir)
-        write_atomic(ckpt_dir / LATEST, name + "\n")
-    _barrier()
-    return final
+
+def _publish(tmp: Path, final: Path, meta: dict) -> None:
+    """meta.json written last into ``tmp``, the folder renamed to ``final``, then ``latest`` pointed at it."""
+    with open(tmp / META_FILE, "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    fsync_dir(tmp)
+    remove_folder(final)  # the same step saved again (a run resumed from an earlier checkpoint)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+    write_atomic(final.parent / LATEST, final.name + "\n")
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ and the best, and the two early stops (signals, non-finite loss) behave as docum
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -133,10 +134,59 @@ def test_crash_mid_save_leaves_the_previous_checkpoint_loadable(tmp_path, monkey
     found, meta = folders.find_latest(tmp_path, announce=pytest.fail)
     assert (found, meta["step"]) == (first, 1)
 
+    assert not list(tmp_path.glob(f"{folders.TMP_PREFIX}*"))  # the failed save removed its partial folder
+
     monkeypatch.setattr(ck, "_save_tensors", real_save)
-    second = save(tmp_path, model, optimizer, 2)  # the next save replaces the leftover temporary folder
+    second = save(tmp_path, model, optimizer, 2)
     assert folders.find_latest(tmp_path, announce=pytest.fail)[0] == second
     assert not list(tmp_path.glob(f"{folders.TMP_PREFIX}*"))
+
+
+DISK_FULL = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["full", "sharded-dcp"])
+@pytest.mark.parametrize("where", ["tensors", "meta fsync", "state dict"])
+@pytest.mark.parametrize("error", [DISK_FULL, RuntimeError("injected failure")], ids=["ENOSPC", "RuntimeError"])
+def test_any_failed_save_leaves_no_temporary_and_run_json_whole(tmp_path, monkeypatch, sharded, where, error):
+    """A full disk or any other exception, wherever the save fails: no checkpoints/.tmp-step_* is left to hold
+    the space, the previous checkpoint stays the latest, and run.json, updated through the failure, is whole."""
+    model, optimizer = tiny_model()
+    train_steps(model, optimizer, 1)
+    writer = RunWriter(tmp_path)
+    writer.update(status="running", step=1)
+    ckpt_dir = folders.checkpoint_dir(tmp_path)
+    first = save(ckpt_dir, model, optimizer, 1, sharded=sharded)
+
+    def fail(*_args, **_kwargs):
+        raise error
+
+    def disk_fills_after_the_tensors(folder, *args):
+        files = real_manifest(folder, *args)
+        monkeypatch.setattr(os, "fsync", fail)  # meta.json's fsync, and every later one
+        return files
+
+    real_fsync, real_manifest = os.fsync, ck.manifest
+    if where == "tensors":
+        monkeypatch.setattr(ck, "_save_tensors", fail)
+        monkeypatch.setattr("torch.distributed.checkpoint.save", fail)
+    elif where == "meta fsync":
+        monkeypatch.setattr(ck, "manifest", disk_fills_after_the_tensors)
+    else:
+        monkeypatch.setattr("torch.distributed.checkpoint.state_dict.get_model_state_dict", fail)
+    with pytest.raises(type(error)):
+        save(ckpt_dir, model, optimizer, 2, sharded=sharded)
+    monkeypatch.setattr(os, "fsync", fail)  # the same failure when the run then records it
+    with pytest.raises(type(error)):
+        writer.update(status="failed", error="x" * 10_000)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+
+    assert not [p.name for p in ckpt_dir.iterdir() if p.name.startswith(folders.TMP_PREFIX)]
+    assert not list(tmp_path.glob(f"{folders.TMP_PREFIX}*"))
+    assert folders.list_checkpoints(ckpt_dir) == [first]
+    assert (ckpt_dir / folders.LATEST).read_text().strip() == first.name
+    assert json.loads((tmp_path / "run.json").read_text())["status"] == "running"
+    writer.close()
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "meta", "missing"])
