@@ -82,7 +82,8 @@ def study_view(runs: list[RunRecord]) -> StudyView:
         card = technique_card(runs)
         bars = {name: _arm_bars(card.arms, attribute) for name, (attribute, _) in TECHNIQUE_BARS.items()}
         return StudyView(kind, card.markdown(), pd.DataFrame(card.table_rows()),
-                         {name: frame for name, frame in bars.items() if len(frame)}, progress=progress)
+                         {name: frame for name, frame in bars.items() if frame.value.abs().sum() > 0},
+                         progress=progress)  # an all-zero chart (no loss difference at all) is not drawn
     card = scaling_card(runs)
     points = pd.DataFrame([{"params": p, "val loss": loss, "budget": f"{c.budget:.3g} FLOPs"}
                            for c in card.curves for p, _, loss in c.points], columns=["params", "val loss", "budget"])

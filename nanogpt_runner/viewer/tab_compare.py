@@ -1,5 +1,6 @@
 """The Compare tab: curves, bars, what differs, the analysis (its conclusion first), seed groups and the swept
-settings. A panel with nothing to show is not drawn: no time-to-target chart without a target, no seed-group
+settings. A panel with nothing to show is not drawn: no curve no selected run logs, no time-to-target chart
+without a target, no seed-group
 table or band without a group of two runs or more, no settings figure when nothing was swept."""
 
 from __future__ import annotations
@@ -52,15 +53,13 @@ def outputs(tab: dict) -> list:
 def updates(view: CompareView, seen: dict, new_seen: dict, x: str, log_y: bool) -> list:
     """What to send for ``view``: curves (their axes retitled when they changed), bars (hidden when they have
     nothing to show), tables, and each figure only when it was drawn again (``seen`` holds what was sent)."""
-    result = []
     axes = [x, bool(log_y)]
-    if seen.get("axes") != axes:
-        new_seen["axes"] = axes
-        result += [gr.LinePlot(value=view.curves[name], x_title=X_TITLES[x],
-                               y_title=f"log10 {plot_title(name)}" if log_y and log_scaled(name) else plot_title(name))
-                   for name in PLOTS]
-    else:
-        result += [view.curves[name] for name in PLOTS]
+    retitle = seen.get("axes") != axes
+    new_seen["axes"] = axes
+    result = [gr.LinePlot(value=view.curves[name], visible=bool(view.curves[name].y.notna().any()),
+                          **({"x_title": X_TITLES[x], "y_title": f"log10 {plot_title(name)}"
+                              if log_y and log_scaled(name) else plot_title(name)} if retitle else {}))
+              for name in PLOTS]  # a metric no selected run logs (bits per byte of an old run) is not drawn
     result += [gr.BarPlot(value=view.bars[name], visible=True) if name in view.bars else gr.BarPlot(visible=False)
                for name in BARS]  # runs in one order everywhere: one colour each
     result += [view.diff, view.analysis, gr.Dataframe(value=view.groups, visible=len(view.groups) > 0)]

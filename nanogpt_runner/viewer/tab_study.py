@@ -19,7 +19,8 @@ def study_tab() -> dict:
                          "ratios paired by seed ± their 95% interval", visible=False)
     with gr.Row():
         bars = {name: gr.BarPlot(x="arm", y="value", color="arm", title=title, x_title="", y_title=title,
-                                 x_label_angle=30, height=280, tooltip="all", elem_id=f"study-{name}", visible=False)
+                                 x_label_angle=30, height=280, tooltip="all", elem_id=f"study-{name}", visible=False,
+                                 y_lim=[0, None] if name != "loss" else None)
                 for name, (_, title) in TECHNIQUE_BARS.items()}
     isoflop = gr.ScatterPlot(x="params", y="val loss", color="budget", title="isoFLOP: final val loss by model size",
                              x_title="parameters", y_title="val loss", height=320, elem_id="study-isoflop",
