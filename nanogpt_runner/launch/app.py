@@ -53,7 +53,13 @@ from nanogpt_runner.launch.sweep import (
     previous_attempt,
     record_action,
 )
-from nanogpt_runner.launch.torchrun import fill_cluster_rendezvous, hidden_gpus_problem, run_group, start_rank_server
+from nanogpt_runner.launch.torchrun import (
+    fill_cluster_rendezvous,
+    hidden_gpus_problem,
+    in_rank_server,
+    run_group,
+    start_rank_server,
+)
 from nanogpt_runner.runs.rundir import CONFIG_FILE, LOCK_FILE, RUN_FILE, RunWriter
 from nanogpt_runner.runs.trackers import logger_problems
 from nanogpt_runner.weights.nanogpt_resume import import_checkpoint as import_nanogpt_checkpoint
@@ -139,10 +145,10 @@ def run_job(cfg: Config) -> int:
                 cfg = import_nanogpt_checkpoint(nanogpt, cfg, run_dir, data.tokenizer)
             except CheckpointError as err:
                 problems = [str(err)]
-        if not problems and cfg.train.plan == "auto":  # the fastest setting that fits, timed here (cached)
+        if not problems and cfg.train.plan == "auto":  # the fastest setting that fits, timed (cached)
             from nanogpt_runner.perf.plan import plan_run
 
-            cfg, speed_plan, problems = plan_run(cfg, data.vocab_size)
+            cfg, speed_plan, problems = plan_run(cfg, data.vocab_size, elsewhere=in_rank_server)
     if problems:
         message = "invalid config:\n" + "\n".join(f"  - {p}" for p in problems)
         error(message)

@@ -111,6 +111,17 @@ def _safe_path():
             os.environ["PYTHONSAFEPATH"] = saved
 
 
+def in_rank_server(function, *args):
+    """``function(*args)`` in a process forked from the rank server (started now if it was not); its result, or
+    its exception, returned here. For work whose CUDA context and cached blocks must not stay in this process,
+    which then hosts the torchrun agent or trains itself: train.plan=auto's timings on a GPU."""
+    import concurrent.futures
+
+    start_rank_server()
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        return pool.submit(function, *args).result()
+
+
 def rank_start_method() -> str:
     """``forkserver`` when ranks forked from the rank server (started now if it was not) would inherit this
     process's environment and working directory; ``spawn`` (fresh interpreters) when either changed."""

@@ -308,12 +308,15 @@ def available_memory(cfg) -> float:
     return hardware.available_memory(hardware.device_kind(cfg.train.device))
 
 
-def plan_run(cfg: Config, vocab_size: int) -> tuple[object, Plan | None, list[str]]:
+def plan_run(cfg: Config, vocab_size: int, elsewhere=None) -> tuple[object, Plan | None, list[str]]:
     """``train.plan=auto`` before a run: (the config computing as the winner, the plan, problems). The table
-    goes to the console; nothing that fits is a problem that refuses the run."""
+    goes to the console; nothing that fits is a problem that refuses the run. On a GPU the timings run through
+    ``elsewhere(function, *args)`` (the launcher's: a child process, so their CUDA context and cached blocks
+    end with it instead of staying beside rank 0 for the whole run)."""
     device = plan_device(hardware.device_kind(cfg.train.device))
+    run = elsewhere if elsewhere is not None and device.type == "cuda" else (lambda function, *args: function(*args))
     try:
-        plan = cached_plan(cfg, vocab_size, device, available_memory(cfg))
+        plan = run(cached_plan, cfg, vocab_size, device, available_memory(cfg))
     except PlanError as err:
         return cfg, None, [str(err)]
     Console(highlight=False).print(plan_table(plan))

@@ -14,6 +14,7 @@ from conftest import compose_config
 from nanogpt_runner.perf import autotune, hardware, memory, plan
 
 GPU = torch.device("cuda", 0)
+CPU = torch.device("cpu")
 
 
 def _measure(cfg, vocab_size, device, setting, seconds):
@@ -72,3 +73,26 @@ def test_tf32_is_set_through_the_legacy_api_too(monkeypatch):
         assert torch.get_float32_matmul_precision() == "highest"
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+@pytest.mark.parametrize("kind, elsewhere", [("cuda", True), ("cpu", False)])
+def test_on_a_gpu_the_plan_times_in_another_process(kind, elsewhere, tmp_path, monkeypatch):
+    """Its CUDA context and cached blocks end with that process (the launcher passes torchrun.in_rank_server),
+    instead of staying beside rank 0; on a CPU it times here."""
+    cfg = compose_config(["model=tiny", "train.precision=fp32", f"train.device={kind}", "train.plan=auto",
+                          f"data.cache_dir={tmp_path}"])
+    monkeypatch.setattr(plan, "plan_device", lambda _kind: torch.device(kind, 0) if kind == "cuda" else CPU)
+    monkeypatch.setattr(plan, "available_memory", lambda _cfg: math.inf)
+    monkeypatch.setattr(hardware, "device_caps", lambda *_: hardware.DeviceCaps(kind=kind, bf16=True,
+                                                                                 cuda_available=kind == "cuda"))
+    timed_here = plan.make_plan(cfg, 65, CPU, math.inf, say=lambda _: None, measure=_measure)
+    monkeypatch.setattr(plan, "cached_plan", lambda *_args: timed_here)
+    calls = []
+
+    def in_a_child(function, *args):
+        calls.append(function)
+        return function(*args)
+
+    planned, result, problems = plan.plan_run(cfg, 65, elsewhere=in_a_child)
+    assert not problems and result.best.status == plan.MEASURED
+    assert len(calls) == (1 if elsewhere else 0) and result is timed_here
