@@ -1,4 +1,4 @@
-"""``python -m nanogpt_runner.launch.check [--json] [OVERRIDES...]``: compose and validate a config, train nothing.
+"""``python -m nanogpt_runner.cli.check [--json] [OVERRIDES...]``: compose and validate a config, train nothing.
 
 Exit 0 when ``nanogpt-run`` with the same overrides would start, 2 with every problem listed when it
 would not. A ``resume=`` is planned as nanogpt-run plans it, so the config checked is the one the run

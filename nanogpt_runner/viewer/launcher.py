@@ -1,7 +1,7 @@
 """Starting and stopping ``nanogpt-run`` from the page, and nothing else.
 
 What the page asks for is parsed by page_policy (named, typed fields; paths inside the allowed folders).
-The runner's own check (``python -m nanogpt_runner.launch.check --json``) then composes the run as nanogpt-run
+The runner's own check (``python -m nanogpt_runner.cli.check --json``) then composes the run as nanogpt-run
 will (a resumed run takes its checkpoint's config) and answers with the config it would use; page_policy
 checks that too and pins its data source, process count, single node and runs folder on the command
 line, so a checkpoint's config cannot bring back what the page may not choose. Processes start with an
@@ -49,7 +49,7 @@ def runner_command() -> list[str]:
 
 
 def check_command() -> list[str]:
-    return [sys.executable, "-P", "-m", "nanogpt_runner.launch.check", "--json"]
+    return [sys.executable, "-P", "-m", "nanogpt_runner.cli.check", "--json"]
 
 
 def child_env(hub_online: bool = False) -> dict[str, str]:
@@ -113,8 +113,8 @@ class Launcher:
                 return [f"the runner's check answered without the config it would run: {done.stdout[-300:]!r}"], {}
             return [], effective if isinstance(effective, dict) else {}
         text = (done.stderr.strip() or done.stdout.strip()).splitlines()
-        if any("No module named nanogpt_runner.launch.check" in line for line in text):
-            return ["this environment has no nanogpt_runner.launch.check, so the overrides cannot be validated: "
+        if any("No module named nanogpt_runner.cli.check" in line for line in text):
+            return ["this environment has no nanogpt_runner.cli.check, so the overrides cannot be validated: "
                     "update the project (pip install -e .)"], {}
         # The runner prints "error: invalid config:" and then one "  - problem" line each.
         problems = [line.strip().removeprefix("error:").strip().removeprefix("- ") for line in text]

@@ -27,7 +27,7 @@ MAX_LISTED = 500
 
 def sampling_available() -> bool:
     """True when this environment has the runner's sampling command."""
-    has_module = importlib.util.find_spec("nanogpt_runner.weights.sample") is not None
+    has_module = importlib.util.find_spec("nanogpt_runner.cli.sample") is not None
     return has_module and installed_script("nanogpt-sample") is not None
 
 

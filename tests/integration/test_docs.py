@@ -27,13 +27,11 @@ import pytest
 import submitit
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from nanogpt_runner.analysis import report
-from nanogpt_runner.cli import export_logs
+from nanogpt_runner.cli import export, export_logs, report, sample
 from nanogpt_runner.config.validate import validate
 from nanogpt_runner.launch.app import check, compose_overrides
 from nanogpt_runner.launch.torchrun import fill_cluster_rendezvous
 from nanogpt_runner.viewer import app
-from nanogpt_runner.weights import export, sample
 
 # the checkout, from tests/, tests/unit/ or tests/integration/ alike
 ROOT = next(folder for folder in Path(__file__).resolve().parents if (folder / "pyproject.toml").exists())

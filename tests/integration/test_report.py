@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from nanogpt_runner.analysis.report import main
+from nanogpt_runner.cli.report import main
 from nanogpt_runner.viewer.synthetic import config, write_run
 
 

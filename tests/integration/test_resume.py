@@ -17,6 +17,7 @@ import pytest
 import torch
 from conftest import compose_config, run_cli
 
+from nanogpt_runner import errors
 from nanogpt_runner.checkpoint import folder as folders
 from nanogpt_runner.checkpoint import resume_plan
 from nanogpt_runner.data.prepare import prepare
@@ -24,7 +25,6 @@ from nanogpt_runner.distributed import process_group
 from nanogpt_runner.launch.app import CONF_DIR
 from nanogpt_runner.model.gpt import GPT
 from nanogpt_runner.runs.rundir import METRICS_FILE, RunReader, read_run
-from nanogpt_runner import errors
 from nanogpt_runner.train import signals as run_control
 from nanogpt_runner.train.worker import execute
 

@@ -13,10 +13,11 @@ import torch
 
 from nanogpt_runner.checkpoint import folder as folders
 from nanogpt_runner.checkpoint import state as ck
+from nanogpt_runner.cli.sample import main, parse_args
 from nanogpt_runner.config.schema import ModelConfig, OptimizerConfig
 from nanogpt_runner.model.gpt import GPT
 from nanogpt_runner.model.optimizers import build_optimizers
-from nanogpt_runner.weights.sample import SampleError, SampleOptions, main, parse_args, sample
+from nanogpt_runner.weights.sample import SampleError, SampleOptions, sample
 
 VOCAB = tuple(sorted(set("\n !,.:?ABCDEHIMNORST abcdefghilmnorstuwy")))
 MODEL = {"name": "tiny", "n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 16, "dropout": 0.0,

@@ -20,7 +20,7 @@ def test_the_launcher_composes_the_config_before_it_imports_torch():
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "False\n"
 
 
-@pytest.mark.parametrize("tool", ["nanogpt_runner.launch.app", "nanogpt_runner.launch.check"])
+@pytest.mark.parametrize("tool", ["nanogpt_runner.launch.app", "nanogpt_runner.cli.check"])
 def test_a_config_mistake_is_refused_before_torch_is_imported(tool, tmp_path):
     """nanogpt-run and nanogpt-check (the viewer's launch form) answer a mistyped value in about a second."""
     probe = ("import atexit, importlib, sys; "

@@ -7,7 +7,7 @@ import csv
 
 from conftest import run_cli
 
-from nanogpt_runner.analysis.report import main as report_main
+from nanogpt_runner.cli.report import main as report_main
 
 
 def test_a_tiny_technique_study_prints_its_card_and_reports_it(tmp_path, tiny_overrides):

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from nanogpt_runner.analysis import report
+from nanogpt_runner.cli.report import main as report_main
 
 
 def runs_folder(tmp_path):
@@ -31,8 +32,8 @@ def outside(tmp_path):
 
 def test_a_report_is_written_and_written_again(tmp_path, capsys):
     runs = runs_folder(tmp_path)
-    report.main([str(runs)])
-    report.main([str(runs)])  # its own folder: replaced
+    report_main([str(runs)])
+    report_main([str(runs)])  # its own folder: replaced
     assert (runs / "report" / report.CSV_NAME).read_text().startswith("run,")
     assert (runs / "report" / report.REPORT_MARK).is_file()
 
@@ -44,7 +45,7 @@ def test_a_planted_symlink_in_the_report_folder_is_refused(tmp_path, outside, ca
     (runs / "report" / report.CSV_NAME).symlink_to(outside)
     for force in ([], ["--force"]):
         with pytest.raises(SystemExit) as refused:
-            report.main([str(runs), *force])
+            report_main([str(runs), *force])
         assert refused.value.code == 2
     assert "holds a symlink" in capsys.readouterr().err
     assert outside.read_text() == "original\n"
@@ -56,7 +57,7 @@ def test_a_report_folder_that_is_a_symlink_is_refused(tmp_path, outside, capsys)
     elsewhere.mkdir()
     (runs / "report").symlink_to(elsewhere)
     with pytest.raises(SystemExit):
-        report.main([str(runs), "--force"])
+        report_main([str(runs), "--force"])
     assert "is a symlink" in capsys.readouterr().err and not list(elsewhere.iterdir())
 
 
@@ -66,10 +67,10 @@ def test_a_folder_it_did_not_make_needs_force(tmp_path, capsys):
     theirs.mkdir()
     (theirs / report.CSV_NAME).write_text("someone's numbers\n")
     with pytest.raises(SystemExit):
-        report.main([str(runs), "--out", str(theirs)])
+        report_main([str(runs), "--out", str(theirs)])
     assert "--force" in capsys.readouterr().err
     assert (theirs / report.CSV_NAME).read_text() == "someone's numbers\n"
-    report.main([str(runs), "--out", str(theirs), "--force"])
+    report_main([str(runs), "--out", str(theirs), "--force"])
     assert (theirs / report.CSV_NAME).read_text().startswith("run,")
-    report.main([str(runs), "--out", str(tmp_path / "new" / "folder")])  # a new folder is made and claimed
+    report_main([str(runs), "--out", str(tmp_path / "new" / "folder")])  # a new folder is made and claimed
     assert (tmp_path / "new" / "folder" / report.REPORT_MARK).is_file()
