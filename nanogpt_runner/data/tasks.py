@@ -128,7 +128,8 @@ def _records(path: Path) -> Iterator[dict]:
     try:
         handle = open_regular(path)
         if handle is None:
-            raise TaskError(f"task {path} is not a file; give a .jsonl or .parquet task file")
+            what = "is not a regular file" if path.exists() else "does not exist"
+            raise TaskError(f"task {path} {what}; give a .jsonl or .parquet task file")
         with handle:
             if os.fstat(handle.fileno()).st_size > MAX_TASK_BYTES:
                 raise TaskError(f"task {path} is larger than {MAX_TASK_BYTES >> 20} MB")

@@ -54,9 +54,11 @@ def row_logliks(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.where(y != IGNORED, picked, 0.0).sum(-1)
 
 
-def task_counts(items: list[EncodedItem], logits_of: Callable[[torch.Tensor], torch.Tensor | None],
-                batch_size: int, length: int | None, device: torch.device, passes: int = 0) -> np.ndarray | None:
-    """The summed COUNTS of ``items`` (None on a rank without logits), in at least ``passes`` forward passes."""
+def item_logliks(items: list[EncodedItem], logits_of: Callable[[torch.Tensor], torch.Tensor | None],
+                 batch_size: int, length: int | None, device: torch.device,
+                 passes: int = 0) -> list[list[float]] | None:
+    """Each item's endings' summed log-likelihoods (None on a rank without logits), in at least ``passes``
+    forward passes."""
     rows = [row for item in items for row in item.rows]
     chunks = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
     chunks += [[]] * (passes - len(chunks))
@@ -70,11 +72,17 @@ def task_counts(items: list[EncodedItem], logits_of: Callable[[torch.Tensor], to
             logliks += row_logliks(logits, y)[:len(chunk)].tolist()
     if logliks is None:
         return None
-    counts, start = np.zeros(len(COUNTS)), 0
-    for item in items:
-        counts += item_counts(item, logliks[start:start + len(item.rows)])
-        start += len(item.rows)
-    return counts
+    ends = np.cumsum([len(item.rows) for item in items])
+    return [logliks[end - len(item.rows):end] for item, end in zip(items, ends, strict=True)]
+
+
+def task_counts(items: list[EncodedItem], logits_of: Callable[[torch.Tensor], torch.Tensor | None],
+                batch_size: int, length: int | None, device: torch.device, passes: int = 0) -> np.ndarray | None:
+    """The summed COUNTS of ``items`` (None on a rank without logits)."""
+    logliks = item_logliks(items, logits_of, batch_size, length, device, passes)
+    if logliks is None:
+        return None
+    return sum((item_counts(item, ll) for item, ll in zip(items, logliks, strict=True)), np.zeros(len(COUNTS)))
 
 
 def forward_passes(items: list[EncodedItem], batch_size: int) -> int:
@@ -135,3 +143,32 @@ def score_model(model: torch.nn.Module, tasks: dict[str, list[EncodedItem]], bat
     with torch.no_grad():
         return {name: task_result(task_counts(items, lambda x: model(x)[0], batch_size, None, device))
                 for name, items in tasks.items()}
+
+
+def evaluate_checkpoint(target: Path, specs: list[str], which: str = "best", max_items: int | None = None,
+                        batch_size: int = 16, device: str = "cpu", cache_dir: Path | None = None,
+                        timeout_s: float = 10.0, announce=print) -> dict[str, dict[str, float]]:
+    """``nanogpt-eval``: each task's numbers for the model of checkpoint ``target`` (a run directory, its
+    ``which`` checkpoint, or a checkpoint folder; sharded or not), encoded with the tokenizer the checkpoint
+    records. Raises TaskError, SampleError or CheckpointError with a message fit to show a user."""
+    from dataclasses import fields
+
+    from nanogpt_runner.checkpoint.folder import resolve
+    from nanogpt_runner.checkpoint.state import load_model_state
+    from nanogpt_runner.config.schema import ModelConfig
+    from nanogpt_runner.data.prepared import default_cache_dir
+    from nanogpt_runner.data.tokenizers import from_description
+    from nanogpt_runner.model.gpt import GPT
+    from nanogpt_runner.weights.sample import check_shapes
+
+    path, meta = resolve(target, which, announce)
+    tokenizer = from_description(meta["vocab"])
+    saved = meta["config"]["model"]
+    model_cfg = ModelConfig(**{f.name: saved[f.name] for f in fields(ModelConfig) if f.name in saved})
+    tasks = load_tasks(specs, tokenizer, model_cfg.block_size, cache_dir or default_cache_dir(), max_items, timeout_s)
+    weights = load_model_state(path, meta)
+    check_shapes(path, model_cfg, tokenizer.vocab_size, weights)
+    model = GPT(model_cfg, tokenizer.vocab_size)
+    model.load_state_dict(weights)
+    announce(f"scoring {path} ({sum(map(len, tasks.values()))} items)")
+    return score_model(model.to(device), tasks, batch_size, torch.device(device))
