@@ -14,6 +14,7 @@ reduces to the plain answer.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -125,10 +126,24 @@ def setup(par, device_kind: str) -> Layout:
     # An explicit collective timeout (NCCL's default is 10 minutes): a rank that waits while another writes a
     # large checkpoint to slow storage must not be killed as hung.
     timeout = timedelta(minutes=par.timeout_min)
+    if par.nnodes == 1:
+        os.environ.update(loopback_sockets_env())
     dist.init_process_group(backend=backend, store=_attempt_store(layout, timeout), rank=layout.rank,
                             world_size=world, timeout=timeout, device_id=device if device_kind == "cuda" else None)
     layout.mesh = init_device_mesh(device.type, (layout.pp, layout.dp, layout.tp), mesh_dim_names=MESH_DIMS)
     return layout
+
+
+def loopback_sockets_env() -> dict[str, str]:
+    """For a one-node group: gloo's and NCCL's sockets on the loopback interface, whatever was set.
+
+    Both listen on the address of the interface they pick: gloo, by default, the address this host's name
+    resolves to (often the LAN's), NCCL any interface but loopback. One node needs none of them, and a socket
+    there is one more thing others can reach (the rendezvous store is on loopback too: launch.loopback_rendezvous).
+    Empty where no loopback interface is known by name (the defaults then)."""
+    names = {name for _index, name in socket.if_nameindex()}
+    loopback = next((name for name in ("lo", "lo0") if name in names), None)
+    return {"GLOO_SOCKET_IFNAME": loopback, "NCCL_SOCKET_IFNAME": loopback} if loopback else {}
 
 
 def _attempt_store(layout: Layout, timeout: timedelta):

@@ -16,8 +16,9 @@ A rank forked from it inherits its environment and working directory, so a group
 changed in the launcher (another job's ``hydra.job.env_set``, a test's monkeypatch) is spawned fresh.
 
 The workers read the resolved config from the run directory, never from Hydra (which would make one output
-dir per rank). One node uses a standalone rendezvous (a fresh free port each time, so sweep jobs never
-collide); several nodes meet at a c10d rendezvous on ``parallel.rdzv_endpoint``.
+dir per rank). One node meets at a store of this process that listens on loopback only, on a fresh free port
+each time, so sweep jobs never collide (launch.loopback_rendezvous: torch's own ``--standalone`` listens on every
+interface); several nodes meet at a c10d rendezvous on ``parallel.rdzv_endpoint``.
 
 Stop signals: the ranks run in their own sessions, so this process alone hears SIGINT/SIGTERM/SIGHUP/SIGUSR2
 (a terminal, or its closing, SLURM's warning before the time limit, a requeue). While the group runs, the
@@ -52,6 +53,7 @@ from nanogpt_runner.train.signals import LATE_SIGNALS, StopSignals
 
 # The agent forwards each of these to the ranks: the stop signals end in a checkpoint (StopSignals).
 HANDLED_SIGNALS = ("SIGQUIT", *(sig.name for sig in StopSignals.SIGNALS))
+LOOPBACK_BACKEND = "nanogpt-loopback"  # the one-node rendezvous backend (launch.loopback_rendezvous)
 
 
 # What the rank server imports: its own set-up, then what every rank imports before it trains, whatever its
@@ -74,10 +76,11 @@ def torchrun_args(par, run_dir: Path, known_options: set[str] | None = None) -> 
     args = [f"--nproc-per-node={par.nproc_per_node}", f"--nnodes={par.nnodes}", f"--max-restarts={par.max_restarts}",
             "--monitor-interval=0.5", f"--signals-to-handle={','.join(sorted(HANDLED_SIGNALS))}",
             *(f"{option}={value}" for option, value in newer.items() if option in known)]
-    # One node: torchrun's --standalone spelled out (torchrun's own main applies it, and run_group calls the
-    # agent without it): a free port of this machine, and a fresh id.
-    endpoint, rdzv_id = ("localhost:0", uuid.uuid4()) if par.nnodes == 1 else (par.rdzv_endpoint, par.rdzv_id)
-    args += ["--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", f"--rdzv-id={rdzv_id}"]
+    # One node: a store of this process on a free loopback port (launch.loopback_rendezvous), and a fresh id.
+    if par.nnodes == 1:
+        args += [f"--rdzv-backend={LOOPBACK_BACKEND}", f"--rdzv-id={uuid.uuid4()}"]
+    else:
+        args += ["--rdzv-backend=c10d", f"--rdzv-endpoint={par.rdzv_endpoint}", f"--rdzv-id={par.rdzv_id}"]
     return args + ["-m", "nanogpt_runner.train.worker", str(run_dir)]
 
 
@@ -143,8 +146,10 @@ def run_group(par, run_dir: Path) -> int:
     from torch.distributed.launcher.api import elastic_launch
     from torch.distributed.run import config_from_args, get_args_parser
 
+    from nanogpt_runner.launch import loopback_rendezvous
     from nanogpt_runner.train.worker import run_rank
 
+    loopback_rendezvous.register()
     parser = get_args_parser()
     known = known_newer_options(parser)
     for option in NEWER_OPTIONS.keys() - known:
