@@ -130,9 +130,11 @@ def write_atomic(path: Path, text: str | bytes) -> None:
     fsync_dir(path.parent)
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    """``data`` as indented JSON (values JSON cannot hold written as text), replaced atomically."""
-    write_atomic(path, _json_text(data))
+def write_json_atomic(path: Path, data: dict, reserve: int = 0) -> None:
+    """``data`` as indented JSON (values JSON cannot hold written as text), replaced atomically. ``reserve``
+    bytes of trailing spaces (which JSON ignores) leave room for ``overwrite_json`` to record more in place
+    when a full disk allows no temporary file."""
+    write_atomic(path, _json_text(data) + " " * reserve)
 
 
 def overwrite_json(path: Path, data: dict) -> None:

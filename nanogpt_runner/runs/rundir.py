@@ -43,6 +43,9 @@ PROGRESS_WRITE_EVERY_S = 5.0
 SKIP_DIRS = {CHECKPOINT_DIR, ".hydra", "__pycache__", ".git", TRASH_DIR}
 # Bounds on what a reader holds in memory, whatever a run folder contains.
 MAX_RUN_FILE_BYTES = 16 * 1024 * 1024
+# Trailing spaces after each run.json: room for the ending (status, the error's last line, end time) to be
+# written in place when a full disk leaves no room for the temporary file of an atomic write.
+RUN_FILE_RESERVE = 1024
 MAX_POLL_BYTES = 64 * 1024 * 1024
 MAX_JSON_DEPTH = 32  # a real run.json nests a few levels (config sections, lists)
 MAX_EXACT_INT_DIGITS = 15  # longer integers are read as floats: every value stays JSON-safe (64-bit, and JS)
@@ -189,7 +192,7 @@ class RunWriter:
 
     def update(self, **fields) -> None:
         self.record.update(fields, heartbeat=time.time())
-        write_json_atomic(self.run_dir / RUN_FILE, self.record)
+        write_json_atomic(self.run_dir / RUN_FILE, self.record, reserve=RUN_FILE_RESERVE)
         self._written_at = time.monotonic()
         for subscriber in self._subscribers:
             subscriber.update(self.record)

@@ -27,7 +27,15 @@ from nanogpt_runner.data.prepared import DataError, PreparedData, load_prepared
 from nanogpt_runner.distributed.process_group import NullWriter, env_rank
 from nanogpt_runner.errors import RunStopped, how_to_continue
 from nanogpt_runner.fsutil import open_nofollow, overwrite_json
-from nanogpt_runner.runs.rundir import CONFIG_FILE, LOG_FILE, RANKS_LOCK_FILE, RUN_FILE, RunWriter, read_run
+from nanogpt_runner.runs.rundir import (
+    CONFIG_FILE,
+    LOG_FILE,
+    RANKS_LOCK_FILE,
+    RUN_FILE,
+    RUN_FILE_RESERVE,
+    RunWriter,
+    read_run,
+)
 from nanogpt_runner.train.loop import train
 from nanogpt_runner.train.signals import restore_stop_signals, until_the_end_is_recorded
 
@@ -83,7 +91,7 @@ def _end(writer: RunWriter | NullWriter, code: int, message: str | None, **field
         writer.update(**fields)
     except OSError as err:
         if isinstance(fields.get("error"), str):
-            fields["error"] = fields["error"].strip().splitlines()[-1]
+            fields["error"] = fields["error"].strip().splitlines()[-1][:RUN_FILE_RESERVE // 2]  # fits the reserve
         try:
             overwrite_json(writer.run_dir / RUN_FILE, {**writer.record, **fields})
         except OSError:
