@@ -28,8 +28,6 @@ from torch.distributed.elastic.rendezvous import (
     rendezvous_handler_registry,
 )
 
-from nanogpt_runner.launch.torchrun import LOOPBACK_BACKEND as BACKEND
-
 LOOPBACK = "127.0.0.1"
 
 
@@ -49,14 +47,14 @@ def loopback_store(timeout: timedelta) -> dist.TCPStore:
 class LoopbackRendezvous(RendezvousHandler):
     """The rendezvous of the only agent of a one-node group, over a store on loopback that it hosts."""
 
-    def __init__(self, run_id: str, timeout: timedelta):
-        self._run_id = run_id
+    def __init__(self, backend: str, run_id: str, timeout: timedelta):
+        self._backend, self._run_id = backend, run_id
         self._store = loopback_store(timeout)
         self._round = 0
         self._closed = False
 
     def get_backend(self) -> str:
-        return BACKEND
+        return self._backend
 
     @property
     def use_agent_store(self) -> bool:
@@ -87,9 +85,10 @@ class LoopbackRendezvous(RendezvousHandler):
 
 
 def _create_handler(params: RendezvousParameters) -> LoopbackRendezvous:
-    return LoopbackRendezvous(params.run_id, timedelta(seconds=int(params.get("read_timeout", 60))))
+    return LoopbackRendezvous(params.backend, params.run_id, timedelta(seconds=int(params.get("read_timeout", 60))))
 
 
-def register() -> None:
-    """Make ``--rdzv-backend=nanogpt-loopback`` known to torch's agent (in this process; idempotent)."""
-    rendezvous_handler_registry.register(BACKEND, _create_handler)
+def register(backend: str) -> None:
+    """Make ``--rdzv-backend=BACKEND`` (torchrun.LOOPBACK_BACKEND) name this rendezvous for torch's agent, in this
+    process (again with the same name: nothing)."""
+    rendezvous_handler_registry.register(backend, _create_handler)

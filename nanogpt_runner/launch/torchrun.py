@@ -149,7 +149,7 @@ def run_group(par, run_dir: Path) -> int:
     from nanogpt_runner.launch import loopback_rendezvous
     from nanogpt_runner.train.worker import run_rank
 
-    loopback_rendezvous.register()
+    loopback_rendezvous.register(LOOPBACK_BACKEND)
     parser = get_args_parser()
     known = known_newer_options(parser)
     for option in NEWER_OPTIONS.keys() - known:

@@ -30,14 +30,14 @@ def test_torchs_own_store_listens_on_every_interface():
 
 
 def test_the_one_node_store_listens_on_loopback_only_and_serves_the_ranks():
-    loopback_rendezvous.register()
+    loopback_rendezvous.register(LOOPBACK_BACKEND)
     params = dist.elastic.rendezvous.RendezvousParameters(backend=LOOPBACK_BACKEND, endpoint="", run_id="r",
                                                           min_nodes=1, max_nodes=1)
     handler = dist.elastic.rendezvous.rendezvous_handler_registry.create_handler(params)
     first, second = handler.next_rendezvous(), handler.next_rendezvous()
     bootstrap = first.bootstrap_store_info
     assert (bootstrap.master_addr, first.rank, first.world_size) == ("127.0.0.1", 0, 1)
-    assert handler.use_agent_store and handler.num_nodes_waiting() == 0
+    assert handler.use_agent_store and handler.num_nodes_waiting() == 0 and handler.get_backend() == LOOPBACK_BACKEND
     sockets = _own_sockets_on(bootstrap.master_port)
     assert sockets and all(is_loopback(address) for address, _ in sockets), sockets
 
