@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch.distributed as dist
+
 from nanogpt_runner.checkpoint.folder import (
     checkpoint_dir,
     discard_after,
@@ -60,7 +62,26 @@ class Checkpointer:
     def source(self) -> tuple[Path, dict] | None:
         """The checkpoint this attempt continues from, and its meta; None for a fresh start.
 
-        A group that torchrun restarted (parallel.max_restarts) continues from this run directory's
+        Rank 0 decides (``_find_source``, which verifies the checkpoint's files) and every rank loads what it
+        decided: ranks that each hashed every file of the folder did rank 0's work again, and after a
+        verification error each fell back on its own, possibly to different checkpoints. Rank 0's
+        CheckpointError is every rank's."""
+        rank, world = rank_world()
+        if world == 1:
+            return self._find_source()
+        decision: list = [None, None]  # (path, meta) or None, and the refusal
+        if rank == 0:
+            try:
+                decision[0] = self._find_source()
+            except CheckpointError as err:
+                decision[1] = str(err)
+        dist.broadcast_object_list(decision, src=0)
+        if decision[1] is not None:
+            raise CheckpointError(decision[1])
+        return decision[0]
+
+    def _find_source(self) -> tuple[Path, dict] | None:
+        """A group that torchrun restarted (parallel.max_restarts) continues from this run directory's
         latest checkpoint: it is the same run, further along than where it started (its config still
         names, in ``resume``, the checkpoint the run was first continued from). Otherwise ``resume`` names
         the checkpoint, and with train.resume=auto this run directory's latest is used."""
