@@ -1,7 +1,7 @@
 """Are the runner's defaults as fast as its best fixed setting? Side by side in one process, rounds alternating.
 
-    python scripts/bench_defaults.py --data /path/to/input.txt [--configs baby shakespeare] [--steps 60] [--rounds 3]
-                                     [--nanogpt /path/to/nanoGPT] [--device cuda]
+    python scripts/bench_defaults.py --data /path/to/input.txt [--configs baby shakespeare gpt2] [--steps 60]
+                                     [--rounds 3] [--nanogpt /path/to/nanoGPT] [--device cuda]
 
 For each config (``baby``: nanoGPT's baby CPU run, batch 12 x 64; ``shakespeare``: the 10.6M model, batch
 16 x 256), the runner's training loop (nanogpt_runner.train.loop.train, evaluation off) with:
@@ -46,11 +46,17 @@ from nanogpt_runner.perf import (
 )
 from nanogpt_runner.perf.plan import available_memory, cached_plan  # noqa: E402
 
-CONFIGS = {"baby": ["+experiment=baby_cpu"], "shakespeare": ["model=shakespeare", "train.batch_size=16"]}
-# The same model, batch and dropout in nanoGPT's terms (its README's CPU run, and its shakespeare_char config)
+CONFIGS = {"baby": ["+experiment=baby_cpu"], "shakespeare": ["model=shakespeare", "train.batch_size=16"],
+           "gpt2": ["model=gpt2", "train.batch_size=12", "model.dropout=0.0", "model.bias=false",
+                    "model.activation=gelu"]}  # nanoGPT's GPT: no biases, exact GELU
+DEFAULT_CONFIGS = ["baby", "shakespeare"]  # gpt2 (124M, block 1024) only when asked: a GPU's work
+# The same model, batch and dropout in nanoGPT's terms (its README's CPU run, its shakespeare_char config, and
+# GPT-2 124M's shape on the same characters)
 NANOGPT_CONFIGS = {"baby": ["--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128",
                             "--dropout=0.0"],
-                   "shakespeare": ["--batch_size=16"]}
+                   "shakespeare": ["--batch_size=16"],
+                   "gpt2": ["--block_size=1024", "--batch_size=12", "--n_layer=12", "--n_head=12", "--n_embd=768",
+                            "--dropout=0.0"]}
 NANOGPT_ITER = re.compile(r"^iter (\d+): loss [-\d.naif]+, time ([\d.]+)ms", re.MULTILINE)
 # nanoGPT's own choices per device: on a CPU its README's run; on a GPU its train.py defaults
 NANOGPT_DEVICE_DEFAULTS = {"cpu": ["--device=cpu", "--compile=False", "--dtype=float32"], "cuda": ["--device=cuda"]}
@@ -92,7 +98,7 @@ def nanogpt_loop(copy: Path, name: str, steps: int, tokens_per_iter: int, device
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="tiny-shakespeare input.txt")
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, choices=list(CONFIGS))
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--nanogpt", type=Path, help="a checkout of karpathy/nanoGPT to time beside the runner "

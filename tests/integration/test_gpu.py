@@ -198,3 +198,28 @@ print("cuda initialised:", torch.cuda.is_initialized())
 @needs_gpus(2)
 def test_sigusr2_checkpoint_and_resume_on_gpus(tmp_path, tiny_overrides):
     preempt_and_resume(tmp_path, _overrides(tiny_overrides, "parallel=ddp", "train.batch_size=2", *_gpu()))
+
+
+def _grad_norms(run_dir) -> dict[int, float]:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["grad_norm"] for r in lines if r["kind"] == "train" and "grad_norm" in r}
+
+
+@needs_gpus(2)
+@pytest.mark.parametrize("layout", ["parallel=ddp", "parallel=fsdp"])
+def test_two_gpus_follow_one_gpus_grad_norms_and_reach_its_fp32_parameters(layout, workspace):
+    """IEEE fp32 (TF32 off), so the only differences are the reduction order: every step's gradient norm and
+    the final parameters, not only a loss curve within 2%."""
+    from test_parallel import _final_params
+
+    fp32 = _gpu("fp32") + ["train.tf32=false"]
+    single = _train(*workspace, "single_fp32_ieee", fp32 + ["train.batch_size=4", "train.grad_accum=2"])
+    pair = _train(*workspace, f"{layout.split('=')[1]}_fp32_ieee", fp32 + [layout, "train.batch_size=4"])
+    reference, got = _grad_norms(single), _grad_norms(pair)
+    assert reference and sorted(got) == sorted(reference)
+    for step, norm in reference.items():
+        assert math.isclose(got[step], norm, rel_tol=1e-4), (step, got[step], norm)
+    expected, final = _final_params(single), _final_params(pair)
+    assert sorted(final) == sorted(expected)
+    for name, tensor in expected.items():
+        torch.testing.assert_close(final[name].float(), tensor.float(), rtol=1e-4, atol=1e-5, msg=name)
