@@ -408,6 +408,7 @@ class DeviceCaps:
     kind: str  # "cpu" or "cuda"
     bf16: bool
     cuda_available: bool
+    gpus: int = 0  # the GPUs this process sees (CUDA_VISIBLE_DEVICES narrows them): one rank each at most
 
 
 # A run's name is part of its folder name and shows in tables and terminals: a plain name only.
@@ -434,6 +435,11 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # no affinity on this OS (macOS)
         return os.cpu_count() or 1
+
+
+# A CPU run's most ranks per node, per available core. Two still run, with the oversubscription warning (the 2-D
+# layouts' 4 ranks are tested on 2-core machines); 64 ranks on 2 cores would only thrash the machine.
+CPU_RANKS_PER_CORE = 2
 
 
 def threads_per_rank(par, cores: int | None = None) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from nanogpt_runner.config.schema import (
+    CPU_RANKS_PER_CORE,
     DOWNLOAD_SCHEMES,
     MAX_NOTES_CHARS,
     NAMED_TASK_NAMES,
@@ -329,12 +330,33 @@ def layout_problems(cfg: Config, device: DeviceCaps | None = None) -> list[str]:
                 "needs all-gather and reduce-scatter, tp scatter and all-gather, pp send and recv: use "
                 "parallel.backend=nccl (or auto), or train.device=cpu."
             )
+    if too_many := ranks_problem(par.nproc_per_node, cfg.train.device, device):
+        problems.append(too_many)
     if par.nnodes > 1 and not par.rdzv_endpoint:
         problems.append(
             f"parallel.nnodes={par.nnodes} needs parallel.rdzv_endpoint=HOST:PORT, an address of the first node that "
             f"every node can reach (submitit jobs on SLURM fill it in themselves)."
         )
     return problems
+
+
+def ranks_problem(nproc: int, requested_device: str, device: DeviceCaps | None = None) -> str | None:
+    """Why ``nproc`` ranks per node cannot run on this node, or None: one per visible GPU, or CPU_RANKS_PER_CORE
+    per available core on the CPU (a mistake, or a resumed checkpoint's layout, would otherwise start dozens of
+    processes). Without the device's caps (before torch is imported) only a ``train.device=cpu`` run is checked."""
+    if device is not None and device.kind == "cuda":
+        if device.gpus == 0 or nproc <= device.gpus:  # (no GPU at all is its own problem: train.device=cuda)
+            return None
+        return (f"parallel.nproc_per_node={nproc} but this node has {device.gpus} visible GPU(s), one rank each: use "
+                f"parallel.nproc_per_node={device.gpus} or fewer (or train.device=cpu).")
+    if device is None and requested_device != "cpu":
+        return None
+    cores = available_cores()
+    limit = CPU_RANKS_PER_CORE * cores
+    if nproc <= limit:
+        return None
+    return (f"parallel.nproc_per_node={nproc} on {cores} CPU core(s): a CPU run has at most {CPU_RANKS_PER_CORE} "
+            f"ranks per core; use parallel.nproc_per_node={limit} or fewer.")
 
 
 def config_warnings(cfg: Config, cpu_count: int | None = None) -> list[str]:

@@ -80,7 +80,7 @@ def device_caps(requested: str = "auto", device: torch.device | None = None) -> 
         return DeviceCaps(kind="cpu", bf16=True, cuda_available=cuda)
     indices = [device.index] if device is not None and device.index is not None else range(torch.cuda.device_count())
     bf16 = cuda and all(torch.cuda.get_device_capability(i) >= BF16_CAPABILITY for i in indices)
-    return DeviceCaps(kind="cuda", bf16=bf16, cuda_available=cuda)
+    return DeviceCaps(kind="cuda", bf16=bf16, cuda_available=cuda, gpus=torch.cuda.device_count() if cuda else 0)
 
 
 def configure_matmul(device: torch.device, precision: str, tf32: bool) -> None:
