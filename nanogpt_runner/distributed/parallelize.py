@@ -35,6 +35,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nanogpt_runner.config.schema import compiles
 from nanogpt_runner.distributed.process_group import MESH_DIMS, Layout
 from nanogpt_runner.fsutil import write_atomic
 from nanogpt_runner.model.gpt import GPT
@@ -242,7 +243,7 @@ def parallelize(model: GPT, layout: Layout, cfg, precision: str) -> Parallelized
     if layout.tp > 1:
         _apply_tensor_parallel(model, layout.mesh["tp"])
     model.recompute = cfg.train.recompute
-    if cfg.train.compile:
+    if compiles(cfg.train, layout.device.type):
         for block in model.blocks.values():
             block.compile()
         if model.lm_head is not None:  # the stage with the head: its norm, logits and loss compiled too

@@ -65,7 +65,7 @@ class Setting:
 
     @classmethod
     def of(cls, cfg, precision: str | None = None) -> Setting:
-        return cls(precision or cfg.train.precision, cfg.model.attention, cfg.train.compile, cfg.train.recompute,
+        return cls(precision or cfg.train.precision, cfg.model.attention, bool(cfg.train.compile), cfg.train.recompute,
                    cfg.train.batch_size, cfg.train.grad_accum)
 
     def overrides(self) -> list[str]:

@@ -37,7 +37,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from nanogpt_runner.config.schema import Config, planned_steps, threads_per_rank
+from nanogpt_runner.config.schema import Config, compiles, planned_steps, threads_per_rank
 from nanogpt_runner.model.gpt import GPT
 from nanogpt_runner.perf import autotune, hardware, memory
 from nanogpt_runner.perf.autotune import Setting, StepTiming
@@ -224,7 +224,7 @@ def make_plan(cfg: Config, vocab_size: int, device: torch.device, available: flo
     if best.status != MEASURED:
         raise PlanError(_nothing_fits(cfg, vocab_size, device, available, tried))
     compiled = candidate(dataclasses.replace(best.setting, compile=True), best.threads)
-    if cfg.train.compile and not best.setting.compile and compiled.status == OVER_BUDGET:
+    if compiles(cfg.train, device.type) and not best.setting.compile and compiled.status == OVER_BUDGET:
         compiled.status, best = KEPT, compiled
         notes.append(f"compile kept from the config: not timed (a cold compile takes about {COMPILE_SECONDS:.0f} s, "
                      f"more than the budget left)")
