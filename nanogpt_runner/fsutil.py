@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import os
 import secrets
@@ -128,6 +129,15 @@ def write_atomic(path: Path, text: str | bytes) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def replacing(path: Path):
+    """A text buffer (for ``csv.writer`` and the like) that replaces ``path`` through ``write_atomic`` when the
+    block ends: a symlink planted at ``path`` is replaced, never written through; an exception writes nothing."""
+    buffer = io.StringIO(newline="")
+    yield buffer
+    write_atomic(path, buffer.getvalue())
 
 
 def write_json_atomic(path: Path, data: dict, reserve: int = 0) -> None:

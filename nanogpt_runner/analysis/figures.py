@@ -8,12 +8,16 @@ Built on matplotlib's object API (no pyplot state), so a server can draw them fr
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from nanogpt_runner.analysis.comparison import SEED_KEY, Group, objective_name, objective_value, seed_groups
 from nanogpt_runner.analysis.records import X_AXES, X_TITLES, RunRecord, differing_keys, finite
+from nanogpt_runner.fsutil import write_atomic
 from nanogpt_runner.runs.rundir import EVAL
 
 MAX_LABEL = 60  # characters of a legend or axis label taken from a run folder
@@ -108,3 +112,10 @@ def hyperparameter_figure(records: list[RunRecord]) -> Figure | None:
     fig.suptitle(f"swept settings against {plain(objective)} (x: no final value: failed, interrupted or running)",
                  fontsize=9)
     return fig
+
+
+def save_figure(figure: Figure, path: Path) -> None:
+    """A figure as a PNG at ``path``, replaced atomically (fsutil.write_atomic: never through a symlink)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    write_atomic(path, buffer.getvalue())

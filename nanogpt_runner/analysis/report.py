@@ -9,16 +9,14 @@ browser's plots do not have. No torch is imported.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 from pathlib import Path
 
 from nanogpt_runner.analysis.comparison import compare_notes, seed_groups
-from nanogpt_runner.analysis.figures import hyperparameter_figure, plain, seed_band_figure
+from nanogpt_runner.analysis.figures import hyperparameter_figure, plain, save_figure, seed_band_figure
 from nanogpt_runner.analysis.records import RunRecord, differing_keys, finite, run_notes, summarize
 from nanogpt_runner.analysis.study_report import write_study_files
-from nanogpt_runner.fsutil import UnsafeFolder, refuse_symlinks, write_atomic
+from nanogpt_runner.fsutil import UnsafeFolder, refuse_symlinks, replacing, write_atomic
 from nanogpt_runner.runs.rundir import METRIC, axis_title, summarized
 
 CSV_NAME = "summary.csv"
@@ -38,7 +36,7 @@ GROUP_FIELDS = [m.summary for m in summarized() if m.better]
 def write_csv(runs: list[RunRecord], path: Path, target: float | None = None) -> Path:
     """One row per run: the summary numbers, then the config keys that differ between the runs."""
     keys = differing_keys(runs)
-    with _replacing(path) as f:
+    with replacing(path) as f:
         writer = csv.writer(f)
         writer.writerow(CSV_FIELDS + keys)
         group_of = {run.id: group.label for group in seed_groups(runs) for run in group.runs}
@@ -53,7 +51,7 @@ def write_groups_csv(runs: list[RunRecord], path: Path, target: float | None = N
     """One row per seed group (runs that differ only by train.seed, or share run.group): how many runs, their
     seeds, then each number's mean, sample standard deviation, min and max over the runs."""
     summaries = {run.id: summarize(run, target) for run in runs}
-    with _replacing(path) as f:
+    with replacing(path) as f:
         writer = csv.writer(f)
         writer.writerow(["group", "runs", "seeds"] + [f"{field}_{stat}" for field in GROUP_FIELDS
                                                       for stat in ("mean", "std", "min", "max")])
@@ -102,22 +100,6 @@ def write_png(runs: list[RunRecord], path: Path, target: float | None = None) ->
     save_figure(fig, path)
     plt.close(fig)
     return path
-
-
-@contextlib.contextmanager
-def _replacing(path: Path):
-    """A text buffer that replaces ``path`` atomically when the block ends (fsutil.write_atomic: a symlink
-    planted at ``path`` is replaced, never written through)."""
-    buffer = io.StringIO(newline="")
-    yield buffer
-    write_atomic(path, buffer.getvalue())
-
-
-def save_figure(figure, path: Path) -> None:
-    """A matplotlib figure as a PNG at ``path``, replaced atomically (never through a symlink)."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    write_atomic(path, buffer.getvalue())
 
 
 class ReportFolderError(ValueError):

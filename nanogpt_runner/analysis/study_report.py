@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from nanogpt_runner.analysis.figures import plain
+from nanogpt_runner.analysis.figures import plain, save_figure
 from nanogpt_runner.analysis.records import RunRecord
 from nanogpt_runner.analysis.study import (
     TECHNIQUES,
@@ -26,6 +26,7 @@ from nanogpt_runner.analysis.study import (
     study_kind,
     technique_card,
 )
+from nanogpt_runner.fsutil import replacing, write_atomic
 
 STUDY_FILES = ("study.md", "study.csv", "study.png")
 
@@ -37,13 +38,13 @@ def write_study_files(runs: list[RunRecord], out_dir: Path, target: float | None
         return []
     card = technique_card(runs, target) if kind == TECHNIQUES else scaling_card(runs)
     markdown, table, figure = (Path(out_dir) / name for name in STUDY_FILES)
-    markdown.write_text(card.markdown(), encoding="utf-8")
+    write_atomic(markdown, card.markdown())  # each file replaced, never written through a planted symlink
     rows = card.rows()
-    with open(table, "w", newline="", encoding="utf-8") as f:
+    with replacing(table) as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["arm"])
         writer.writeheader()
         writer.writerows(rows)
-    (technique_figure(card) if kind == TECHNIQUES else scaling_figure(card)).savefig(figure, dpi=110)
+    save_figure(technique_figure(card) if kind == TECHNIQUES else scaling_figure(card), figure)
     return [markdown, table, figure]
 
 

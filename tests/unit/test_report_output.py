@@ -74,3 +74,26 @@ def test_a_folder_it_did_not_make_needs_force(tmp_path, capsys):
     assert (theirs / report.CSV_NAME).read_text().startswith("run,")
     report_main([str(runs), "--out", str(tmp_path / "new" / "folder")])  # a new folder is made and claimed
     assert (tmp_path / "new" / "folder" / report.REPORT_MARK).is_file()
+
+
+def test_the_study_files_replace_a_planted_symlink_never_write_through_it(tmp_path, outside):
+    """A study sweep's card (study.md, study.csv, study.png) goes through fsutil like the rest of the report: a
+    symlink planted at each name after the folder was claimed is replaced, the file it points at unchanged."""
+    from nanogpt_runner.analysis.records import load_runs
+    from nanogpt_runner.analysis.study_report import STUDY_FILES, write_study_files
+    from nanogpt_runner.viewer.synthetic import config, write_run
+
+    runs = tmp_path / "study"
+    for seed in (0, 1):
+        for arm, changes in (("baseline", {}), ("recompute", {"train.recompute": True})):
+            cfg = config(**{"study.kind": "techniques", "study.arm": arm, "train.seed": seed, **changes})
+            write_run(runs / f"{arm}_{seed}", 20, cfg=cfg).close()
+    out = tmp_path / "report"
+    report.claim_out_dir(out)
+    for name in STUDY_FILES:
+        (out / name).symlink_to(outside)
+    written = write_study_files(load_runs(runs), out)
+    assert [path.name for path in written] == list(STUDY_FILES)
+    assert outside.read_text() == "original\n"
+    assert all((out / name).is_file() and not (out / name).is_symlink() for name in STUDY_FILES)
+    assert (out / "study.md").read_text().strip() and (out / "study.png").read_bytes().startswith(b"\x89PNG")
