@@ -199,7 +199,7 @@ def speed_noise(record: RunRecord) -> float:
     percentile), relative to their median; the first window (start-up) left out. A machine whose load changes
     while the run trains widens it. Two runs' speeds differ only by more than the hypot of their noises
     (a difference both runs' windows could show is the machine, not the setting); NaN with under 3 windows."""
-    rates = record.frame(TRAIN).tok_per_s.iloc[1:]
+    rates = record.frame(TRAIN).tok_per_s.to_numpy()[1:]
     rates = rates[np.isfinite(rates) & (rates > 0)]
     if len(rates) < 3:
         return math.nan
@@ -270,13 +270,14 @@ class Group:
 
 
 def group_key(record: RunRecord) -> str:
-    """run.group when set, else the config without the seed and the keys that do not change training."""
+    """run.group when set, else the config without the seed and the keys that do not change training (its
+    ``settings``, so a None value and a missing key are alike)."""
     config = record.config
     if config.get("run.group"):
         return f"group {config['run.group']}"
     if not config:  # nothing known about it: a group of its own
         return f"run {record.id}"
-    return repr(sorted((k, repr(v)) for k, v in config.items() if meaningful(k) and k != SEED_KEY))
+    return repr(sorted(item for item in record.settings() if item[0] != SEED_KEY))
 
 
 def seed_groups(records: list[RunRecord], key=group_key) -> list[Group]:
@@ -319,7 +320,7 @@ def loss_within(record: RunRecord, budget: str, amount: float) -> float | None:
     evals = record.frame(EVAL)
     if budget not in evals:
         return None
-    return finite_stat(evals.val_loss[evals[budget] <= amount], "min")
+    return finite_stat(evals.val_loss.to_numpy()[evals[budget].to_numpy() <= amount], "min")
 
 
 def equal_budget_notes(base: Group, run: Group) -> list[str]:

@@ -9,6 +9,7 @@ depends on runs.py alone and imports no torch.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ LEVERS = {"train.recompute": "recompute", "train.grad_accum": "grad_accum", "tra
 LEVER_ORDER = list(LEVERS)
 # The kinds of line that become tables (RunRecord.frame), and the loss whose NaN marks a divergence.
 LOSS_FIELD = {TRAIN: "loss", EVAL: "val_loss"}
+NO_LINES: tuple = ()  # the lines of a run whose metrics are not read (one object, so its frame is cached)
 
 
 @dataclass
@@ -72,27 +74,51 @@ class RunRecord:
         The columns are the registered fields of the kind (runs.METRICS), then any other field with a
         number in it: a metric the registry does not know yet is kept, not dropped. Built once per
         change of the metrics, so the table, the notes and the plots of a run with 5,000 lines share
-        one conversion; every analysis below is column arithmetic on it.
+        one conversion; every analysis below is column arithmetic on it. A growing run converts only its
+        new lines: RunMetrics appends to the same list (a resume or a reset makes a new one), so when the list
+        is the one converted before and only longer, the new rows are converted and appended.
         """
-        lines = getattr(self.metrics, kind) if self.metrics is not None else []
-        key = (id(lines), len(lines), id(lines[-1]) if lines else 0)
-        cached = self._cache.get(kind)
-        if cached is None or cached[0] != key:
-            import pandas as pd
+        lines = getattr(self.metrics, kind) if self.metrics is not None else NO_LINES
+        flops_per_token = as_number(self.info.get("flops_per_token"))
+        flops_per_token = flops_per_token if finite(flops_per_token) else None  # None: not known (FLOPs are NaN)
+        cached = self._cache.get(kind)  # (the list converted, its length then, flops per token, frame)
+        if cached is not None and cached[0] is lines and cached[1] == len(lines) and cached[2] == flops_per_token:
+            return cached[3]
+        frame = None
+        if cached is not None and cached[0] is lines and cached[1] < len(lines) and cached[2] == flops_per_token:
+            frame = self._appended(cached[3], lines[cached[1]:], kind, flops_per_token)
+        if frame is None:
+            frame = self._converted(lines, kind, metric_names(kind), flops_per_token)
+        self._cache[kind] = (lines, len(lines), flops_per_token, frame)
+        return frame
 
-            columns = metric_names(kind)
-            columns += sorted({k for line in lines for k, v in line.items()
-                               if k not in columns and as_number(v) is not None})
-            frame = pd.DataFrame.from_records(lines, columns=columns) if lines else pd.DataFrame(
-                columns=columns, dtype=float)
-            frame = frame.apply(pd.to_numeric, errors="coerce").astype(float)
-            if "tokens" in frame:  # compute spent: tokens x the model's training FLOPs per token (run.json)
-                frame["flops"] = frame.tokens * (as_number(self.info.get("flops_per_token")) or math.nan)
-            loss = LOSS_FIELD[kind]
-            frame["diverged"] = np.array([_non_finite(line.get(loss)) for line in lines], dtype=bool)
-            cached = (key, frame)
-            self._cache[kind] = cached
-        return cached[1]
+    def _converted(self, lines: list[dict], kind: str, columns: list[str],
+                   flops_per_token: float | None) -> pd.DataFrame:
+        """``lines`` as a frame with ``columns`` first, then any other field holding a number."""
+        import pandas as pd
+
+        columns = columns + sorted({k for line in lines for k, v in line.items()
+                                    if k not in columns and as_number(v) is not None})
+        frame = pd.DataFrame.from_records(lines, columns=columns) if lines else pd.DataFrame(
+            columns=columns, dtype=float)
+        frame = frame.apply(pd.to_numeric, errors="coerce").astype(float)
+        if "tokens" in frame:  # compute spent: tokens x the model's training FLOPs per token (run.json)
+            frame["flops"] = frame.tokens * (flops_per_token or math.nan)
+        loss = LOSS_FIELD[kind]
+        frame["diverged"] = np.array([_non_finite(line.get(loss)) for line in lines], dtype=bool)
+        return frame
+
+    def _appended(self, frame: pd.DataFrame, new: list[dict], kind: str,
+                  flops_per_token: float | None) -> pd.DataFrame | None:
+        """``frame`` with the ``new`` lines converted below it; None when they bring a numeric field the frame
+        has no column for (the caller converts everything again)."""
+        import pandas as pd
+
+        columns = [c for c in frame.columns if c not in ("flops", "diverged")]
+        known = set(columns)
+        if any(k not in known and as_number(v) is not None for line in new for k, v in line.items()):
+            return None
+        return pd.concat([frame, self._converted(new, kind, columns, flops_per_token)], ignore_index=True)
 
     @property
     def name(self) -> str:
@@ -116,6 +142,17 @@ class RunRecord:
         if self.sweep:
             return f"{Path(self.id).parent.name}/{Path(self.id).name} {self.name}"
         return Path(self.id).name
+
+    def settings(self) -> frozenset[tuple[str, str]]:
+        """(key, repr of value) for each meaningful config key whose value is not None, kept while run.json is the
+        same: runs differ in a key exactly when these pairs do (a missing key and a None value are alike)."""
+        cached = self._cache.get("settings")
+        if cached is None or cached[0] is not self.info:
+            pairs = frozenset((k, repr(v)) for k, v in self.config.items() if v is not None and meaningful(k))
+            same = cached is not None and cached[1] == pairs  # a running run rewrites run.json, rarely its config
+            cached = (self.info, cached[1] if same else pairs)
+            self._cache["settings"] = cached
+        return cached[1]
 
     @property
     def config(self) -> dict:
@@ -150,10 +187,16 @@ def meaningful(key: str) -> bool:
 
 def differing_keys(records: list[RunRecord]) -> list[str]:
     """Config keys whose values are not all equal across ``records``: levers first, then alphabetical."""
-    configs = [r.config for r in records]
-    keys = [k for k in set().union(*configs) if meaningful(k)]
-    differ = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
-    return sorted(differ, key=lambda k: (k not in LEVERS, LEVER_ORDER.index(k) if k in LEVERS else 0, k))
+    return list(_differing(tuple(r.settings() for r in records)))
+
+
+@functools.lru_cache(maxsize=16)
+def _differing(settings: tuple[frozenset[tuple[str, str]], ...]) -> tuple[str, ...]:
+    """``differing_keys`` of these runs' settings, remembered: the viewer asks it of the same runs at every refresh
+    (each run's settings keep their identity while its config is the same, and a frozenset keeps its hash)."""
+    common = frozenset.intersection(*settings) if settings else frozenset()
+    differ = {key for own in settings for key, _ in own - common}
+    return tuple(sorted(differ, key=lambda k: (k not in LEVERS, LEVER_ORDER.index(k) if k in LEVERS else 0, k)))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -189,17 +232,15 @@ def summarize(record: RunRecord, target: float | None = None) -> dict:
 
 def _aggregate(record: RunRecord, metric: Metric):
     """One metric's summary number from the run's train and eval lines (None when it has no finite value)."""
-    columns = [record.frame(kind)[metric.name] for kind in (TRAIN, EVAL) if kind in metric.kinds]
+    columns = [record.frame(kind)[metric.name].to_numpy() for kind in (TRAIN, EVAL) if kind in metric.kinds]
     if not columns:
         return None
     if metric.aggregate == "last":  # NaN included: a diverged run's last loss is NaN
-        return float(columns[0].iloc[-1]) if len(columns[0]) else None
+        return float(columns[0][-1]) if len(columns[0]) else None
     if metric.aggregate == "steady":  # the first window holds start-up (allocation, compile)
-        return finite_stat(columns[0].iloc[1:] if len(columns[0]) > 1 else columns[0], "median")
-    import pandas as pd
-
+        return finite_stat(columns[0][1:] if len(columns[0]) > 1 else columns[0], "median")
     how = "min" if metric.aggregate == "best" and metric.better == "lower" else "max"
-    value = finite_stat(pd.concat(columns), how)
+    value = finite_stat(np.concatenate(columns), how)
     whole = value is not None and metric.decimals == 0 and abs(value) <= MAX_EXACT_INT  # 1e20 steps stay a float
     return int(value) if whole else value
 
@@ -214,12 +255,20 @@ def time_to_target(record: RunRecord, target: float | None) -> float | None:
 
 
 def diverged_at(record: RunRecord) -> int | None:
-    """The first step with a NaN/inf loss (or a "nan" event); None when the run never diverged."""
-    steps = [record.frame(kind).step[record.frame(kind).diverged].min() for kind in LOSS_FIELD]
-    if record.metrics is not None:
-        steps += [e.get("step") for e in record.metrics.events if e.get("event") == "nan"]
+    """The first step with a NaN/inf loss (or a "nan" event); None when the run never diverged. Asked by every
+    legend, bar and summary of a run: kept until its frames or events change."""
+    frames = [record.frame(kind) for kind in LOSS_FIELD]
+    events = record.metrics.events if record.metrics is not None else []
+    key = (*(id(frame) for frame in frames), id(events), len(events))
+    cached = record._cache.get("diverged_at")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    steps = [frame.step.to_numpy()[frame.diverged.to_numpy()].min(initial=math.inf) for frame in frames]
+    steps += [e.get("step") for e in events if e.get("event") == "nan"]
     steps = [s for s in steps if finite(s)]
-    return int(min(steps)) if steps else None
+    found = int(min(steps)) if steps else None
+    record._cache["diverged_at"] = (key, found, frames, events)  # the objects kept alive: their ids stay theirs
+    return found
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -401,10 +450,11 @@ def finite(value) -> bool:
     return isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def finite_stat(values: pd.Series, how: str) -> float | None:
-    """min/max/median of the finite values, None when there are none."""
+def finite_stat(values: pd.Series | np.ndarray, how: str) -> float | None:
+    """min/max/median of the finite values, None when there are none (numpy's, a tenth of pandas' time)."""
+    values = np.asarray(values, dtype=float)
     values = values[np.isfinite(values)]
-    return float(getattr(values, how)()) if len(values) else None
+    return float(getattr(np, how)(values)) if len(values) else None
 
 
 def _non_finite(value) -> bool:

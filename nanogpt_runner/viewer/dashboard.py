@@ -7,6 +7,7 @@ page then leaves that part alone (no re-render, no flicker, no bytes sent).
 
 from __future__ import annotations
 
+import html
 import re
 import time
 from dataclasses import dataclass
@@ -523,11 +524,34 @@ def rounded_text(value) -> str:
 
 def table_value(frame: pd.DataFrame) -> dict:
     """The table for gr.Dataframe: full values (sorting and the API use them), shown rounded to 4 significant
-    digits; the run's details panel has them in full."""
+    digits with the full value on hover (``column_types``: a column holding numbers is drawn as HTML, each
+    number a ``<span title=full>``); the run's details panel has them in full too. Built a column at a time."""
     data = frame.astype(object).where(frame.notna(), None).values.tolist()
-    shown = [[rounded_text(v) for v in row] for row in data]
+    columns = [list(column) for column in zip(*data, strict=True)] if data else [[] for _ in frame.columns]
+    shown_columns = [[_html_cell(v) for v in column] if _has_number(column) else
+                     ["" if v is None else str(v) for v in column] for column in columns]
+    shown = [list(row) for row in zip(*shown_columns, strict=True)] if data else []
     return {"headers": list(frame.columns), "data": data,
             "metadata": {"display_value": shown, "styling": [[""] * len(frame.columns) for _ in data]}}
+
+
+def column_types(frame: pd.DataFrame) -> list[str]:
+    """gr.Dataframe's datatype per column of ``table_value(frame)``: "html" where the column holds a number (its
+    cells are spans with a title, every text in them escaped), else "str" (shown as text, never parsed)."""
+    return ["html" if _has_number(list(frame[c])) else "str" for c in frame.columns]
+
+
+def _has_number(column: list) -> bool:
+    return any(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in column)
+
+
+def _html_cell(value) -> str:
+    """One cell of a number column as HTML: a finite number rounded, its full value as the hover title; any other
+    value (text from a run folder in a mixed column) escaped."""
+    if not finite(value):
+        return "" if value is None or isinstance(value, float) else html.escape(str(value))
+    full = repr(float(value)) if isinstance(value, (float, np.floating)) else str(int(value))
+    return f'<span title="{full}">{html.escape(rounded_text(value))}</span>'
 
 
 def _or_zero(value) -> float:

@@ -17,7 +17,14 @@ from pathlib import Path
 import gradio as gr
 
 from nanogpt_runner.viewer import api, tab_compare
-from nanogpt_runner.viewer.dashboard import ALWAYS_SHOWN, Dashboard, export_plot_data, export_report, table_value
+from nanogpt_runner.viewer.dashboard import (
+    ALWAYS_SHOWN,
+    Dashboard,
+    column_types,
+    export_plot_data,
+    export_report,
+    table_value,
+)
 from nanogpt_runner.viewer.launcher import Launcher
 from nanogpt_runner.viewer.sampler import Sampler
 from nanogpt_runner.viewer.studies import StudyBoard
@@ -94,7 +101,8 @@ def _wire_update(dashboard: Dashboard, demo: gr.Blocks, timer: gr.Timer, seen, n
             choices = dashboard.choices(text_value, status_value, present, tag_value, archived_value)
             tags = dashboard.tags()
             hideable = [c for c in frame.columns if c not in ALWAYS_SHOWN]
-            result += [note_text, table_value(frame[[c for c in frame.columns if c not in hidden_value]]),
+            shown = frame[[c for c in frame.columns if c not in hidden_value]]
+            result += [note_text, gr.Dataframe(value=table_value(shown), datatype=column_types(shown)),
                        gr.Dropdown(choices=choices, value=present, multiselect=True),
                        gr.Dropdown(choices=tags, value=[t for t in tag_value or [] if t in tags], multiselect=True),
                        gr.Dropdown(choices=choices),
