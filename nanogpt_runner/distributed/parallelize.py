@@ -256,7 +256,9 @@ def parallelize(model: GPT, layout: Layout, cfg, precision: str) -> Parallelized
             fully_shard(block, mesh=layout.mesh["dp"], **options)
         fully_shard(model, mesh=layout.mesh["dp"], **options)
     elif layout.dp > 1 and layout.dp_mode == "ddp" and layout.pp == 1:
-        par.train_module = nn.parallel.DistributedDataParallel(model, process_group=layout.group("dp"))
+        # The gradients are views into DDP's buckets: no second copy of them (and no copy into the buckets).
+        par.train_module = nn.parallel.DistributedDataParallel(model, process_group=layout.group("dp"),
+                                                               gradient_as_bucket_view=True)
     elif layout.dp > 1 and layout.dp_mode == "ddp":
         # A pipeline stage runs one backward per pipeline micro-batch, outside DDP's forward/backward pairing
         # (its reducer then fails an internal assert, or with static_graph skips the all-reduce): the stage's

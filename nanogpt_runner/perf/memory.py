@@ -6,7 +6,7 @@ it. Each part is counted for the rank that holds the most:
 - parameters, gradients and optimizer state: fp32 (autocast keeps fp32 master weights), split over the
   ranks that shard them: FSDP over data-parallel ranks, tensor parallelism over the matrices of each
   block, pipeline parallelism over the blocks (a stage's share, the embedding on the first, the head on
-  the last); DDP adds its gradient buckets, FSDP the unsharded blocks it gathers for compute;
+  the last); DDP keeps its gradients in its buckets (no copy), FSDP adds the unsharded blocks it gathers for compute;
 - activations: what autograd saves per token and per layer in the forward pass, measured for this
   model (``scripts/calibrate_memory.py``): about 16 floats per embedding channel in fp32 (layer norm
   inputs and outputs, q/k/v, the attention output, the MLP's 4x hidden before and after GELU), 40 bytes
@@ -131,7 +131,6 @@ def estimate(cfg, vocab_size: int, device_kind: str = "cpu", precision: str | No
     dp = dp_degree(par)
     tp, pp = max(par.tp, 1), max(par.pp, 1)
     fsdp = par.dp == "fsdp" and dp > 1
-    ddp = par.dp == "ddp" and dp > 1
 
     # This rank's share of the parameters: the first pipeline stage (embeddings) is the largest unless the
     # head is untied and larger; tensor parallelism splits the block matrices, not norms or embeddings.
@@ -145,8 +144,6 @@ def estimate(cfg, vocab_size: int, device_kind: str = "cpu", precision: str | No
     parameters = FP32 * local_params / shard
     gradients = parameters
     optimizer = OPTIMIZER_STATES.get(cfg.optimizer.name, 2.0) * parameters
-    if ddp and pp == 1:
-        gradients *= 2  # DDP's buckets: a second copy of the gradients, reduced in place
     if fsdp:
         # Gathered for compute: the root (embeddings, head) and two blocks (the current and the prefetched),
         # with their unsharded gradients while they are reduce-scattered. Accumulating over micro-steps without
