@@ -218,11 +218,17 @@ def _bf16_peak_the_cpu_agrees_with(device: torch.device, bf16: float, cache_dir:
     return bf16
 
 
+# The square matmul a peak is measured with (CPU, GPU): a GPU's 1024^2 product takes microseconds, so its time
+# is the kernel launch's, not the tensor cores' (the MFU of a GPU missing from the table read high).
+MEASURED_MATMUL_SIZE = (1024, 8192)
+
+
 def measure_matmul_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.5) -> float:
     """Sustained square-matmul FLOP/s; a small probe first keeps an emulated dtype from taking minutes.
     fp32 is never emulated: it is always measured in full (a probe on a busy machine can read 100x low)."""
     probe = math.inf if dtype == torch.float32 else _time_matmuls(device, dtype, size=256, seconds=0.05)
-    return _time_matmuls(device, dtype, size=1024, seconds=seconds) if probe > 10e9 else probe
+    size = MEASURED_MATMUL_SIZE[device.type == "cuda"]
+    return _time_matmuls(device, dtype, size=size, seconds=seconds) if probe > 10e9 else probe
 
 
 def _time_matmuls(device: torch.device, dtype: torch.dtype, size: int, seconds: float) -> float:

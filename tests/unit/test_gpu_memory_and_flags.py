@@ -22,8 +22,8 @@ def _measure(cfg, vocab_size, device, setting, seconds):
 
 
 def test_on_gpus_the_plan_counts_one_rank_per_gpu_and_on_a_cpu_the_ranks_share(tmp_path, monkeypatch):
-    cfg = compose_config(["model=tiny", "train.precision=fp32", "train.device=cuda", "parallel=ddp",
-                          "parallel.nproc_per_node=8", f"data.cache_dir={tmp_path}"])
+    cfg = compose_config(["model=tiny", "train.precision=fp32", "train.device=cuda", "train.compile=false",
+                          "parallel=ddp", "parallel.nproc_per_node=8", f"data.cache_dir={tmp_path}"])
     monkeypatch.setattr(hardware, "device_caps", lambda *_: hardware.DeviceCaps(kind="cuda", bf16=True,
                                                                                  cuda_available=True))
     one_gpu = memory.estimate(cfg, 65, "cuda").total * 1.5  # one rank fits, eight would not
@@ -96,3 +96,16 @@ def test_on_a_gpu_the_plan_times_in_another_process(kind, elsewhere, tmp_path, m
     planned, result, problems = plan.plan_run(cfg, 65, elsewhere=in_a_child)
     assert not problems and result.best.status == plan.MEASURED
     assert len(calls) == (1 if elsewhere else 0) and result is timed_here
+
+
+def test_a_gpu_missing_from_the_table_is_measured_with_a_matmul_large_enough_to_fill_it(monkeypatch):
+    sizes = []
+
+    def timed(device, dtype, size, seconds):
+        sizes.append(size)
+        return 1e14
+
+    monkeypatch.setattr(hardware, "_time_matmuls", timed)
+    hardware.measure_matmul_flops(GPU, torch.bfloat16)
+    hardware.measure_matmul_flops(CPU, torch.float32)
+    assert sizes == [256, 8192, 1024]  # the GPU's probe, its measurement, the CPU's measurement
