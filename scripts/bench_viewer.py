@@ -53,11 +53,13 @@ def gradio_encoder():
     plots = {name: gr.LinePlot(x="x", y="y", color="series") for name in PLOTS}
     bars = {name: gr.BarPlot(x="run", y="value") for name in BARS}
     frames = gr.Dataframe(), gr.Dataframe()
+    swept = gr.ScatterPlot(x="value", y="objective", color="status")
 
     def encode(table, view) -> int:
         out = [plots[name].postprocess(view.curves[name]) for name in plots]
         out += [bars[name].postprocess(view.bars[name]) for name in view.bars]  # the drawn ones
         out += [frames[0].postprocess(table_value(table[0])), frames[1].postprocess(view.diff)]
+        out += [swept.postprocess(panel.frame) for panel in view.swept]
         return sum(len(o.model_dump_json()) for o in out) + len(view.analysis)
 
     return encode

@@ -341,6 +341,14 @@ def equal_budget_notes(base: Group, run: Group) -> list[str]:
     return notes
 
 
+def swept_keys(records: list[RunRecord]) -> list[str]:
+    """The config keys that differ between the records and hold scalars (the seed last: it is noise): what a
+    sweep's figure (figures.hyperparameter_figure) and the viewer's swept-settings panels plot."""
+    keys = [k for k in differing_keys(records)
+            if all(isinstance(r.config.get(k), (int, float, str, bool, type(None))) for r in records)]
+    return sorted(keys, key=lambda k: k == SEED_KEY)
+
+
 def objective_name(record: RunRecord) -> str:
     """The run's ``sweep.objective`` (val_loss when its config does not say)."""
     name = record.config.get("sweep.objective")

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from nanogpt_runner.analysis.comparison import SEED_KEY, Group, objective_name, objective_value, seed_groups
-from nanogpt_runner.analysis.records import X_AXES, X_TITLES, RunRecord, differing_keys, finite
+from nanogpt_runner.analysis.comparison import Group, objective_name, objective_value, seed_groups, swept_keys
+from nanogpt_runner.analysis.records import X_AXES, X_TITLES, RunRecord, finite
 from nanogpt_runner.fsutil import write_atomic
 from nanogpt_runner.runs.rundir import EVAL
 
@@ -63,13 +63,6 @@ def seed_band_figure(records: list[RunRecord], x: str = "step", title: str = "va
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     return fig
-
-
-def swept_keys(records: list[RunRecord]) -> list[str]:
-    """The config keys that differ between the records and hold scalars (the seed last: it is noise)."""
-    keys = [k for k in differing_keys(records)
-            if all(isinstance(r.config.get(k), (int, float, str, bool, type(None))) for r in records)]
-    return sorted(keys, key=lambda k: k == SEED_KEY)
 
 
 def hyperparameter_figure(records: list[RunRecord]) -> Figure | None:

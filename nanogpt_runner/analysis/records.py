@@ -97,8 +97,8 @@ class RunRecord:
         """``lines`` as a frame with ``columns`` first, then any other field holding a number."""
         import pandas as pd
 
-        columns = columns + sorted({k for line in lines for k, v in line.items()
-                                    if k not in columns and as_number(v) is not None})
+        others = set().union(*lines) - set(columns) - {"kind"}  # "kind" is a text on every line (rundir)
+        columns = columns + sorted(k for k in others if any(as_number(line.get(k)) is not None for line in lines))
         frame = pd.DataFrame.from_records(lines, columns=columns) if lines else pd.DataFrame(
             columns=columns, dtype=float)
         frame = frame.apply(pd.to_numeric, errors="coerce").astype(float)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -234,11 +235,19 @@ def read_run(run_dir: Path) -> dict | None:
     return data if isinstance(data, dict) and not _too_deep(data) else None
 
 
+_DECODERS = threading.local()  # a decoder per thread: json.loads(parse_int=...) built one per line, a fifth of a
+# metrics file's parse
+NON_FINITE_TEXTS = ("nan", "inf", "-inf")  # how the trainer writes a NaN/inf metric (JSON has no such number)
+
+
 def loads(text: str):
     """JSON from a run folder, every integer of more than MAX_EXACT_INT_DIGITS digits read as a float: a
     crafted ``"step": 100000000000000000000`` would otherwise pass through to every page and API that
     sends it on (orjson refuses integers past 64 bits) and cost Python's int parser time per digit."""
-    return json.loads(text, parse_int=_bounded_int)
+    decoder = getattr(_DECODERS, "decoder", None)
+    if decoder is None:
+        decoder = _DECODERS.decoder = json.JSONDecoder(parse_int=_bounded_int)
+    return decoder.decode(text)
 
 
 def _bounded_int(digits: str) -> int | float:
@@ -334,6 +343,8 @@ class MetricsTail:
 
     def _capped(self, record: dict) -> dict:
         """``record`` without the unregistered fields past this file's first MAX_EXTRA_METRICS names."""
+        if not record.keys() - METRIC.keys() - self._extra:  # every field known (nearly every line): as it is
+            return record
         kept = {}
         for key, value in record.items():
             if key not in METRIC and key not in self._extra:
@@ -352,13 +363,7 @@ def _parse_line(raw: bytes) -> dict | None:
         return None
     if not isinstance(record, dict) or not isinstance(record.get("kind"), str):
         return None
-    return {k: _number(v) for k, v in record.items()}
-
-
-def _number(value):
-    if value in ("nan", "inf", "-inf"):
-        return float(value)
-    return value
+    return {k: float(v) if v in NON_FINITE_TEXTS else v for k, v in record.items()}  # a call per value cost more
 
 
 @dataclass

@@ -50,6 +50,7 @@ from nanogpt_runner.viewer.curves import (
     run_frame,
 )
 from nanogpt_runner.viewer.store import RunStore
+from nanogpt_runner.viewer.swept import SweptPanel, swept_panels
 
 MARKDOWN_SPECIAL = re.compile(r"([\\`\[\]!])")  # what can start a link, an image or a code span
 STATUSES = ["running", "queued", "completed", "failed", "interrupted", "stalled"]
@@ -91,8 +92,8 @@ class CompareView:
     analysis: str
     groups: pd.DataFrame  # one row per seed group: mean ± std and the range over its seeds
     seed_plot: object | None  # matplotlib Figure: val loss mean with the min–max band per group (None: no group)
-    hyperparameters: object | None  # matplotlib Figure: swept keys against the objective (None: nothing swept)
-    figure_keys: list[str]  # what each figure was drawn from: the page resends a figure only when its key changes
+    figure_key: str  # what the seed plot was drawn from: the page resends it only when this changes
+    swept: list[SweptPanel]  # one panel per swept key: its value against the objective (none: nothing swept)
 
 
 class Dashboard:
@@ -103,7 +104,7 @@ class Dashboard:
         self.min_poll_s = min_poll_s
         self._last_poll = 0.0
         self._cache: dict[tuple, tuple] = {}  # (kind, run id) -> (run version, params, value)
-        self._figures: dict[str, tuple[str, object]] = {}  # figure -> (what it was drawn from, the figure)
+        self._band: tuple[str, object] | None = None  # the seed-band figure: (what it was drawn from, the figure)
 
     def refresh(self) -> None:
         """Poll the store, at most every ``min_poll_s`` however many sessions are ticking."""
@@ -295,31 +296,18 @@ class Dashboard:
                 if name != "to_target" or target is not None}  # no target: no time to it, no empty chart
         notes = {r.id: self._cached("notes", r, target, lambda r=r: run_notes(r, summaries[r.id])) for r in runs}
         groups = [group for group in seed_groups(runs) if len(group.runs) > 1]  # one run is not a group
-        figures = self._experiment_figures(runs, groups, x, summaries)
         return CompareView(curves, bars, config_diff(runs), analysis_markdown(runs, target, summaries, notes),
-                           group_table(groups, summaries), *figures)
+                           group_table(groups, summaries), *self._seed_band(runs, groups, x),
+                           swept_panels(runs, summaries))
 
-    def _experiment_figures(self, runs: list[RunRecord], groups: list[Group], x: str,
-                            summaries: dict[str, dict]) -> tuple:
-        """(seed-band figure, hyperparameter figure, their keys). Each is drawn again only when what it shows
-        changed (a new eval of a grouped run; a run's status or objective), since matplotlib takes a good
-        part of a second: a growing run between evals costs nothing here. matplotlib loads on first use."""
-        several_seeds = bool(groups)  # groups of two runs or more
-        keys = {
-            "band": repr((x, [(r.id, len(r.metrics.eval) if r.metrics else 0) for r in runs])) if several_seeds
-            else "",
-            "hyperparameters": repr([(r.id, r.status, objective_value(r, summaries[r.id]) if r.status == "completed"
-                                      else None) for r in runs])
-            if len(runs) > 1 else "",
-        }
-        figures = []
-        for name, key in keys.items():
-            cached = self._figures.get(name)
-            if cached is None or cached[0] != key:
-                cached = (key, _draw(name, runs, x) if key else None)
-                self._figures[name] = cached
-            figures.append(cached[1])
-        return (*figures, list(keys.values()))
+    def _seed_band(self, runs: list[RunRecord], groups: list[Group], x: str) -> tuple[object | None, str]:
+        """(the seed-band figure, what it was drawn from). Drawn again only when what it shows changed (a new eval
+        of a grouped run), since matplotlib takes a good part of a second: a growing run between evals costs
+        nothing here. matplotlib loads on first use, so a selection without a seed group never loads it."""
+        key = repr((x, [(r.id, len(r.metrics.eval) if r.metrics else 0) for r in runs])) if groups else ""
+        if self._band is None or self._band[0] != key:
+            self._band = (key, _seed_band_figure(runs, x) if key else None)
+        return self._band[1], key
 
     def _curve(self, runs: list[RunRecord], metric: str, x: str, smoothing: float, log_y: bool,
                group_by: str | None) -> pd.DataFrame:
@@ -396,11 +384,11 @@ def group_table(groups: list[Group], summaries: dict[str, dict]) -> pd.DataFrame
     return pd.DataFrame(rows, columns=columns)
 
 
-def _draw(figure: str, runs: list[RunRecord], x: str):
-    """One experiment figure ("band" or "hyperparameters"); matplotlib is loaded by the first one drawn."""
-    from nanogpt_runner.analysis.figures import hyperparameter_figure, seed_band_figure
+def _seed_band_figure(runs: list[RunRecord], x: str):
+    """Each seed group's val loss mean and min–max band (matplotlib is loaded by the first one drawn)."""
+    from nanogpt_runner.analysis.figures import seed_band_figure
 
-    return seed_band_figure(runs, x) if figure == "band" else hyperparameter_figure(runs)
+    return seed_band_figure(runs, x)
 
 
 def config_diff(runs: list[RunRecord]) -> pd.DataFrame:

@@ -1,7 +1,9 @@
 """The Compare tab: curves, bars, what differs, the analysis (its conclusion first), seed groups and the swept
 settings. A panel with nothing to show is not drawn: no curve no selected run logs, no time-to-target chart
 without a target, no seed-group
-table or band without a group of two runs or more, no settings figure when nothing was swept."""
+table or band without a group of two runs or more, no settings panel when nothing was swept. Each bar chart
+takes the page's width, so its legend (the runs' whole names) fits on its line; the swept settings are one
+panel per swept key (viewer/swept.py), side by side."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import gradio as gr
 from nanogpt_runner.analysis.records import X_TITLES
 from nanogpt_runner.viewer.curves import PLOTS, log_scaled, plot_title
 from nanogpt_runner.viewer.dashboard import BARS, CompareView
+from nanogpt_runner.viewer.swept import MAX_SWEPT_PANELS
 
 
 def compare_tab() -> dict:
@@ -24,35 +27,37 @@ def compare_tab() -> dict:
                                y_title=plot_title(name), color_title="run", tooltip="all", height=250,
                                elem_id=f"plot-{name}")
              for name in PLOTS}
-    with gr.Row():
-        bars = {name: gr.BarPlot(x="run", y="value", color="run", title=title, x_title="", y_title=title,
-                                 y_lim=[0, None], x_label_angle=30, height=300, tooltip="all", color_title="run",
-                                 elem_id=f"bar-{name}", visible=name != "to_target")
-                for name, (_, title) in BARS.items()}
+    bars = {name: gr.BarPlot(x="run", y="value", color="run", title=title, x_title="", y_title=title,
+                             y_lim=[0, None], x_label_angle=30, height=240, tooltip="all", color_title="run",
+                             elem_id=f"bar-{name}", visible=name != "to_target")
+            for name, (_, title) in BARS.items()}
     diff = gr.Dataframe(interactive=False, label="Config keys that differ between the selected runs", elem_id="diff")
     groups = gr.Dataframe(interactive=False, elem_id="seed-groups", visible=False,
                           label="Seed groups (two runs or more that differ only by train.seed, or share run.group)")
     seed_plot = gr.Plot(label="val loss by seed group: mean and min–max band", elem_id="seed-plot", visible=False)
-    hyperparameters = gr.Plot(label="swept settings against the objective: one panel per swept key",
-                              elem_id="hyperparameters", visible=False)
+    with gr.Row(elem_id="swept"):
+        swept = [gr.ScatterPlot(x="value", y="objective", color="status", tooltip="all", height=300, visible=False,
+                                elem_id=f"swept-{i}", caption="a run with no final value is drawn at the top")
+                 for i in range(MAX_SWEPT_PANELS)]
     with gr.Row():
         plot_csv = gr.Button("Download CSV of what each plot shows", elem_id="plot-csv")
         export = gr.Button("Export summary.csv + comparison.png of the selected runs")
         files = gr.File(label="Report files", file_count="multiple")
     return {"x": x_axis, "smoothing": smoothing, "log_y": log_y, "target": target, "plots": plots, "bars": bars,
             "diff": diff, "analysis": analysis, "groups": groups, "seed_plot": seed_plot,
-            "hyperparameters": hyperparameters, "plot_csv": plot_csv, "export": export, "files": files}
+            "swept": swept, "plot_csv": plot_csv, "export": export, "files": files}
 
 
 def outputs(tab: dict) -> list:
     """The components ``updates`` fills, in its order."""
     return [*tab["plots"].values(), *tab["bars"].values(), tab["diff"], tab["analysis"], tab["groups"],
-            tab["seed_plot"], tab["hyperparameters"]]
+            tab["seed_plot"], *tab["swept"]]
 
 
 def updates(view: CompareView, seen: dict, new_seen: dict, x: str, log_y: bool) -> list:
     """What to send for ``view``: curves (their axes retitled when they changed), bars (hidden when they have
-    nothing to show), tables, and each figure only when it was drawn again (``seen`` holds what was sent)."""
+    nothing to show), tables, the seed band only when it was drawn again (``seen`` holds what was sent), and a
+    swept-settings panel per swept key."""
     axes = [x, bool(log_y)]
     retitle = seen.get("axes") != axes
     new_seen["axes"] = axes
@@ -63,9 +68,11 @@ def updates(view: CompareView, seen: dict, new_seen: dict, x: str, log_y: bool) 
     result += [gr.BarPlot(value=view.bars[name], visible=True) if name in view.bars else gr.BarPlot(visible=False)
                for name in BARS]  # runs in one order everywhere: one colour each
     result += [view.diff, view.analysis, gr.Dataframe(value=view.groups, visible=len(view.groups) > 0)]
-    for i, figure in enumerate((view.seed_plot, view.hyperparameters)):  # resent only when redrawn
-        drawn = seen.get("figures", ["", ""])[i]
-        result.append(gr.Plot(value=figure, visible=figure is not None) if drawn != view.figure_keys[i]
-                      else gr.skip())
-    new_seen["figures"] = view.figure_keys
+    redrawn = seen.get("band") != view.figure_key
+    result.append(gr.Plot(value=view.seed_plot, visible=view.seed_plot is not None) if redrawn else gr.skip())
+    new_seen["band"] = view.figure_key
+    result += [gr.ScatterPlot(value=panel.frame, title=f"{panel.key} against {panel.y_title}",
+                              x_title=panel.x_title, y_title=panel.y_title, visible=True)
+               for panel in view.swept]
+    result += [gr.ScatterPlot(visible=False) for _ in range(MAX_SWEPT_PANELS - len(view.swept))]
     return result

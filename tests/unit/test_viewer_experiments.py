@@ -3,6 +3,7 @@ and the API), why each run stopped, FLOPs as an x axis, and a sweep's settings a
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 
@@ -58,7 +59,14 @@ def test_compare_lists_the_groups_and_draws_their_bands_and_the_settings_against
     losses = [summarize(run)["best_val_loss"] for run in load_runs(root) if run.id.startswith("base")]
     expected = f"{statistics.mean(losses):.4f} ± {statistics.stdev(losses):.4f}"
     assert groups.iloc[0]["best val loss mean ± std"] == expected
-    assert isinstance(view.seed_plot, Figure) and isinstance(view.hyperparameters, Figure)
+    assert isinstance(view.seed_plot, Figure)
+    lr = {panel.key: panel for panel in view.swept}["optimizer.lr"]  # swept settings: a panel per key, no matplotlib
+    assert lr.x_title == "log10 optimizer.lr" and lr.y_title == "val_loss"  # 1e-3 .. 1.0: a wide span
+    rows = lr.frame.set_index("run")
+    assert rows.loc["lr", "value"] == pytest.approx(math.log10(3e-3)) and rows.loc["broken", "value"] == 0.0
+    assert rows.loc["broken", "status"] == "failed: no value"  # no final objective: drawn at the top
+    assert rows.loc["broken", "objective"] == rows.drop("broken").objective.max()
+    assert [panel.key for panel in view.swept][-1] == "train.seed"  # the seed is noise: last
     assert "seed group" in view.analysis and "one seed: cannot tell" in view.analysis
 
 
@@ -116,8 +124,7 @@ def test_figures_are_drawn_again_only_when_what_they_show_changed(root):
     board = dashboard_of(root)
     ids = ["base0", "base1", "base2", "lr"]
     first, again = board.compare(ids), board.compare(ids)
-    assert again.seed_plot is first.seed_plot and again.hyperparameters is first.hyperparameters
-    assert again.figure_keys == first.figure_keys
+    assert again.seed_plot is first.seed_plot and again.figure_key == first.figure_key
     assert board.compare(ids, x="tokens").seed_plot is not first.seed_plot  # another x axis: drawn again
 
 
