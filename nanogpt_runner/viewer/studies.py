@@ -2,24 +2,23 @@
 
 A study is a sweep whose runs carry ``study.kind`` (``nanogpt-run -m +study=techniques`` or ``scaling``).
 The card is the same one ``nanogpt-report`` writes as study.md: numbers from the runs' own records,
-intervals, one sentence per arm. The view is rebuilt only when a run of the study changed (a new line, a
-finished arm), so a tick over an idle study costs a dictionary lookup.
+intervals, one sentence per arm; the figure is its study.png (analysis.study_report: each arm's tokens/s and
+memory ratios with their 95% error bars beside the speed noise, its val loss difference with its interval beside
+the seed noise; a scaling study's isoFLOP curves and power laws). The view is rebuilt only when a run of the
+study changed (a new line, a finished arm), so a tick over an idle study costs a dictionary lookup;
+matplotlib loads with the first study drawn.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pandas as pd
 
-from nanogpt_runner.analysis.records import RunRecord, finite
+from nanogpt_runner.analysis.records import RunRecord
 from nanogpt_runner.analysis.study import SCALING, TECHNIQUES, scaling_card, study_kind, technique_card
 from nanogpt_runner.viewer.store import RunStore
 
-# The technique card's bar plots: plot -> (its ArmResult interval, axis title); 1.0 (or 0) is the baseline.
-TECHNIQUE_BARS = {"speed": ("speed", "tokens/s ratio (arm / baseline)"),
-                  "memory": ("memory", "peak memory ratio (arm / baseline)"),
-                  "loss": ("loss_delta", "val loss Δ at equal tokens (arm − baseline)")}
 MAX_STUDY_RUNS = 200  # runs of one study read in full (a real study has tens)
 
 
@@ -28,8 +27,7 @@ class StudyView:
     kind: str | None  # "techniques", "scaling", or None: no study chosen or found
     card: str  # the card in Markdown (study.md), its sentences last
     table: pd.DataFrame  # one row per arm (technique) or budget (scaling), short texts
-    bars: dict[str, pd.DataFrame] = field(default_factory=dict)  # technique: arm -> value per TECHNIQUE_BARS
-    isoflop: pd.DataFrame | None = None  # scaling: (params, val loss, budget) points
+    figure: object | None = None  # matplotlib Figure: study.png's plots (None: nothing measured yet)
     progress: str = ""  # "7 of 12 runs finished"
 
 
@@ -78,21 +76,13 @@ def study_view(runs: list[RunRecord]) -> StudyView:
     done = sum(1 for r in runs if r.status not in ("running", "queued"))
     progress = f"{done} of {len(runs)} runs finished" + ("" if done == len(runs) else "; the card fills in as "
                                                          "arms finish")
+    from nanogpt_runner.analysis.study_report import scaling_figure, technique_figure  # loads matplotlib
+
     if kind == TECHNIQUES:
         card = technique_card(runs)
-        bars = {name: _arm_bars(card.arms, attribute) for name, (attribute, _) in TECHNIQUE_BARS.items()}
-        return StudyView(kind, card.markdown(), pd.DataFrame(card.table_rows()),
-                         {name: frame for name, frame in bars.items() if frame.value.abs().sum() > 0},
-                         progress=progress)  # an all-zero chart (no loss difference at all) is not drawn
-    card = scaling_card(runs)
-    points = pd.DataFrame([{"params": p, "val loss": loss, "budget": f"{c.budget:.3g} FLOPs"}
-                           for c in card.curves for p, _, loss in c.points], columns=["params", "val loss", "budget"])
-    return StudyView(kind, card.markdown(), pd.DataFrame(card.table_rows()), isoflop=points if len(points) else None,
-                     progress=progress)
-
-
-def _arm_bars(arms, attribute: str) -> pd.DataFrame:
-    """One bar per measured arm: the mean of its interval (the card's table has the ± beside it)."""
-    rows = [{"arm": arm.arm, "value": getattr(arm, attribute).mean} for arm in arms
-            if getattr(arm, attribute) is not None and finite(getattr(arm, attribute).mean)]
-    return pd.DataFrame(rows, columns=["arm", "value"])
+        measured = any(arm.status == "measured" for arm in card.arms)
+        figure = technique_figure(card) if measured else None
+    else:
+        card = scaling_card(runs)
+        figure = scaling_figure(card) if any(curve.points for curve in card.curves) else None
+    return StudyView(kind, card.markdown(), pd.DataFrame(card.table_rows()), figure, progress)

@@ -1,13 +1,14 @@
 """The Study tab: pick a study sweep (``+study=techniques`` or ``+study=scaling``) and see its card (the same as
 nanogpt-report's study.md) and plots, live: the page's timer rebuilds them only when a run of the study changed,
-so arms fill in as their runs finish. The card's texts come from run folders: each line is escaped."""
+so arms fill in as their runs finish. Under the card, its plots (nanogpt-report's study.png): ratios with error
+bars, loss differences with their intervals. The card's texts come from run folders: each line is escaped."""
 
 from __future__ import annotations
 
 import gradio as gr
 
 from nanogpt_runner.viewer.dashboard import markdown_text
-from nanogpt_runner.viewer.studies import TECHNIQUE_BARS, StudyBoard, StudyView, study_choices
+from nanogpt_runner.viewer.studies import StudyBoard, StudyView, study_choices
 
 PRIVATE = {"api_visibility": "private"}
 
@@ -17,19 +18,13 @@ def study_tab() -> dict:
     card = gr.Markdown(elem_id="study-card")
     table = gr.Dataframe(interactive=False, elem_id="study-table", label="the card: each arm against the baseline, "
                          "ratios paired by seed ± their 95% interval", visible=False)
-    with gr.Row():
-        bars = {name: gr.BarPlot(x="arm", y="value", color="arm", title=title, x_title="", y_title=title,
-                                 x_label_angle=30, height=280, tooltip="all", elem_id=f"study-{name}", visible=False,
-                                 y_lim=[0, None] if name != "loss" else None)
-                for name, (_, title) in TECHNIQUE_BARS.items()}
-    isoflop = gr.ScatterPlot(x="params", y="val loss", color="budget", title="isoFLOP: final val loss by model size",
-                             x_title="parameters", y_title="val loss", height=320, elem_id="study-isoflop",
-                             visible=False)
-    return {"study": study, "card": card, "table": table, "bars": bars, "isoflop": isoflop, "seen": gr.State(None)}
+    figure = gr.Plot(label="each arm against the baseline: ratios and loss differences with their 95% intervals, "
+                     "beside the measured noise (study.png)", elem_id="study-figure", visible=False)
+    return {"study": study, "card": card, "table": table, "figure": figure, "seen": gr.State(None)}
 
 
 def wire_study(board: StudyBoard, tab: dict, timer: gr.Timer, demo: gr.Blocks) -> None:
-    outputs = [tab["seen"], tab["study"], tab["card"], tab["table"], *tab["bars"].values(), tab["isoflop"]]
+    outputs = [tab["seen"], tab["study"], tab["card"], tab["table"], tab["figure"]]
 
     def update(seen, sweep):
         choices = study_choices(board.store)
@@ -51,11 +46,8 @@ def wire_study(board: StudyBoard, tab: dict, timer: gr.Timer, demo: gr.Blocks) -
 def _parts(view: StudyView) -> list:
     lines = [f"**{view.kind} study** · {markdown_text(view.progress)}", ""] if view.kind else []
     lines += _card_lines(view)
-    parts = [gr.Markdown("\n".join(lines)), gr.Dataframe(value=view.table, visible=len(view.table) > 0)]
-    parts += [gr.BarPlot(value=view.bars[name], visible=True) if name in view.bars else gr.BarPlot(visible=False)
-              for name in TECHNIQUE_BARS]
-    parts.append(gr.ScatterPlot(value=view.isoflop, visible=view.isoflop is not None))
-    return parts
+    return [gr.Markdown("\n".join(lines)), gr.Dataframe(value=view.table, visible=len(view.table) > 0),
+            gr.Plot(value=view.figure, visible=view.figure is not None)]
 
 
 def _card_lines(view: StudyView) -> list[str]:
