@@ -27,7 +27,7 @@ import pytest
 import submitit
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from nanogpt_runner.cli import export, export_logs, report, sample
+from nanogpt_runner.cli import evaluate, export, export_logs, report, sample
 from nanogpt_runner.config.validate import validate
 from nanogpt_runner.launch.app import check, compose_overrides
 from nanogpt_runner.launch.torchrun import fill_cluster_rendezvous
@@ -48,6 +48,7 @@ COMMAND_LINE_PARSERS = {
     "nanogpt-report": report.argument_parser().parse_args,
     "nanogpt-export": export.argument_parser().parse_args,
     "nanogpt-export-logs": export_logs.argument_parser().parse_args,
+    "nanogpt-eval": evaluate.argument_parser().parse_args,
 }
 # Flags of nanogpt-run and nanogpt-plan that are not config overrides (with how many values each takes).
 FLAGS = {"-m": 0, "--multirun": 0, "--help": 0, "--cfg": 1, "--estimate-only": 0}
@@ -286,6 +287,9 @@ def users_machine(tmp_path, monkeypatch, corpus_path):
     monkeypatch.setattr(submitit, "JobEnvironment", lambda: types.SimpleNamespace(hostnames=["node-a"], job_id="7"))
 
     def provide_data(cfg) -> None:
+        for task in cfg.eval.tasks:  # a task file the page names (its items are the launcher's to check)
+            if task.endswith((".jsonl", ".parquet")):
+                Path(task).touch()
         path = Path(cfg.data.path or "")
         if not cfg.data.path or path.exists():
             return
