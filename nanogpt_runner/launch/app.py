@@ -34,6 +34,7 @@ from nanogpt_runner.config.schema import (
     as_dict,
     register_schema,
     starts_from_weights,
+    to_config,
     world_size,
 )
 from nanogpt_runner.config.validate import config_warnings, data_problems, validate
@@ -101,7 +102,9 @@ def check(cfg: Config, overrides: list[str], announce=print) -> tuple[Config, li
                               cfg.eval.max_items, cfg.data.download_timeout_s)
     if not problems and cfg.train.plan != "auto" and (refused := memory_refusal(cfg, data.vocab_size)):
         problems.append(refused)  # (a plan picks a setting that fits, or says that none does)
-    return cfg, problems, None if problems else data
+    if problems:
+        return cfg, problems, None
+    return to_config(cfg), [], data  # the run-time config: the schema's dataclass from here on
 
 
 def git_commit() -> str | None:

@@ -108,7 +108,7 @@ def import_checkpoint(ckpt_path: Path, cfg, run_dir: Path, tokenizer, announce=p
 
     from nanogpt_runner.checkpoint.folder import checkpoint_dir
     from nanogpt_runner.checkpoint.state import TrainState, save_checkpoint
-    from nanogpt_runner.config.schema import ModelConfig, dp_degree
+    from nanogpt_runner.config.schema import as_dict, dp_degree, to_config
     from nanogpt_runner.model.gpt import GPT
     from nanogpt_runner.model.optimizers import build_optimizers
     from nanogpt_runner.weights.gpt2_layouts import Architecture, WeightsError
@@ -123,8 +123,8 @@ def import_checkpoint(ckpt_path: Path, cfg, run_dir: Path, tokenizer, announce=p
         raise CheckpointError(f"nothing to train: {ckpt_path} is at iteration {step} and train.max_iters="
                               f"{cfg.train.max_iters}; raise train.max_iters to continue the run")
     torch.manual_seed(cfg.train.seed)
-    model_cfg = ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True))
-    model = GPT(model_cfg, tokenizer.vocab_size)
+    cfg = to_config(cfg)
+    model = GPT(cfg.model, tokenizer.vocab_size)
     optimizers = build_optimizers(model, cfg.optimizer)
     full = StateDictOptions(full_state_dict=True, cpu_offload=True)
     try:
@@ -141,7 +141,7 @@ def import_checkpoint(ckpt_path: Path, cfg, run_dir: Path, tokenizer, announce=p
     tokens = step * cfg.train.batch_size * cfg.train.grad_accum * cfg.model.block_size * dp_degree(cfg.parallel)
     state = TrainState(step=step, tokens=tokens, best_val_loss=float(best))
     folder = save_checkpoint(checkpoint_dir(run_dir), state, model, optimizers, sharded=False,
-                             config=OmegaConf.to_container(cfg, resolve=True), vocab=tokenizer.describe())
+                             config=as_dict(cfg), vocab=tokenizer.describe())
     announce(f"continuing nanoGPT's {ckpt_path} at iteration {step} (its weights and AdamW state) in {run_dir}")
     cfg.resume = str(folder)
     return cfg
