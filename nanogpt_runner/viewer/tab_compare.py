@@ -12,7 +12,7 @@ import gradio as gr
 from nanogpt_runner.analysis.records import X_TITLES
 from nanogpt_runner.viewer.curves import PLOTS, log_scaled, plot_title
 from nanogpt_runner.viewer.dashboard import BARS, CompareView
-from nanogpt_runner.viewer.swept import MAX_SWEPT_PANELS
+from nanogpt_runner.viewer.swept import MAX_SWEPT_PANELS, STATUS_COLOURS, x_limits
 
 
 def compare_tab() -> dict:
@@ -28,7 +28,7 @@ def compare_tab() -> dict:
                                elem_id=f"plot-{name}")
              for name in PLOTS}
     bars = {name: gr.BarPlot(x="run", y="value", color="run", title=title, x_title="", y_title=title,
-                             y_lim=[0, None], x_label_angle=30, height=240, tooltip="all", color_title="run",
+                             y_lim=[0, None], x_axis_labels_visible=False, height=220, tooltip="all", color_title="run",
                              elem_id=f"bar-{name}", visible=name != "to_target")
             for name, (_, title) in BARS.items()}
     diff = gr.Dataframe(interactive=False, label="Config keys that differ between the selected runs", elem_id="diff")
@@ -36,9 +36,8 @@ def compare_tab() -> dict:
                           label="Seed groups (two runs or more that differ only by train.seed, or share run.group)")
     seed_plot = gr.Plot(label="val loss by seed group: mean and min–max band", elem_id="seed-plot", visible=False)
     with gr.Row(elem_id="swept"):
-        swept = [gr.ScatterPlot(x="value", y="objective", color="status", tooltip="all", height=300, visible=False,
-                                elem_id=f"swept-{i}", caption="a run with no final value is drawn at the top")
-                 for i in range(MAX_SWEPT_PANELS)]
+        swept = [gr.ScatterPlot(x="value", y="objective", color="status", color_map=STATUS_COLOURS, tooltip="all",
+                                height=300, visible=False, elem_id=f"swept-{i}") for i in range(MAX_SWEPT_PANELS)]
     with gr.Row():
         plot_csv = gr.Button("Download CSV of what each plot shows", elem_id="plot-csv")
         export = gr.Button("Export summary.csv + comparison.png of the selected runs")
@@ -72,7 +71,7 @@ def updates(view: CompareView, seen: dict, new_seen: dict, x: str, log_y: bool) 
     result.append(gr.Plot(value=view.seed_plot, visible=view.seed_plot is not None) if redrawn else gr.skip())
     new_seen["band"] = view.figure_key
     result += [gr.ScatterPlot(value=panel.frame, title=f"{panel.key} against {panel.y_title}",
-                              x_title=panel.x_title, y_title=panel.y_title, visible=True)
+                              x_title=panel.x_title, y_title=panel.y_title, x_lim=x_limits(panel), visible=True)
                for panel in view.swept]
     result += [gr.ScatterPlot(visible=False) for _ in range(MAX_SWEPT_PANELS - len(view.swept))]
     return result

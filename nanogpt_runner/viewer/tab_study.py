@@ -19,7 +19,8 @@ def study_tab() -> dict:
     table = gr.Dataframe(interactive=False, elem_id="study-table", label="the card: each arm against the baseline, "
                          "ratios paired by seed ± their 95% interval", visible=False)
     figure = gr.Plot(label="each arm against the baseline: ratios and loss differences with their 95% intervals, "
-                     "beside the measured noise (study.png)", elem_id="study-figure", visible=False)
+                     "beside the measured noise (study.png)", show_label=False, elem_id="study-figure",
+                     visible=False)
     return {"study": study, "card": card, "table": table, "figure": figure, "seen": gr.State(None)}
 
 
