@@ -58,6 +58,7 @@ def test_the_page_leads_with_the_answer(page):
     assert "optimizer.lr" in headers and "precision" not in headers  # swept; every run used fp32
     expect(table.locator("[role=row]").filter(has_text="failed: non-finite loss at step 2")).to_have_count(1)
     expect(table.locator("[role=row]").filter(has_text="stopped: target 1.95 reached at step 120")).to_have_count(1)
+    assert table.locator("span[title]").first.get_attribute("title")  # 4 digits shown, the full value on hover
 
     # A running run's row follows its new lines, no reload.
     live.log("train", step=150, tokens=150 * 384, loss=1.0)
@@ -68,6 +69,10 @@ def test_the_page_leads_with_the_answer(page):
     expect(page.locator("#analysis")).to_contain_text("Conclusion.")
     expect(page.locator("#plot-loss canvas, #plot-loss svg.marks").first).to_be_visible()
     expect(page.locator("#bar-to_target")).to_be_hidden()
+    labels = page.locator("#bar-time .role-legend-label text")
+    expect(labels.first).to_be_visible()
+    legend = labels.all_text_contents()
+    assert "failed-lr1 ✗ diverged" in legend and not any(t.endswith("…") for t in legend), legend  # whole names
 
     # The Study tab shows the card: one sentence per arm.
     page.get_by_role("tab", name="Study").click()
