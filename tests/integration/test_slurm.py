@@ -163,8 +163,10 @@ def _descendants(pid: int) -> list[int]:
 def test_usr2_to_every_process_of_a_group_still_checkpoints_every_rank(tmp_path, tiny_overrides):
     """SLURM's way without SLURM: the launcher, the rank server and every rank get SIGUSR2 at once. The rank server
     ignores it (it used to die, and the agent then saw every rank fail); the launcher outlives its ranks'
-    checkpoints; run.json records the first signal (SIGUSR2), not the launcher watch's later SIGTERM."""
-    env = _slow_env(tmp_path, dict(os.environ))
+    checkpoints; run.json records the first signal (SIGUSR2), not the launcher watch's later SIGTERM; and the
+    torchrun agent leaves no temporary folder behind."""
+    (tmp_path / "tmp").mkdir()
+    env = {**_slow_env(tmp_path, dict(os.environ)), "TMPDIR": str(tmp_path / "tmp")}
     launcher = subprocess.Popen([CLI, *_overrides(tiny_overrides, 100000)], cwd=tmp_path, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     run_dir = _wait(lambda: _training(tmp_path / "outputs"), "a trained step", proc=launcher)
@@ -176,3 +178,5 @@ def test_usr2_to_every_process_of_a_group_still_checkpoints_every_rank(tmp_path,
     assert run["status"] == "interrupted" and "stopped by SIGUSR2" in run["error"], run.get("error")
     assert sorted(p.name for p in (tmp_path / "markers").iterdir()) == ["slow-save-rank0", "slow-save-rank1"]
     assert list((run_dir / "checkpoints").glob("*")), "the pre-emption's checkpoint"
+    leftovers = [p.name for p in (tmp_path / "tmp").iterdir() if p.name.startswith(("torchelastic_", "nanogpt-agent-"))]
+    assert leftovers == []  # the agent's log folder went with the group
