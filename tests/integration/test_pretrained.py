@@ -198,7 +198,7 @@ def test_the_finetune_preset_is_nanogpts_and_takes_gpt2s_architecture(tmp_path, 
         ("gpt2", 2, "gelu_tanh", "gpt2")
     assert cfg.optimizer.lr == cfg.optimizer.min_lr == 3e-5 and cfg.optimizer.warmup_iters == 0  # constant lr
     assert (cfg.train.max_iters, cfg.train.batch_size, cfg.train.grad_accum, cfg.train.eval_interval,
-            cfg.train.eval_iters, cfg.train.ckpt_only_on_improvement) == (20, 1, 32, 5, 40, True)
+            cfg.train.eval_iters, cfg.train.ckpt_only_on_improvement) == (20, 1, 32, 5, 1, True)
 
 
 @pytest.mark.parametrize("layout", ["huggingface", "nanogpt"])
