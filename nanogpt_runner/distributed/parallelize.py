@@ -18,8 +18,9 @@ built, identically seeded GPT, built on the CPU so that no device ever holds the
 
 The order is forced: FSDP must see the final (TP-sharded, compiled) blocks, and the pipeline split
 must come first so that every later step works on the stage alone. ``Parallelized`` is what the
-training loop talks to: one micro-step forward+backward, an eval forward, the gradient norm across
-meshes, and the mean of a number over the replicas. With one process all of it reduces to plain calls.
+training loop talks to: one micro-step forward+backward (a pipeline: the whole step's micro-batches in one schedule
+step), an eval forward, the gradient norm across meshes, and the mean of a number over the replicas. With one
+process all of it reduces to plain calls.
 """
 
 from __future__ import annotations
@@ -55,12 +56,12 @@ class Parallelized:
         self.layout = layout
         self.module = model
         self.train_module: nn.Module = model
-        self.schedule = None
+        self.schedule = None  # a pipeline's training schedule: a step's grad_accum micro-batches in one fill and drain
+        self.eval_schedule = None  # a pipeline's forward-only schedule for one micro-batch (eval_loss, eval_logits)
+        self.pipeline_pieces = 0  # pieces of micro-batch per training schedule step (layout.json records it)
         self.tied: nn.Parameter | None = None  # the tied embedding/head weight when it lives on two stages
         self._tie_group = None
         self.average_gradients = False  # pipeline stage replicated over dp ranks without the DDP wrapper
-        self._loss_scale = 1.0
-        self._microbatches = cfg.parallel.microbatches
 
     @functools.cached_property
     def parameters(self) -> list[nn.Parameter]:
@@ -74,10 +75,8 @@ class Parallelized:
         """One micro-step: forward, backward of ``loss * scale``; returns the unscaled mean loss (detached).
 
         ``sync=False`` skips the gradient all-reduce / reduce-scatter (all but the last accumulation
-        micro-step). On a pipeline stage without the loss the returned loss is 0.
+        micro-step). A pipeline takes ``pipeline_forward_backward`` instead.
         """
-        if self.schedule is not None:
-            return self._pipeline_step(x, y, scale, autocast, train=True)
         if isinstance(self.train_module, nn.parallel.DistributedDataParallel) and not sync:
             context = self.train_module.no_sync()
         else:
@@ -90,10 +89,18 @@ class Parallelized:
             scaler.scale(loss * scale).backward()
         return loss.detach()
 
+    def pipeline_forward_backward(self, x: torch.Tensor, y: torch.Tensor, autocast) -> torch.Tensor:
+        """A pipeline's whole optimizer step: ``x``/``y`` hold the step's ``grad_accum`` micro-batches of this replica,
+        run as one schedule step of ``microbatches x grad_accum`` pieces (the same pieces, in the same order, as one
+        schedule step per micro-step), so the pipeline fills and drains once per optimizer step: at pp=2 with 2
+        pieces a step per micro-step left a third of every micro-step idle. The schedule synchronises the gradients
+        (FSDP's reduce-scatter) after its last piece. Returns the step's mean loss (0 on a stage without the loss)."""
+        return self._pipeline_step(self.schedule, x, y, autocast, train=True)
+
     @torch.no_grad()
     def eval_loss(self, x: torch.Tensor, y: torch.Tensor, autocast) -> torch.Tensor:
         if self.schedule is not None:
-            return self._pipeline_step(x, y, 1.0, autocast, train=False)
+            return self._pipeline_step(self.eval_schedule, x, y, autocast, train=False)
         with autocast:
             _, loss = self.module(x, y)
         return loss
@@ -109,27 +116,21 @@ class Parallelized:
         args = (x,) if self.layout.first_stage else ()
         kwargs = {"target": torch.zeros_like(x)} if self.layout.last_stage else {}
         with autocast:
-            return self.schedule.eval(*args, **kwargs)
+            return self.eval_schedule.eval(*args, **kwargs)
 
-    def _pipeline_step(self, x, y, scale: float, autocast, train: bool) -> torch.Tensor:
-        self._loss_scale = scale
+    def _pipeline_step(self, schedule, x, y, autocast, train: bool) -> torch.Tensor:
+        """One schedule step (or forward-only pass) over ``x``; the sum of its pieces' losses: their mean."""
         losses: list[torch.Tensor] = []
         args = (x,) if self.layout.first_stage else ()
         kwargs = {"target": y, "losses": losses} if self.layout.last_stage else {}
         with autocast:
             if train:
-                self.schedule.step(*args, return_outputs=False, **kwargs)
+                schedule.step(*args, return_outputs=False, **kwargs)
             else:
-                self.schedule.eval(*args, **kwargs)
+                schedule.eval(*args, **kwargs)
         if not losses:
             return torch.zeros((), device=self.layout.device)
-        return torch.stack([loss.detach() for loss in losses]).sum() / scale
-
-    def _pipeline_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Per pipeline micro-batch: mean cross-entropy, scaled so the micro-batches sum to the step's mean.
-        (The schedule's own ``scale_grads`` would also rescale gradients accumulated by earlier micro-steps.)"""
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
-        return loss * self._loss_scale / self._microbatches
+        return torch.stack([loss.detach() for loss in losses]).sum()
 
     def finish_gradients(self) -> None:
         """After the last micro-step: average a pipeline stage's gradients over its data-parallel replicas,
@@ -221,6 +222,8 @@ class Parallelized:
             dist.all_gather_object(ranks, mine)
         if self.layout.is_main:
             record = {**self.layout.as_record(), "ranks": ranks}
+            if self.pipeline_pieces:
+                record["pipeline_pieces_per_step"] = self.pipeline_pieces
             write_atomic(Path(run_dir) / LAYOUT_FILE, json.dumps(record, indent=1))
 
 
@@ -267,7 +270,7 @@ def parallelize(model: GPT, layout: Layout, cfg, precision: str) -> Parallelized
     if layout.pp > 1:
         if cfg.model.tie_weights:
             _tie_pipeline_ends(par)
-        _build_schedule(par, cfg)
+        _build_schedules(par, cfg)
     return par
 
 
@@ -331,14 +334,30 @@ def _tie_group(layout: Layout):
     return mine
 
 
-def _build_schedule(par: Parallelized, cfg) -> None:
+def _pipeline_loss(logits: torch.Tensor, targets: torch.Tensor, pieces: int) -> torch.Tensor:
+    """Per piece of a pipeline step: mean cross-entropy over ``pieces``, so the pieces sum to the step's mean loss
+    and their gradients to the step's mean gradient (the schedule's own ``scale_grads`` is off: it divides the
+    gradients, not the losses)."""
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1)) / pieces
+
+
+def _build_schedules(par: Parallelized, cfg) -> None:
+    """The training schedule (``microbatches x grad_accum`` pieces: one step per optimizer step) and a forward-only
+    one of ``microbatches`` pieces for evaluation, which takes one micro-batch at a time. Each has its own
+    ``PipelineStage`` over the same module: a stage's buffers are sized for its schedule's number of pieces."""
     from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
-    layout = par.layout
-    stage = PipelineStage(par.train_module, layout.pp_rank, layout.pp, layout.device, group=layout.group("pp"))
+    layout, micro = par.layout, cfg.parallel.microbatches
     schedule_class = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[cfg.parallel.pp_schedule]
-    par.schedule = schedule_class(stage, n_microbatches=cfg.parallel.microbatches, loss_fn=par._pipeline_loss,
-                                  scale_grads=False)
+
+    def schedule(pieces: int):
+        stage = PipelineStage(par.train_module, layout.pp_rank, layout.pp, layout.device, group=layout.group("pp"))
+        return schedule_class(stage, n_microbatches=pieces, scale_grads=False,
+                              loss_fn=functools.partial(_pipeline_loss, pieces=pieces))
+
+    par.pipeline_pieces = micro * cfg.train.grad_accum
+    par.schedule = schedule(par.pipeline_pieces)
+    par.eval_schedule = schedule(micro)
 
 
 def _apply_tensor_parallel(model: GPT, tp_mesh) -> None:

@@ -151,7 +151,8 @@ def estimate(cfg, vocab_size: int, device_kind: str = "cpu", precision: str | No
         # until the last micro-step instead.
         gathered = FP32 * (ends + 2 * block)
         parameters += gathered
-        gradients += FP32 * local_params if t.grad_accum > 1 else gathered
+        # A pipeline's schedule does the same over its pieces (one reduce-scatter after the last).
+        gradients += FP32 * local_params if t.grad_accum > 1 or pp > 1 else gathered
 
     slack = ACTIVATION_SLACK.get(device_kind, 1.0)
     if pp == 1:
@@ -160,11 +161,13 @@ def estimate(cfg, vocab_size: int, device_kind: str = "cpu", precision: str | No
                                                device_kind=device_kind)
         where = "each rank"
     else:
-        # Pieces of micro-batch in flight: GPipe runs every piece's forward before any backward; 1F1B keeps up
-        # to pp on the first stage, one on the last (which also holds the logits: the larger with a big vocabulary).
+        # Pieces of micro-batch in flight: a step runs microbatches x grad_accum pieces; GPipe runs every piece's
+        # forward before any backward; 1F1B keeps up to pp on the first stage, one on the last (which also holds the
+        # logits: the larger with a big vocabulary).
         piece_tokens = t.batch_size / par.microbatches * shape.block_size
-        first = par.microbatches if par.pp_schedule == "gpipe" else min(pp, par.microbatches)
-        last = par.microbatches if par.pp_schedule == "gpipe" else 1
+        per_step = par.microbatches * t.grad_accum
+        first = per_step if par.pp_schedule == "gpipe" else min(pp, per_step)
+        last = per_step if par.pp_schedule == "gpipe" else 1
         stages = {name: activation_bytes(shape, pieces * piece_tokens, precision, t.recompute, layers, tp,
                                          with_head=name == "last", device_kind=device_kind)
                   for name, pieces in (("first", first), ("last", last))}

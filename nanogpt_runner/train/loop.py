@@ -259,15 +259,8 @@ class Trainer:
     def step(self, step: int) -> torch.Tensor:
         """One optimizer update over this rank's micro-batches of global batch ``step``; the gradient norm."""
         t, par = self.t, self.par
-        step_loss = torch.zeros((), device=self.device)
-        for micro in range(t.grad_accum):
-            index = self.first_micro + micro
-            x, y = self.train_batches.get(step, start=index * t.batch_size, count=t.batch_size)
-            process_group.seed_micro_batch(t.seed, step, index, self.device)  # dropout masks
-            # Gradients are synchronised across replicas only on the last micro-step.
-            loss = par.forward_backward(x, y, 1 / t.grad_accum, micro == t.grad_accum - 1, self.autocast,
-                                        self.scaler)
-            step_loss += loss / t.grad_accum
+        step_loss = self.pipeline_forward_backward(step) if par.schedule is not None else \
+            self.forward_backward(step)
         par.finish_gradients()
         self.optimizers.unscale_(self.scaler)
         grad_norm = par.clip_grad_norm(t.grad_clip)
@@ -278,6 +271,28 @@ class Trainer:
         self.optimizers.zero_grad()
         self.window_steps += 1
         return grad_norm
+
+    def forward_backward(self, step: int) -> torch.Tensor:
+        """This rank's ``grad_accum`` micro-steps of global batch ``step``; the step's mean loss."""
+        t = self.t
+        step_loss = torch.zeros((), device=self.device)
+        for micro in range(t.grad_accum):
+            index = self.first_micro + micro
+            x, y = self.train_batches.get(step, start=index * t.batch_size, count=t.batch_size)
+            process_group.seed_micro_batch(t.seed, step, index, self.device)  # dropout masks
+            # Gradients are synchronised across replicas only on the last micro-step.
+            loss = self.par.forward_backward(x, y, 1 / t.grad_accum, micro == t.grad_accum - 1, self.autocast,
+                                             self.scaler)
+            step_loss += loss / t.grad_accum
+        return step_loss
+
+    def pipeline_forward_backward(self, step: int) -> torch.Tensor:
+        """A pipeline takes this rank's ``grad_accum`` micro-batches of global batch ``step`` (contiguous sequences)
+        in one schedule step; dropout draws from one seed per step (the pieces of a stage share its generator)."""
+        t = self.t
+        x, y = self.train_batches.get(step, start=self.first_micro * t.batch_size, count=t.grad_accum * t.batch_size)
+        process_group.seed_micro_batch(t.seed, step, self.first_micro, self.device)
+        return self.par.pipeline_forward_backward(x, y, self.autocast)
 
     def log_window(self, step: int, lr: float, grad_norm: torch.Tensor) -> None:
         """The metrics line of the steps since the last one: the only place the loop waits for the device."""

@@ -163,6 +163,8 @@ def test_layout_matches_single_process_and_shards(name, workspace, reference):
     assert [r["rank"] for r in layout["ranks"]] == list(range(world))
     for record in layout["ranks"]:
         check_shapes(record["params"], record["rank"])
+    # A pipeline runs a step's 2 micro-batches as one schedule step of 2 x 2 pieces (one fill and drain per step).
+    assert layout.get("pipeline_pieces_per_step") == (4 if "pp" in name else None)
     assert sorted(p.name for p in run_dir.glob("rank*.log")) == [f"rank{r}.log" for r in range(1, world)]
 
     rank_peaks = [record["peak_mem_gb"] for record in layout["ranks"]]
