@@ -25,7 +25,7 @@ from nanogpt_runner.checkpoint.folder import (
     resolve,
 )
 from nanogpt_runner.checkpoint.resume_plan import config_changes
-from nanogpt_runner.checkpoint.state import TrainState, load_checkpoint, rank_world, save_checkpoint
+from nanogpt_runner.checkpoint.state import PendingSave, TrainState, load_checkpoint, rank_world, start_checkpoint
 from nanogpt_runner.config.schema import Config, as_dict
 from nanogpt_runner.data.tokenizers import vocab_size_of
 from nanogpt_runner.distributed.process_group import restart_count
@@ -41,7 +41,12 @@ class Checkpointer:
     After each save it keeps the newest ``train.keep_last`` plus the best-by-val checkpoint. Every save
     is logged as a ``checkpoint`` event; a restore as a ``resume`` event. ``before_save`` runs on every
     rank before each save and may refuse it by raising (the loop's non-finite check: a checkpoint is only
-    written once the updates in it are known to be finite)."""
+    written once the updates in it are known to be finite).
+
+    ``train.async_checkpoint`` (a run of several processes: DCP's sharded checkpoints) writes each save in the
+    background: the state is copied to CPU memory, training goes on, and the checkpoint is published (meta.json,
+    ``latest``, the event, pruning) by ``wait``, which the next save, a stop signal's save and the run's end call
+    first. Until then nothing points at it: ``latest`` and ``last_good`` only name a checkpoint whose save completed."""
 
     def __init__(self, run_dir: Path, cfg: Config, vocab, model, optimizer, scaler, writer,
                  say: Callable[[str], None] = print, before_save: Callable[[], None] = lambda: None):
@@ -58,6 +63,11 @@ class Checkpointer:
         # The newest state known good: the checkpoint restored, then each one saved. None: there is none, and
         # no message may point at one.
         self.last_good: Path | None = None
+        # DCP's background collectives need a group of their own: the training thread's collectives on the same
+        # group would interleave with them. gloo, as the staged copies are in CPU memory.
+        self.background_group = dist.new_group(backend="gloo") \
+            if cfg.train.async_checkpoint and rank_world()[1] > 1 else None
+        self.pending: tuple[PendingSave, str, float | None, float, float] | None = None  # with reason, val loss, times
 
     def source(self) -> tuple[Path, dict] | None:
         """The checkpoint this attempt continues from, and its meta; None for a fresh start.
@@ -140,21 +150,37 @@ class Checkpointer:
         return self.save(state, reason, val_loss)
 
     def save(self, state: TrainState, reason: str, val_loss: float | None = None) -> Path | None:
-        """Save now (``reason`` is recorded in the event); None when this step is already saved or is 0."""
+        """Save now (``reason`` is recorded in the event); the published folder, or None when this step is already
+        saved or is 0, or while its background write goes on (a stop signal's and the end's saves are waited for)."""
         if state.step == self.last_saved_step or state.step == 0:
             return None
         self.before_save()
+        self.wait()  # the previous background save is published before this one starts
         start = time.perf_counter()
         # A failed save (a full disk included) removes its own partial folder and raises.
-        path = save_checkpoint(self.dir, state, self.model, self.optimizer, config=self.config,
-                               vocab=self.vocab, scaler=self.scaler, val_loss=val_loss)
-        self.last_saved_step, self.last_good = state.step, path
+        pending = start_checkpoint(self.dir, state, self.model, self.optimizer, config=self.config, vocab=self.vocab,
+                                   scaler=self.scaler, val_loss=val_loss, background_group=self.background_group)
+        self.last_saved_step = state.step
         if val_loss is not None:
             self.best_saved = min(self.best_saved, val_loss)
+        self.pending = (pending, reason, val_loss, start, time.perf_counter() - start)
+        if pending.future is None or reason in ("signal", "end"):
+            return self.wait()
+        return None
+
+    def wait(self) -> Path | None:
+        """Publish the save in progress once its write is complete (every rank calls it); its folder, or None when
+        none was in progress."""
+        if self.pending is None:
+            return None
+        (pending, reason, val_loss, start, blocked), self.pending = self.pending, None
+        path = self.last_good = pending.finish()
         if self.rank == 0:
             removed = prune(self.dir, self.cfg.train.keep_last)
             seconds = time.perf_counter() - start
-            self.writer.event("checkpoint", step=state.step, path=str(path.relative_to(self.run_dir)), reason=reason,
-                              val_loss=val_loss, seconds=round(seconds, 3), removed=removed)
-            self.say(f"checkpoint {path.name} saved ({reason}, {seconds:.2f} s)")
+            background = {"blocked_s": round(blocked, 3)} if pending.future is not None else {}
+            self.writer.event("checkpoint", step=pending.step, path=str(path.relative_to(self.run_dir)), reason=reason,
+                              val_loss=val_loss, seconds=round(seconds, 3), removed=removed, **background)
+            detail = f", training blocked {blocked:.2f} s" if background else ""
+            self.say(f"checkpoint {path.name} saved ({reason}, {seconds:.2f} s{detail})")
         return path

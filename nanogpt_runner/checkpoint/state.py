@@ -12,7 +12,9 @@ state, each rank's RNG states.
   metadata by an allowlist, their other entries weights-only), and the rest is JSON: a checkpoint cannot
   run code.
 
-Public API (save/load are to be called on every rank): ``save_checkpoint``, ``load_checkpoint``,
+Public API (save/load are to be called on every rank): ``save_checkpoint``, ``start_checkpoint`` (its
+``PendingSave.finish`` publishes the folder; a sharded state may be written in the background meanwhile),
+``load_checkpoint``,
 ``load_model_state`` (the model alone, for sampling and export), ``TrainState``, ``rank_world``. When to
 save and which checkpoint a run continues from is resume.py's business.
 """
@@ -28,6 +30,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,6 +129,57 @@ def save_checkpoint(
     otherwise rank 0 writes full state dicts. Each rank always writes its own RNG states. ``optimizer`` may
     be several (optim.Optimizers): their states are merged into one dict keyed by parameter name.
     """
+    return start_checkpoint(ckpt_dir, state, model, optimizer, config=config, vocab=vocab, scaler=scaler,
+                            val_loss=val_loss, sharded=sharded).finish()
+
+
+@dataclass
+class PendingSave:
+    """A checkpoint written into its temporary folder (or, sharded and in the background, being written there):
+    ``finish`` waits for the write, then publishes the folder (meta.json with the manifest, the rename, ``latest``).
+    Until then nothing points at it, so a run that ends before ``finish`` leaves only a temporary folder."""
+
+    step: int
+    tmp: Path
+    final: Path
+    meta: dict  # meta.json less the manifest (on rank 0; empty elsewhere)
+    future: Future | None = None  # DCP's background write (async_save); None: written already
+
+    def finish(self) -> Path:
+        """Collective (every rank): wait for the write, then rank 0 publishes; the published folder."""
+        rank, world = rank_world()
+        try:
+            if self.future is not None:
+                self.future.result()
+            _barrier()
+            files = manifest(self.tmp, rank, world)
+            if rank == 0:
+                _publish(self.tmp, self.final, {**self.meta, "files": files})
+        except BaseException:
+            # Any failure (a full disk, a failed gather, an interrupt): the partial folder goes, and its space with
+            # it. Whichever rank fails removes it; the others' writes into it then fail too, as the save has.
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+        _barrier()
+        return self.final
+
+
+def start_checkpoint(
+    ckpt_dir: Path,
+    state: TrainState,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | Iterable[torch.optim.Optimizer],
+    *,
+    config: dict,
+    vocab: list | tuple | dict,
+    scaler: torch.amp.GradScaler | None = None,
+    val_loss: float | None = None,
+    sharded: bool | None = None,
+    background_group=None,
+) -> PendingSave:
+    """``save_checkpoint`` up to its publication. With ``background_group`` (a process group of its own, for DCP's
+    collectives off the training thread) a sharded state is copied to CPU memory here and written by
+    ``dcp.async_save`` in a background thread: the model may train on as soon as this returns."""
     rank, world = rank_world()
     sharded = world > 1 if sharded is None else sharded
     ckpt_dir = Path(ckpt_dir)
@@ -137,48 +191,46 @@ def save_checkpoint(
         tmp.mkdir()
     _barrier()
     try:
-        files = _write_state(tmp, model, optimizer, sharded, rank, world)
-        if rank == 0:
-            meta = {
-                "format": FORMAT, "version": VERSION, "step": state.step, "tokens": state.tokens, "val_loss": val_loss,
-                "best_val_loss": state.best_val_loss if math.isfinite(state.best_val_loss) else None,
-                "skipped_steps": state.skipped_steps, "scaler": scaler.state_dict() if scaler is not None else {},
-                "layout": "sharded" if sharded else "full", "world_size": world, "time": time.time(),
-                "torch": torch.__version__, "config": config, "vocab": vocab, "files": files,
-            }
-            _publish(tmp, final, meta)
+        future = _write_state(tmp, model, optimizer, sharded, rank, background_group if sharded else None)
+        meta = {
+            "format": FORMAT, "version": VERSION, "step": state.step, "tokens": state.tokens, "val_loss": val_loss,
+            "best_val_loss": state.best_val_loss if math.isfinite(state.best_val_loss) else None,
+            "skipped_steps": state.skipped_steps, "scaler": scaler.state_dict() if scaler is not None else {},
+            "layout": "sharded" if sharded else "full", "world_size": world, "time": time.time(),
+            "torch": torch.__version__, "config": config, "vocab": vocab,
+        } if rank == 0 else {}
     except BaseException:
-        # Any failure (a full disk, a failed gather, an interrupt): the partial folder goes, and its space with
-        # it. Whichever rank fails removes it; the others' writes into it then fail too, as the save has.
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _barrier()
-    return final
+    return PendingSave(state.step, tmp, final, meta, future)
 
 
-def _write_state(tmp: Path, model, optimizer, sharded: bool, rank: int, world: int) -> dict[str, dict]:
+def _write_state(tmp: Path, model, optimizer, sharded: bool, rank: int, background_group) -> Future | None:
     """Write the model and optimizer states (sharded: every rank its shards; else rank 0 the full dicts) and each
-    rank's RNG states into ``tmp``; returns the folder's manifest (on rank 0)."""
+    rank's RNG states into ``tmp``; with ``background_group`` the sharded states through ``dcp.async_save``, whose
+    future is returned (None: all written)."""
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         get_model_state_dict,
         get_optimizer_state_dict,
     )
 
+    _save_tensors(rng_state(), tmp / f"rng-rank{rank}.pt")
     options = StateDictOptions(full_state_dict=not sharded, cpu_offload=not sharded)
     model_sd = get_model_state_dict(model, options=options)
     optim_sd = get_optimizer_state_dict(model, optimizer, options=options)
     if sharded:
         import torch.distributed.checkpoint as dcp
 
+        states = {"model": model_sd, "optimizer": optim_sd}
         with _dcp_quietly():
-            dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp)
+            if background_group is not None:  # staged to CPU memory before it returns, written in a thread
+                return dcp.async_save(states, checkpoint_id=tmp, process_group=background_group)
+            dcp.save(states, checkpoint_id=tmp)
     elif rank == 0:
         _save_tensors(model_sd, tmp / MODEL_FILE)
         _save_tensors(optim_sd, tmp / OPTIMIZER_FILE)
-    _save_tensors(rng_state(), tmp / f"rng-rank{rank}.pt")
-    _barrier()
-    return manifest(tmp, rank, world)
+    return None
 
 
 def _publish(tmp: Path, final: Path, meta: dict) -> None:

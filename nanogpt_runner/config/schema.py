@@ -236,6 +236,9 @@ class TrainConfig:
     # true: save only when an eval sets a new best val loss (and on a stop signal), nanoGPT's
     # always_save_checkpoint=False: no interval or end saves, so an overfitting fine-tune keeps its best
     ckpt_only_on_improvement: bool = False
+    # true: a run of several processes (DCP's sharded checkpoints) writes each checkpoint in a background thread,
+    # training on meanwhile; latest/meta.json name it once its write completed (refused for one process)
+    async_checkpoint: bool = False
     resume: ResumeMode = ResumeMode.auto
     nan_policy: NanPolicy = NanPolicy.stop
     device: Device = Device.auto

@@ -272,6 +272,11 @@ def layout_problems(cfg: Config, device: DeviceCaps | None = None) -> list[str]:
             f"parallel.dp=none but world size {world} != tp*pp = {par.tp * par.pp}: the extra ranks would "
             f"be data-parallel replicas; set parallel.dp=ddp or fsdp, or use tp*pp ranks in all."
         )
+    if t.async_checkpoint and world == 1:
+        problems.append(
+            "train.async_checkpoint=true needs a run of several processes: one process saves full state dicts, "
+            "which are not written in the background; drop it, or use a parallel layout (DCP's sharded checkpoints)."
+        )
     if par.tp > 1:
         if m.n_head % par.tp:
             problems.append(

@@ -232,7 +232,7 @@ class Trainer:
         self.window_start, self.eval_seconds, step = time.perf_counter(), 0.0, resumed.step
         for step in range(resumed.step + 1, stopper.steps + 1):
             if stop.requested():  # SIGTERM/SIGINT/SIGHUP/SIGUSR2: save the last completed step, then stop
-                saved = ckpt.save(self.progress(step - 1), "signal")
+                saved = ckpt.save(self.progress(step - 1), "signal") or ckpt.wait()  # or the step's background save
                 raise Interrupted(stop.signum, step - 1, saved, ckpt.last_good, self.run_dir)
             lr = self.optimizers.set_lr(stopper.schedule_step(step - 1), stopper.steps)
             grad_norm = self.step(step)
@@ -246,6 +246,7 @@ class Trainer:
             ckpt.after_step(self.progress(step), val_loss, final=last or stopper.stopping)
             if stopper.stopping:
                 break
+        ckpt.wait()  # train.async_checkpoint: the last background save is published before the run ends
         if stopper.stop_reason != "max_iters":  # a budget or an early stop ended the run
             self.writer.event("early_stop", step=step, stop_reason=stopper.stop_reason)
             self.console.line(f"stopped at step {step}: {stopper.describe()}")

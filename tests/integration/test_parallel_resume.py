@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import math
 
-from conftest import fail_rank_1, run_cli
+from conftest import compose_config, fail_rank_1, run_cli
 
+from nanogpt_runner.checkpoint.folder import read_meta, resolve
+from nanogpt_runner.config.validate import validate
 from nanogpt_runner.runs.rundir import RunReader, find_runs
 
 
@@ -46,3 +48,45 @@ def test_a_restarted_group_resumes_and_a_run_continues_under_another_layout(tmp_
     assert sorted(losses) == list(range(1, 11))
     for step, loss in expected.items():
         assert math.isclose(losses[step], loss, rel_tol=1e-4), (step, losses[step], loss)
+
+
+def test_an_fsdp_run_with_background_checkpoints_resumes_like_a_synchronous_one(tmp_path, tiny_overrides):
+    """train.async_checkpoint: each save's state is copied and written by DCP in a background thread while the run
+    trains on; the step-4 checkpoint, written while steps 5 and 6 changed the weights, resumes to the losses of a
+    run that saved synchronously, and every checkpoint the run points at was published whole."""
+    common = [*tiny_overrides, "parallel=fsdp", "train.batch_size=2", "train.log_interval=1", "train.max_iters=6",
+              "train.eval_interval=100", "train.ckpt_interval=2", "optimizer.warmup_iters=2",
+              "optimizer.decay_iters=10"]
+    sync = run_cli([*common, "run.name=sync"], cwd=tmp_path)
+    assert sync.returncode == 0, sync.stderr[-3000:]
+    background = run_cli([*common, "train.async_checkpoint=true", "run.name=async"], cwd=tmp_path)
+    assert background.returncode == 0, background.stderr[-3000:]
+    runs = {d.name.rsplit("_", 1)[-1]: d for d in find_runs(tmp_path / "outputs")}
+    expected = _losses(runs["sync"])
+    assert _losses(runs["async"]) == expected  # saving in the background does not change the training
+
+    reader = RunReader(runs["async"])
+    reader.refresh()
+    saves = [e for e in reader.metrics.events if e.get("event") == "checkpoint"]
+    assert [e["step"] for e in saves] == [2, 4, 6] and all("blocked_s" in e for e in saves[:2])
+    checkpoints = runs["async"] / "checkpoints"
+    assert (checkpoints / "latest").read_text().strip() == resolve(runs["async"], "latest", print)[0].name
+    assert not list(checkpoints.glob(".tmp-*"))
+    [step_4] = [p for p in checkpoints.iterdir() if p.name.startswith("step_") and p.name.endswith("4")]
+    assert read_meta(step_4)["step"] == 4
+
+    resumed = run_cli([*common, "train.async_checkpoint=true", f"resume={step_4}"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    reader = RunReader(runs["async"])
+    reader.refresh()
+    assert [e["step"] for e in reader.metrics.events if e.get("event") == "resume"] == [4]  # continued here
+    losses = _losses(runs["async"])
+    assert sorted(losses) == list(range(1, 7))
+    for step, loss in expected.items():
+        assert math.isclose(losses[step], loss, rel_tol=1e-4), (step, losses[step], loss)
+
+
+def test_background_checkpoints_are_refused_for_one_process(tiny_overrides):
+    problems = validate(compose_config([*tiny_overrides, "train.async_checkpoint=true"]))
+    assert any("train.async_checkpoint=true needs a run of several processes" in p for p in problems), problems
+    assert validate(compose_config([*tiny_overrides, "train.async_checkpoint=true", "parallel=fsdp"])) == []
