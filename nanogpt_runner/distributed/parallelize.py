@@ -7,7 +7,9 @@ built, identically seeded GPT, built on the CPU so that no device ever holds the
 2. placement: without FSDP the stage moves to the device whole; with FSDP it stays on the CPU and
    ``fully_shard`` moves each unit's parameters to the device as it shards them;
 3. tensor parallel: DTensor ``parallelize_module`` per block (q/k/v and fc column-wise, the two
-   output projections row-wise), so attention runs on each rank's own heads;
+   output projections row-wise), so attention runs on each rank's own heads; the vocabulary sharded over tp
+   (the embedding row-wise, the head column-wise, tied again) with the loss taken by ``loss_parallel``, so no
+   rank computes the whole logits;
 4. activation recomputation: per block, non-reentrant (``GPT.recompute``);
 5. compile: per block (``nn.Module.compile`` keeps parameter names: no ``_orig_mod.`` prefixes), and the head with its
    loss (``GPT.head_and_loss``, on the stage that has the head);
@@ -62,6 +64,8 @@ class Parallelized:
         self.tied: nn.Parameter | None = None  # the tied embedding/head weight when it lives on two stages
         self._tie_group = None
         self.average_gradients = False  # pipeline stage replicated over dp ranks without the DDP wrapper
+        # Under tp the loss is computed from vocabulary-sharded logits: forward and backward in loss_parallel.
+        self.loss_context = contextlib.nullcontext
 
     @functools.cached_property
     def parameters(self) -> list[nn.Parameter]:
@@ -83,7 +87,7 @@ class Parallelized:
             context = contextlib.nullcontext()
             if hasattr(self.module, "set_requires_gradient_sync"):  # FSDP2
                 self.module.set_requires_gradient_sync(sync)
-        with context:
+        with context, self.loss_context():
             with autocast:
                 _, loss = self.train_module(x, y)
             scaler.scale(loss * scale).backward()
@@ -101,7 +105,7 @@ class Parallelized:
     def eval_loss(self, x: torch.Tensor, y: torch.Tensor, autocast) -> torch.Tensor:
         if self.schedule is not None:
             return self._pipeline_step(self.eval_schedule, x, y, autocast, train=False)
-        with autocast:
+        with autocast, self.loss_context():
             _, loss = self.module(x, y)
         return loss
 
@@ -245,6 +249,10 @@ def parallelize(model: GPT, layout: Layout, cfg, precision: str) -> Parallelized
         model.to(layout.device)
     if layout.tp > 1:
         _apply_tensor_parallel(model, layout.mesh["tp"])
+        _shard_vocabulary(model, layout.mesh["tp"])
+        from torch.distributed.tensor.parallel import loss_parallel
+
+        par.loss_context = loss_parallel
     model.recompute = cfg.train.recompute
     if compiles(cfg.train, layout.device.type):
         for block in model.blocks.values():
@@ -377,4 +385,46 @@ def _apply_tensor_parallel(model: GPT, tp_mesh) -> None:
     }
     for block in model.blocks.values():
         parallelize_module(block, tp_mesh, plan)
+
+
+def _shard_vocabulary(model: GPT, tp_mesh) -> None:
+    """The embedding and the head split by vocabulary rows over tp, so no rank holds or computes the whole
+    ``vocab x n_embd`` matrix nor the ``tokens x vocab`` logits (50,304 wide for GPT-2).
+
+    The embedding is row-wise (each rank looks up the tokens in its rows, the partial sums all-reduced); the head
+    column-wise with its logits left a DTensor sharded on the vocabulary, which ``loss_parallel`` turns into the
+    cross-entropy without gathering them. ``parallelize_module`` gives each its own new Parameter, so a tied pair is
+    tied again after both (the same rows on the same ranks, equal at init). The head's function is replaced by
+    ``_vocab_parallel_head_and_loss``: it masks the padding rows with a sharded bias and returns the logits whole
+    only when there is no target (the task scoring's ``eval_logits``)."""
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    tied = model.lm_head.weight is model.tok_emb.weight
+    parallelize_module(model, tp_mesh, {
+        "tok_emb": RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate()),
+        "lm_head": ColwiseParallel(output_layouts=Shard(-1), use_local_output=False),
+    })
+    if tied:
+        model.lm_head.weight = model.tok_emb.weight
+    rows = model.lm_head.weight.size(0)
+    padding = None
+    if rows > model.vocab_size:  # -inf on the padding rows' logits, added shard by shard
+        bias = torch.zeros(rows, device=model.lm_head.weight.device)
+        bias[model.vocab_size:] = float("-inf")
+        padding = distribute_tensor(bias, tp_mesh, [Shard(0)])
+    model.head_and_loss = functools.partial(_vocab_parallel_head_and_loss, model, padding)
+
+
+def _vocab_parallel_head_and_loss(model: GPT, padding, x: torch.Tensor, targets: torch.Tensor | None):
+    """``GPT.head_and_loss`` with vocabulary-sharded logits (called inside ``loss_parallel``, as is the backward):
+    the loss comes back a plain tensor; the logits stay sharded beside a loss (cropping them would gather them) and
+    are gathered and cropped when there is no target."""
+    logits = model.lm_head(model.ln_f(x))
+    if padding is not None:
+        logits = logits + padding
+    if targets is None:
+        return logits.full_tensor()[..., : model.vocab_size], None
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.reshape(-1))
+    return logits, loss.to_local()
 

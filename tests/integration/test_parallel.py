@@ -87,12 +87,15 @@ def _tp(shapes, rank):
     assert shapes["blocks.0.attn.query.weight"] == [16, 32]  # column-wise: one of the two heads
     assert shapes["blocks.0.attn.proj.weight"] == [32, 16]  # row-wise
     assert shapes["blocks.1.mlp.fc.weight"] == [64, 32] and shapes["blocks.1.mlp.proj.weight"] == [32, 64]
-    assert shapes["tok_emb.weight"] == [65, 32]  # embeddings replicated
+    # The vocabulary is sharded over tp: the embedding and the head tied to it hold 33 and 32 of the 65 rows each.
+    assert shapes["tok_emb.weight"] == [33 if rank == 0 else 32, 32] and "lm_head.weight" not in shapes
+    assert shapes["pos_emb.weight"] == [32, 32]  # position embeddings replicated
 
 
 def _fsdp_tp(shapes, rank):
     assert shapes["blocks.0.attn.query.weight"] == [8, 32]  # tp halves the rows, fsdp halves them again
     assert shapes["blocks.0.attn.proj.weight"] == [16, 16]
+    assert shapes["tok_emb.weight"][0] < 33  # the vocabulary's rows split by tp, then by fsdp
 
 
 def _stages(shapes, stage):
