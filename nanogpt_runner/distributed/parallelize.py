@@ -155,9 +155,10 @@ class Parallelized:
 
         ``clip_grad_norm_`` refuses parameters on different meshes (plain tensors next to DTensors under
         TP, 1-D and 2-D DTensors under FSDP x TP), so the norm is taken per mesh, combined, and summed over
-        the pipeline stages; the tied weight's copy on the last stage is not counted twice. Plain tensors
-        take the fused multi-tensor kernels (``foreach``): one kernel per parameter cost a small model on a
-        GPU 15% of its step in launches. DTensors keep the per-parameter path that every layout is tested on.
+        the pipeline stages; the tied weight's copy on the last stage is not counted twice. Each mesh's list
+        takes the fused multi-tensor kernels (``foreach``, torch's choice where the device has them; DTensors of
+        one mesh run them whatever their placements): one kernel per parameter cost a small model on a GPU 15% of
+        its step in launches.
         """
         groups: dict[object, list[nn.Parameter]] = {}
         for p in self.parameters:
@@ -165,8 +166,8 @@ class Parallelized:
                 continue
             groups.setdefault(getattr(p.grad, "device_mesh", None), []).append(p)
         squares = torch.zeros((), device=self.layout.device)
-        for mesh, params in groups.items():
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=_foreach(mesh))
+        for params in groups.values():
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
             norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
             squares = squares + norm.float() ** 2
         if self.layout.pp > 1:
@@ -175,8 +176,8 @@ class Parallelized:
         if max_norm > 0 and math.isfinite(max_norm):
             if self.tied is not None and self.layout.last_stage and self.tied.grad is not None:
                 groups.setdefault(getattr(self.tied.grad, "device_mesh", None), []).append(self.tied)
-            for mesh, params in groups.items():
-                torch.nn.utils.clip_grads_with_norm_(params, max_norm, total, foreach=_foreach(mesh))
+            for params in groups.values():
+                torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
         return total
 
     # -- reductions and records -------------------------------------------------------------------
@@ -229,12 +230,6 @@ class Parallelized:
             if self.pipeline_pieces:
                 record["pipeline_pieces_per_step"] = self.pipeline_pieces
             write_atomic(Path(run_dir) / LAYOUT_FILE, json.dumps(record, indent=1))
-
-
-def _foreach(mesh) -> bool | None:
-    """None (torch's choice: the multi-tensor kernels where the device has them) for plain tensors; False for
-    DTensors on a mesh."""
-    return None if mesh is None else False
 
 
 def parallelize(model: GPT, layout: Layout, cfg, precision: str) -> Parallelized:

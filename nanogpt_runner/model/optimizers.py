@@ -100,8 +100,10 @@ def _adamw(groups: list[dict], opt: OptimizerConfig) -> torch.optim.AdamW:
     params = [p for group in groups for p in group["params"]]
     kwargs = {"lr": opt.lr, "betas": tuple(opt.betas)}
     if len({getattr(p, "device_mesh", None) for p in params}) > 1:
-        # Plain tensors next to DTensors (tp's replicated embeddings) or DTensors on two meshes (fsdp x tp): the
-        # fused and foreach kernels refuse the mix, so one parameter at a time.
+        # Plain tensors next to DTensors (tp's replicated norms and position embeddings) or DTensors on two meshes
+        # (fsdp x tp): the fused and foreach kernels refuse a mix of meshes in one call, so one parameter at a time.
+        # (Each mesh's parameters alone do run fused, whatever their placements; one AdamW per mesh would, but it
+        # would split the param groups a checkpoint of this layout holds from those of every other layout.)
         return torch.optim.AdamW(groups, foreach=False, **kwargs)
     try:  # all plain tensors, or all DTensors on one mesh (fsdp): DTensor shards the fused kernel too
         return torch.optim.AdamW(groups, fused=True, **kwargs)
