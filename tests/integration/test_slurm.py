@@ -36,21 +36,21 @@ SLOW_RUN = """
     from nanogpt_runner.checkpoint import checkpointer
     from nanogpt_runner.distributed import parallelize
 
-    clip, save = parallelize.Parallelized.clip_grad_norm, checkpointer.save_checkpoint
+    clip, start = parallelize.Parallelized.clip_grad_norm, checkpointer.start_checkpoint
 
     def clip_grad_norm(self, max_norm):
         time.sleep(float(os.environ["TEST_STEP_PAUSE_S"]))
         return clip(self, max_norm)
 
-    def save_checkpoint(*args, **kwargs):
+    def start_checkpoint(*args, **kwargs):
         marker = Path(os.environ["TEST_MARKERS"]) / f"slow-save-rank{os.environ.get('RANK')}"
         if not marker.exists():
             marker.touch()
             time.sleep(float(os.environ["TEST_SLOW_SAVE_S"]))
-        return save(*args, **kwargs)
+        return start(*args, **kwargs)
 
     parallelize.Parallelized.clip_grad_norm = clip_grad_norm
-    checkpointer.save_checkpoint = save_checkpoint
+    checkpointer.start_checkpoint = start_checkpoint
 """
 
 
