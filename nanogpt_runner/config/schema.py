@@ -226,8 +226,8 @@ class TrainConfig:
     log_interval: int = 10  # steps between metrics lines
     grad_clip: float = 1.0  # max global grad norm; 0 turns clipping off
     precision: Precision = Precision.auto
-    # torch.compile the blocks and the head; null (default): on for a CUDA run long enough to repay its compile
-    # (``compiles``), off otherwise
+    # torch.compile the blocks and the head; null (default): off on a CPU; on a GPU decided before the model is built
+    # from the expected compile time against the run's steps x the step time it saves (perf/compile_decision.py)
     compile: bool | None = None
     recompute: bool = False  # activation recomputation per block (less memory, more compute)
     seed: int = 1337
@@ -453,20 +453,6 @@ def threads_per_rank(par, cores: int | None = None) -> int:
     """CPU threads each rank uses: ``parallel.threads_per_rank``, or the available cores shared by the node's
     ranks (ranks x threads above the cores ran 2-6x slower)."""
     return par.threads_per_rank or max((cores or available_cores()) // par.nproc_per_node, 1)
-
-
-# A cold compile of the blocks and the head costs tens of seconds (20-30 s on a CPU; not yet measured on a GPU) and
-# saves nanoGPT-sized models a fifth to a third of each GPU step: from this many steps on it is taken to repay
-# itself. A rule of thumb, not a measurement: no GPU has timed it yet (docs/gpus.md).
-COMPILE_REPAID_AFTER_STEPS = 1000
-
-
-def compiles(t, device_type: str) -> bool:
-    """Whether the run compiles: ``train.compile``, or for null (the default) a CUDA run of at least
-    COMPILE_REPAID_AFTER_STEPS steps (nanoGPT compiles by default on a GPU; a CPU run's compile rarely pays)."""
-    if t.compile is not None:
-        return bool(t.compile)
-    return device_type == "cuda" and t.max_iters >= COMPILE_REPAID_AFTER_STEPS
 
 
 def planned_steps(t, tokens_per_step: int, flops_per_token: float) -> tuple[int, str]:

@@ -38,7 +38,6 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nanogpt_runner.config.schema import compiles
 from nanogpt_runner.distributed.process_group import MESH_DIMS, Layout
 from nanogpt_runner.fsutil import write_atomic
 from nanogpt_runner.model.gpt import GPT
@@ -249,7 +248,7 @@ def parallelize(model: GPT, layout: Layout, cfg, precision: str) -> Parallelized
 
         par.loss_context = loss_parallel
     model.recompute = cfg.train.recompute
-    if compiles(cfg.train, layout.device.type):
+    if cfg.train.compile:  # null was decided before (the trainer's compile_decision): here it is eager
         for block in model.blocks.values():
             block.compile()
         if model.lm_head is not None:  # the stage with the head: its norm, logits and loss compiled too

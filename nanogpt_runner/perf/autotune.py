@@ -86,6 +86,7 @@ class StepTiming:
     step_ms: float  # median wall time of one optimizer step (all its micro-steps)
     steps: int  # timed steps behind the median
     peak_bytes: float  # measured memory of the step above what was in use before the model was built
+    first_step_ms: float | None = None  # the first step alone, synchronised: with a compile, it holds the compile
 
 
 def time_steps(cfg, vocab_size: int, device: torch.device, setting: Setting, seconds: float,
@@ -126,7 +127,11 @@ def time_steps(cfg, vocab_size: int, device: torch.device, setting: Setting, sec
             optimizers.zero_grad()
 
         group = GPU_TIMING_GROUP if device.type == "cuda" else 1
-        for _ in range(group):  # warm-up: allocations, kernel selection, the optimizer's state, a compile
+        first = time.perf_counter()
+        step()  # warm-up: allocations, kernel selection, the optimizer's state, a compile
+        hardware.synchronize(device)
+        first_step_ms = 1000 * (time.perf_counter() - first)
+        for _ in range(group - 1):
             step()
         hardware.synchronize(device)
         times: list[float] = []  # seconds per step, one entry per group
@@ -140,7 +145,7 @@ def time_steps(cfg, vocab_size: int, device: torch.device, setting: Setting, sec
             timed += group
         peak_bytes = peak.result()
         peak.remove()
-    return StepTiming(1000 * statistics.median(times), timed, peak_bytes)
+    return StepTiming(1000 * statistics.median(times), timed, peak_bytes, first_step_ms)
 
 
 def interleaved(windows: list[Callable[[float], StepTiming]], seconds: float,
@@ -158,10 +163,15 @@ def interleaved(windows: list[Callable[[float], StepTiming]], seconds: float,
                     timings[i].append(window(seconds / rounds))
                 except (RuntimeError, torch.OutOfMemoryError) as err:
                     failed[i] = err
-    return [failed[i] if i in failed else StepTiming(statistics.median(t.step_ms for t in timings[i]),
-                                                     sum(t.steps for t in timings[i]),
-                                                     max(t.peak_bytes for t in timings[i]))
-            for i in range(len(windows))]
+    return [failed[i] if i in failed else _combined(timings[i]) for i in range(len(windows))]
+
+
+def _combined(windows: list[StepTiming]) -> StepTiming:
+    """One candidate's windows as one timing: the median step, the highest peak, the slowest first step (the
+    cold one, which holds a compile)."""
+    firsts = [t.first_step_ms for t in windows if t.first_step_ms is not None]
+    return StepTiming(statistics.median(t.step_ms for t in windows), sum(t.steps for t in windows),
+                      max(t.peak_bytes for t in windows), max(firsts) if firsts else None)
 
 
 class _PeakAfterForward:

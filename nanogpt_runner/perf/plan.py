@@ -10,7 +10,11 @@ same, so the loss curve is the same run's. What it may change is how each step i
 - the split of each rank's batch into micro-batch x accumulation (``batch_size`` x ``grad_accum``),
 - CPU threads per rank (``parallel.threads_per_rank``),
 - recomputation, tried only when nothing fits without it (it saves memory and always costs time),
-- compile, tried only when the budget leaves room for its first-step compilation (``COMPILE_SECONDS``).
+- compile, tried only when the budget leaves room for its expected first-step compilation
+  (``compile_decision.expected_compile_seconds``: measured on this machine, or a prior). With ``train.compile``
+  null on a GPU the plan decides it from numbers instead (``compile_decision``): it times a compiled
+  candidate when the run is long enough that compiling could pay and the budget affords its compile, and
+  compiles when the run's steps repay the compile time with margin.
 
 First it prints the memory estimate (``--estimate-only`` stops there). Then it times candidates one
 dimension at a time from the config as given (a coordinate search: every dimension's alternatives are
@@ -29,7 +33,6 @@ does not compare layouts.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -37,16 +40,18 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from nanogpt_runner.config.schema import Config, compiles, planned_steps, threads_per_rank
+from nanogpt_runner.config.schema import Config, threads_per_rank
 from nanogpt_runner.model.gpt import GPT
-from nanogpt_runner.perf import autotune, hardware, memory
+from nanogpt_runner.perf import autotune, compile_decision, hardware, memory
 from nanogpt_runner.perf.autotune import Setting, StepTiming
+from nanogpt_runner.perf.compile_decision import CompileDecision
 
-COMPILE_SECONDS = 30.0  # a cold torch.compile of the blocks takes 20-30 s on a CPU: probed only with this left
 PLAN_SHARE = 0.05  # of the planned run's training time, the most a plan spends timing candidates
 MEASURED, OVER_MEMORY, OVER_BUDGET = "measured", "over memory", "over budget"
 # The config's train.compile=true, kept without a timing: a plan never turns off a setting it did not time.
 KEPT = "kept (not timed)"
+# train.compile null on a GPU: compile chosen by the estimate (compile_decision) without a timed compiled step.
+ESTIMATED = "estimated (not timed)"
 
 
 @dataclass
@@ -59,6 +64,7 @@ class Candidate:
     tok_per_s: float | None = None
     measured_bytes: float | None = None
     error: str | None = None
+    first_step_ms: float | None = None  # the cold first step: with compile, it holds the compile
 
     def as_record(self) -> dict:
         return {**dataclasses.asdict(self), "setting": self.overrides()}
@@ -80,6 +86,7 @@ class Plan:
     spent_s: float
     cached: bool = False
     notes: list[str] = field(default_factory=list)
+    compile_decision: dict | None = None  # train.compile null on a GPU: CompileDecision.as_record()
 
     @property
     def best(self) -> Candidate:
@@ -89,14 +96,15 @@ class Plan:
         """run.json's ``plan``: the winner's overrides, every candidate, the time it took."""
         return {"winner": self.best.overrides(), "tok_per_s": self.best.tok_per_s, "budget_s": self.budget_s,
                 "spent_s": round(self.spent_s, 2), "cached": self.cached, "notes": self.notes,
-                "candidates": [c.as_record() for c in self.candidates]}
+                "candidates": [c.as_record() for c in self.candidates], "compile_decision": self.compile_decision}
 
     @classmethod
     def from_record(cls, record: dict) -> Plan:
         candidates = [Candidate(**{**c, "setting": _setting_from_overrides(c["setting"])})
                       for c in record["candidates"]]
         winner = next(i for i, c in enumerate(candidates) if c.overrides() == record["winner"])
-        return cls(candidates, winner, record["budget_s"], record["spent_s"], True, record["notes"])
+        return cls(candidates, winner, record["budget_s"], record["spent_s"], True, record["notes"],
+                   record.get("compile_decision"))
 
     def apply(self, cfg):
         """``cfg`` computing as the winner does (the same config otherwise)."""
@@ -148,7 +156,7 @@ def make_plan(cfg: Config, vocab_size: int, device: torch.device, available: flo
             tried[key] = Candidate(setting, threads, est, OVER_MEMORY if over else OVER_BUDGET)
         return tried[key]
 
-    def time_together(candidates: list[Candidate], seconds: float) -> None:
+    def time_together(candidates: list[Candidate], seconds: float, rounds: int = autotune.ROUNDS) -> None:
         """Time the candidates in interleaved windows; one that cannot run is dropped, not fatal."""
         for c in candidates:
             say(f"plan: timing {' '.join(c.overrides())}")
@@ -157,13 +165,20 @@ def make_plan(cfg: Config, vocab_size: int, device: torch.device, available: flo
             with _threads(c.threads):
                 return measure(cfg, vocab_size, device, c.setting, window_s)
 
-        results = autotune.interleaved([lambda window_s, c=c: window(c, window_s) for c in candidates], seconds)
+        results = autotune.interleaved([lambda window_s, c=c: window(c, window_s) for c in candidates], seconds,
+                                       rounds)
         for c, result in zip(candidates, results, strict=True):
             if isinstance(result, Exception):
                 c.status, c.error = "failed", f"{type(result).__name__}: {str(result).splitlines()[0][:200]}"
                 continue
             c.status, c.step_ms, c.measured_bytes = MEASURED, result.step_ms, result.peak_bytes
+            c.first_step_ms = result.first_step_ms
             c.tok_per_s = 1000 * c.setting.batch_size * c.setting.grad_accum * cfg.model.block_size / result.step_ms
+
+    def compile_seconds(c: Candidate) -> float:
+        """A cold compile of this candidate's model: measured on this machine, or the prior."""
+        return compile_decision.expected_compile_seconds(c.setting.apply(cfg), vocab_size, device,
+                                                         c.setting.precision, autotune_cache(cfg))[0]
 
     def run(options: list[Candidate], incumbent: Candidate) -> None:
         """Time the options not measured yet, with the incumbent timed again beside them (the comparison is
@@ -180,7 +195,7 @@ def make_plan(cfg: Config, vocab_size: int, device: torch.device, available: flo
                 notes.append(f"budget cut to {budget:.2g} s: {PLAN_SHARE:.0%} of this run's {run_s:.0f} s of "
                              f"training")
         left = budget - (time.perf_counter() - started)
-        pending = [c for c in pending if left > 0 and not (c.setting.compile and left < COMPILE_SECONDS)]
+        pending = [c for c in pending if left > 0 and not (c.setting.compile and left < compile_seconds(c))]
         if pending:
             again = [incumbent] if incumbent.status == MEASURED and incumbent not in pending else []
             time_together(pending + again, min(max(left / 8, 0.2), 2.0))
@@ -217,32 +232,83 @@ def make_plan(cfg: Config, vocab_size: int, device: torch.device, available: flo
         lambda s, n: [(dataclasses.replace(s, batch_size=b, grad_accum=k), n) for b, k in splits],
         lambda s, n: [(s, k) for k in sorted({threads, max(threads // 2, 1)}, reverse=True)] if device.type == "cpu"
         else [(s, n)],
-        lambda s, n: [(dataclasses.replace(s, compile=c), n) for c in (False, True)],
     ]
+    # train.compile null on a GPU: compile is decided from its estimated cost and savings, after the search.
+    by_estimate = cfg.train.compile is None and device.type == "cuda"
+    if not by_estimate:
+        dimensions.append(lambda s, n: [(dataclasses.replace(s, compile=c), n) for c in (False, True)])
     for alternatives in dimensions:
         best = best_of([candidate(s, n) for s, n in alternatives(best.setting, best.threads)], best)
     if best.status != MEASURED:
         raise PlanError(_nothing_fits(cfg, vocab_size, device, available, tried))
     compiled = candidate(dataclasses.replace(best.setting, compile=True), best.threads)
-    if compiles(cfg.train, device.type) and not best.setting.compile and compiled.status == OVER_BUDGET:
+    decision = None
+    if by_estimate:
+        best, decision = _compile_by_estimate(cfg, vocab_size, device, best, compiled,
+                                              budget - (time.perf_counter() - started), time_together, notes)
+    elif cfg.train.compile and not best.setting.compile and compiled.status == OVER_BUDGET:
         compiled.status, best = KEPT, compiled
-        notes.append(f"compile kept from the config: not timed (a cold compile takes about {COMPILE_SECONDS:.0f} s, "
-                     f"more than the budget left)")
+        notes.append(f"compile kept from the config: not timed (a cold compile is expected to take "
+                     f"{compile_seconds(compiled):.0f} s, more than the budget left)")
     candidates = list(tried.values())
-    return Plan(candidates, candidates.index(best), budget, time.perf_counter() - started, notes=notes)
+    return Plan(candidates, candidates.index(best), budget, time.perf_counter() - started, notes=notes,
+                compile_decision=decision and decision.as_record())
+
+
+def _compile_by_estimate(cfg, vocab_size: int, device: torch.device, eager: Candidate, compiled: Candidate,
+                         left_s: float, time_together, notes: list[str]) -> tuple[Candidate, CompileDecision]:
+    """``train.compile`` null on a GPU: time the compiled candidate (one window, its compile inside the plan's
+    budget) when the run is long enough that compiling could pay and the budget left affords the expected
+    compile; then decide from the numbers (``compile_decision.decide``). (The winner, the decision.)"""
+    cache = autotune_cache(cfg)
+    precision = eager.setting.precision
+    compile_s, compile_from = compile_decision.expected_compile_seconds(
+        eager.setting.apply(cfg), vocab_size, device, precision, cache)
+    steps = compile_decision.run_steps(cfg.train, _tokens_per_step(cfg), _flops_per_token(cfg, vocab_size),
+                                       eager.step_ms)
+    window_s = min(max(left_s / 8, 0.2), 2.0)
+    if not compile_decision.could_pay(steps, compile_s, eager.step_ms):
+        notes.append(f"compile not timed: {steps:,} steps could not repay a {compile_s:.0f} s compile "
+                     f"[{compile_from}] even at {compile_decision.COMPILED_STEP_BEST_CASE:g} x the eager step")
+    elif left_s < compile_s + window_s:
+        notes.append(f"compile not timed: the {max(left_s, 0):.1f} s left of plan.budget_s cannot afford a "
+                     f"{compile_s:.0f} s compile [{compile_from}]; decided from the prior compiled step")
+    else:
+        time_together([compiled], window_s, rounds=1)
+        if compiled.status != MEASURED:
+            notes.append(f"compile off: the compiled candidate failed ({compiled.error})")
+            return eager, CompileDecision(False, f"the compiled candidate failed: {compiled.error}")
+        if compiled.first_step_ms is not None:
+            compile_s, compile_from = max(compiled.first_step_ms - eager.step_ms, 0.0) / 1000, "measured by this plan"
+            compile_decision.remember_compile_seconds(eager.setting.apply(cfg), vocab_size, device, precision, cache,
+                                                      compile_s)
+    decision = compile_decision.decide(steps, compile_s, compile_from, eager.step_ms, "timed by this plan",
+                                       compiled.step_ms if compiled.status == MEASURED else None)
+    notes.append(decision.describe())
+    if decision.compile and compiled.status != MEASURED:
+        compiled.status = ESTIMATED
+    return (compiled if decision.compile else eager), decision
 
 
 def training_seconds(cfg, vocab_size: int, step_ms: float) -> float:
     """How long the run trains at ``step_ms`` per step: its planned steps (max_iters, max_tokens, max_flops),
-    or its time budget when that ends it sooner. A FLOP budget needs FLOPs per token: from a model on the meta
-    device (no memory, but a first one costs 1.6 s of imports, so only then)."""
-    t = cfg.train
-    flops_per_token = 0.0
-    if t.max_flops is not None:
-        with torch.device("meta"):
-            flops_per_token = GPT(cfg.model, vocab_size).flops_per_token()
-    steps, _ = planned_steps(t, t.batch_size * t.grad_accum * cfg.model.block_size, flops_per_token)
-    return min(steps * step_ms / 1000, t.max_time_s if t.max_time_s is not None else math.inf)
+    or its time budget when that ends it sooner."""
+    return compile_decision.run_steps(cfg.train, _tokens_per_step(cfg), _flops_per_token(cfg, vocab_size),
+                                      step_ms) * step_ms / 1000
+
+
+def _tokens_per_step(cfg) -> int:
+    """One rank's tokens per optimizer step (what the plan times)."""
+    return cfg.train.batch_size * cfg.train.grad_accum * cfg.model.block_size
+
+
+def _flops_per_token(cfg, vocab_size: int) -> float:
+    """Only a FLOP budget needs FLOPs per token: from a model on the meta device (no memory, but a first one
+    costs 1.6 s of imports, so only then)."""
+    if cfg.train.max_flops is None:
+        return 0.0
+    with torch.device("meta"):
+        return GPT(cfg.model, vocab_size).flops_per_token()
 
 
 class PlanError(Exception):

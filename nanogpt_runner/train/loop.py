@@ -19,7 +19,7 @@ import torch
 
 from nanogpt_runner.checkpoint.checkpointer import Checkpointer
 from nanogpt_runner.checkpoint.state import TrainState
-from nanogpt_runner.config.schema import Config, to_config
+from nanogpt_runner.config.schema import Config, to_config, with_changes
 from nanogpt_runner.console import RunConsole
 from nanogpt_runner.data.prepared import PreparedData, cache_dir
 from nanogpt_runner.data.tasks import macro_mean
@@ -30,7 +30,7 @@ from nanogpt_runner.evals.scoring import TaskEvaluator
 from nanogpt_runner.fsutil import open_nofollow
 from nanogpt_runner.model.gpt import GPT
 from nanogpt_runner.model.optimizers import build_optimizers
-from nanogpt_runner.perf import autotune, hardware, memory
+from nanogpt_runner.perf import autotune, compile_decision, hardware, memory
 from nanogpt_runner.runs.rundir import RunWriter
 from nanogpt_runner.runs.trackers import open_trackers
 from nanogpt_runner.train.batches import Batches
@@ -152,24 +152,30 @@ class Trainer:
             self.record["init_from"] = init_from
         if self.precision_probe is not None:
             self.record["precision_probe"] = self.precision_probe.as_record()
+        self.flops_per_token = full_model.flops_per_token()
+        self.tokens_per_step = layout.dp * t.batch_size * t.grad_accum * cfg.model.block_size
+        # MFU divides the group's tokens/s by the group's peak: every rank's device (or its share of the cores).
+        self.peak = layout.world * hardware.peak_flops(device, hardware.matmul_precision(device, precision),
+                                                       self.cache) if layout.is_main else math.inf
+        self.compile_decision = self.decide_compile() if t.compile is None else None
+        if self.compile_decision is not None:  # the model and the tasks are built as decided (checkpoints keep null)
+            cfg = with_changes(cfg, train={"compile": self.compile_decision.compile})
+            t = cfg.train
+            self.record["compile_decision"] = self.compile_decision.as_record()
+        self.compile_clock = compile_decision.CompileClock() if t.compile and layout.is_main else None
         estimate = memory.estimate(cfg, data.vocab_size, device.type, precision)
         self.expected_peak_gb = round(memory_baseline_gb + estimate.total / memory.GB, 4)  # beside the measured peak
         self.record["memory_estimate"] = {**estimate.as_record(), "baseline_gb": round(memory_baseline_gb, 4),
                                           "expected_peak_gb": self.expected_peak_gb}
-        self.flops_per_token = full_model.flops_per_token()
         self.par = parallel.parallelize(full_model, layout, cfg, precision)
         hardware.reset_peak_memory(device)  # the peak of training, not of the full model built before sharding
         self.model = self.par.module  # this rank's part: a pipeline stage, sharded or wrapped as the layout says
         self.optimizers = build_optimizers(self.model, cfg.optimizer)  # one object, however many torch optimizers
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.autocast = hardware.autocast(device.type, precision)
-        # MFU divides the group's tokens/s by the group's peak: every rank's device (or its share of the cores).
-        self.peak = layout.world * hardware.peak_flops(device, hardware.matmul_precision(device, precision),
-                                                       self.cache) if layout.is_main else math.inf
         self.train_batches = Batches(data, "train", cfg.model.block_size, t.seed, device)
         self.eval_splits = {s: Batches(data, s, cfg.model.block_size, t.seed, device) for s in ("train", "val")}
         self.token_bytes = torch.as_tensor(data.token_bytes, dtype=torch.float64, device=device)
-        self.tokens_per_step = layout.dp * t.batch_size * t.grad_accum * cfg.model.block_size
         self.first_micro = layout.dp_rank * t.grad_accum
         self.best_val, self.last_loss, self.train_time, self.steps_timed = math.inf, math.nan, 0.0, 0
         self.window_steps, self.eval_seconds, self.loss_sum = 0, 0.0, torch.zeros((), device=device)
@@ -177,6 +183,23 @@ class Trainer:
         self.tasks = TaskEvaluator(cfg, data.tokenizer, self.par, self.autocast, self.cache) if cfg.eval.tasks \
             else None
         self.task_results: dict[str, dict] = {}
+
+    def decide_compile(self) -> compile_decision.CompileDecision:
+        """``train.compile`` null: rank 0 decides from the expected compile time and savings (``perf/
+        compile_decision.py``; never on a CPU) and tells the rest, so every rank builds the same model."""
+        layout = self.layout
+        probe = self.precision_probe.step_ms if self.precision_probe is not None else None
+        return process_group.broadcast_object(layout, compile_decision.decide_for_run(
+            self.cfg, self.data.vocab_size, self.device, self.precision, self.cache, probe, self.flops_per_token,
+            self.tokens_per_step, self.peak) if layout.is_main else None)
+
+    def remember_compile(self, step: int, seconds: float) -> None:
+        """A compiled run's own compile time, cached for the next run's decision and kept as an event."""
+        compile_decision.remember_compile_seconds(self.cfg, self.data.vocab_size, self.device, self.precision,
+                                                  self.cache, seconds)
+        self.writer.event("compile_measured", step=step, seconds=round(seconds, 2))
+        self.console.line(f"compile took about {seconds:.1f} s (the first metrics window less its steady steps); "
+                          f"remembered for the next run's compile decision")
 
     def run(self) -> Summary:
         """Record what the run is, then train with the console open and the stop signals caught: every rank
@@ -207,6 +230,8 @@ class Trainer:
             f"{data.vocab_size} symbols), run dir {self.run_dir}")
         if self.precision_probe is not None:
             self.console.line(self.precision_probe.describe())
+        if self.compile_decision is not None and self.compile_decision.saves_s is not None:  # a GPU's estimate
+            self.console.line(self.compile_decision.describe())
         if self.layout.is_main and (warning := hardware.precision_warning(self.precision, self.device, self.cache)):
             self.console.line(warning)
 
@@ -303,6 +328,9 @@ class Trainer:
         self.train_time += elapsed
         self.steps_timed += self.window_steps
         tok_per_s = self.window_steps * self.tokens_per_step / elapsed
+        if self.compile_clock is not None and (
+                compiled_s := self.compile_clock.window(elapsed, self.window_steps)) is not None:
+            self.remember_compile(step, compiled_s)
         mem, peak_mem = self.par.max_over_ranks(list(hardware.memory_gb(self.device)))  # the busiest rank's
         mfu = self.flops_per_token * tok_per_s / self.peak
         self.writer.log("train", step=step, tokens=step * self.tokens_per_step, loss=self.last_loss, lr=lr,

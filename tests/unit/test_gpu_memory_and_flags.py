@@ -26,6 +26,7 @@ def test_on_gpus_the_plan_counts_one_rank_per_gpu_and_on_a_cpu_the_ranks_share(t
                           "parallel=ddp", "parallel.nproc_per_node=8", f"data.cache_dir={tmp_path}"])
     monkeypatch.setattr(hardware, "device_caps", lambda *_: hardware.DeviceCaps(kind="cuda", bf16=True,
                                                                                  cuda_available=True))
+    monkeypatch.setattr(hardware, "describe", lambda device: "NVIDIA H100 (faked)")  # the compile cache's key
     one_gpu = memory.estimate(cfg, 65, "cuda").total * 1.5  # one rank fits, eight would not
     result = plan.make_plan(cfg, 65, GPU, one_gpu, say=lambda _: None, measure=_measure)
     assert result.best.status == plan.MEASURED and not result.best.setting.recompute

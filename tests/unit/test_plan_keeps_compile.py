@@ -40,27 +40,3 @@ def test_without_compile_in_the_config_the_plan_does_not_add_it_untimed(tmp_path
     result, _ = _plan(tmp_path)
     assert not result.best.setting.compile and result.best.status == plan.MEASURED
 
-
-def test_compile_is_on_by_default_for_a_cuda_run_long_enough_to_repay_it():
-    from nanogpt_runner.config.schema import COMPILE_REPAID_AFTER_STEPS, compiles
-
-    long, short = (compose_config(["model=tiny", f"train.max_iters={n}"]).train
-                   for n in (COMPILE_REPAID_AFTER_STEPS, COMPILE_REPAID_AFTER_STEPS - 1))
-    assert long.compile is None  # the default: decided by the device and the run's length
-    assert compiles(long, "cuda") and not compiles(short, "cuda") and not compiles(long, "cpu")
-    forced = compose_config(["model=tiny", "train.compile=false"]).train
-    assert not compiles(forced, "cuda") and compiles(compose_config(["train.compile=true"]).train, "cpu")
-
-
-def test_the_plan_keeps_the_default_compile_of_a_long_gpu_run_it_could_not_time(tmp_path, monkeypatch):
-    from nanogpt_runner.perf import hardware
-
-    monkeypatch.setattr(hardware, "device_caps", lambda *_: hardware.DeviceCaps(kind="cuda", bf16=True,
-                                                                                 cuda_available=True))
-    cfg = compose_config(["model=tiny", "train.precision=fp32", "train.device=cuda", "train.max_iters=2000",
-                          f"data.cache_dir={tmp_path}"])
-    measured = []
-    result = plan.make_plan(cfg, 65, torch.device("cuda", 0), math.inf, say=lambda _: None,
-                            measure=_measure(measured))
-    assert result.best.setting.compile and result.best.status == plan.KEPT
-    assert not any(s.compile for s in measured)
