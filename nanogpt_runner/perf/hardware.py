@@ -195,8 +195,20 @@ def _read_peaks(cache_file: Path) -> dict:
 
 
 def _write_peak(cache_file: Path, key: str, flops: float) -> None:
+    """Cache the highest peak seen: a reading taken while other work shared the cores is low, never high."""
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(cache_file, {**_read_peaks(cache_file), key: flops})
+    peaks = _read_peaks(cache_file)
+    previous = peaks.get(key)
+    best = max(flops, previous) if isinstance(previous, (int, float)) else flops
+    write_json_atomic(cache_file, {**peaks, key: best})
+
+
+def remeasured_peak(device: torch.device, precision: str, cache_dir: Path) -> float:
+    """The peak measured again and cached (the highest reading kept): for a run whose model FLOP/s went over
+    the cached peak, which proves that figure was read low (on a busy machine)."""
+    flops = measure_matmul_flops(device, DTYPES[precision])
+    _write_peak(cache_dir / PEAK_FILE, _peak_key(device, precision), flops)
+    return _read_peaks(cache_dir / PEAK_FILE).get(_peak_key(device, precision), flops)
 
 
 def _bf16_peak_the_cpu_agrees_with(device: torch.device, bf16: float, cache_dir: Path) -> float:
@@ -231,6 +243,9 @@ def measure_matmul_flops(device: torch.device, dtype: torch.dtype, seconds: floa
     return _time_matmuls(device, dtype, size=size, seconds=seconds) if probe > 10e9 else probe
 
 
+PEAK_WINDOWS = 8  # a measurement's windows: the fastest is kept (a window another process shared reads low)
+
+
 def _time_matmuls(device: torch.device, dtype: torch.dtype, size: int, seconds: float) -> float:
     # A private generator: measuring (first run only, then cached) must not move the training RNG, or a
     # run's dropout would depend on whether the peak was already cached.
@@ -239,14 +254,17 @@ def _time_matmuls(device: torch.device, dtype: torch.dtype, size: int, seconds: 
     b = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
     a @ b
     synchronize(device)
-    iterations, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        iterations += 1
-        if iterations % 8 == 0:
-            synchronize(device)
-    synchronize(device)
-    return 2 * size**3 * iterations / (time.perf_counter() - start)
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline or not best:
+        iterations, start = 0, time.perf_counter()
+        while iterations == 0 or time.perf_counter() - start < seconds / PEAK_WINDOWS:
+            a @ b
+            iterations += 1
+            if iterations % 8 == 0:
+                synchronize(device)
+        synchronize(device)
+        best = max(best, 2 * size**3 * iterations / (time.perf_counter() - start))
+    return best
 
 
 def synchronize(device: torch.device) -> None:

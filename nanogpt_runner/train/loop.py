@@ -376,6 +376,9 @@ class Trainer:
 
     def summarize(self, step: int, stopper: Stopper) -> Summary:
         tok_per_s = self.steps_timed * self.tokens_per_step / self.train_time if self.train_time else 0.0
+        if self.flops_per_token * tok_per_s > self.peak and self.device.type == "cpu":  # a peak read on a busy machine
+            self.peak = self.layout.world * hardware.remeasured_peak(
+                self.device, hardware.matmul_precision(self.device, self.precision), self.cache)
         rank_peak_gb = hardware.memory_gb(self.device)[1]
         self.par.write_layout(self.run_dir, peak_mem_gb=rank_peak_gb)  # each rank's peak; the summary has the max
         summary = Summary(

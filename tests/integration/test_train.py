@@ -3,13 +3,16 @@ lines a run leaves (the schedule and the optimizers: test_optim.py)."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
+import torch
 from conftest import compose_config
 from omegaconf import OmegaConf
 
 from nanogpt_runner.data.prepare import prepare
+from nanogpt_runner.perf import hardware
 from nanogpt_runner.runs.rundir import RunReader, RunWriter
 from nanogpt_runner.train.loop import train
 
@@ -101,3 +104,15 @@ def test_console_lines_off_a_terminal_are_printed_whole(tmp_path, capsys):
         console.progress(5, 5, "loss 2.0000 | 1,000 tok/s")
     assert capsys.readouterr().out.splitlines() == [long_line, "step 5/10 | loss 2.0000 | 1,000 tok/s"]
     assert long_line in (tmp_path / "train.log").read_text()
+
+
+def test_a_peak_read_low_on_a_busy_machine_is_measured_again_so_mfu_stays_below_one(tmp_path, tiny_overrides):
+    """A cached CPU peak below what the model itself computed is proof it was read on a busy machine: the run
+    measures it again, and neither its summary nor the cache keeps the impossible figure."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    key = hardware._peak_key(torch.device("cpu"), "fp32")
+    (cache / hardware.PEAK_FILE).write_text(json.dumps({key: 1e6}))  # 1 MFLOP/s: any run beats it
+    summary, _ = train_in_process(tiny_overrides, tmp_path / "run")
+    assert 0 < summary.mfu < 1
+    assert json.loads((cache / hardware.PEAK_FILE).read_text())[key] > 1e9

@@ -155,3 +155,14 @@ def test_what_the_cpu_reports_comes_from_its_flags_or_torchs_dispatch_level(monk
     assert hardware.cpu_reports_native_bf16() is False
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     assert hardware.cpu_reports_native_bf16() is None  # AVX512 alone says nothing of bf16: the measurement decides
+
+
+def test_a_cached_peak_only_ever_rises(monkeypatch, tmp_path):
+    """A peak read while other work shared the cores is low, never high: a lower reading never replaces one."""
+    fake_peaks(monkeypatch, fp32=100e9, bf16=300e9)
+    assert hardware.peak_flops(CPU, "fp32", tmp_path) == 100e9
+    fake_peaks(monkeypatch, fp32=40e9, bf16=300e9)  # the machine is busy now
+    assert hardware.remeasured_peak(CPU, "fp32", tmp_path) == 100e9
+    fake_peaks(monkeypatch, fp32=180e9, bf16=300e9)  # and idle again
+    assert hardware.remeasured_peak(CPU, "fp32", tmp_path) == 180e9
+    assert hardware.peak_flops(CPU, "fp32", tmp_path) == 180e9
