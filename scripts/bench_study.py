@@ -18,15 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
+from nanogpt_runner.perf.hardware import cpu_model
 
 
 def main() -> None:
@@ -44,7 +36,7 @@ def main() -> None:
     jobs = [json.loads(p.read_text()) for p in out.glob("*/run.json")]
     statuses = {s: sum(j.get("status") == s for j in jobs) for s in sorted({j.get("status") for j in jobs})}
     print(f"\nstudy {args.study}: {len(jobs)} jobs ({', '.join(f'{n} {s}' for s, n in statuses.items())}) in "
-          f"{wall / 60:.1f} min wall time on {cpu_name()} ({len(os.sched_getaffinity(0))} cores); "
+          f"{wall / 60:.1f} min wall time on {cpu_model()} ({len(os.sched_getaffinity(0))} cores); "
           f"exit code {code}; sweep folder {out}")
     sys.exit(code)
 
