@@ -31,6 +31,14 @@ def corpus_path() -> Path:
 
 
 @pytest.fixture
+def outside(tmp_path):
+    """A file outside the run folder that a planted symlink points at (think ~/.bashrc)."""
+    path = tmp_path / "bashrc"
+    path.write_text("original\n")
+    return path
+
+
+@pytest.fixture
 def tiny_overrides(tmp_path, corpus_path) -> list[str]:
     """Overrides for a run that trains in about a second, writing only under tmp_path."""
     return [

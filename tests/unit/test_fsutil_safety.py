@@ -13,14 +13,6 @@ from nanogpt_runner import fsutil
 from nanogpt_runner.runs.rundir import RunWriter, read_run
 
 
-@pytest.fixture
-def outside(tmp_path):
-    """A file outside the run folder that a planted symlink points at (think ~/.bashrc)."""
-    path = tmp_path / "bashrc"
-    path.write_text("original\n")
-    return path
-
-
 def test_open_regular_refuses_a_symlink_and_a_fifo(tmp_path, outside):
     (tmp_path / "link").symlink_to(outside)
     os.mkfifo(tmp_path / "fifo")

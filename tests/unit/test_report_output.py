@@ -23,13 +23,6 @@ def runs_folder(tmp_path):
     return runs
 
 
-@pytest.fixture
-def outside(tmp_path):
-    path = tmp_path / "bashrc"
-    path.write_text("original\n")
-    return path
-
-
 def test_a_report_is_written_and_written_again(tmp_path, capsys):
     runs = runs_folder(tmp_path)
     report_main([str(runs)])
