@@ -10,6 +10,7 @@ the session. Without the binaries, or without root, the tests are skipped with t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -52,6 +53,7 @@ JobCompType=jobcomp/none
 ReturnToService=2
 SlurmdParameters=config_overrides
 KillWait={kill_wait}
+UnkillableStepTimeout=300
 NodeName={host} NodeAddr=127.0.0.1 CPUs=8 RealMemory=8000 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 """
@@ -86,6 +88,16 @@ class SlurmCluster:
     def start_now(self, job_id: str) -> None:
         """A requeued job waits (BeginTime) before it may run again; let it run now."""
         self.call("scontrol", "update", f"jobid={job_id}", "StartTime=now")  # (BeginTime is read-only by that name)
+
+    def explain(self, job_id: str) -> str:
+        """What a test that waited in vain prints: the job, the node (a drain says why) and slurmctld's last lines."""
+        parts = [f"job: {self.job(job_id)}"]
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            parts.append("node: " + self.call("sinfo", "-N", "-h", "-o", "%N %T %E").strip())
+        log = Path(self.env.get("SLURM_CONF", "/nonexistent")).parent / "slurmctld.log"
+        if log.exists():
+            parts.append("slurmctld.log:\n" + "\n".join(log.read_text().splitlines()[-25:]))
+        return "\n".join(parts)
 
 
 def _free_port() -> int:

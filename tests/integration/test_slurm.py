@@ -126,8 +126,7 @@ def test_a_preempted_job_checkpoints_is_requeued_and_resumes_to_the_same_losses(
           "the job requeued by submitit", proc=sweep)
     stopped = read_run(run_dir)
     assert stopped["status"] == "interrupted" and "stopped by SIGUSR2" in stopped["error"], stopped.get("error")
-    slurm.start_now(job_id)
-    output = sweep.communicate(timeout=400)[0]
+    output = _run_requeued_to_its_end(slurm, job_id, sweep, tmp_path / "sweep")
     assert sweep.returncode == 0, output[-4000:]
 
     resumed = read_run(run_dir)
@@ -141,6 +140,29 @@ def test_a_preempted_job_checkpoints_is_requeued_and_resumes_to_the_same_losses(
                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True, timeout=300)
     assert plain.returncode == 0, plain.stderr[-3000:]
     assert _losses(run_dir) == _losses(reference)
+
+
+def _run_requeued_to_its_end(slurm: SlurmCluster, job_id: str, sweep: subprocess.Popen, sweep_dir: Path,
+                             timeout: float = 300) -> str:
+    """Start the requeued job (again while SLURM still holds it back) and return the sweep's output once it ends.
+
+    Not at once: slurmd refuses a job started within a second or so of its last run's end ("Job credential
+    revoked") and SLURM then marks it done, which is why SLURM itself delays a requeued job. And submitit cannot
+    see a job die here (no accounting: it waits for a result file), so a job that never ends fails the test with
+    what SLURM and the job's own logs say instead of a bare timeout."""
+    time.sleep(3)
+    deadline = time.monotonic() + timeout
+    while sweep.poll() is None and time.monotonic() < deadline:
+        if slurm.job(job_id).get("JobState") == "PENDING":
+            slurm.start_now(job_id)
+        time.sleep(2)
+    if sweep.poll() is None:
+        sweep.kill()
+        job_logs = sorted(sweep_dir.rglob(".submitit/*/*_log.*"))
+        logs = "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in job_logs)
+        raise AssertionError(f"the requeued job did not end within {timeout} s\n{slurm.explain(job_id)}\n{logs}\n"
+                             f"--- the sweep\n{sweep.communicate()[0][-3000:]}")
+    return sweep.communicate()[0]
 
 
 def _descendants(pid: int) -> list[int]:
