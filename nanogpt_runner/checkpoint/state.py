@@ -51,6 +51,7 @@ from nanogpt_runner.checkpoint.folder import (
 from nanogpt_runner.checkpoint.rng import rng_state, set_rng_state
 from nanogpt_runner.errors import CheckpointError
 from nanogpt_runner.fsutil import TMP_PREFIX, fsync_dir, write_atomic
+from nanogpt_runner.model.optimizers import Optimizers
 from nanogpt_runner.safe_pickle import UnsafePickleError, weights_only_refusal
 
 
@@ -209,16 +210,12 @@ def _write_state(tmp: Path, model, optimizer, sharded: bool, rank: int, backgrou
     """Write the model and optimizer states (sharded: every rank its shards; else rank 0 the full dicts) and each
     rank's RNG states into ``tmp``; with ``background_group`` the sharded states through ``dcp.async_save``, whose
     future is returned (None: all written)."""
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-        get_optimizer_state_dict,
-    )
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     _save_tensors(rng_state(), tmp / f"rng-rank{rank}.pt")
     options = StateDictOptions(full_state_dict=not sharded, cpu_offload=not sharded)
     model_sd = get_model_state_dict(model, options=options)
-    optim_sd = get_optimizer_state_dict(model, optimizer, options=options)
+    optim_sd = _optimizer_state(model, optimizer, options)
     if sharded:
         import torch.distributed.checkpoint as dcp
 
@@ -231,6 +228,15 @@ def _write_state(tmp: Path, model, optimizer, sharded: bool, rank: int, backgrou
         _save_tensors(model_sd, tmp / MODEL_FILE)
         _save_tensors(optim_sd, tmp / OPTIMIZER_FILE)
     return None
+
+
+def _optimizer_state(model, optimizer, options=None) -> dict:
+    """The optimizer's state dict as every layout saves it: one param group per kind of parameter, whichever
+    optimizers this layout splits them between (Optimizers.layout_free), so any layout resumes any other's."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    state = get_optimizer_state_dict(model, optimizer, options=options)
+    return optimizer.layout_free(state) if isinstance(optimizer, Optimizers) else state
 
 
 def _publish(tmp: Path, final: Path, meta: dict) -> None:
@@ -294,7 +300,6 @@ def load_checkpoint(
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
         get_model_state_dict,
-        get_optimizer_state_dict,
         set_model_state_dict,
         set_optimizer_state_dict,
     )
@@ -313,7 +318,7 @@ def load_checkpoint(
     else:
         state = {"model": get_model_state_dict(model)}
         if optimizer is not None:
-            state["optimizer"] = get_optimizer_state_dict(model, optimizer)
+            state["optimizer"] = _optimizer_state(model, optimizer)
         _load_sharded(state, path)
         set_model_state_dict(model, state["model"])
         if optimizer is not None:

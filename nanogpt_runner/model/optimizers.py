@@ -15,12 +15,18 @@ state by parameter name). A new optimizer is one registry entry.
 Every param group follows one schedule shape between its own peak and floor: linear warm-up to the peak,
 cosine decay to the floor. AdamW's groups go from optimizer.lr to optimizer.min_lr; Muon's from
 optimizer.muon_lr to min_lr scaled by the same ratio (muon_lr * min_lr / lr).
+
+Under tensor parallelism the parameters live on more than one device mesh (plain tensors next to DTensors, or
+1-D and 2-D meshes under fsdp x tp), and torch's fused and foreach AdamW kernels take one mesh per call, so
+AdamW is one optimizer per mesh, each fused. A checkpoint still holds one group per kind of parameter
+(``Optimizers.layout_free``), so any layout resumes any other's checkpoint.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -40,20 +46,29 @@ def lr_at(step: int, peak: float, floor: float, warmup_iters: int, decay_iters: 
     return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - floor)
 
 
+@dataclass(frozen=True)
+class GroupPlan:
+    """What a param group's own dict cannot keep (loading a checkpoint replaces the dicts, and a resumed run
+    may change the lr): its lr ends, and the group a checkpoint saves it in (``saved_as``: one per kind of
+    parameter, however many optimizers a layout splits that kind between)."""
+
+    peak: float
+    floor: float
+    saved_as: int
+
+
 class Optimizers:
     """The run's torch optimizers as one: step, zero_grad, the lr schedule, and iteration (what the grad
-    scaler and torch.distributed.checkpoint's state-dict functions take).
+    scaler and torch.distributed.checkpoint's state-dict functions take). ``plans`` holds each param group's
+    GroupPlan, in the order of ``param_groups``."""
 
-    ``ends`` holds each param group's (peak, floor) lr, in the order of ``param_groups``; it is kept here, not
-    in the groups, because loading a checkpoint replaces the groups (and a resumed run may change the lr)."""
-
-    def __init__(self, optimizers: list[torch.optim.Optimizer], ends: list[tuple[float, float]], warmup_iters: int,
+    def __init__(self, optimizers: list[torch.optim.Optimizer], plans: list[GroupPlan], warmup_iters: int,
                  decay_iters: int | None):
         self.optimizers = optimizers
-        self.ends = ends
+        self.plans = plans
         self.warmup_iters, self.decay_iters = warmup_iters, decay_iters
-        if len(ends) != len(self.param_groups):
-            raise ValueError(f"{len(ends)} (peak, floor) pairs for {len(self.param_groups)} param groups")
+        if len(plans) != len(self.param_groups):
+            raise ValueError(f"{len(plans)} group plans for {len(self.param_groups)} param groups")
 
     def __iter__(self) -> Iterator[torch.optim.Optimizer]:
         return iter(self.optimizers)
@@ -67,7 +82,7 @@ class Optimizers:
         there unless optimizer.decay_iters says otherwise); returns the first group's lr (optimizer.lr's
         schedule, the one the metrics log)."""
         decay_iters = self.decay_iters or total_steps
-        lrs = [lr_at(step, peak, floor, self.warmup_iters, decay_iters) for peak, floor in self.ends]
+        lrs = [lr_at(step, plan.peak, plan.floor, self.warmup_iters, decay_iters) for plan in self.plans]
         for group, lr in zip(self.param_groups, lrs, strict=True):
             group["lr"] = lr
         return lrs[0]
@@ -85,6 +100,26 @@ class Optimizers:
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
 
+    def describe(self) -> list[dict]:
+        """Each torch optimizer of this rank: its class, whether it runs the fused kernel, how many tensors."""
+        return [{"optimizer": type(optimizer).__name__, "fused": bool(optimizer.defaults.get("fused")),
+                 "tensors": sum(len(group["params"]) for group in optimizer.param_groups)}
+                for optimizer in self.optimizers]
+
+    def layout_free(self, state_dict: dict) -> dict:
+        """``state_dict`` (torch.distributed.checkpoint's, parameters by name) with one param group per
+        ``saved_as``, in that order: what every layout saves and loads, whichever optimizers hold the groups.
+
+        Each group keeps its own parameter names, so torch's ``set_optimizer_state_dict`` hands every parameter
+        its state and hyperparameters back, however this layout splits the groups."""
+        merged: dict[int, dict] = {}
+        for group, plan in zip(state_dict["param_groups"], self.plans, strict=True):
+            if plan.saved_as in merged:
+                merged[plan.saved_as]["params"] = [*merged[plan.saved_as]["params"], *group["params"]]
+            else:
+                merged[plan.saved_as] = dict(group)
+        return {**state_dict, "param_groups": [merged[index] for index in sorted(merged)]}
+
 
 def _trainable(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
     """Named trainable parameters, each once (a tied embedding and head are one parameter)."""
@@ -96,16 +131,26 @@ def _trainable(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
     return named
 
 
-def _adamw(groups: list[dict], opt: OptimizerConfig) -> torch.optim.AdamW:
-    params = [p for group in groups for p in group["params"]]
+def _adamw(groups: list[dict], opt: OptimizerConfig) -> tuple[list[torch.optim.Optimizer], list[GroupPlan]]:
+    """AdamW over ``groups``: one fused optimizer per device mesh (the fused kernel takes one mesh per call;
+    plain tensors count as one mesh), each group saved as its position in ``groups``."""
+    meshes: dict[object, list[tuple[int, dict]]] = {}
+    for index, group in enumerate(groups):
+        by_mesh: dict[object, list] = {}
+        for p in group["params"]:
+            by_mesh.setdefault(getattr(p, "device_mesh", None), []).append(p)
+        for mesh, params in by_mesh.items():
+            meshes.setdefault(mesh, []).append((index, {**group, "params": params}))
+    optimizers, plans = [], []
+    for split in meshes.values():
+        optimizers.append(_fused_adamw([group for _, group in split], opt))
+        plans += [GroupPlan(opt.lr, opt.min_lr, saved_as=index) for index, _ in split]
+    return optimizers, plans
+
+
+def _fused_adamw(groups: list[dict], opt: OptimizerConfig) -> torch.optim.AdamW:
     kwargs = {"lr": opt.lr, "betas": tuple(opt.betas)}
-    if len({getattr(p, "device_mesh", None) for p in params}) > 1:
-        # Plain tensors next to DTensors (tp's replicated norms and position embeddings) or DTensors on two meshes
-        # (fsdp x tp): the fused and foreach kernels refuse a mix of meshes in one call, so one parameter at a time.
-        # (Each mesh's parameters alone do run fused, whatever their placements; one AdamW per mesh would, but it
-        # would split the param groups a checkpoint of this layout holds from those of every other layout.)
-        return torch.optim.AdamW(groups, foreach=False, **kwargs)
-    try:  # all plain tensors, or all DTensors on one mesh (fsdp): DTensor shards the fused kernel too
+    try:  # plain tensors, or DTensors on one mesh: DTensor runs the fused kernel on each rank's shards
         return torch.optim.AdamW(groups, fused=True, **kwargs)
     except (RuntimeError, TypeError):  # fused AdamW is not available for this device or dtype
         return torch.optim.AdamW(groups, **kwargs)
@@ -117,9 +162,8 @@ def _decay_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
 
 
-def build_adamw(model: torch.nn.Module, opt: OptimizerConfig) -> tuple[list[torch.optim.Optimizer], list[tuple]]:
-    groups = _decay_groups([p for _, p in _trainable(model)], opt.weight_decay)
-    return [_adamw(groups, opt)], [(opt.lr, opt.min_lr)] * len(groups)
+def build_adamw(model: torch.nn.Module, opt: OptimizerConfig) -> tuple[list[torch.optim.Optimizer], list[GroupPlan]]:
+    return _adamw(_decay_groups([p for _, p in _trainable(model)], opt.weight_decay), opt)
 
 
 def is_hidden_matrix(name: str, param: torch.nn.Parameter) -> bool:
@@ -128,23 +172,23 @@ def is_hidden_matrix(name: str, param: torch.nn.Parameter) -> bool:
     return param.dim() == 2 and name.startswith("blocks.")
 
 
-def build_muon(model: torch.nn.Module, opt: OptimizerConfig) -> tuple[list[torch.optim.Optimizer], list[tuple]]:
+def build_muon(model: torch.nn.Module, opt: OptimizerConfig) -> tuple[list[torch.optim.Optimizer], list[GroupPlan]]:
     named = _trainable(model)
     hidden = [p for name, p in named if is_hidden_matrix(name, p)]
     # A pipeline stage between the ends has no embedding: its AdamW has the norms' group only.
     rest = [group for group in _decay_groups([p for name, p in named if not is_hidden_matrix(name, p)],
                                              opt.weight_decay) if group["params"]]
-    optimizers: list[torch.optim.Optimizer] = [_adamw(rest, opt)] if rest else []
-    ends = [(opt.lr, opt.min_lr)] * len(rest)
+    optimizers, plans = _adamw(rest, opt)
     if hidden:  # a pipeline stage may hold only the embeddings or the head
         optimizers.append(torch.optim.Muon(hidden, lr=opt.muon_lr, momentum=opt.muon_momentum,
                                            weight_decay=opt.muon_weight_decay))
-        ends.append((opt.muon_lr, opt.min_lr * opt.muon_lr / opt.lr))
-    return optimizers, ends
+        plans.append(GroupPlan(opt.muon_lr, opt.min_lr * opt.muon_lr / opt.lr, saved_as=len(rest)))
+    return optimizers, plans
 
 
-# optimizer.name -> how the model's parameters are split between torch optimizers, with each group's lr ends.
-OPTIMIZERS: dict[str, Callable[[torch.nn.Module, OptimizerConfig], tuple[list[torch.optim.Optimizer], list]]] = {
+# optimizer.name -> how the model's parameters are split between torch optimizers, with each group's plan.
+Build = Callable[[torch.nn.Module, OptimizerConfig], tuple[list[torch.optim.Optimizer], list[GroupPlan]]]
+OPTIMIZERS: dict[str, Build] = {
     "adamw": build_adamw,
     "muon": build_muon,
 }
@@ -152,5 +196,5 @@ OPTIMIZERS: dict[str, Callable[[torch.nn.Module, OptimizerConfig], tuple[list[to
 
 def build_optimizers(model: torch.nn.Module, opt: OptimizerConfig) -> Optimizers:
     """The optimizers ``optimizer.name`` names for this rank's part of the model."""
-    optimizers, ends = OPTIMIZERS[str(opt.name)](model, opt)
-    return Optimizers(optimizers, ends, opt.warmup_iters, opt.decay_iters)
+    optimizers, plans = OPTIMIZERS[str(opt.name)](model, opt)
+    return Optimizers(optimizers, plans, opt.warmup_iters, opt.decay_iters)

@@ -206,7 +206,7 @@ class Trainer:
         stops at the same step boundary when any rank got a signal (``any_rank`` all-reduces once every
         ``log_interval`` steps, so the other steps have no collective and no device sync)."""
         t, layout = self.t, self.layout
-        self.par.write_layout(self.run_dir)
+        self.write_layout()
         trackers = open_trackers(self.cfg.logger, self.run_dir, self.writer.record) if layout.is_main else None
         if trackers is not None:
             self.writer.subscribe(trackers)  # TensorBoard, W&B, trackio, MLflow: what the run directory records
@@ -374,13 +374,17 @@ class Trainer:
         mean = {f"task_{key}": value for key, value in macro_mean(results).items()}
         return {**mean, "task_seconds": time.perf_counter() - start}
 
+    def write_layout(self, **per_rank) -> None:
+        """layout.json: how the model and the optimizer state are split over the ranks (collective)."""
+        self.par.write_layout(self.run_dir, optimizers=self.optimizers.describe(), **per_rank)
+
     def summarize(self, step: int, stopper: Stopper) -> Summary:
         tok_per_s = self.steps_timed * self.tokens_per_step / self.train_time if self.train_time else 0.0
         if self.flops_per_token * tok_per_s > self.peak and self.device.type == "cpu":  # a peak read on a busy machine
             self.peak = self.layout.world * hardware.remeasured_peak(
                 self.device, hardware.matmul_precision(self.device, self.precision), self.cache)
         rank_peak_gb = hardware.memory_gb(self.device)[1]
-        self.par.write_layout(self.run_dir, peak_mem_gb=rank_peak_gb)  # each rank's peak; the summary has the max
+        self.write_layout(peak_mem_gb=rank_peak_gb)  # each rank's peak; the summary has the max
         summary = Summary(
             status="completed", steps=step, tokens=self.progress(step).tokens, best_val_loss=self.best_val,
             final_train_loss=self.last_loss, tok_per_s=tok_per_s, mfu=self.flops_per_token * tok_per_s / self.peak,

@@ -166,6 +166,9 @@ def test_layout_matches_single_process_and_shards(name, workspace, reference):
     assert [r["rank"] for r in layout["ranks"]] == list(range(world))
     for record in layout["ranks"]:
         check_shapes(record["params"], record["rank"])
+        # One fused AdamW per device mesh: tp's plain tensors and DTensors (fsdp x tp: 1-D and 2-D) are two.
+        assert [(o["optimizer"], o["fused"]) for o in record["optimizers"]] == [("AdamW", True)] * (
+            2 if "tp" in name else 1), record["optimizers"]
     # A pipeline runs a step's 2 micro-batches as one schedule step of 2 x 2 pieces (one fill and drain per step).
     assert layout.get("pipeline_pieces_per_step") == (4 if "pp" in name else None)
     assert sorted(p.name for p in run_dir.glob("rank*.log")) == [f"rank{r}.log" for r in range(1, world)]

@@ -97,6 +97,40 @@ def path_weights(path, sharded: bool) -> torch.Tensor:
     return target["model"]["tok_emb.weight"]
 
 
+def split_model(seed: int = 0) -> tuple[GPT, Optimizers]:
+    """A model whose first block sits on another device mesh, as tensor parallelism puts the sharded weights
+    (a ``device_mesh`` attribute stands in for the DTensor's): AdamW becomes one fused optimizer per mesh."""
+    torch.manual_seed(seed)
+    model = GPT(ModelConfig(name="tiny", n_layer=2, n_head=2, n_embd=32, block_size=16, dropout=0.1), len(VOCAB))
+    for name, param in model.named_parameters():
+        if name.startswith("blocks.0."):
+            param.device_mesh = "another mesh"
+    return model, build_optimizers(model, OptimizerConfig())
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["full", "sharded-dcp"])
+@pytest.mark.parametrize(("saving", "loading"), [(split_model, tiny_model), (tiny_model, split_model)],
+                         ids=["split-to-one", "one-to-split"])
+def test_a_checkpoint_holds_one_group_per_kind_whatever_the_optimizer_split(tmp_path, sharded, saving, loading):
+    """A layout with one AdamW per mesh (tp, fsdp x tp) saves the decayed and the undecayed groups as a one-mesh
+    layout does, so each resumes the other's checkpoint and trains on to bitwise the same parameters."""
+    model, optimizers = saving()
+    assert [o["fused"] for o in optimizers.describe()] == [True] * len(optimizers.optimizers)
+    train_steps(model, optimizers, 3)
+    path = save(tmp_path, model, optimizers, 3, sharded=sharded)
+    expected = train_steps(model, optimizers, 3)
+    if not sharded:
+        groups = torch.load(path / folders.OPTIMIZER_FILE, weights_only=True)["param_groups"]
+        assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
+
+    restored, restored_optimizers = loading(seed=5)
+    assert {len(optimizers.optimizers), len(restored_optimizers.optimizers)} == {1, 2}
+    ck.load_checkpoint(path, restored, restored_optimizers)
+    assert train_steps(restored, restored_optimizers, 3) == expected
+    for a, b in zip(model.state_dict().values(), restored.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_keys_are_clean_for_a_compiled_model(tmp_path):
     model, optimizer = tiny_model()
     train_steps(model, optimizer, 1)
