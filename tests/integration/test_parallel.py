@@ -1,7 +1,8 @@
 """Every parallel layout is real: each trains through the real CLI (torchrun, gloo, 2 or 4 processes) and
-matches the single-process run on the same global batch — loss at every step, eval losses and final
-parameters — and its layout.json shows the sharding (each rank's local parameter shapes) and each rank's
-peak memory. MFU is the group's: tokens/s x FLOPs per token over world x one rank's peak.
+matches the single-process run on the same global batch — loss at every step, eval losses, the multiple-choice
+task's scores (eval.tasks: each rank scores its share of the items) and final parameters — and its layout.json
+shows the sharding (each rank's local parameter shapes), the optimizers and each rank's peak memory. MFU is the
+group's: tokens/s x FLOPs per token over world x one rank's peak.
 
 One single-process reference (batch 4 x accumulation 2 = 8 sequences a step) serves every layout: each
 layout below also trains on 8 sequences a step (dp x batch_size x grad_accum), split its own way.
@@ -26,13 +27,16 @@ from nanogpt_runner.distributed.parallelize import LAYOUT_FILE
 from nanogpt_runner.runs.rundir import find_runs, read_run
 
 STEPS = 12
+TASK = Path(__file__).parents[1] / "tasks" / "tiny_mc.jsonl"
+SCORES = ("items", "acc", "acc_norm", "acc_token")  # counts of right answers: the same however the items are split
 
 
 def _base(root: Path, corpus: Path) -> list[str]:
     return [
         "model=tiny", f"train.max_iters={STEPS}", "train.eval_interval=6", "train.eval_iters=2", "train.log_interval=1",
         "train.precision=fp32", "optimizer.warmup_iters=2", "run.progress=false", f"data.path={corpus}",
-        f"data.cache_dir={root / 'cache'}", f"run.root={root / 'outputs'}",
+        f"data.cache_dir={root / 'cache'}", f"run.root={root / 'outputs'}", f"eval.tasks=[{TASK}]",
+        f"eval.task_interval={STEPS}",
     ]
 
 
@@ -56,6 +60,11 @@ def _curves(run_dir: Path) -> tuple[dict[int, float], dict[int, float]]:
     return train, val
 
 
+def _task_scores(run_dir: Path) -> dict[int, dict]:
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {e["step"]: {k: e["tasks"]["tiny_mc"][k] for k in SCORES} for e in events if e.get("event") == "tasks"}
+
+
 def _final_params(run_dir: Path) -> dict[str, torch.Tensor]:
     path, meta = resolve(run_dir, "latest", announce=lambda _m: None)
     return load_model_state(path, meta)
@@ -70,7 +79,7 @@ def workspace(tmp_path_factory, corpus_path) -> tuple[Path, Path]:
 def reference(workspace):
     root, corpus = workspace
     run_dir = _train(root, corpus, "single", ["train.batch_size=4", "train.grad_accum=2"])
-    return _curves(run_dir), _final_params(run_dir)
+    return _curves(run_dir), _final_params(run_dir), _task_scores(run_dir)
 
 
 # name: (overrides, world size, check of rank -> local shapes)
@@ -144,7 +153,7 @@ def _check_mfu_is_the_groups(run_dir: Path, run: dict, cache: Path) -> None:
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
 def test_layout_matches_single_process_and_shards(name, workspace, reference):
-    (ref_train, ref_val), ref_params = reference
+    (ref_train, ref_val), ref_params, ref_scores = reference
     overrides, world, check_shapes = LAYOUTS[name]
     run_dir = _train(*workspace, name, overrides)
 
@@ -156,6 +165,7 @@ def test_layout_matches_single_process_and_shards(name, workspace, reference):
         assert math.isclose(train[step], loss, rel_tol=1e-4), (step, train[step], loss)
     for step, loss in ref_val.items():
         assert math.isclose(val[step], loss, rel_tol=1e-4), (step, val[step], loss)
+    assert sorted(ref_scores) == [0, STEPS] and _task_scores(run_dir) == ref_scores
 
     params = _final_params(run_dir)
     assert set(params) == set(ref_params)
@@ -192,7 +202,7 @@ def test_dropout_masks_follow_the_micro_batch_so_data_parallel_equals_single(lay
                                                                            dropout_single):
     """Each micro-batch of the global batch draws its own masks (not the same masks on every rank), so a
     data-parallel run with dropout equals one process taking the same micro-batches in turn."""
-    (ref_train, _), _ = reference
+    (ref_train, _), _, _ = reference
     replicas = _curves(_train(*workspace, f"dropout_{layout}", DROPOUT + [f"parallel={layout}", "train.grad_accum=2"]))
     for step, loss in dropout_single.items():
         assert math.isclose(replicas[0][step], loss, rel_tol=1e-4), (step, replicas[0][step], loss)
