@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -38,9 +39,31 @@ def outside(tmp_path):
     return path
 
 
+@pytest.fixture(scope="session")
+def measured_peaks(tmp_path_factory) -> Path:
+    """The CPU's fp32 matmul peak at the thread count of each rank of a 1-, 2- and 4-rank run, measured once for
+    the session (half a second each) and kept as a user's data cache keeps it: each test's fresh cache
+    starts with this file (tiny_overrides) instead of measuring again in every run."""
+    import torch
+
+    from nanogpt_runner.config.schema import available_cores
+    from nanogpt_runner.perf.hardware import PEAK_FILE, peak_flops
+
+    cache, threads = tmp_path_factory.mktemp("peaks"), torch.get_num_threads()
+    try:
+        for ranks in (1, 2, 4):
+            torch.set_num_threads(max(available_cores() // ranks, 1))
+            peak_flops(torch.device("cpu"), "fp32", cache)
+    finally:
+        torch.set_num_threads(threads)
+    return cache / PEAK_FILE
+
+
 @pytest.fixture
-def tiny_overrides(tmp_path, corpus_path) -> list[str]:
+def tiny_overrides(tmp_path, corpus_path, measured_peaks) -> list[str]:
     """Overrides for a run that trains in about a second, writing only under tmp_path."""
+    (tmp_path / "cache").mkdir()
+    shutil.copy(measured_peaks, tmp_path / "cache")
     return [
         "model=tiny", "train.max_iters=20", "train.eval_interval=10", "train.eval_iters=2", "train.log_interval=5",
         "train.batch_size=4", "train.precision=fp32", "optimizer.warmup_iters=5", "run.progress=false",

@@ -109,8 +109,7 @@ def test_console_lines_off_a_terminal_are_printed_whole(tmp_path, capsys):
 def test_a_peak_read_low_on_a_busy_machine_is_measured_again_so_mfu_stays_below_one(tmp_path, tiny_overrides):
     """A cached CPU peak below what the model itself computed is proof it was read on a busy machine: the run
     measures it again, and neither its summary nor the cache keeps the impossible figure."""
-    cache = tmp_path / "cache"
-    cache.mkdir()
+    cache = tmp_path / "cache"  # tiny_overrides' data cache
     key = hardware._peak_key(torch.device("cpu"), "fp32")
     (cache / hardware.PEAK_FILE).write_text(json.dumps({key: 1e6}))  # 1 MFLOP/s: any run beats it
     summary, _ = train_in_process(tiny_overrides, tmp_path / "run")
