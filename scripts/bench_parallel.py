@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -83,11 +82,11 @@ def main() -> None:
         work = Path(tmp)
         rows = [bench(name, overrides, args, work) for name, overrides in LAYOUTS.items()
                 if not args.only or any(name.startswith(prefix) for prefix in args.only)]
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else "?"
     import torch
 
-    machine = f"{cpu}, {os.cpu_count()} cores" if args.device == "cpu" else \
+    from nanogpt_runner.perf.hardware import cpu_model
+
+    machine = f"{cpu_model()}, {os.cpu_count()} cores" if args.device == "cpu" else \
         f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
     print(f"machine: {machine}; torch {torch.__version__}; {args.precision}; model {args.n_layer} layers, "
           f"n_embd {args.n_embd}, block {args.block_size}; global batch {args.global_batch} x {args.block_size} "
