@@ -27,6 +27,9 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tokenizer-from", metavar="DIR", type=Path,
                         help="hf, GPT-2 BPE runs: copy GPT-2's tokenizer files from this folder (default: built "
                         "from tiktoken's files, else the Hugging Face cache)")
+    parser.add_argument("--data", metavar="PREPARED_DIR", type=Path,
+                        help="nanogpt: copy train.bin and val.bin of this prepared corpus (the one the run trained "
+                        "on: run.json's dataset.dir) into OUT_DIR, so nanoGPT's train.py continues the run as it is")
     return parser
 
 
@@ -34,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     args = argument_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         warnings = export(Path(args.target), Path(args.out_dir), args.format, args.which, force=args.force,
-                          tokenizer_from=args.tokenizer_from)
+                          tokenizer_from=args.tokenizer_from, data=args.data)
     except (WeightsError, CheckpointError) as err:
         error(str(err))
         sys.exit(EXIT_USAGE)

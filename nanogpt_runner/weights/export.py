@@ -46,9 +46,11 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def export(target: Path, out_dir: Path, fmt: str, which: str = "best", say=print, force: bool = False,
-           tokenizer_from: Path | None = None) -> list[str]:
+           tokenizer_from: Path | None = None, data: Path | None = None) -> list[str]:
     """Write checkpoint ``target`` (a run directory or checkpoint folder) to ``out_dir`` in format ``fmt``;
     returns the warnings (what the format cannot express). Raises WeightsError or CheckpointError."""
+    if data is not None and fmt != "nanogpt":
+        raise WeightsError("--data is for --format nanogpt (train.bin and val.bin for nanoGPT's train.py)")
     from nanogpt_runner.checkpoint.folder import resolve
     from nanogpt_runner.checkpoint.state import load_model_state
     from nanogpt_runner.weights.init_from import checkpoint_architecture
@@ -63,7 +65,7 @@ def export(target: Path, out_dir: Path, fmt: str, which: str = "best", say=print
         if fmt == "hf":
             warnings = _write_hf(work, state, arch, meta, tokenizer_from, say)
         else:
-            warnings = _write_nanogpt(work, out_dir, state, arch, path, meta, say)
+            warnings = _write_nanogpt(work, out_dir, state, arch, path, meta, data, say)
         _move_into(work, out_dir, force)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -196,7 +198,7 @@ def _read_source(path: Path, allowed_root: Path | None) -> bytes | None:
 
 
 def _write_nanogpt(folder: Path, out_dir: Path, state: dict, arch: Architecture, path: Path, meta: dict,
-                   say) -> list[str]:
+                   data: Path | None, say) -> list[str]:
     import torch
 
     from nanogpt_runner.checkpoint.state import load_optimizer_state
@@ -228,8 +230,40 @@ def _write_nanogpt(folder: Path, out_dir: Path, state: dict, arch: Architecture,
     vocabulary = nanogpt_format.meta_pkl(meta["vocab"])
     if vocabulary is not None:
         nanogpt_format.write_meta_pkl(folder, vocabulary)
+    if data is not None:
+        _copy_corpus(folder, Path(data), meta["vocab"])
     found = "meta.pkl there" if vocabulary else "no meta.pkl, so GPT-2's BPE, as the run"
+    train = f"python train.py {out_dir / nanogpt_format.RESUME_CONFIG}"
     say(f"nanoGPT: python sample.py --init_from=resume --out_dir={out_dir}  (in nanoGPT's folder; it finds {found}); "
-        f"to continue training put this tokenizer's train.bin and val.bin in {out_dir}, then "
-        f"python train.py {out_dir / nanogpt_format.RESUME_CONFIG}")
+        + (f"to continue training: {train}" if data is not None else
+           f"to continue training, export again with --data PREPARED_DIR (the corpus the run trained on: run.json's "
+           f"dataset.dir), or put this tokenizer's train.bin and val.bin in {out_dir}, then {train}"))
     return warnings
+
+
+def _copy_corpus(folder: Path, data: Path, vocab: list | dict) -> None:
+    """train.bin and val.bin of the prepared corpus the user named, where nanoGPT's train.py reads them
+    (``config['dataset']`` is the export itself). The corpus must be tokenized as the run was and hold uint16
+    ids (train.py's memmap); only files in the folder itself are copied, never through a symlink (a folder
+    that uses a nanoGPT folder's bins in place names them in its meta.json, which is not followed)."""
+    import numpy as np
+
+    from nanogpt_runner.data.prepared import DataError, load_prepared
+
+    try:
+        prepared = load_prepared(data)
+    except DataError as err:
+        raise WeightsError(f"--data {data}: {err}; name a prepared corpus folder (run.json's dataset.dir)") from None
+    if json.loads(json.dumps(prepared.tokenizer.describe())) != json.loads(json.dumps(vocab)):
+        raise WeightsError(f"--data {data} is tokenized differently from the run ({prepared.tokenizer.kind}, "
+                           f"{prepared.vocab_size} ids): name the corpus the run trained on (run.json's dataset.dir)")
+    if prepared.dtype != np.uint16:
+        raise WeightsError(f"--data {data} holds {prepared.dtype} ids ({prepared.vocab_size} do not fit 16 bits), "
+                           f"and nanoGPT's train.py reads uint16: it cannot train on this vocabulary")
+    for split in ("train", "val"):
+        try:
+            with open_nofollow(data / f"{split}.bin") as source, open(folder / f"{split}.bin", "xb") as target:
+                shutil.copyfileobj(source, target, 16 << 20)
+        except OSError as err:
+            raise WeightsError(f"--data {data}: {split}.bin is not a regular file in that folder ({err.strerror}); "
+                               f"prepare the corpus again there") from None

@@ -10,13 +10,15 @@ import pickle
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from nanogpt_runner.checkpoint.folder import checkpoint_dir
 from nanogpt_runner.checkpoint.state import TrainState, save_checkpoint
-from nanogpt_runner.config.schema import ModelConfig, OptimizerConfig
+from nanogpt_runner.config.schema import DataConfig, ModelConfig, OptimizerConfig
 from nanogpt_runner.data import tokenizers
+from nanogpt_runner.data.prepare import prepare
 from nanogpt_runner.model.gpt import GPT
 from nanogpt_runner.model.optimizers import build_optimizers
 from nanogpt_runner.weights import nanogpt_format
@@ -171,6 +173,42 @@ def test_nanogpt_checkpoint_has_nanogpts_adamw_groups_in_its_order(tmp_path, mon
     assert ckpt["optimizer"]["state"][0]["exp_avg"].abs().sum() > 0  # the moments, not zeros
     text = (tmp_path / "nano" / "resume_config.py").read_text()
     assert "init_from = 'resume'" in text and f"out_dir = {str(tmp_path / 'nano')!r}" in text
+
+
+def prepared_corpus(tmp_path: Path, text: str = TEXT):
+    corpus = tmp_path / f"corpus{len(text)}.txt"
+    corpus.write_text(text)
+    return prepare(DataConfig(name="text_file", path=str(corpus), cache_dir=str(tmp_path / "cache"), num_proc=1),
+                   announce=quiet)
+
+
+def test_with_data_the_export_holds_the_ids_nanogpts_train_py_reads(tmp_path):
+    """--data copies the prepared corpus the run trained on to where train.py looks (data/ joined with
+    config['dataset'], the export's absolute path) as the uint16 ids its memmap reads."""
+    corpus = prepared_corpus(tmp_path)
+    export(trained_run(tmp_path / "run", corpus.tokenizer), tmp_path / "nano", "nanogpt", say=quiet,
+           data=corpus.directory)
+    ckpt = torch.load(tmp_path / "nano" / "ckpt.pt", map_location="cpu", weights_only=True)
+    data_dir = os.path.join("data", ckpt["config"]["dataset"])  # train.py's own line
+    for split in ("train", "val"):
+        ids = np.memmap(os.path.join(data_dir, f"{split}.bin"), dtype=np.uint16, mode="r")
+        assert len(ids) == corpus.tokens[split] and ids.max() < ckpt["model_args"]["vocab_size"]
+        assert ids.tobytes() == corpus.split_path(split).read_bytes()
+
+
+def test_data_from_another_tokenizer_or_a_planted_symlink_is_refused_in_one_line(tmp_path, outside):
+    corpus = prepared_corpus(tmp_path)
+    run = trained_run(tmp_path / "run", corpus.tokenizer)
+    other = prepared_corpus(tmp_path, TEXT + "Zebra quixotic!\n")  # more characters: another vocabulary
+    with pytest.raises(WeightsError, match="tokenized differently from the run"):
+        export(run, tmp_path / "a", "nanogpt", say=quiet, data=other.directory)
+    (corpus.directory / "val.bin").unlink()
+    (corpus.directory / "val.bin").symlink_to(outside)
+    with pytest.raises(WeightsError, match="val.bin is not a regular file in that folder"):
+        export(run, tmp_path / "b", "nanogpt", say=quiet, data=corpus.directory)
+    with pytest.raises(WeightsError, match="--data is for --format nanogpt"):
+        export(run, tmp_path / "c", "hf", say=quiet, data=corpus.directory)
+    assert not any((tmp_path / name).exists() for name in "abc")  # nothing half-written
 
 
 def test_optimizer_state_converts_to_nanogpt_and_back_unchanged(tmp_path, monkeypatch):
