@@ -10,7 +10,8 @@ with tokenizer_config.json, and generation_config.json; every bos/eos/pad id is 
 ``nanogpt`` writes the ``ckpt.pt`` nanoGPT's train.py would have saved (nanogpt_format: model, its AdamW
 state, model_args, iter_num, best_val_loss, config), meta.pkl for sample.py (not for GPT-2's BPE, which
 sample.py decodes itself) and resume_config.py for train.py; ``config['dataset']`` is the export's absolute
-path, so ``python sample.py --init_from=resume --out_dir=OUT_DIR`` finds meta.pkl from any directory.
+path, so ``python sample.py --init_from=resume --out_dir=OUT_DIR`` finds meta.pkl from any directory, and with
+``--data PREPARED_DIR`` (a folder the user names) train.py finds the corpus's train.bin and val.bin there too.
 
 Either works from any checkpoint of the runner, sharded ones included. Files are derived from the
 checkpoint alone: nothing is copied from a path the checkpoint names. ``--tokenizer-from DIR`` copies GPT-2's
