@@ -84,6 +84,10 @@ class SlurmCluster:
         lines = self.call("scontrol", "listpids", job_id).splitlines()[1:]
         return [int(line.split()[0]) for line in lines if line.split() and line.split()[2] not in ("batch", "extern")]
 
+    def node_state(self) -> str:
+        """The one node's state as sinfo says it: idle once the jobs it ran have been cleaned up."""
+        return self.call("sinfo", "-h", "-o", "%T").strip()
+
     def start_now(self, job_id: str) -> None:
         """A requeued job waits (BeginTime) before it may run again; let it run now."""
         self.call("scontrol", "update", f"jobid={job_id}", "StartTime=now")  # (BeginTime is read-only by that name)

@@ -146,11 +146,13 @@ def _run_requeued_to_its_end(slurm: SlurmCluster, job_id: str, sweep: subprocess
                              timeout: float = 300) -> str:
     """Start the requeued job (again while SLURM still holds it back) and return the sweep's output once it ends.
 
-    Not at once: slurmd refuses a job started within a second or so of its last run's end ("Job credential
-    revoked") and SLURM then marks it done, which is why SLURM itself delays a requeued job. And submitit cannot
-    see a job die here (no accounting: it waits for a result file), so a job that never ends fails the test with
-    what SLURM and the job's own logs say instead of a bare timeout."""
-    time.sleep(3)
+    Not at once: slurmd revokes the job's credential when it ends the killed run, and refuses a launch whose
+    credential is not from a later second ("Job credential revoked"); SLURM then marks the job done, which is
+    why SLURM itself delays a requeued job. So the test waits until the node has finished with that run (idle),
+    and a second more. And submitit cannot see a job die here (no accounting: it waits for a result file), so a
+    job that never ends fails the test with what SLURM and the job's own logs say instead of a bare timeout."""
+    _wait(lambda: slurm.node_state() == "idle", "the node done with the requeued job's killed run")
+    time.sleep(1.5)
     deadline = time.monotonic() + timeout
     while sweep.poll() is None and time.monotonic() < deadline:
         if slurm.job(job_id).get("JobState") == "PENDING":
