@@ -13,11 +13,10 @@ import json
 import sys
 from pathlib import Path
 
-from nanogpt_runner.checkpoint.resume_plan import plan_resume
-from nanogpt_runner.config.schema import CONF_DIR, as_dict
+from nanogpt_runner.config.schema import as_dict
 from nanogpt_runner.console import error
 from nanogpt_runner.errors import CheckpointError
-from nanogpt_runner.launch.app import EXIT_INVALID_CONFIG, check, compose_overrides
+from nanogpt_runner.launch.app import EXIT_INVALID_CONFIG, check, compose_overrides, resumed_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if cfg.resume:  # the run dir only matters for a checkpoint outside any run: not used here
-            cfg = plan_resume(cfg, Path(cfg.run.root), overrides, CONF_DIR, announce).cfg
+            cfg = resumed_config(cfg, Path(cfg.run.root), overrides, announce)[0]
     except CheckpointError as err:
         problems = [str(err)]
     else:

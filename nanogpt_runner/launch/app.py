@@ -27,7 +27,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from nanogpt_runner.checkpoint.resume_plan import plan_resume
+from nanogpt_runner.checkpoint.resume_plan import ResumePlan, plan_resume
 from nanogpt_runner.config.schema import (
     CONF_DIR,
     Config,
@@ -107,6 +107,19 @@ def check(cfg: Config, overrides: list[str], announce=print) -> tuple[Config, li
     return to_config(cfg), [], data  # the run-time config: the schema's dataclass from here on
 
 
+def resumed_config(cfg: Config, run_dir: Path, overrides: list[str],
+                   announce=print) -> tuple[Config, ResumePlan | None, Path | None]:
+    """(the config this launch trains with, the plan when it continues a run of this runner in place, the
+    ckpt.pt when ``resume=`` names nanoGPT's out_dir, imported as a new run once the config passes its
+    checks). nanogpt-run and the check the viewer's launch form calls both decide here. CheckpointError when
+    the resume cannot go ahead."""
+    nanogpt = nanogpt_checkpoint(cfg.resume) if cfg.resume else None
+    if nanogpt is not None:
+        return nanogpt_resume_config(cfg, nanogpt, overrides, CONF_DIR), None, nanogpt
+    plan = plan_resume(cfg, run_dir, overrides, CONF_DIR, announce)
+    return (cfg if plan is None else plan.cfg), plan, None
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(
@@ -133,15 +146,12 @@ def run_job(cfg: Config) -> int:
             raise CheckpointError(
                 f"resume={cfg.resume} in a sweep would make every job continue that same run: resume it with "
                 f"a single nanogpt-run (no -m), or sweep new runs without resume=")
-        nanogpt = nanogpt_checkpoint(cfg.resume) if cfg.resume else None  # nanoGPT's out_dir: a new run here
-        if nanogpt is not None:
-            cfg = nanogpt_resume_config(cfg, nanogpt, list(hydra_cfg.overrides.task), CONF_DIR)
-        plan = None if nanogpt else plan_resume(cfg, run_dir, list(hydra_cfg.overrides.task), CONF_DIR)
+        cfg, plan, nanogpt = resumed_config(cfg, run_dir, list(hydra_cfg.overrides.task))
     except CheckpointError as err:
         problems, data = [str(err)], None
     else:
         if plan is not None:
-            cfg, run_dir = plan.cfg, plan.run_dir
+            run_dir = plan.run_dir
         cfg, problems, data = check(cfg, list(hydra_cfg.overrides.task))
         if nanogpt is not None and not problems:
             try:

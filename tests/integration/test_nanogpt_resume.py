@@ -1,6 +1,7 @@
 """``resume=`` on a nanoGPT out_dir continues its weights, AdamW state and iteration count in a new run
 of ours (``model.init_from`` stays weights-only). The out_dir here is our own nanoGPT export: exactly what
-nanoGPT's train.py saves (ckpt.pt with model, optimizer, model_args, iter_num, best_val_loss, config)."""
+nanoGPT's train.py saves (ckpt.pt with model, optimizer, model_args, iter_num, best_val_loss, config). The viewer's
+launch form accepts the same resume: its check plans it as nanogpt-run does."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from conftest import run_cli
 
+from nanogpt_runner.viewer.launcher import Launcher
 from nanogpt_runner.weights.nanogpt_resume import nanogpt_checkpoint
 
 
@@ -35,6 +37,7 @@ def test_resume_on_a_nanogpt_out_dir_continues_its_optimizer_and_iteration(tmp_p
     assert nanogpt_checkpoint(str(tmp_path / "nano")) == tmp_path / "nano" / "ckpt.pt"
     assert nanogpt_checkpoint(str(run)) is None  # a run of ours resumes as one
 
+
     resumed = run_cli([*overrides, "train.max_iters=14", "train.log_interval=1", f"resume={tmp_path / 'nano'}",
                        f"run.root={tmp_path / 'b'}"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
@@ -51,3 +54,11 @@ def test_resume_on_a_nanogpt_out_dir_continues_its_optimizer_and_iteration(tmp_p
                        f"run.root={tmp_path / 'c'}"], cwd=tmp_path)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "model.n_layer=3" in refused.stderr and "have n_layer=2" in refused.stderr
+
+    # The viewer's launch form asks the runner's own check, which plans this resume as nanogpt-run does.
+    corpus = next(Path(o.split("=", 1)[1]) for o in overrides if o.startswith("data.path="))
+    page = Launcher(tmp_path, data_dirs=(corpus.parent,))
+    problems, arguments = page.plan([*overrides, "train.max_iters=14", f"resume={tmp_path / 'nano'}"])
+    assert problems == [] and f"resume={tmp_path / 'nano'}" in arguments
+    [problem] = page.plan([*overrides, "train.max_iters=14", f"resume={tmp_path / 'nano'}", "model.n_layer=3"])[0]
+    assert problem.startswith("cannot resume") and problem in refused.stderr  # nanogpt-run's own words
