@@ -365,4 +365,16 @@ def effective_problems(effective: dict, policy: PagePolicy) -> tuple[list[str], 
         else:
             problems.append(f"model.init_from={init_from!r} is outside the runs folder and the data folders: "
                             f"start that run from a shell")
-    return problems, pins
+    return problems + _nanogpt_resume_problems(effective.get("resume"), policy), pins
+
+
+def _nanogpt_resume_problems(resume: object, policy: PagePolicy) -> list[str]:
+    """A nanoGPT out_dir resumed from the page (its folder is inside the runs folder, runs_path saw to that) must
+    not reach out of it through a ckpt.pt that is a symlink, as a run of this runner refuses any symlink."""
+    if not isinstance(resume, str):
+        return []
+    checkpoint = Path(resume) / "ckpt.pt"  # nanoGPT's file name (weights.nanogpt_resume.CKPT)
+    if checkpoint.exists() and not checkpoint.resolve().is_relative_to(policy.runs_root):
+        return [f"resume={resume!r}: its ckpt.pt points outside the runs folder {policy.runs_root}; copy the file "
+                f"there, or start that run from a shell"]
+    return []

@@ -6,6 +6,7 @@ launch form accepts the same resume: its check plans it as nanogpt-run does."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -55,10 +56,17 @@ def test_resume_on_a_nanogpt_out_dir_continues_its_optimizer_and_iteration(tmp_p
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "model.n_layer=3" in refused.stderr and "have n_layer=2" in refused.stderr
 
-    # The viewer's launch form asks the runner's own check, which plans this resume as nanogpt-run does.
+    # The viewer's launch form asks the runner's own check, which plans this resume as nanogpt-run does; an
+    # out_dir in the runs folder whose ckpt.pt is a symlink to a file outside it is refused.
+    runs = tmp_path / "runs"
+    shutil.copytree(tmp_path / "nano", runs / "nano")
+    (runs / "linked").mkdir()
+    (runs / "linked" / "ckpt.pt").symlink_to(tmp_path / "nano" / "ckpt.pt")
     corpus = next(Path(o.split("=", 1)[1]) for o in overrides if o.startswith("data.path="))
-    page = Launcher(tmp_path, data_dirs=(corpus.parent,))
-    problems, arguments = page.plan([*overrides, "train.max_iters=14", f"resume={tmp_path / 'nano'}"])
-    assert problems == [] and f"resume={tmp_path / 'nano'}" in arguments
-    [problem] = page.plan([*overrides, "train.max_iters=14", f"resume={tmp_path / 'nano'}", "model.n_layer=3"])[0]
-    assert problem.startswith("cannot resume") and problem in refused.stderr  # nanogpt-run's own words
+    page = Launcher(runs, data_dirs=(corpus.parent,))
+    problems, arguments = page.plan([*overrides, "train.max_iters=14", f"resume={runs / 'nano'}"])
+    assert problems == [] and f"resume={runs / 'nano'}" in arguments
+    [problem] = page.plan([*overrides, "train.max_iters=14", f"resume={runs / 'nano'}", "model.n_layer=3"])[0]
+    assert problem.startswith("cannot resume") and problem.replace(str(runs), str(tmp_path)) in refused.stderr
+    [problem] = page.plan([*overrides, "train.max_iters=14", f"resume={runs / 'linked'}"])[0]
+    assert problem.startswith(f"resume='{runs / 'linked'}': its ckpt.pt points outside the runs folder")
